@@ -1,0 +1,368 @@
+"""Experiment configuration: a frozen dataclass tree loaded from YAML with dotted overrides.
+
+    cfg = load_config("configs/config.yaml", ["training.epochs=2", "models.architectures=[resnet50]"])
+
+Every key is checked where it enters: an unknown key or a value of the wrong type raises a
+``ValueError`` that names the key and lists the valid ones. ``save_config`` writes the resolved
+tree; ``load_config`` on that file reproduces the run.
+
+Sweeps: in ``quantization.methods`` and ``mitigation.methods`` each entry is a mapping with a
+``method`` name and its options; an option whose value is a list is swept (one configuration per
+element, the product over all listed options). To pass a list as a single value, wrap it in
+another list (``fp32_layers: [[fc]]``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+DEVICES = ("auto", "cpu", "cuda")
+BITS_PATTERN = re.compile(r"^w(\d+)a(\d+|dyn)$")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Knobs of the synthetic CelebA-format generator (see datasets.generate_synthetic_celeba).
+
+    The mappings are keyed by intersectional group (``Female/Old`` …); ``None`` keeps the
+    generator's documented defaults.
+    """
+
+    n_images: int = 6000
+    image_size: int = 64
+    group_shares: Optional[dict] = None
+    smiling_rate: Optional[dict] = None
+    cue_strength: Optional[dict] = None
+
+    def __post_init__(self):
+        _check_positive("data.synthetic.n_images", self.n_images)
+        _check_range("data.synthetic.image_size", self.image_size, 16, 512)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str = "data/datasets"
+    target: Optional[str] = None
+    sensitive: Optional[tuple[str, ...]] = None
+    image_size: int = 32
+    batch_size: int = 64
+    num_workers: int = 0
+    split_fractions: tuple[float, ...] = (0.7, 0.15, 0.15)
+    max_per_split: Optional[int] = None
+    skip_bad_images: bool = False
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        _check_range("data.image_size", self.image_size, 8, 1024)
+        _check_positive("data.batch_size", self.batch_size)
+        _check_range("data.num_workers", self.num_workers, 0, 64)
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 \
+                or min(self.split_fractions) <= 0:
+            raise ValueError(f"data.split_fractions={list(self.split_fractions)}: expected three "
+                             "positive fractions (train, val, test) that sum to 1, e.g. [0.7, 0.15, 0.15]")
+        if self.max_per_split is not None:
+            _check_positive("data.max_per_split", self.max_per_split)
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    architectures: tuple[str, ...] = ("resnet50", "mobilenet_v2", "efficientnet_b0",
+                                      "vit_small", "squeezenet1_1")
+    pretrained: bool = False
+    weights_dir: Optional[str] = None
+
+    def __post_init__(self):
+        if not self.architectures:
+            raise ValueError("models.architectures is empty: name at least one architecture, "
+                             "e.g. [resnet50]")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 3
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    max_steps_per_epoch: Optional[int] = None
+    per_arch: dict = field(default_factory=dict)
+    """Per-architecture overrides of the keys above, e.g. ``{vit_small: {lr: 0.0005}}``."""
+
+    def __post_init__(self):
+        _check_range("training.epochs", self.epochs, 0, 10_000)
+        _check_positive("training.lr", self.lr)
+        _check_choice("training.optimizer", self.optimizer, ("adamw", "sgd"))
+        _check_choice("training.scheduler", self.scheduler, ("cosine", "none"))
+        if self.max_steps_per_epoch is not None:
+            _check_positive("training.max_steps_per_epoch", self.max_steps_per_epoch)
+        tunable = {f.name for f in dataclasses.fields(self)} - {"per_arch"}
+        for arch, overrides in self.per_arch.items():
+            if not isinstance(overrides, Mapping):
+                raise ValueError(f"training.per_arch.{arch}={overrides!r}: expected a mapping of "
+                                 f"training keys, e.g. {{epochs: 2}}")
+            _check_known_keys(f"training.per_arch.{arch}", overrides, tunable)
+
+    def for_arch(self, arch: str) -> "TrainingConfig":
+        """The training settings for one architecture, its ``per_arch`` overrides applied."""
+        return dataclasses.replace(self, **self.per_arch.get(arch, {}), per_arch={})
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    methods: tuple[dict, ...] = (
+        {"method": "ptq_static", "bits": ["w8a8", "w4a8", "w2a8"]},
+        {"method": "ptq_dynamic"},
+        {"method": "qat", "bits": ["w8a8", "w4a8"]},
+    )
+    calibration_sizes: tuple[int, ...] = (512,)
+    calibration_kinds: tuple[str, ...] = ("random",)
+    seeds: tuple[int, ...] = (0,)
+    qat_epochs: int = 1
+    qat_lr: float = 1e-4
+    qat_max_steps_per_epoch: Optional[int] = None
+    check_agreement: bool = True
+    """Compare each real INT8 model with its simulated twin on the test set."""
+
+    def __post_init__(self):
+        _check_method_specs("quantization.methods", self.methods)
+        for n in self.calibration_sizes:
+            _check_positive("quantization.calibration_sizes", n)
+        for kind in self.calibration_kinds:
+            _check_choice("quantization.calibration_kinds", kind, ("random", "balanced"))
+        _check_range("quantization.qat_epochs", self.qat_epochs, 0, 1000)
+        _check_positive("quantization.qat_lr", self.qat_lr)
+
+
+@dataclass(frozen=True)
+class MitigationConfig:
+    methods: tuple[dict, ...] = (
+        {"method": "bias_aware_calibration", "bits": ["w8a8", "w4a8"]},
+        {"method": "mixed_precision", "bits": ["w4a8"], "criterion": ["overall", "worst_group"]},
+        {"method": "fairness_finetune", "bits": ["w4a8"]},
+        {"method": "sensitive_layer_preservation", "bits": ["w4a8"]},
+        {"method": "fairness_aware_quantizer", "bits": ["w4a8"]},
+    )
+    architectures: Optional[tuple[str, ...]] = None
+    """Architectures to mitigate; ``None`` means all of ``models.architectures``."""
+    calibration_size: int = 512
+    calibration_draws: int = 5
+    max_dp_gap: float = 0.02
+
+    def __post_init__(self):
+        _check_method_specs("mitigation.methods", self.methods)
+        _check_positive("mitigation.calibration_size", self.calibration_size)
+        _check_positive("mitigation.calibration_draws", self.calibration_draws)
+        _check_range("mitigation.max_dp_gap", self.max_dp_gap, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    bootstrap_resamples: int = 2000
+    ci: float = 0.95
+    alpha: float = 0.05
+    min_group_size: int = 30
+    fairness_tolerance: float = 0.02
+    size_budgets_mib: Optional[tuple[float, ...]] = None
+
+    def __post_init__(self):
+        _check_positive("analysis.bootstrap_resamples", self.bootstrap_resamples)
+        _check_range("analysis.ci", self.ci, 0.5, 0.999)
+        _check_range("analysis.alpha", self.alpha, 1e-6, 0.5)
+        _check_range("analysis.min_group_size", self.min_group_size, 0, 10**9)
+        _check_range("analysis.fairness_tolerance", self.fairness_tolerance, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = "auto"
+    threads: int = 2
+    latency_batch_sizes: tuple[int, ...] = (1, 32)
+    latency_warmup: int = 3
+    latency_repeats: int = 10
+    progress: bool = True
+
+    def __post_init__(self):
+        _check_choice("runtime.device", self.device, DEVICES)
+        _check_range("runtime.threads", self.threads, 1, 256)
+        for b in self.latency_batch_sizes:
+            _check_positive("runtime.latency_batch_sizes", b)
+        _check_positive("runtime.latency_repeats", self.latency_repeats)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    run_name: str = "default"
+    results_dir: str = "results"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    mitigation: MitigationConfig = field(default_factory=MitigationConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_name):
+            raise ValueError(f"run_name={self.run_name!r}: expected letters, digits, '_', '.' or "
+                             "'-' (it names the folder results/<run_name>)")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.results_dir) / self.run_name
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist: pass --config with "
+                                    "a YAML file, e.g. configs/config.yaml")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {str(path)!r}: expected a YAML mapping at the top level")
+    for override in overrides:
+        _apply_override(raw, override)
+    return _build(ExperimentConfig, raw, prefix="")
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain dict/list form of a config (tuples become lists), ready for YAML or JSON."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
+    """Write the resolved config atomically; ``load_config(path)`` reproduces it."""
+    from results import atomic_write_text  # results imports nothing heavy
+    return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def parse_bits(bits: str) -> tuple[int, int | None]:
+    """``'w4a8'`` → ``(4, 8)``; ``'w8adyn'`` → ``(8, None)`` (activations quantized at run time)."""
+    match = BITS_PATTERN.match(str(bits))
+    if not match:
+        raise ValueError(f"bits={bits!r}: expected 'w<weight bits>a<activation bits>', e.g. "
+                         "'w8a8' or 'w4a8'")
+    act = match.group(2)
+    return int(match.group(1)), None if act == "dyn" else int(act)
+
+
+def expand_method_specs(specs: typing.Iterable[Mapping]) -> list[dict]:
+    """Expand sweep lists: ``{method: m, bits: [w8a8, w4a8]}`` → two single-valued specs."""
+    expanded = []
+    for spec in specs:
+        keys = list(spec)
+        choices = [v if isinstance(v, list) else [v] for v in spec.values()]
+        for combo in itertools.product(*choices):
+            expanded.append(dict(zip(keys, combo)))
+    return expanded
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {override!r}: expected key=value, e.g. training.epochs=2")
+    node = raw
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"override {override!r}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = yaml.safe_load(value)
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{prefix or 'config'}={raw!r}: expected a mapping with keys "
+                         f"{sorted(f.name for f in dataclasses.fields(cls))}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_known_keys(prefix or "config", raw, fields)
+    hints = typing.get_type_hints(cls)
+    values = {name: _coerce(f"{prefix}{name}", hints[name], value) for name, value in raw.items()}
+    return cls(**values)
+
+
+def _coerce(key: str, kind, value):
+    """Check ``value`` against the annotated type ``kind`` (lists become tuples)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, prefix=key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, inner[0], value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, value, "a list")
+        return tuple(_coerce(key, args[0], v) for v in value)
+    if kind is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise _type_error(key, value, "a mapping")
+        return dict(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool) and not (isinstance(value, kind) and
+                                                 not (kind is int and isinstance(value, bool))):
+        raise _type_error(key, value, f"a {kind.__name__}")
+    return value
+
+
+def _type_error(key, value, expected) -> ValueError:
+    return ValueError(f"{key}={value!r} ({type(value).__name__}): expected {expected}; "
+                      f"fix it in the YAML file or with --set {key}=...")
+
+
+def _check_known_keys(section: str, raw: Mapping, known) -> None:
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys: {sorted(known)}")
+
+
+def _check_method_specs(section: str, specs) -> None:
+    for spec in specs:
+        if not isinstance(spec, Mapping) or "method" not in spec:
+            raise ValueError(f"{section}: entry {spec!r} has no 'method'; expected a mapping "
+                             "such as {method: ptq_static, bits: [w8a8, w4a8]}")
+        bits = spec.get("bits", [])
+        for b in bits if isinstance(bits, list) else [bits]:
+            parse_bits(b)
+
+
+def _check_positive(key, value) -> None:
+    if not value > 0:
+        raise ValueError(f"{key}={value!r}: expected a positive number")
+
+
+def _check_range(key, value, low, high) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{key}={value!r}: expected a value between {low} and {high}")
+
+
+def _check_choice(key, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,99 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from config import (ExperimentConfig, config_to_dict, expand_method_specs, load_config,
+                    parse_bits, save_config)
+
+
+def test_defaults_and_overrides_apply_with_types():
+    cfg = load_config(None, ["training.epochs=2", "models.architectures=[resnet50, vit_small]",
+                             "analysis.ci=0.9", "data.max_per_split=null"])
+    assert cfg.training.epochs == 2
+    assert cfg.models.architectures == ("resnet50", "vit_small")
+    assert cfg.analysis.ci == 0.9
+    assert cfg.data.max_per_split is None
+    assert isinstance(cfg.training.lr, float)
+
+
+def test_int_is_accepted_where_a_float_is_expected():
+    assert load_config(None, ["training.lr=1"]).training.lr == 1.0
+
+
+def test_unknown_key_names_it_and_lists_valid_ones():
+    with pytest.raises(ValueError) as err:
+        load_config(None, ["training.epoch=2"])
+    message = str(err.value)
+    assert "'epoch'" in message and "training" in message and "'epochs'" in message
+
+
+def test_wrong_type_names_key_and_expected_type():
+    with pytest.raises(ValueError, match=r"training.epochs='two' \(str\): expected a int"):
+        load_config(None, ["training.epochs=two"])
+    with pytest.raises(ValueError, match="runtime.progress=3 .*expected a bool"):
+        load_config(None, ["runtime.progress=3"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("data.split_fractions=[0.5, 0.5, 0.5]", "sum to 1"),
+    ("quantization.methods=[{method: ptq_static, bits: w3}]", "bits='w3'"),
+    ("quantization.calibration_kinds=[stratified]", "expected one of"),
+    ("runtime.device=tpu", "runtime.device='tpu'"),
+    ("analysis.ci=1.5", "analysis.ci=1.5"),
+    ("run_name=a/b", "run_name='a/b'"),
+    ("training.per_arch={vit_small: {lrr: 0.1}}", "training.per_arch.vit_small"),
+    ("training", "expected key=value"),
+])
+def test_values_are_validated_where_they_enter(override, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_missing_config_file_says_how_to_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_saved_config_reloads_to_the_same_tree(tmp_path):
+    cfg = load_config(None, ["training.per_arch={vit_small: {lr: 0.0005}}", "seed=3"])
+    path = save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(path)
+    assert again == cfg
+    assert yaml.safe_load(path.read_text())["seed"] == 3
+
+
+def test_shipped_configs_load(tmp_path):
+    for name in ["config", "smoke", "celeba_full"]:
+        cfg = load_config(f"configs/{name}.yaml")
+        assert isinstance(cfg, ExperimentConfig)
+        assert config_to_dict(cfg)["run_name"]
+
+
+def test_per_arch_overrides():
+    cfg = load_config(None, ["training.per_arch={vit_small: {lr: 0.0005, epochs: 5}}"])
+    assert cfg.training.for_arch("vit_small").lr == 0.0005
+    assert cfg.training.for_arch("vit_small").epochs == 5
+    assert cfg.training.for_arch("resnet50").lr == cfg.training.lr
+
+
+def test_method_specs_expand_lists_into_a_product():
+    specs = expand_method_specs([{"method": "ptq_static", "bits": ["w8a8", "w4a8"],
+                                  "observer": ["minmax", "histogram"]},
+                                 {"method": "ptq_dynamic"},
+                                 {"method": "x", "fp32_layers": [["fc"]]}])
+    assert len(specs) == 6
+    assert {"method": "ptq_static", "bits": "w4a8", "observer": "histogram"} in specs
+    assert specs[-1] == {"method": "x", "fp32_layers": ["fc"]}
+
+
+def test_parse_bits():
+    assert parse_bits("w4a8") == (4, 8)
+    assert parse_bits("w8adyn") == (8, None)
+    with pytest.raises(ValueError, match="expected 'w<weight bits>a<activation bits>'"):
+        parse_bits("int4")
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ExperimentConfig().seed = 1
