@@ -1,0 +1,915 @@
+"""Face-attribute datasets with group metadata, seeded splits and calibration subsets.
+
+Every dataset yields ``(image, target, group_code, sample_id)`` and carries a per-sample
+``metadata`` table (``sample_id, split, target, <sensitive columns>, group``) that the rest of
+the framework uses for groups. Supported datasets (``load_dataset(name, root, ...)``):
+
+* ``synthetic`` (the default of the framework): procedurally drawn faces written in CelebA's
+  exact file format into ``<root>/synthetic_celeba/`` on first use and read by the CelebA
+  loader, so the real loading code runs on any machine with no download. See
+  ``generate_synthetic_celeba``. It is labelled synthetic everywhere (``dataset.synthetic``,
+  ``info['synthetic']``, the log line).
+* ``celeba``: official files under ``<root>/celeba/``; official train/val/test partition.
+  Default target ``Smiling``; default sensitive attributes ``Male`` (column ``gender``:
+  ``Male``/``Female``) and ``Young`` (column ``age``: ``Young``/``Old``); the aliases ``gender``
+  and ``age`` name the same two attributes. Any other CelebA attribute may be sensitive: its
+  column is the attribute name with values ``<Attr>`` / ``not <Attr>`` (e.g. ``Eyeglasses`` /
+  ``not Eyeglasses``).
+
+Groups are the sensitive values joined by ``/`` in the order the attributes are given, e.g.
+``Female/Old``; ``dataset.group_names`` is their sorted list and ``group_code`` indexes it.
+
+Images: centre-cropped to a square, resized to ``image_size`` (bilinear, antialiased) and
+normalised with mean 0.5 / std 0.5 per channel, i.e. to [-1, 1]. When all decoded images fit in
+``cache_limit_gib`` they are cached as a uint8 tensor in shared memory, so later epochs (and
+DataLoader workers) do not decode again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+KNOWN_DATASETS = ("synthetic", "celeba", "utkface", "fairface")
+SPLITS = ("train", "val", "test")
+NORMALIZE_MEAN = (0.5, 0.5, 0.5)
+NORMALIZE_STD = (0.5, 0.5, 0.5)
+
+# The 40 CelebA attributes in the order of the official list_attr_celeba.txt.
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
+    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
+    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes",
+    "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
+    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+# CelebA attributes with a readable column name and value labels (1 -> first, -1 -> second).
+CELEBA_NAMED_SENSITIVE = {
+    "Male": ("gender", "Male", "Female"),
+    "Young": ("age", "Young", "Old"),
+}
+CELEBA_ALIASES = {"gender": "Male", "age": "Young"}
+
+DATASET_SOURCES = {
+    "celeba": "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
+    "utkface": "https://susanqq.github.io/UTKFace/",
+    "fairface": "https://github.com/joojs/fairface",
+}
+SYNTHETIC_FOLDER = "synthetic_celeba"
+SYNTHETIC_PARAMS_FILE = "synthetic_params.json"
+
+
+# --------------------------------------------------------------------------- images
+
+def decode_image(path: str | Path, image_size: int) -> torch.Tensor:
+    """Read an image file as a uint8 tensor [3, image_size, image_size] (centre crop + resize).
+
+    Raises ValueError naming the file when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale
+            img = img.convert("RGB")
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+            img = img.resize((image_size, image_size), Image.BILINEAR)
+            pixels = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(
+            f"Cannot read image '{path}': {exc}. Replace the file (re-download the dataset) "
+            f"or pass skip_bad_images=True to skip unreadable images."
+        ) from exc
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+
+
+def normalize_image(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [3,H,W] -> float [3,H,W] in [-1, 1] (mean 0.5, std 0.5)."""
+    return pixels.float().div_(127.5).sub_(1.0)
+
+
+class _ImageStore:
+    """Image paths plus an optional shared-memory cache of decoded uint8 pixels."""
+
+    def __init__(self, paths, image_size: int, cache: bool):
+        self.paths = np.asarray([str(p) for p in paths], dtype=str)  # no per-item refcounts
+        self.image_size = int(image_size)
+        self.pixels = self.filled = None
+        if cache:
+            n = len(self.paths)
+            self.pixels = torch.zeros((n, 3, image_size, image_size), dtype=torch.uint8)
+            self.filled = torch.zeros(n, dtype=torch.bool)
+            try:  # shared, so DataLoader workers fill one cache instead of one each
+                self.pixels.share_memory_()
+                self.filled.share_memory_()
+            except RuntimeError as exc:
+                logger.warning("Image cache stays process-local (no shared memory: %s)", exc)
+
+    def load(self, row: int) -> torch.Tensor:
+        if self.filled is not None and self.filled[row]:
+            return self.pixels[row]
+        pixels = decode_image(self.paths[row], self.image_size)
+        if self.filled is not None:
+            self.pixels[row] = pixels
+            self.filled[row] = True
+        return pixels
+
+    def find_unreadable(self, rows) -> list[int]:
+        """Decode the given rows (filling the cache); return the rows that failed."""
+        bad = []
+        for row in tqdm(rows, desc="checking images", leave=False):
+            try:
+                self.load(int(row))
+            except ValueError:
+                bad.append(int(row))
+        return bad
+
+
+# --------------------------------------------------------------------------- dataset
+
+class FaceDataset(Dataset):
+    """Face images with a binary target and a per-sample metadata table.
+
+    ``metadata`` has a positional index and columns ``sample_id, split, target, <sensitive
+    attributes>, group``. Items are ``(image FloatTensor[3,H,W], target, group_code,
+    sample_id)`` with ``group_code`` indexing ``group_names``. Build it with ``load_dataset``.
+    """
+
+    def __init__(self, metadata: pd.DataFrame, store: _ImageStore, rows, *, name: str,
+                 target_name: str, sensitive_attrs: list[str], group_names: list[str],
+                 synthetic: bool):
+        self.metadata = metadata.reset_index(drop=True)
+        self._store = store
+        self._rows = np.asarray(rows, dtype=np.int64)
+        self.name = name
+        self.target_name = target_name
+        self.sensitive_attrs = list(sensitive_attrs)
+        self.group_names = list(group_names)
+        self.synthetic = bool(synthetic)
+        codes = pd.Categorical(self.metadata["group"], categories=self.group_names).codes
+        if (codes < 0).any():
+            unknown = sorted(set(self.metadata["group"][codes < 0]))
+            raise ValueError(f"Groups {unknown} are not in group_names {self.group_names}.")
+        self.group_codes = np.asarray(codes, dtype=np.int64)
+        self.targets = self.metadata["target"].to_numpy(dtype=np.int64)
+        self._sample_ids = self.metadata["sample_id"].to_numpy(dtype=str)
+
+    @property
+    def image_size(self) -> int:
+        return self._store.image_size
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def __getitem__(self, index: int):
+        pixels = self._store.load(int(self._rows[index]))
+        return (normalize_image(pixels), int(self.targets[index]),
+                int(self.group_codes[index]), str(self._sample_ids[index]))
+
+    def image_path(self, index: int) -> str:
+        """The file the item at ``index`` is read from."""
+        return str(self._store.paths[self._rows[index]])
+
+    def subset(self, indices) -> "FaceDataset":
+        """A dataset of the items at the given positions, metadata kept aligned."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise ValueError(
+                f"subset indices must lie in [0, {len(self)}); got min {indices.min()}, "
+                f"max {indices.max()}. Use positions into this dataset, not sample ids."
+            )
+        return FaceDataset(
+            self.metadata.iloc[indices], self._store, self._rows[indices], name=self.name,
+            target_name=self.target_name, sensitive_attrs=self.sensitive_attrs,
+            group_names=self.group_names, synthetic=self.synthetic,
+        )
+
+    def group_counts(self) -> dict[str, int]:
+        """Number of samples in each group of ``group_names`` (zeros included)."""
+        counts = np.bincount(self.group_codes, minlength=len(self.group_names))
+        return {g: int(c) for g, c in zip(self.group_names, counts)}
+
+    def __repr__(self) -> str:
+        tag = " SYNTHETIC" if self.synthetic else ""
+        return (f"FaceDataset({self.name}{tag}, n={len(self)}, target={self.target_name}, "
+                f"sensitive={self.sensitive_attrs}, image_size={self.image_size})")
+
+
+@dataclass
+class DatasetSplits:
+    """The train/val/test datasets of one load and an ``info`` dict describing them."""
+
+    train: FaceDataset
+    val: FaceDataset
+    test: FaceDataset
+    info: dict = field(default_factory=dict)
+
+    def __getitem__(self, split: str) -> FaceDataset:
+        if split not in SPLITS:
+            raise ValueError(f"Unknown split '{split}'; expected one of {list(SPLITS)}.")
+        return getattr(self, split)
+
+
+def make_loader(dataset: FaceDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                num_workers: int = 0) -> DataLoader:
+    """A DataLoader over ``dataset``; shuffling is seeded so epochs are reproducible."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}.")
+    generator = torch.Generator().manual_seed(int(seed))
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+        num_workers=num_workers, persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(), worker_init_fn=_single_thread_worker,
+    )
+
+
+def _single_thread_worker(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers decode JPEGs; do not oversubscribe the cores
+
+
+# --------------------------------------------------------------------------- subsets
+
+def balanced_subset(dataset: FaceDataset, n: int, seed: int, by_label: bool = False) -> FaceDataset:
+    """``n`` samples spread as evenly as availability allows over ``dataset.group_names``.
+
+    A group with fewer than its share gives all its samples and the remainder is spread over
+    the other groups. With ``by_label`` each group's quota is also split evenly over labels.
+    Raises ValueError naming any group with no samples in ``dataset``.
+    """
+    _check_subset_size(dataset, n)
+    empty = [g for g, c in dataset.group_counts().items() if c == 0]
+    if empty:
+        raise ValueError(
+            f"Cannot balance over groups {dataset.group_names}: group(s) {empty} have no "
+            f"samples in this {dataset.name} dataset (n={len(dataset)}). Use a larger split "
+            f"or other sensitive attributes, or random_subset."
+        )
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(dataset.group_codes == g) for g in range(len(dataset.group_names))]
+    quotas = _balanced_counts(n, np.array([len(m) for m in members]))
+    chosen = []
+    for group_members, quota in zip(members, quotas):
+        if by_label:
+            chosen.append(_balanced_draw(group_members, dataset.targets[group_members], quota, rng))
+        else:
+            chosen.append(rng.choice(group_members, size=quota, replace=False))
+    return dataset.subset(np.sort(np.concatenate(chosen)))
+
+
+def random_subset(dataset: FaceDataset, n: int, seed: int) -> FaceDataset:
+    """``n`` samples drawn uniformly without replacement (seeded)."""
+    _check_subset_size(dataset, n)
+    rng = np.random.default_rng(seed)
+    return dataset.subset(np.sort(rng.choice(len(dataset), size=n, replace=False)))
+
+
+def _check_subset_size(dataset: FaceDataset, n) -> None:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 < n <= len(dataset):
+        raise ValueError(
+            f"Subset size n={n!r} must be an integer in [1, {len(dataset)}] (the size of the "
+            f"{dataset.name} dataset given). Ask for fewer samples or pass a larger split."
+        )
+
+
+def _balanced_draw(indices: np.ndarray, cells: np.ndarray, n: int, rng) -> np.ndarray:
+    """Draw ``n`` of ``indices`` as evenly as possible over the distinct ``cells`` values."""
+    labels = np.unique(cells)
+    pools = [indices[cells == c] for c in labels]
+    counts = _balanced_counts(n, np.array([len(p) for p in pools]))
+    return np.concatenate([rng.choice(p, size=k, replace=False) for p, k in zip(pools, counts)])
+
+
+def _balanced_counts(n: int, available: np.ndarray) -> np.ndarray:
+    """Water-filling: equal shares of ``n``, capped by ``available``, remainder to the rest."""
+    counts = np.zeros(len(available), dtype=np.int64)
+    remaining = int(n)
+    for k, i in enumerate(np.argsort(available, kind="stable")):
+        counts[i] = min(int(available[i]), remaining // (len(available) - k))
+        remaining -= counts[i]
+    return counts
+
+
+def _largest_remainder(total: int, weights, rng=None) -> np.ndarray:
+    """Integer counts summing to ``total`` in proportion to ``weights``; ties broken by ``rng``."""
+    weights = np.asarray(weights, dtype=float)
+    quotas = total * weights / weights.sum()
+    counts = np.floor(quotas).astype(np.int64)
+    remainders = np.round(quotas - counts, 9)
+    tiebreak = rng.random(len(weights)) if rng is not None else np.zeros(len(weights))
+    order = np.lexsort((tiebreak, -remainders))
+    counts[order[: total - counts.sum()]] += 1
+    return counts
+
+
+def _stratified_parts(strata, fractions, rng) -> np.ndarray:
+    """Part index (0..len(fractions)-1) per row, dividing every stratum by ``fractions``."""
+    codes, _ = pd.factorize(pd.Series(strata), sort=True)
+    parts = np.empty(len(codes), dtype=np.int64)
+    for code in range(codes.max() + 1 if len(codes) else 0):
+        members = rng.permutation(np.flatnonzero(codes == code))
+        counts = _largest_remainder(len(members), fractions, rng)
+        parts[members] = np.repeat(np.arange(len(fractions)), counts)
+    return parts
+
+
+# --------------------------------------------------------------------------- synthetic faces
+#
+# Knobs of the synthetic benchmark. Group shares mimic CelebA (Female/Old smallest). The target
+# (Smiling) is the curvature of the mouth: +cue for smiles, -cue otherwise, times the group's
+# cue strength, plus Gaussian jitter, so a lower strength means overlapping classes (a harder
+# group). Beards (drawn over the mouth region in hair colour) lower the mouth's contrast.
+SYNTHETIC_GROUPS = ("Female/Old", "Female/Young", "Male/Old", "Male/Young")
+DEFAULT_GROUP_SHARES = {"Female/Young": 0.49, "Male/Young": 0.29, "Male/Old": 0.13,
+                        "Female/Old": 0.09}
+DEFAULT_SMILING_RATE = {"Female/Young": 0.52, "Male/Young": 0.46, "Male/Old": 0.44,
+                        "Female/Old": 0.48}
+DEFAULT_CUE_STRENGTH = {"Female/Young": 1.0, "Male/Young": 1.0, "Male/Old": 0.8,
+                        "Female/Old": 0.6}
+SYNTHETIC_DEFAULTS = {"n_images": 8000, "image_size": 64, "seed": 0}
+MOUTH_CURVE = 0.06   # corner-to-centre height of a full-strength smile, in face-image units
+MOUTH_JITTER = 0.025  # std of the per-image curvature noise, same units
+GENERATOR_VERSION = 1
+# Rough base rates for attributes the drawing does not show (random, deterministic per seed).
+UNDRAWN_ATTRIBUTE_RATES = {
+    "Arched_Eyebrows": 0.27, "Bangs": 0.15, "Big_Lips": 0.24, "Big_Nose": 0.23, "Blurry": 0.05,
+    "Bushy_Eyebrows": 0.14, "Narrow_Eyes": 0.12, "Oval_Face": 0.28, "Pointy_Nose": 0.28,
+    "Rosy_Cheeks": 0.07, "Straight_Hair": 0.21, "Wavy_Hair": 0.32, "Wearing_Earrings": 0.19,
+    "Wearing_Hat": 0.05, "Wearing_Necklace": 0.12, "Wearing_Necktie": 0.07,
+}
+_HAIR_PALETTE = np.array([[0.10, 0.08, 0.07], [0.40, 0.25, 0.12], [0.85, 0.70, 0.40]])
+_HAIR_NAMES = ("Black_Hair", "Brown_Hair", "Blond_Hair")
+_GRAY = np.array([0.80, 0.80, 0.80])
+_SKIN_LIGHT, _SKIN_DARK = np.array([0.96, 0.82, 0.70]), np.array([0.42, 0.28, 0.18])
+
+
+def generate_synthetic_celeba(out_dir: str | Path, *, n_images: int, image_size: int = 64,
+                              seed: int = 0, group_shares: dict | None = None,
+                              smiling_rate: float | dict | None = None,
+                              cue_strength: float | dict | None = None,
+                              split_fractions=(0.8, 0.1, 0.1)) -> Path:
+    """Write a deterministic synthetic face set in CelebA's file format into ``out_dir``.
+
+    Files: ``img_align_celeba/NNNNNN.jpg``, ``list_attr_celeba.txt`` (all 40 CelebA attributes
+    in the official order, values -1/1), ``list_eval_partition.txt`` (0/1/2 = train/val/test,
+    stratified by group and label) and ``synthetic_params.json`` (the parameters below).
+
+    Args:
+        n_images: number of faces.
+        image_size: side of the square images in pixels (>= 16).
+        seed: the same seed and parameters give byte-identical files.
+        group_shares: relative sizes of the groups ``Female/Young, Male/Young, Male/Old,
+            Female/Old`` (all four, normalised); default ``DEFAULT_GROUP_SHARES``.
+        smiling_rate: share of smiling faces, one float for every group or a dict of groups
+            overriding ``DEFAULT_SMILING_RATE``.
+        cue_strength: visibility of the smile cue in (0, 1]: float or dict of groups overriding
+            ``DEFAULT_CUE_STRENGTH`` (default: weaker for Old groups, weakest for Female/Old).
+        split_fractions: train/val/test shares written to the partition file.
+    """
+    params = synthetic_parameters(n_images=n_images, image_size=image_size, seed=seed,
+                                  group_shares=group_shares, smiling_rate=smiling_rate,
+                                  cue_strength=cue_strength, split_fractions=split_fractions)
+    return _write_synthetic(Path(out_dir), params)
+
+
+def synthetic_parameters(*, n_images: int, image_size: int = 64, seed: int = 0,
+                         group_shares=None, smiling_rate=None, cue_strength=None,
+                         split_fractions=(0.8, 0.1, 0.1)) -> dict:
+    """Validate generator arguments and return them resolved, as stored in the JSON file."""
+    if not isinstance(n_images, (int, np.integer)) or n_images < 1:
+        raise ValueError(f"n_images must be a positive integer, got {n_images!r}.")
+    if not isinstance(image_size, (int, np.integer)) or image_size < 16:
+        raise ValueError(f"Synthetic image_size must be an integer >= 16, got {image_size!r}.")
+    if group_shares is not None and set(group_shares) != set(SYNTHETIC_GROUPS):
+        raise ValueError(
+            f"group_shares must give all of {list(SYNTHETIC_GROUPS)}; got {sorted(group_shares)}."
+        )
+    shares = _group_values("group_shares", DEFAULT_GROUP_SHARES, group_shares, 0.0, np.inf)
+    if sum(shares.values()) <= 0:
+        raise ValueError(f"group_shares must not all be zero, got {group_shares}.")
+    total = sum(shares.values())
+    return {
+        "format": "celeba", "synthetic": True, "generator_version": GENERATOR_VERSION,
+        "n_images": int(n_images), "image_size": int(image_size), "seed": int(seed),
+        "group_shares": {g: v / total for g, v in shares.items()},
+        "smiling_rate": _group_values("smiling_rate", DEFAULT_SMILING_RATE, smiling_rate, 0, 1),
+        "cue_strength": _group_values("cue_strength", DEFAULT_CUE_STRENGTH, cue_strength, 0, 1),
+        "split_fractions": list(_check_fractions(split_fractions)),
+    }
+
+
+def _group_values(knob: str, defaults: dict, given, low: float, high: float) -> dict:
+    """Defaults overridden by ``given`` (a number for all groups or a dict of groups)."""
+    if given is None:
+        values = dict(defaults)
+    elif isinstance(given, dict):
+        unknown = sorted(set(given) - set(SYNTHETIC_GROUPS))
+        if unknown:
+            raise ValueError(f"{knob}: unknown group(s) {unknown}; "
+                             f"expected keys from {list(SYNTHETIC_GROUPS)}.")
+        values = {**defaults, **given}
+    else:
+        values = {g: given for g in SYNTHETIC_GROUPS}
+    for group, value in values.items():
+        if not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"{knob} for '{group}' must be a number in [{low}, {high}], "
+                             f"got {value!r}.")
+    return {g: float(values[g]) for g in SYNTHETIC_GROUPS}
+
+
+def _check_fractions(fractions) -> tuple[float, float, float]:
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6 \
+            or fractions[0] == 0:
+        raise ValueError(f"split_fractions must be three non-negative numbers (train, val, "
+                         f"test) summing to 1 with train > 0, got {fractions}.")
+    return fractions
+
+
+def ensure_synthetic_celeba(root: str | Path, **options) -> Path:
+    """``<root>/synthetic_celeba`` generated with ``options`` (reused when parameters match)."""
+    folder = Path(root) / SYNTHETIC_FOLDER
+    params = synthetic_parameters(**options)
+    if _stored_synthetic_params(folder) == params:
+        logger.info("Reusing SYNTHETIC CelebA-format data in %s", folder)
+        return folder
+    return _write_synthetic(folder, params)
+
+
+def _stored_synthetic_params(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / SYNTHETIC_PARAMS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_synthetic(folder: Path, params: dict) -> Path:
+    if folder.exists() and any(folder.iterdir()) and _stored_synthetic_params(folder) is None:
+        raise ValueError(f"Refusing to write synthetic data into '{folder}': it holds other "
+                         f"files. Choose an empty folder or one made by this generator.")
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "img_align_celeba").mkdir(parents=True)
+    rng = np.random.default_rng(params["seed"])
+    faces = _sample_faces(params, rng)
+    size, n = params["image_size"], params["n_images"]
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    chunk = max(1, 2 ** 22 // (size * size))
+    for start in tqdm(range(0, n, chunk), desc="drawing synthetic faces", leave=False):
+        stop = min(start + chunk, n)
+        images = _draw_faces({k: v[start:stop] for k, v in faces.items()}, size, rng)
+        for name, pixels in zip(names[start:stop], images):
+            Image.fromarray(pixels).save(staging / "img_align_celeba" / name, quality=95)
+    attributes = _synthetic_attribute_table(faces, rng)
+    _write_celeba_attr_file(staging / "list_attr_celeba.txt", names, attributes)
+    strata = faces["group"] * 2 + faces["smiling"]
+    parts = _stratified_parts(strata, params["split_fractions"], rng)
+    (staging / "list_eval_partition.txt").write_text(
+        "".join(f"{name} {part}\n" for name, part in zip(names, parts)))
+    (staging / SYNTHETIC_PARAMS_FILE).write_text(json.dumps(params, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    logger.info("Generated %d SYNTHETIC CelebA-format faces (%d px) in %s", n, size, folder)
+    return folder
+
+
+def _write_celeba_attr_file(path: Path, names: list[str], attributes: np.ndarray) -> None:
+    rows = (f"{name} " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, attributes))
+    path.write_text(f"{len(names)}\n{' '.join(CELEBA_ATTRIBUTES)}\n" + "\n".join(rows) + "\n")
+
+
+def _sample_faces(params: dict, rng) -> dict[str, np.ndarray]:
+    """Per-face labels and appearance parameters, as arrays of length n_images."""
+    n = params["n_images"]
+    shares = [params["group_shares"][g] for g in SYNTHETIC_GROUPS]
+    group = rng.permutation(np.repeat(np.arange(len(SYNTHETIC_GROUPS)),
+                                      _largest_remainder(n, shares, rng)))
+    male = np.array([g.startswith("Male") for g in SYNTHETIC_GROUPS])[group]
+    old = np.array([g.endswith("Old") for g in SYNTHETIC_GROUPS])[group]
+    smiling = np.zeros(n, dtype=np.int64)
+    for code, name in enumerate(SYNTHETIC_GROUPS):
+        members = rng.permutation(np.flatnonzero(group == code))
+        smiling[members[: round(params["smiling_rate"][name] * len(members))]] = 1
+    strength = np.array([params["cue_strength"][g] for g in SYNTHETIC_GROUPS])[group]
+    curve = (2 * smiling - 1) * MOUTH_CURVE * strength + rng.normal(0, MOUTH_JITTER, n)
+    hair_kind = rng.choice(len(_HAIR_PALETTE), size=n, p=[0.45, 0.35, 0.20])
+    gray = np.where(old, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 0.1, n))
+    return {
+        "group": group, "male": male, "old": old, "smiling": smiling, "curve": curve,
+        "hair_kind": hair_kind, "gray": gray,
+        "bald": male & (rng.random(n) < np.where(old, 0.3, 0.03)),
+        "beard": male & (rng.random(n) < np.where(old, 0.45, 0.25)),
+        "lipstick": ~male & (rng.random(n) < np.where(old, 0.35, 0.6)),
+        "glasses": rng.random(n) < np.where(old, 0.15, 0.05),
+        "skin": rng.beta(2.0, 2.5, n),
+        "cx": 0.5 + rng.normal(0, 0.02, n), "cy": 0.5 + rng.normal(0, 0.02, n),
+        "scale": rng.uniform(0.92, 1.08, n),
+        "background": rng.uniform(0.15, 0.9, (n, 3)),
+    }
+
+
+def _draw_faces(faces: dict, size: int, rng) -> np.ndarray:
+    """Vectorised drawing of a batch of faces -> uint8 [B, size, size, 3]."""
+    b = len(faces["group"])
+    col = lambda v: np.asarray(v, dtype=np.float32).reshape(b, 1, 1)  # noqa: E731
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size
+    x, y = grid.reshape(1, 1, size), grid.reshape(1, size, 1)
+    s = col(faces["scale"])
+    dx, dy = x - col(faces["cx"]), y - col(faces["cy"])
+    male = col(faces["male"])
+    rx, ry = s * (0.22 + 0.03 * male), s * 0.29
+    soft = lambda d: np.clip(d * size + 0.5, 0.0, 1.0)  # noqa: E731  (anti-aliased edges)
+
+    skin = (1 - faces["skin"][:, None]) * _SKIN_LIGHT + faces["skin"][:, None] * _SKIN_DARK
+    hair = _HAIR_PALETTE[faces["hair_kind"]]
+    hair = hair + faces["gray"][:, None] * (_GRAY - hair)
+    background = faces["background"].astype(np.float32)[:, None, None, :]
+    img = np.broadcast_to(background, (b, size, size, 3)).copy()
+
+    def paint(mask, color, alpha=1.0):
+        change = np.asarray(color, dtype=np.float32)[:, None, None, :] - img
+        change *= (alpha * mask)[..., None]
+        img[...] += change
+
+    has_hair = col(~faces["bald"])
+    hair_outline = soft((1 - np.hypot(dx / (rx * 1.3), (dy + 0.03) / (ry * 1.15))) * rx)
+    long_hair = (1 - male) * soft(np.minimum(rx * 1.25 - np.abs(dx), 0.33 * s - dy))
+    paint(has_hair * np.maximum(hair_outline, long_hair), hair)
+    exponent = 2.0 + 0.8 * male  # squarer male faces
+    radius = (np.abs(dx / rx) ** exponent + np.abs(dy / ry) ** exponent) ** (1 / exponent)
+    face = soft((1 - radius) * rx)
+    paint(face, skin)
+    hairline = ry * (0.5 + 0.1 * (1 - male))
+    paint(has_hair * hair_outline * soft(-hairline - dy), hair)
+    forehead = face * soft(0.55 * rx - np.abs(dx)) * soft(-0.18 * ry - dy) * soft(dy + hairline)
+    wrinkles = np.clip(np.sin(2 * np.pi * dy / (0.035 * s)) - 0.3, 0, 1)
+    paint(col(faces["old"]) * forehead * wrinkles, skin * 0.65, alpha=0.6)
+    paint(col(faces["beard"]) * face * soft(dy - 0.3 * ry), hair * 0.8, alpha=0.85)
+    eye_dx, eye_dy = np.abs(dx) - 0.09 * s, dy + 0.05 * s  # both eyes at once (symmetry)
+    eyes = soft((1 - np.hypot(eye_dx / (0.028 * s), eye_dy / (0.018 * s))) * 0.018 * s)
+    rims = col(faces["glasses"]) * soft(0.008 * s - np.abs(np.hypot(eye_dx, eye_dy) - 0.045 * s))
+    paint(np.maximum(eyes, rims), np.full((b, 3), 0.07))
+    half_width, curve = 0.085 * s, col(faces["curve"])
+    u = dx / half_width
+    mouth_y = 0.15 * s + curve * (0.5 - u ** 2)  # corners rise by `curve` above the centre
+    mouth = soft(0.018 * s - np.abs(dy - mouth_y)) * soft((1 - np.abs(u)) * half_width)
+    lip_color = np.where(faces["lipstick"][:, None], [[0.70, 0.08, 0.15]], skin * 0.4)
+    paint(mouth, lip_color)
+    img *= rng.uniform(0.85, 1.15, (b, 1, 1, 1)).astype(np.float32)
+    img += 0.02 * rng.standard_normal(img.shape, dtype=np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _synthetic_attribute_table(faces: dict, rng) -> np.ndarray:
+    """The 40 CelebA attributes (-1/1) consistent with what was drawn."""
+    n = len(faces["group"])
+    male, old, smiling = faces["male"], faces["old"], faces["smiling"].astype(bool)
+    chance = lambda p: rng.random(n) < p  # noqa: E731
+    gray_hair = (faces["gray"] > 0.7) & ~faces["bald"]
+    values = {name: chance(rate) for name, rate in UNDRAWN_ATTRIBUTE_RATES.items()}
+    values.update({
+        "Male": male, "Young": ~old, "Smiling": smiling, "Bald": faces["bald"],
+        "No_Beard": ~faces["beard"], "Goatee": faces["beard"] & chance(0.5),
+        "Mustache": faces["beard"] & chance(0.6), "Sideburns": faces["beard"] & chance(0.3),
+        "5_o_Clock_Shadow": male & ~faces["beard"] & chance(0.25), "Gray_Hair": gray_hair,
+        "Eyeglasses": faces["glasses"], "Wearing_Lipstick": faces["lipstick"],
+        "Heavy_Makeup": faces["lipstick"] & chance(0.7), "Pale_Skin": faces["skin"] < 0.06,
+        "High_Cheekbones": chance(np.where(smiling, 0.8, 0.15)),
+        "Mouth_Slightly_Open": chance(np.where(smiling, 0.6, 0.3)),
+        "Bags_Under_Eyes": chance(np.where(old, 0.45, 0.12)),
+        "Receding_Hairline": chance(np.where(old & male, 0.35, 0.03)),
+        "Chubby": chance(np.where(old, 0.12, 0.04)), "Double_Chin": chance(np.where(old, 0.12, 0.03)),
+        "Attractive": chance(np.where(old, 0.2, np.where(male, 0.45, 0.7))),
+    })
+    for kind, name in enumerate(_HAIR_NAMES):
+        values[name] = (faces["hair_kind"] == kind) & ~gray_hair & ~faces["bald"]
+    return np.stack([np.where(values[a], 1, -1) for a in CELEBA_ATTRIBUTES], axis=1)
+
+
+# --------------------------------------------------------------------------- CelebA files
+
+CELEBA_FILES = ("img_align_celeba/", "list_attr_celeba.txt", "list_eval_partition.txt")
+
+
+def _missing_dataset_error(name: str, folder: Path, expected) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"Dataset '{name}' not found: expected {', '.join(expected)} under '{folder}'. "
+        f"Download it from {DATASET_SOURCES[name]} and place the files there, or use the "
+        f"dataset 'synthetic', which runs with no download."
+    )
+
+
+def _require(name: str, folder: Path, expected) -> None:
+    if not all((folder / entry).exists() for entry in expected):
+        raise _missing_dataset_error(name, folder, expected)
+
+
+def read_celeba_attributes(path: str | Path) -> pd.DataFrame:
+    """Parse ``list_attr_celeba.txt`` -> DataFrame (index: file name, columns: 0/1 ints).
+
+    Raises ValueError with the file and line number on a malformed line.
+    """
+    path = Path(path)
+    lines = path.read_text().splitlines()
+
+    def fail(lineno: int, problem: str) -> ValueError:
+        return ValueError(f"Malformed CelebA attribute file {path}, line {lineno}: {problem}. "
+                          f"Re-download list_attr_celeba.txt from {DATASET_SOURCES['celeba']}.")
+
+    if not lines or not lines[0].strip().isdigit():
+        raise fail(1, f"expected the number of images, found {lines[0] if lines else ''!r}")
+    names = lines[1].split() if len(lines) > 1 else []
+    if not names or len(set(names)) != len(names):
+        raise fail(2, "expected the attribute names, distinct and whitespace separated")
+    files, values = [], []
+    for lineno, line in enumerate(lines[2:], start=3):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != len(names) + 1 or not set(fields[1:]) <= {"1", "-1"}:
+            raise fail(lineno, f"expected a file name and {len(names)} values of -1 or 1, "
+                               f"found {line.strip()[:80]!r}")
+        files.append(fields[0])
+        values.append(fields[1:])
+    if len(files) != int(lines[0]):
+        raise fail(1, f"header announces {int(lines[0])} images but {len(files)} lines follow")
+    table = (np.array(values, dtype=str).reshape(len(files), len(names)) == "1").astype(np.int64)
+    return pd.DataFrame(table, index=pd.Index(files, name="file"), columns=names)
+
+
+def read_celeba_partition(path: str | Path) -> pd.Series:
+    """Parse ``list_eval_partition.txt`` -> Series file name -> split name."""
+    path = Path(path)
+    files, splits = [], []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise ValueError(
+                f"Malformed CelebA partition file {path}, line {lineno}: expected "
+                f"'<file> 0|1|2', found {line.strip()[:80]!r}. Re-download "
+                f"list_eval_partition.txt from {DATASET_SOURCES['celeba']}.")
+        files.append(fields[0])
+        splits.append(SPLITS[int(fields[1])])
+    return pd.Series(splits, index=pd.Index(files, name="file"), name="split")
+
+
+def _read_celeba(folder: Path, name: str = "celeba") -> tuple[pd.DataFrame, "_Schema"]:
+    _require(name, folder, CELEBA_FILES)
+    attributes = read_celeba_attributes(folder / "list_attr_celeba.txt")
+    partition = read_celeba_partition(folder / "list_eval_partition.txt")
+    unassigned = attributes.index.difference(partition.index)
+    if len(unassigned):
+        raise ValueError(
+            f"{len(unassigned)} image(s) of {folder / 'list_attr_celeba.txt'} have no split in "
+            f"{folder / 'list_eval_partition.txt'}, e.g. '{unassigned[0]}'. Use the official "
+            f"files together.")
+    frame = attributes.reset_index().rename(columns={"file": "sample_id"})
+    frame["split"] = partition.reindex(attributes.index).to_numpy()
+    frame["path"] = [str(folder / "img_align_celeba" / f) for f in frame["sample_id"]]
+    return frame, _celeba_schema(list(attributes.columns))
+
+
+# --------------------------------------------------------------------------- schemas
+
+@dataclass(frozen=True)
+class _Schema:
+    """How a dataset's raw columns become a binary target and string sensitive columns.
+
+    ``targets``: name -> (source, function(frame) -> 0/1 array); ``sensitives``: name ->
+    (source, column name, function(frame) -> string array). A target and a sensitive attribute
+    from the same source (e.g. gender) cannot be combined.
+    """
+
+    default_target: str
+    default_sensitive: tuple[str, ...]
+    targets: dict
+    sensitives: dict
+
+
+def _celeba_schema(attributes: list[str]) -> _Schema:
+    def target(attr):
+        return attr, lambda frame: frame[attr].to_numpy()
+
+    def sensitive(attr):
+        column, yes, no = CELEBA_NAMED_SENSITIVE.get(attr, (attr, attr, f"not {attr}"))
+        return attr, column, lambda frame: np.where(frame[attr] == 1, yes, no)
+
+    names = {a: a for a in attributes}
+    names.update({alias: a for alias, a in CELEBA_ALIASES.items() if a in attributes})
+    return _Schema("Smiling", ("Male", "Young"),
+                   {n: target(a) for n, a in names.items()},
+                   {n: sensitive(a) for n, a in names.items()})
+
+
+def _derive_columns(frame: pd.DataFrame, schema: _Schema, dataset: str, target, sensitive):
+    """metadata (sample_id, split, target, sensitive columns, group) + (target, columns)."""
+    target = schema.default_target if target is None else target
+    if sensitive is None:
+        sensitive = list(schema.default_sensitive)
+    elif isinstance(sensitive, str):
+        sensitive = [sensitive]
+    _check_known(dataset, "target", [target], schema.targets)
+    _check_known(dataset, "sensitive", sensitive, schema.sensitives)
+    if not sensitive:
+        raise ValueError(f"No sensitive attribute given for '{dataset}'; name at least one of "
+                         f"{sorted(schema.sensitives)} (default {list(schema.default_sensitive)}).")
+    sources = [schema.targets[target][0]] + [schema.sensitives[s][0] for s in sensitive]
+    if len(set(sources)) != len(sources):
+        raise ValueError(f"Target '{target}' and sensitive attributes {sensitive} overlap (they "
+                         f"read the same underlying attribute). Name each attribute once and "
+                         f"keep the target out of the sensitive list.")
+    metadata = pd.DataFrame({
+        "sample_id": frame["sample_id"].astype(str).to_numpy(),
+        "split": frame["split"].to_numpy() if "split" in frame else "unsplit",
+        "target": np.asarray(schema.targets[target][1](frame), dtype=np.int64),
+    })
+    columns = []
+    for name in sensitive:
+        _, column, values = schema.sensitives[name]
+        metadata[column] = np.asarray(values(frame), dtype=str)
+        columns.append(column)
+    metadata["group"] = metadata[columns[0]].str.cat(
+        [metadata[c] for c in columns[1:]], sep="/") if len(columns) > 1 else metadata[columns[0]]
+    return metadata, target, columns
+
+
+def _check_known(dataset: str, kind: str, names, available: dict) -> None:
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"Unknown {kind} attribute(s) {unknown} for dataset '{dataset}'; "
+                         f"available: {sorted(available)}.")
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_dataset(name: str, root: str | Path, *, target: str | None = None,
+                 sensitive: str | list[str] | None = None, image_size: int = 32, seed: int = 0,
+                 split_fractions=(0.7, 0.15, 0.15), skip_bad_images: bool = False,
+                 synthetic: dict | None = None, max_per_split: int | None = None,
+                 cache_limit_gib: float = 2.0) -> DatasetSplits:
+    """Load a dataset's train/val/test splits with target, sensitive columns and groups.
+
+    Args:
+        name: one of ``KNOWN_DATASETS``.
+        root: folder holding ``celeba/``, ``utkface/``, ``fairface/`` (and where
+            ``synthetic_celeba/`` is generated).
+        target, sensitive: attribute names (None: the dataset's documented defaults).
+        image_size: side of the square tensors returned.
+        seed: drives the splits of datasets without an official one and ``max_per_split``.
+        split_fractions: train/val/test shares where the dataset has no official split (for
+            ``synthetic``, the shares written into its partition file).
+        skip_bad_images: drop missing or unreadable images with a warning instead of failing
+            (decodes every image once at load time).
+        synthetic: options for ``generate_synthetic_celeba`` (``n_images``, ``image_size``,
+            ``seed``, ``group_shares``, ``smiling_rate``, ``cue_strength``); defaults
+            ``SYNTHETIC_DEFAULTS``. Ignored for the real datasets.
+        max_per_split: keep at most this many samples per split (group-stratified), for
+            quick runs.
+        cache_limit_gib: cache decoded images in memory when they fit in this many GiB.
+    """
+    if name not in KNOWN_DATASETS:
+        raise ValueError(f"Unknown dataset '{name}'; known datasets: {list(KNOWN_DATASETS)}.")
+    if not isinstance(image_size, (int, np.integer)) or image_size < 8:
+        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}.")
+    if max_per_split is not None and (not isinstance(max_per_split, int) or max_per_split < 1):
+        raise ValueError(f"max_per_split must be a positive integer or None, got "
+                         f"{max_per_split!r}.")
+    fractions = _check_fractions(split_fractions)
+    frame, schema, folder, is_synthetic = _read_raw(name, Path(root), fractions, synthetic)
+    metadata, target, columns = _derive_columns(frame, schema, name, target, sensitive)
+    rng = np.random.default_rng(seed)
+    metadata, paths = _drop_missing_files(metadata, frame["path"].to_numpy(), skip_bad_images)
+    metadata["split"] = _assign_splits(metadata, fractions, rng)
+    if max_per_split is not None:
+        keep = _cap_splits(metadata, max_per_split, rng)
+        metadata, paths = metadata.iloc[keep].reset_index(drop=True), paths[keep]
+    cache = len(paths) * 3 * image_size ** 2 < cache_limit_gib * 2 ** 30
+    store = _ImageStore(paths, image_size, cache)
+    rows = np.arange(len(paths))
+    if skip_bad_images:
+        rows = _drop_unreadable(store, rows)
+        metadata = metadata.iloc[rows].reset_index(drop=True)
+    group_names = sorted(metadata["group"].unique())
+    _check_groups_in_splits(metadata, group_names, name)
+    datasets = {
+        split: FaceDataset(metadata[metadata["split"] == split], store,
+                           rows[(metadata["split"] == split).to_numpy()], name=name,
+                           target_name=target, sensitive_attrs=columns,
+                           group_names=group_names, synthetic=is_synthetic)
+        for split in SPLITS
+    }
+    info = _describe(name, folder, is_synthetic, target, columns, group_names, datasets,
+                     image_size=int(image_size), cached=cache)
+    logger.info("Loaded %s%s from %s: %s", name, " (SYNTHETIC data)" if is_synthetic else "",
+                folder, {s: len(d) for s, d in datasets.items()})
+    return DatasetSplits(datasets["train"], datasets["val"], datasets["test"], info)
+
+
+def _read_raw(name: str, root: Path, fractions, synthetic_options):
+    """(raw frame with sample_id/path[/split], schema, folder, is_synthetic) for ``name``."""
+    if name == "synthetic":
+        options = {**SYNTHETIC_DEFAULTS, **(synthetic_options or {})}
+        folder = ensure_synthetic_celeba(root, split_fractions=fractions, **options)
+    else:
+        folder = root / name
+    readers = {"synthetic": _read_celeba, "celeba": _read_celeba}
+    frame, schema = readers[name](folder)
+    is_synthetic = (folder / SYNTHETIC_PARAMS_FILE).exists()
+    return frame, schema, folder, is_synthetic
+
+
+def _assign_splits(metadata: pd.DataFrame, fractions, rng) -> np.ndarray:
+    """Fill splits where the dataset has none: 'unsplit' rows -> train/val/test, 'trainval'
+    rows -> train/val, stratified by group and target."""
+    split = metadata["split"].to_numpy(dtype=object).copy()
+    strata = (metadata["group"] + "|" + metadata["target"].astype(str)).to_numpy()
+    for pool, parts in (("unsplit", SPLITS), ("trainval", SPLITS[:2])):
+        rows = np.flatnonzero(split == pool)
+        if len(rows):
+            shares = np.asarray(fractions[: len(parts)])
+            split[rows] = np.asarray(parts)[_stratified_parts(strata[rows], shares, rng)]
+    return split
+
+
+def _cap_splits(metadata: pd.DataFrame, cap: int, rng) -> np.ndarray:
+    """Row positions keeping at most ``cap`` per split, proportionally from every group."""
+    keep = []
+    for split in SPLITS:
+        rows = np.flatnonzero(metadata["split"].to_numpy() == split)
+        if len(rows) <= cap:
+            keep.append(rows)
+            continue
+        groups = metadata["group"].to_numpy()[rows]
+        names, sizes = np.unique(groups, return_counts=True)
+        for group, count in zip(names, _largest_remainder(cap, sizes, rng)):
+            keep.append(rng.choice(rows[groups == group], size=count, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def _drop_missing_files(metadata: pd.DataFrame, paths: np.ndarray, skip: bool):
+    """Drop rows whose image file is absent (with a warning) or fail naming them."""
+    present = set()
+    for parent in {os.path.dirname(p) for p in paths}:
+        if os.path.isdir(parent):
+            present.update(os.path.join(parent, f) for f in os.listdir(parent))
+    missing = np.array([p not in present for p in paths], dtype=bool)
+    if missing.any() and not skip:
+        examples = ", ".join(paths[missing][:3])
+        raise FileNotFoundError(
+            f"{missing.sum()} image file(s) listed by the dataset are missing, e.g. {examples}. "
+            f"Restore them (re-download the dataset) or pass skip_bad_images=True to skip them.")
+    if missing.any():
+        logger.warning("Skipped %d missing image file(s), e.g. %s", missing.sum(),
+                       paths[missing][0])
+    return metadata[~missing].reset_index(drop=True), paths[~missing]
+
+
+def _drop_unreadable(store: _ImageStore, rows: np.ndarray) -> np.ndarray:
+    bad = store.find_unreadable(rows)
+    if bad:
+        logger.warning("Skipped %d unreadable image(s), e.g. %s", len(bad), store.paths[bad[0]])
+    return np.setdiff1d(rows, bad)
+
+
+def _check_groups_in_splits(metadata: pd.DataFrame, group_names: list[str], name: str) -> None:
+    for split in SPLITS:
+        present = set(metadata.loc[metadata["split"] == split, "group"])
+        for group in group_names:
+            if group not in present:
+                raise ValueError(
+                    f"Group '{group}' has no samples in the {split} split of '{name}' "
+                    f"(groups: {group_names}). Use more data (raise max_per_split), other "
+                    f"split_fractions, or sensitive attributes with larger groups.")
+
+
+def _describe(name, folder, is_synthetic, target, columns, group_names, datasets, **extra):
+    info = {
+        "name": name, "synthetic": is_synthetic, "target": target, "sensitive": columns,
+        "group_names": group_names, "root": str(folder),
+        "sizes": {split: len(d) for split, d in datasets.items()},
+        "group_counts": {split: d.group_counts() for split, d in datasets.items()},
+        "target_rate": {split: float(d.targets.mean()) if len(d) else float("nan")
+                        for split, d in datasets.items()},
+        **extra,
+    }
+    if is_synthetic:
+        info["generator"] = _stored_synthetic_params(Path(folder))
+    return info
