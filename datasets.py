@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,6 +344,8 @@ DEFAULT_SMILING_RATE = {"Female/Young": 0.52, "Male/Young": 0.46, "Male/Old": 0.
 DEFAULT_CUE_STRENGTH = {"Female/Young": 1.0, "Male/Young": 1.0, "Male/Old": 0.8,
                         "Female/Old": 0.6}
 SYNTHETIC_DEFAULTS = {"n_images": 8000, "image_size": 64, "seed": 0}
+SYNTHETIC_OPTIONS = ("n_images", "image_size", "seed", "group_shares", "smiling_rate",
+                     "cue_strength")
 MOUTH_CURVE = 0.06   # corner-to-centre height of a full-strength smile, in face-image units
 MOUTH_JITTER = 0.025  # std of the per-image curvature noise, same units
 GENERATOR_VERSION = 1
@@ -758,6 +761,101 @@ def _check_known(dataset: str, kind: str, names, available: dict) -> None:
                          f"available: {sorted(available)}.")
 
 
+# --------------------------------------------------------------------------- UTKFace, FairFace
+
+AGE_GROUPS = ("0-19", "20-39", "40-59", "60+")
+UTK_RACES = ("White", "Black", "Asian", "Indian", "Others")
+UTK_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.jpg(\.chip\.jpg)?$")
+FAIRFACE_FILES = ("fairface_label_train.csv", "fairface_label_val.csv")
+FAIRFACE_RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian",
+                  "Indian", "Middle Eastern")
+FAIRFACE_AGE_GROUPS = {"0-2": "0-19", "3-9": "0-19", "10-19": "0-19", "20-29": "20-39",
+                       "30-39": "20-39", "40-49": "40-59", "50-59": "40-59", "60-69": "60+",
+                       "more than 70": "60+"}
+# UTKFace and FairFace share one schema over the columns gender, race, age_group, age_ge_40.
+DEMOGRAPHIC_SCHEMA = _Schema(
+    default_target="gender",
+    default_sensitive=("race", "age_group"),
+    targets={"gender": ("gender", lambda f: (f["gender"] == "Female").to_numpy()),
+             "age_ge_40": ("age", lambda f: f["age_ge_40"].to_numpy())},
+    sensitives={"gender": ("gender", "gender", lambda f: f["gender"].to_numpy()),
+                "race": ("race", "race", lambda f: f["race"].to_numpy()),
+                "age_group": ("age", "age_group", lambda f: f["age_group"].to_numpy())},
+)
+
+
+def _age_group(age: int) -> str:
+    return AGE_GROUPS[min(age // 20, len(AGE_GROUPS) - 1)]
+
+
+def parse_utkface_name(file_name: str) -> dict | None:
+    """``[age]_[gender]_[race]_[datetime].jpg[.chip.jpg]`` -> fields, or None if broken."""
+    match = UTK_NAME.match(file_name)
+    if match is None:
+        return None
+    age, gender, race = (int(v) for v in match.groups()[:3])
+    if age > 120 or gender > 1 or race >= len(UTK_RACES):
+        return None
+    return {"gender": ("Male", "Female")[gender], "race": UTK_RACES[race],
+            "age_group": _age_group(age), "age_ge_40": int(age >= 40)}
+
+
+def _read_utkface(folder: Path) -> tuple[pd.DataFrame, _Schema]:
+    files = sorted(folder.rglob("*.jpg")) if folder.is_dir() else []
+    if not files:
+        raise _missing_dataset_error("utkface", folder, ["[age]_[gender]_[race]_[datetime].jpg"
+                                                         " image files"])
+    records, broken = [], []
+    for path in files:
+        fields = parse_utkface_name(path.name)
+        if fields is None:
+            broken.append(path.name)
+        else:
+            records.append({"sample_id": path.relative_to(folder).as_posix(),
+                            "path": str(path), **fields})
+    if broken:
+        logger.warning("Skipped %d UTKFace file(s) with missing or broken name fields, e.g. %s",
+                       len(broken), broken[:3])
+    if not records:
+        raise ValueError(f"No UTKFace file under '{folder}' has a valid name "
+                         f"[age]_[gender]_[race]_[datetime].jpg (e.g. {broken[0]}).")
+    return pd.DataFrame.from_records(records), DEMOGRAPHIC_SCHEMA
+
+
+def _read_fairface(folder: Path) -> tuple[pd.DataFrame, _Schema]:
+    _require("fairface", folder, FAIRFACE_FILES)
+    train = _read_fairface_labels(folder, FAIRFACE_FILES[0], split="trainval")
+    test = _read_fairface_labels(folder, FAIRFACE_FILES[1], split="test")
+    return pd.concat([train, test], ignore_index=True), DEMOGRAPHIC_SCHEMA
+
+
+def _read_fairface_labels(folder: Path, file_name: str, split: str) -> pd.DataFrame:
+    path = folder / file_name
+    try:
+        labels = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Malformed FairFace label file {path}: {exc}") from exc
+    missing = sorted({"file", "age", "gender", "race"} - set(labels.columns))
+    if missing:
+        raise ValueError(f"Malformed FairFace label file {path}, line 1: missing column(s) "
+                         f"{missing}; expected header file,age,gender,race,service_test.")
+    allowed = {"age": FAIRFACE_AGE_GROUPS, "gender": ("Male", "Female"),
+               "race": FAIRFACE_RACES, "file": None}
+    for column, values in allowed.items():
+        bad = (labels[column] == "") if values is None else ~labels[column].isin(list(values))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"Malformed FairFace label file {path}, line {row + 2}: {column}="
+                             f"{labels[column].iloc[row]!r}; expected one of {list(values or [])}"
+                             f"{' (a non-empty relative image path)' if values is None else ''}.")
+    age_group = labels["age"].map(FAIRFACE_AGE_GROUPS)
+    return pd.DataFrame({
+        "sample_id": labels["file"], "path": [str(folder / f) for f in labels["file"]],
+        "split": split, "gender": labels["gender"], "race": labels["race"],
+        "age_group": age_group, "age_ge_40": age_group.isin(["40-59", "60+"]).astype(np.int64),
+    })
+
+
 # --------------------------------------------------------------------------- loading
 
 def load_dataset(name: str, root: str | Path, *, target: str | None = None,
@@ -795,6 +893,7 @@ def load_dataset(name: str, root: str | Path, *, target: str | None = None,
     fractions = _check_fractions(split_fractions)
     frame, schema, folder, is_synthetic = _read_raw(name, Path(root), fractions, synthetic)
     metadata, target, columns = _derive_columns(frame, schema, name, target, sensitive)
+    group_names = sorted(metadata["group"].unique())
     rng = np.random.default_rng(seed)
     metadata, paths = _drop_missing_files(metadata, frame["path"].to_numpy(), skip_bad_images)
     metadata["split"] = _assign_splits(metadata, fractions, rng)
@@ -807,7 +906,6 @@ def load_dataset(name: str, root: str | Path, *, target: str | None = None,
     if skip_bad_images:
         rows = _drop_unreadable(store, rows)
         metadata = metadata.iloc[rows].reset_index(drop=True)
-    group_names = sorted(metadata["group"].unique())
     _check_groups_in_splits(metadata, group_names, name)
     datasets = {
         split: FaceDataset(metadata[metadata["split"] == split], store,
@@ -827,10 +925,15 @@ def _read_raw(name: str, root: Path, fractions, synthetic_options):
     """(raw frame with sample_id/path[/split], schema, folder, is_synthetic) for ``name``."""
     if name == "synthetic":
         options = {**SYNTHETIC_DEFAULTS, **(synthetic_options or {})}
+        unknown = sorted(set(options) - set(SYNTHETIC_OPTIONS))
+        if unknown:
+            raise ValueError(f"Unknown synthetic option(s) {unknown}; expected some of "
+                             f"{list(SYNTHETIC_OPTIONS)}.")
         folder = ensure_synthetic_celeba(root, split_fractions=fractions, **options)
     else:
         folder = root / name
-    readers = {"synthetic": _read_celeba, "celeba": _read_celeba}
+    readers = {"synthetic": _read_celeba, "celeba": _read_celeba, "utkface": _read_utkface,
+               "fairface": _read_fairface}
     frame, schema = readers[name](folder)
     is_synthetic = (folder / SYNTHETIC_PARAMS_FILE).exists()
     return frame, schema, folder, is_synthetic

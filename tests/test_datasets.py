@@ -1,7 +1,360 @@
-import numpy as np
-import torch
+import io
+import logging
+from pathlib import Path
 
-from datasets import balanced_subset, make_loader, random_subset
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets import (CELEBA_ATTRIBUTES, FAIRFACE_RACES, UTK_RACES, balanced_subset,
+                      ensure_synthetic_celeba, generate_synthetic_celeba, load_dataset,
+                      make_loader, random_subset, read_celeba_attributes)
+
+# ----------------------------------------------------------------------------- fixture writers
+
+
+def _jpeg_bytes(color=(200, 30, 60), size=(10, 12)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG", quality=100)
+    return buffer.getvalue()
+
+
+def _write_images(folder: Path, names, color=(200, 30, 60)) -> None:
+    data = _jpeg_bytes(color)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
+def _celeba_rows(n=24):
+    """Rows (file, {attr: +-1}, split code) with every Male x Young group in every split."""
+    rows = []
+    for i in range(n):
+        values = {a: -1 for a in CELEBA_ATTRIBUTES}
+        values.update(Male=1 if i % 2 else -1, Young=1 if (i // 2) % 2 else -1,
+                      Smiling=1 if (i // 4) % 2 else -1, Eyeglasses=1 if i % 3 == 0 else -1)
+        rows.append((f"{i + 1:06d}.jpg", values, 0 if i < n // 2 else 1 if i < 3 * n // 4 else 2))
+    return rows
+
+
+def _write_celeba(root: Path, rows) -> Path:
+    folder = root / "celeba"
+    _write_images(folder / "img_align_celeba", [r[0] for r in rows])
+    lines = [str(len(rows)), " ".join(CELEBA_ATTRIBUTES)]
+    lines += [f"{f} " + " ".join(f"{v[a]:2d}" for a in CELEBA_ATTRIBUTES) for f, v, _ in rows]
+    (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (folder / "list_eval_partition.txt").write_text("".join(f"{f} {s}\n" for f, _, s in rows))
+    return folder
+
+
+@pytest.fixture
+def celeba_root(tmp_path):
+    _write_celeba(tmp_path, _celeba_rows())
+    return tmp_path
+
+
+@pytest.fixture
+def utk_root(tmp_path):
+    """7 files per (race, gender, age) cell, plus two files with broken names."""
+    names = [f"{age}_{gender}_{race}_2017011{copy}.jpg" + (".chip.jpg" if copy % 2 else "")
+             for race in range(5) for gender in (0, 1) for age in (25, 45) for copy in range(7)]
+    names += ["39_1_20170116174525125.jpg.chip.jpg", "30_7_1_20170116174525125.jpg"]
+    _write_images(tmp_path / "utkface" / "UTKFace", names)
+    return tmp_path
+
+
+def _fairface_rows(prefix, copies):
+    rows = []
+    for race in FAIRFACE_RACES:
+        for gender in ("Male", "Female"):
+            for k in range(copies):
+                age = ("20-29", "50-59", "more than 70")[k % 3]
+                rows.append(f"{prefix}/{len(rows) + 1}.jpg,{age},{gender},{race},True")
+    return rows
+
+
+@pytest.fixture
+def fairface_root(tmp_path):
+    folder = tmp_path / "fairface"
+    for split, copies in (("train", 7), ("val", 2)):
+        rows = _fairface_rows(split, copies)
+        _write_images(folder, [r.split(",")[0] for r in rows])
+        (folder / f"fairface_label_{split}.csv").write_text(
+            "file,age,gender,race,service_test\n" + "\n".join(rows) + "\n")
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------- CelebA format
+
+
+def test_celeba_loader_follows_files_and_maps_groups(celeba_root):
+    splits = load_dataset("celeba", celeba_root, image_size=16)
+    rows = {f: (v, s) for f, v, s in _celeba_rows()}
+    assert not splits.train.synthetic and splits.info["synthetic"] is False
+    assert splits.train.sensitive_attrs == ["gender", "age"]
+    for split_code, dataset in enumerate((splits.train, splits.val, splits.test)):
+        for record in dataset.metadata.itertuples():
+            values, code = rows[record.sample_id]
+            assert code == split_code and record.split == ("train", "val", "test")[code]
+            assert record.target == (values["Smiling"] == 1)
+            assert record.gender == ("Male" if values["Male"] == 1 else "Female")
+            assert record.age == ("Young" if values["Young"] == 1 else "Old")
+            assert record.group == f"{record.gender}/{record.age}"
+    assert splits.info["group_counts"]["train"] == {"Female/Old": 3, "Female/Young": 3,
+                                                    "Male/Old": 3, "Male/Young": 3}
+    image = splits.test[0][0]  # a solid (200, 30, 60) JPEG -> mean 0.5 / std 0.5 scaling
+    assert image.shape == (3, 16, 16)
+    assert torch.allclose(image.mean(dim=(1, 2)), torch.tensor([200, 30, 60]) / 127.5 - 1,
+                          atol=0.05)
+
+
+def test_celeba_any_attribute_can_be_sensitive_or_target(celeba_root):
+    splits = load_dataset("celeba", celeba_root, target="Male", sensitive=["Eyeglasses", "age"])
+    meta = splits.train.metadata
+    assert set(meta["Eyeglasses"]) == {"Eyeglasses", "not Eyeglasses"}
+    assert set(meta["group"]) == {"Eyeglasses/Old", "Eyeglasses/Young", "not Eyeglasses/Old",
+                                  "not Eyeglasses/Young"}
+    assert splits.train.target_name == "Male"
+    assert list(meta["target"]) == [int(i % 2 == 1) for i in range(12)]
+
+
+def test_group_codes_index_sorted_group_names(celeba_root):
+    train = load_dataset("celeba", celeba_root).train
+    assert train.group_names == sorted(train.group_names)
+    codes = [train[i][2] for i in range(len(train))]
+    assert [train.group_names[c] for c in codes] == list(train.metadata["group"])
+
+
+@pytest.mark.parametrize("line_index, text, lineno", [
+    (0, "many", 1),
+    (3, "000002.jpg 1 -1", 4),
+    (4, "000003.jpg " + " ".join(["2"] * 40), 5),
+])
+def test_malformed_attribute_file_names_file_and_line(celeba_root, line_index, text, lineno):
+    path = celeba_root / "celeba" / "list_attr_celeba.txt"
+    lines = path.read_text().splitlines()
+    lines[line_index] = text
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"list_attr_celeba.txt, line {lineno}:"):
+        load_dataset("celeba", celeba_root)
+
+
+def test_malformed_partition_file_names_file_and_line(celeba_root):
+    path = celeba_root / "celeba" / "list_eval_partition.txt"
+    lines = path.read_text().splitlines()
+    lines[6] = "000007.jpg 3"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"list_eval_partition.txt, line 7: .*'000007.jpg 3'"):
+        load_dataset("celeba", celeba_root)
+
+
+@pytest.mark.parametrize("name, source", [
+    ("celeba", "mmlab.ie.cuhk.edu.hk/projects/CelebA.html"),
+    ("utkface", "susanqq.github.io/UTKFace"),
+    ("fairface", "github.com/joojs/fairface"),
+])
+def test_missing_dataset_folder_says_where_to_get_it(tmp_path, name, source):
+    with pytest.raises(FileNotFoundError) as err:
+        load_dataset(name, tmp_path)
+    message = str(err.value)
+    assert source in message and str(tmp_path / name) in message and "'synthetic'" in message
+
+
+def test_unknown_dataset_name_lists_known_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"'celebA'.*'synthetic', 'celeba', 'utkface'"):
+        load_dataset("celebA", tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"target": "Smiles"}, r"target attribute\(s\) \['Smiles'\].*'Smiling'"),
+    ({"sensitive": ["Male", "Skin"]}, r"sensitive attribute\(s\) \['Skin'\].*'Young'"),
+    ({"target": "Male", "sensitive": ["gender"]}, "overlap"),
+    ({"sensitive": []}, "No sensitive attribute"),
+])
+def test_bad_attribute_names_list_available_ones(celeba_root, kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        load_dataset("celeba", celeba_root, **kwargs)
+
+
+def test_unreadable_image_is_named_or_skipped_with_warning(celeba_root, caplog):
+    bad = celeba_root / "celeba" / "img_align_celeba" / "000002.jpg"
+    bad.write_bytes(b"not a jpeg")
+    train = load_dataset("celeba", celeba_root).train
+    with pytest.raises(ValueError, match="000002.jpg.*skip_bad_images=True"):
+        train[1]
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        train = load_dataset("celeba", celeba_root, skip_bad_images=True).train
+    assert "000002.jpg" not in set(train.metadata["sample_id"]) and len(train) == 11
+    assert "Skipped 1 unreadable image" in caplog.text
+
+
+def test_missing_image_file_fails_at_load_or_is_skipped(celeba_root):
+    (celeba_root / "celeba" / "img_align_celeba" / "000005.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="1 image file.*000005.jpg.*skip_bad_images"):
+        load_dataset("celeba", celeba_root)
+    train = load_dataset("celeba", celeba_root, skip_bad_images=True).train
+    assert len(train) == 11
+
+
+def test_decoded_images_are_cached_below_the_limit(celeba_root):
+    cached = load_dataset("celeba", celeba_root, image_size=8).train
+    uncached = load_dataset("celeba", celeba_root, image_size=8, cache_limit_gib=0).train
+    first_cached, first_uncached = cached[0][0], uncached[0][0]
+    Path(cached.image_path(0)).unlink()
+    assert torch.equal(cached[0][0], first_cached)  # served from memory
+    with pytest.raises(ValueError, match="000001.jpg"):
+        uncached[0]
+    assert torch.equal(first_cached, first_uncached)
+
+
+# ----------------------------------------------------------------------------- UTKFace
+
+
+def test_utkface_parses_names_skips_broken_ones_with_a_count(utk_root, caplog):
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        splits = load_dataset("utkface", utk_root, sensitive=["race"], seed=3)
+    assert "Skipped 2 UTKFace file(s)" in caplog.text
+    meta = splits.train.metadata
+    assert set(meta["race"]) == set(UTK_RACES)
+    for record in meta.itertuples():
+        age, gender, race = (int(v) for v in record.sample_id.split("/")[-1].split("_")[:3])
+        assert record.target == gender and record.race == UTK_RACES[race]
+
+
+def test_utkface_split_is_stratified_and_seeded(utk_root):
+    splits = load_dataset("utkface", utk_root, sensitive=["race"], seed=3)
+    sizes = {s: splits[s].metadata.groupby(["group", "target"]).size() for s in
+             ("train", "val", "test")}
+    # each (race, gender) stratum has 14 files: 0.7/0.15/0.15 -> 10/2/2 exactly
+    assert (sizes["train"] == 10).all() and (sizes["val"] == 2).all()
+    assert (sizes["test"] == 2).all() and len(sizes["test"]) == 10
+    again = load_dataset("utkface", utk_root, sensitive=["race"], seed=3)
+    other = load_dataset("utkface", utk_root, sensitive=["race"], seed=4)
+    ids = lambda s: list(s.test.metadata["sample_id"])  # noqa: E731
+    assert ids(again) == ids(splits) and ids(other) != ids(splits)
+
+
+def test_utkface_defaults_and_age_target(utk_root):
+    default = load_dataset("utkface", utk_root).train
+    assert default.target_name == "gender" and default.sensitive_attrs == ["race", "age_group"]
+    assert set(default.metadata["age_group"]) == {"20-39", "40-59"}
+    aged = load_dataset("utkface", utk_root, target="age_ge_40", sensitive=["gender", "race"])
+    meta = aged.train.metadata
+    ages = meta["sample_id"].str.split("/").str[-1].str.split("_").str[0].astype(int)
+    assert list(meta["target"]) == list((ages >= 40).astype(int))
+    assert len(aged.train.group_names) == 10
+    with pytest.raises(ValueError, match="overlap"):
+        load_dataset("utkface", utk_root, target="age_ge_40", sensitive=["age_group"])
+
+
+# ----------------------------------------------------------------------------- FairFace
+
+
+def test_fairface_val_file_is_test_and_val_is_carved_from_train(fairface_root):
+    splits = load_dataset("fairface", fairface_root, sensitive=["race"], seed=1)
+    assert all(s.startswith("val/") for s in splits.test.metadata["sample_id"])
+    assert len(splits.test) == 28
+    carved = splits.val.metadata
+    assert all(s.startswith("train/") for s in carved["sample_id"])
+    # 7 train rows per (race, gender); train:val = 0.7:0.15 -> 6:1 in each stratum
+    assert (carved.groupby(["group", "target"]).size() == 1).all() and len(carved) == 14
+    assert splits.train.metadata["target"].mean() == pytest.approx(0.5)
+
+
+def test_fairface_age_bins_give_age_target(fairface_root):
+    splits = load_dataset("fairface", fairface_root, target="age_ge_40", sensitive=["race"])
+    rows = {r.split(",")[0]: r.split(",")[1] for r in _fairface_rows("val", 2)}
+    for record in splits.test.metadata.itertuples():
+        assert record.target == (rows[record.sample_id] in ("50-59", "more than 70"))
+
+
+@pytest.mark.parametrize("bad_row, fragment", [
+    ("train/999.jpg,20-29,Male,Martian,True", r"line 100: race='Martian'"),
+    ("train/999.jpg,21,Male,White,True", r"line 100: age='21'"),
+])
+def test_fairface_bad_label_names_file_and_line(fairface_root, bad_row, fragment):
+    path = fairface_root / "fairface" / "fairface_label_train.csv"
+    path.write_text(path.read_text() + bad_row + "\n")
+    with pytest.raises(ValueError, match=fragment):
+        load_dataset("fairface", fairface_root, sensitive=["race"])
+
+
+def test_fairface_missing_column_is_reported(fairface_root):
+    path = fairface_root / "fairface" / "fairface_label_val.csv"
+    path.write_text("file,age,sex,race\nval/1.jpg,20-29,Male,White\n")
+    with pytest.raises(ValueError, match=r"fairface_label_val.csv, line 1: .*\['gender'\]"):
+        load_dataset("fairface", fairface_root)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def _folder_bytes(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_synthetic_generator_is_deterministic(tmp_path):
+    first = generate_synthetic_celeba(tmp_path / "a", n_images=30, image_size=32, seed=5)
+    second = generate_synthetic_celeba(tmp_path / "b", n_images=30, image_size=32, seed=5)
+    other = generate_synthetic_celeba(tmp_path / "c", n_images=30, image_size=32, seed=6)
+    assert _folder_bytes(first) == _folder_bytes(second)
+    assert len(_folder_bytes(first)) == 30 + 3  # images, attributes, partition, params
+    assert _folder_bytes(first)["img_align_celeba/000001.jpg"] != \
+        _folder_bytes(other)["img_align_celeba/000001.jpg"]
+
+
+def test_synthetic_group_shares_and_label_rates_follow_the_knobs(tmp_path):
+    shares = {"Female/Young": 0.4, "Male/Young": 0.3, "Male/Old": 0.2, "Female/Old": 0.1}
+    folder = generate_synthetic_celeba(tmp_path, n_images=400, image_size=16, group_shares=shares,
+                                       smiling_rate={"Female/Old": 0.25})
+    attributes = read_celeba_attributes(folder / "list_attr_celeba.txt")
+    assert list(attributes.columns) == list(CELEBA_ATTRIBUTES)
+    gender = np.where(attributes["Male"] == 1, "Male", "Female")
+    age = np.where(attributes["Young"] == 1, "Young", "Old")
+    groups = np.char.add(np.char.add(gender, "/"), age)
+    for group, share in shares.items():
+        assert abs(np.mean(groups == group) - share) <= 1 / 400
+    assert attributes["Smiling"][groups == "Female/Old"].mean() == pytest.approx(0.25, abs=0.03)
+    assert attributes["Smiling"][groups == "Female/Young"].mean() == pytest.approx(0.52, abs=0.01)
+
+
+def test_default_synthetic_shares_mimic_celeba(tiny_synthetic_splits):
+    counts = {g: 0 for g in tiny_synthetic_splits.train.group_names}
+    for split in ("train", "val", "test"):
+        for group, n in tiny_synthetic_splits[split].group_counts().items():
+            counts[group] += n
+    assert min(counts, key=counts.get) == "Female/Old"
+    assert counts["Female/Old"] / 400 == pytest.approx(0.09, abs=0.01)
+    assert counts["Female/Young"] / 400 == pytest.approx(0.49, abs=0.01)
+
+
+def test_synthetic_folder_is_reused_or_regenerated_by_parameters(tmp_path):
+    folder = ensure_synthetic_celeba(tmp_path, n_images=20, image_size=16)
+    stamp = (folder / "list_attr_celeba.txt").stat().st_mtime_ns
+    assert ensure_synthetic_celeba(tmp_path, n_images=20, image_size=16) == folder
+    assert (folder / "list_attr_celeba.txt").stat().st_mtime_ns == stamp
+    ensure_synthetic_celeba(tmp_path, n_images=25, image_size=16)
+    assert len(list((folder / "img_align_celeba").iterdir())) == 25
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"n_images": 20, "image_size": 16, "colour": 1}, r"Unknown synthetic option\(s\) \['colour'\]"),
+    ({"n_images": 20, "cue_strength": {"Female/Elder": 0.5}}, r"unknown group\(s\) \['Female/Elder'\]"),
+    ({"n_images": 20, "smiling_rate": 1.5}, "smiling_rate for 'Female/Old'"),
+    ({"n_images": 20, "group_shares": {"Male/Old": 1.0}}, "must give all of"),
+])
+def test_bad_synthetic_options_are_named(tmp_path, options, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        load_dataset("synthetic", tmp_path, synthetic=options)
+
+
+def test_synthetic_refuses_to_overwrite_a_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="Refusing to write"):
+        generate_synthetic_celeba(tmp_path, n_images=5, image_size=16)
+    assert (tmp_path / "notes.txt").exists()
 
 
 def test_synthetic_splits_yield_contract_items(tiny_synthetic_splits):
@@ -13,13 +366,78 @@ def test_synthetic_splits_yield_contract_items(tiny_synthetic_splits):
     assert train.group_names[group_code] == train.metadata.loc[0, "group"]
     assert sample_id == train.metadata.loc[0, "sample_id"]
     assert train.synthetic and tiny_synthetic_splits.info["synthetic"]
-    assert train.group_names == ["Female/Old", "Female/Young", "Male/Old", "Male/Young"]
+    assert tiny_synthetic_splits.info["generator"]["n_images"] == 400
+    assert "SYNTHETIC" in repr(train)
 
 
-def test_loader_batches_and_balanced_subset(tiny_synthetic_splits):
+# ----------------------------------------------------------------------------- splits, subsets
+
+
+def test_max_per_split_caps_every_split_keeping_groups(tmp_path):
+    options = {"n_images": 200, "image_size": 16}
+    full = load_dataset("synthetic", tmp_path, synthetic=options)
+    splits = load_dataset("synthetic", tmp_path, max_per_split=40, synthetic=options)
+    assert len(full.train) > 40 and len(splits.train) == 40
+    assert (len(splits.val), len(splits.test)) == (len(full.val), len(full.test))  # < 40 kept
+    assert all(n > 0 for n in splits.train.group_counts().values())
+    with pytest.raises(ValueError, match=r"Group '.*' has no samples in the train split"):
+        load_dataset("synthetic", tmp_path, max_per_split=3,
+                     synthetic={"n_images": 200, "image_size": 16})
+
+
+def test_a_split_left_without_a_group_is_an_error(utk_root):
+    with pytest.raises(ValueError, match=r"Group '.*' has no samples in the val split"):
+        load_dataset("utkface", utk_root, sensitive=["race"], split_fractions=(1.0, 0.0, 0.0))
+
+
+def test_balanced_subset_is_balanced_where_groups_allow(tiny_synthetic_splits):
+    train = tiny_synthetic_splits.train
+    available = train.group_counts()
+    smallest = min(available, key=available.get)
+    n = 4 * available[smallest] + 20  # the smallest group cannot fill its quarter
+    counts = balanced_subset(train, n, seed=0).group_counts()
+    assert counts[smallest] == available[smallest] and sum(counts.values()) == n
+    others = [c for g, c in counts.items() if g != smallest]
+    assert max(others) - min(others) <= 1
+    random_counts = random_subset(train, n, seed=0).group_counts()
+    assert sum(random_counts.values()) == n and random_counts != counts
+    assert max(random_counts.values()) > max(counts.values())
+
+
+def test_balanced_subset_by_label_and_seeding(tiny_synthetic_splits):
+    train = tiny_synthetic_splits.train
+    subset = balanced_subset(train, 40, seed=1, by_label=True)
+    cells = subset.metadata.groupby(["group", "target"]).size()
+    assert len(cells) == 8 and (cells == 5).all()
+    ids = lambda d: list(d.metadata["sample_id"])  # noqa: E731
+    assert ids(balanced_subset(train, 40, seed=1, by_label=True)) == ids(subset)
+    assert ids(balanced_subset(train, 40, seed=2, by_label=True)) != ids(subset)
+    assert ids(random_subset(train, 40, seed=1)) == ids(random_subset(train, 40, seed=1))
+
+
+def test_subset_keeps_metadata_aligned_and_empty_group_is_named(tiny_synthetic_splits):
+    train = tiny_synthetic_splits.train
+    keep = np.flatnonzero(train.metadata["group"] != "Female/Old")
+    without = train.subset(keep)
+    assert list(without.metadata["sample_id"]) == list(train.metadata["sample_id"].iloc[keep])
+    assert without[0][3] == train[int(keep[0])][3]
+    with pytest.raises(ValueError, match=r"\['Female/Old'\] have no samples"):
+        balanced_subset(without, 20, seed=0)
+    with pytest.raises(ValueError, match=r"n=100000 must be an integer in \[1, "):
+        random_subset(train, 100000, seed=0)
+    with pytest.raises(ValueError, match="subset indices must lie in"):
+        train.subset([len(train)])
+
+
+def test_make_loader_is_seeded_and_validates(tiny_synthetic_splits):
     train = tiny_synthetic_splits.train
     images, targets, groups, ids = next(iter(make_loader(train, 16, shuffle=True, seed=1)))
-    assert images.shape == (16, 3, 32, 32) and len(ids) == 16
-    counts = balanced_subset(train, 80, seed=0).group_counts()
-    assert sorted(counts.values()) == [20, 20, 20, 20]
-    assert sum(random_subset(train, 80, seed=0).group_counts().values()) == 80
+    assert images.shape == (16, 3, 32, 32) and targets.dtype == torch.int64
+    assert len(ids) == 16 and groups.max() < len(train.group_names)
+    _, _, _, same = next(iter(make_loader(train, 16, shuffle=True, seed=1)))
+    _, _, _, other = next(iter(make_loader(train, 16, shuffle=True, seed=2)))
+    assert list(same) == list(ids) and list(other) != list(ids)
+    _, _, _, ordered = next(iter(make_loader(train, 4)))
+    assert list(ordered) == list(train.metadata["sample_id"][:4])
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        make_loader(train, 0)
