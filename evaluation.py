@@ -1,0 +1,167 @@
+"""Run a model over a loader into the per-sample prediction table; latency; size.
+
+The prediction table (``sample_id, y_true, y_pred, score, <sensitive attrs>, group``) is the
+contract between running models and judging them: every fairness metric is recomputed from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import statistics
+import time
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from training import resolve_device
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("contiguous", "channels_last")
+# Converted (integer-kernel) modules live here; they only have CPU kernels.
+_QUANTIZED_MODULE_PREFIXES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized",
+                              "torch.nn.quantized", "torch.nn.intrinsic.quantized")
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when ``model`` holds converted quantized modules or quantized tensors."""
+    if any(type(module).__module__.startswith(_QUANTIZED_MODULE_PREFIXES)
+           for module in model.modules()):
+        return True
+    return any(isinstance(value, torch.Tensor) and value.is_quantized
+               for value in model.state_dict().values())
+
+
+def _inference_device(model: nn.Module, device: str | torch.device) -> torch.device:
+    """The requested device, except CPU for quantized models (they have no CUDA kernels)."""
+    device = resolve_device(device)
+    if device.type != "cpu" and is_quantized(model):
+        logger.info("model holds quantized modules: running it on CPU instead of %s", device)
+        return torch.device("cpu")
+    return device
+
+
+def _sensitive_metadata(loader) -> tuple[pd.DataFrame, list[str]]:
+    """``loader.dataset.metadata`` indexed by sample_id, and the sensitive attribute names."""
+    dataset = getattr(loader, "dataset", None)
+    metadata = getattr(dataset, "metadata", None)
+    sensitive = getattr(dataset, "sensitive_attrs", None)
+    if not isinstance(metadata, pd.DataFrame) or sensitive is None:
+        raise ValueError(
+            f"predict needs loader.dataset.metadata (a DataFrame) and .sensitive_attrs; "
+            f"{type(dataset).__name__} has no such attributes. Use a datasets.FaceDataset "
+            "(dataset.subset(indices) for a part of one)")
+    columns = ["sample_id", *sensitive, "group"]
+    absent = [column for column in columns if column not in metadata.columns]
+    if absent:
+        raise ValueError(f"dataset metadata lacks columns {absent}; expected {columns} "
+                         "(see docs/contracts.md)")
+    indexed = metadata[columns].set_index("sample_id")
+    if not indexed.index.is_unique:
+        duplicated = indexed.index[indexed.index.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"dataset metadata has duplicated sample_id values {duplicated}; "
+                         "sample ids must be unique")
+    return indexed, list(sensitive)
+
+
+def predict(model: nn.Module, loader, device: str | torch.device = "cpu", *,
+            progress: bool = True) -> pd.DataFrame:
+    """Per-sample predictions of ``model`` over ``loader`` joined with the sensitive attributes.
+
+    Columns: ``sample_id, y_true, y_pred, score, <each sensitive attribute>, group``, where
+    ``y_pred`` is the argmax class and ``score`` the softmax probability of class 1. Runs in eval
+    mode under ``torch.inference_mode``; the model is moved to ``device`` (CPU for quantized
+    models, whatever was asked).
+    """
+    metadata, sensitive = _sensitive_metadata(loader)
+    device = _inference_device(model, device)
+    model.to(device).eval()
+    sample_ids, y_true, y_pred, score = [], [], [], []
+    with torch.inference_mode():
+        for images, targets, _, ids in tqdm(loader, desc="predict", disable=not progress,
+                                            leave=False):
+            logits = model(images.to(device)).float()
+            if logits.ndim != 2 or logits.shape[1] < 2:
+                raise ValueError(f"model must output (batch, classes >= 2) logits, got shape "
+                                 f"{tuple(logits.shape)}")
+            sample_ids += list(ids)
+            y_true += torch.as_tensor(targets).tolist()
+            y_pred += logits.argmax(1).tolist()
+            score += torch.softmax(logits, 1)[:, 1].tolist()
+    unknown = pd.Index(sample_ids).difference(metadata.index)
+    if len(unknown):
+        raise ValueError(f"sample ids {unknown[:5].tolist()} are not in the dataset metadata; "
+                         "the loader must come from the dataset whose metadata it carries")
+    table = pd.DataFrame({"sample_id": sample_ids, "y_true": y_true, "y_pred": y_pred,
+                          "score": score})
+    attributes = metadata.loc[sample_ids, [*sensitive, "group"]].reset_index(drop=True)
+    return pd.concat([table, attributes], axis=1)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Run the block with ``torch.set_num_threads(threads)``, restoring the old count after."""
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure_latency(model: nn.Module, image_size: int, batch_size: int = 1, *, threads: int = 2,
+                    warmup: int = 5, repeats: int = 20, channels_last: bool = False) -> float:
+    """Median CPU milliseconds per forward pass of a random ``(batch_size, 3, size, size)`` batch.
+
+    Works on a copy of the model (eval mode, CPU, optionally channels_last), after ``warmup``
+    untimed runs, with ``threads`` intra-op threads; the caller's thread count is restored.
+    """
+    for label, value, minimum in (("image_size", image_size, 1), ("batch_size", batch_size, 1),
+                                  ("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{label} must be an int >= {minimum}, got {value!r}")
+    model = copy.deepcopy(model).cpu().eval()
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    timings = []
+    with torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            model(inputs)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(inputs)
+            timings.append(time.perf_counter() - start)
+    return statistics.median(timings) * 1000
+
+
+def fp32_reference_latency(model: nn.Module, image_size: int, batch_size: int = 1,
+                           **options) -> tuple[float, str]:
+    """The faster of the default and channels_last layouts: ``(median ms, layout name)``.
+
+    Speedup claims must compare against the strongest eager FP32 setting, not a convenient one.
+    ``options`` go to ``measure_latency`` (threads, warmup, repeats).
+    """
+    timings = {layout: measure_latency(model, image_size, batch_size,
+                                       channels_last=layout == "channels_last", **options)
+               for layout in LAYOUTS}
+    best = min(timings, key=timings.get)
+    logger.info("FP32 reference latency (batch %d): %s", batch_size,
+                ", ".join(f"{name} {ms:.2f} ms" for name, ms in timings.items()))
+    return timings[best], best
+
+
+def model_size_mib(model: nn.Module) -> float:
+    """Serialized size of ``model.state_dict()`` in MiB (2**20 bytes); works for quantized models."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes / 2**20
