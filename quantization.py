@@ -1,0 +1,917 @@
+"""Quantization engine: a method registry, ``apply_quantization`` and the measurements that keep
+its claims honest (bit widths read back from the model, true sizes, real integer kernels).
+
+Methods
+-------
+A method is a frozen config dataclass (a ``QuantConfig`` subclass) plus one registered handler::
+
+    @register_method("my_method", MyConfig, context_keys=("train_loader",))
+    def my_method(model, config, calibration_data, **context) -> nn.Module: ...
+
+``apply_quantization`` resolves the name, builds the config from the caller's options (unknown
+options are refused), deep-copies the model and calls the handler inside a guard that restores
+``torch.backends.quantized.engine`` and the torch thread count. ``context`` carries ``device``,
+``seed``, ``progress`` and the method's own ``context_keys`` (objects that are not configuration,
+such as loaders or a loss hook). The handler returns the quantized model with
+``model.quant_info = describe_quantized(model)``; ``apply_quantization`` adds method, bit widths,
+sizes and cost. Handlers are built from the public blocks ``qconfig_mapping``,
+``prepare_quantization``, ``calibrate`` and ``convert_quantized``.
+
+=============  ===========================================================================
+method         what it does
+=============  ===========================================================================
+ptq_static     weights (per-channel symmetric) and activations (per-tensor affine) quantized,
+               activation ranges from a calibration set; ``bits='w8a8'|'w4a8'|'w4a4'|'w2a8'...``
+ptq_dynamic    INT8 weights, activations quantized at run time; Linear layers only
+qat            fake-quantized training from the FP32 model (straight-through estimator) with
+               ``training.fit``; any bit width 2-8
+=============  ===========================================================================
+
+Short names (the notebook API; ``apply_quantization(model, "PTQ_INT4", ...)``):
+
+===========  ========================  ==========================================================
+short name   method                    options
+===========  ========================  ==========================================================
+PTQ_INT8     ptq_static                bits='w8a8' (real INT8 kernels)
+PTQ_INT4     ptq_static                bits='w4a8' (4-bit weights, 8-bit activations; simulated)
+QAT_INT8     qat                       bits='w8a8' (real INT8 kernels after training)
+QAT_INT4     qat                       bits='w4a8' (simulated)
+dynamic      ptq_dynamic               (INT8)
+bias_aware   bias_aware_calibration    bits='w8a8' (registered by ``mitigation``)
+===========  ========================  ==========================================================
+
+Execution
+---------
+``real_int8``: the calibrated FX graph is converted with ``convert_fx`` for PyTorch's x86 backend
+(fbgemm/oneDNN integer kernels); the model runs on CPU. ``simulated``: any other bit width; the
+same calibrated graph is converted to PyTorch's reference representation, in which every
+quantized tensor passes through quantize/dequantize with the ``quant_min``/``quant_max`` of its
+bit width (weights on the fly, activations at the observed ranges, observers gone). Both come
+from one prepared graph, in which FX has already folded Conv-BN(-ReLU) as the backend does, so a
+simulated INT8 model is the twin of the deployed one (``prediction_agreement``).
+
+Activations use the full 8-bit range (no ``reduce_range``): correct on CPUs with VNNI; on older
+x86 CPUs fbgemm's u8 x s8 kernels can saturate, which ``prediction_agreement`` against the
+simulated twin exposes. What stays float: layers named in ``fp32_layers`` and, in a real INT8
+model, ops without integer kernels; ``quant_info['float_ops']`` lists the latter (for a timm ViT:
+GELU, ``scaled_dot_product_attention`` and the final LayerNorm; for EfficientNet: SiLU).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import importlib.util
+import logging
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from torch.ao.nn.intrinsic import _FusedModule
+from torch.ao.nn import quantized as nnq
+from torch.ao.nn.quantized import dynamic as nnqd
+from torch.ao.quantization import (QConfig, QConfigMapping, disable_observer,
+                                   get_default_qat_qconfig_mapping, get_default_qconfig_mapping,
+                                   per_channel_dynamic_qconfig, quantize_dynamic)
+from torch.ao.quantization.fake_quantize import (FakeQuantize, FakeQuantizeBase,
+                                                 FixedQParamsFakeQuantize)
+from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObserver,
+                                            MinMaxObserver, MovingAverageMinMaxObserver,
+                                            MovingAveragePerChannelMinMaxObserver,
+                                            ObserverBase, PerChannelMinMaxObserver,
+                                            ReuseInputObserver)
+from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_fx, convert_fx,
+                                               prepare_fx, prepare_qat_fx)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DynamicConfig", "PTQStaticConfig", "PercentileObserver", "QATConfig", "QuantConfig",
+    "QuantizationComparison", "SHORT_NAMES", "apply_quantization", "calibrate",
+    "compare_quantization_methods", "convert_quantized", "describe_quantized",
+    "latency_report", "layer_bit_widths", "list_methods", "method_config", "packed_size_mib",
+    "parse_bits", "prediction_agreement", "prepare_quantization", "qconfig_mapping",
+    "quantizable_layers", "register_method", "resolve_method", "weight_levels",
+]
+
+BACKEND_ENGINE = "x86"
+EXECUTIONS = ("auto", "real_int8", "simulated")
+FLOAT_BITS = 32
+QPARAM_BYTES_PER_CHANNEL = 8  # one float32 scale + one int32 zero point per output channel
+_PLUGIN_MODULE = "mitigation"
+_WEIGHT_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_INT_WEIGHT_LAYER_TYPES = (nnq.Conv1d, nnq.Conv2d, nnq.Conv3d, nnq.Linear, nnqd.Linear)
+_INT_WEIGHT_BITS = {torch.qint8: 8, torch.quint8: 8, torch.quint4x2: 4}
+
+
+# --------------------------------------------------------------------------- configs
+
+_BITS_PATTERN = re.compile(r"w(\d+)a(\d+)")
+
+
+def parse_bits(bits: str | int) -> tuple[int, int]:
+    """``'w4a8'`` -> (4, 8); an int ``b`` -> (b, b)."""
+    if isinstance(bits, int) and not isinstance(bits, bool):
+        return bits, bits
+    match = _BITS_PATTERN.fullmatch(str(bits).strip().lower())
+    if match is None:
+        raise ValueError(f"bits={bits!r} is not of the form 'w<weight bits>a<activation bits>'; "
+                         "use e.g. 'w8a8', 'w4a8' or 'w4a4'")
+    return int(match[1]), int(match[2])
+
+
+def _check_choice(name: str, value, choices: Sequence, owner: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported by {owner}; supported: "
+                         f"{', '.join(map(str, choices))}")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Base of every method config: bit widths, validation and a dict/JSON round trip.
+
+    Fields whose metadata has ``mapping=True`` are stored as sorted ``(key, value)`` tuples (so
+    configs stay immutable and hashable) and appear as dicts in ``to_dict``; sequences are stored
+    as tuples and appear as lists.
+    """
+    weight_bits: int = 8
+    act_bits: int = 8
+    WEIGHT_BITS: ClassVar[tuple[int, ...]] = (8,)
+    ACT_BITS: ClassVar[tuple[int, ...]] = (8,)
+
+    def __post_init__(self):
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.metadata.get("mapping"):
+                object.__setattr__(self, item.name, tuple(sorted(dict(value).items())))
+            elif isinstance(value, list):
+                object.__setattr__(self, item.name, tuple(value))
+        owner = type(self).__name__
+        _check_choice("weight_bits", self.weight_bits, self.WEIGHT_BITS, owner)
+        _check_choice("act_bits", self.act_bits, self.ACT_BITS, owner)
+
+    @property
+    def bits(self) -> str:
+        """The ``w<W>a<A>`` label, e.g. ``'w4a8'``."""
+        return f"w{self.weight_bits}a{self.act_bits}"
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-serialisable dict of every field."""
+        out = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            out[item.name] = (dict(value) if item.metadata.get("mapping")
+                              else list(value) if isinstance(value, tuple) else value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "QuantConfig":
+        """Inverse of ``to_dict`` (also accepts ``bits='w4a8'``)."""
+        return _build_config(cls, data, cls.__name__)
+
+
+OBSERVERS = ("minmax", "moving_average", "histogram", "percentile")
+
+
+@dataclass(frozen=True)
+class PTQStaticConfig(QuantConfig):
+    """Static post-training quantization.
+
+    ``layer_bits`` overrides the weight bit width of single layers (module names from
+    ``quantizable_layers``); ``fp32_layers`` keeps layers in float. ``execution='auto'`` gives
+    real INT8 kernels when every quantized layer is w8a8 and simulation otherwise;
+    ``'simulated'`` forces fake quantization (the twin of a real INT8 model);
+    ``'real_int8'`` refuses anything that cannot run on integer kernels.
+    ``percentile`` is used by the ``percentile`` observer only.
+    """
+    observer: str = "histogram"
+    percentile: float = 99.99
+    layer_bits: tuple = field(default=(), metadata={"mapping": True})
+    fp32_layers: tuple = ()
+    execution: str = "auto"
+    WEIGHT_BITS: ClassVar[tuple[int, ...]] = (2, 4, 8)
+    ACT_BITS: ClassVar[tuple[int, ...]] = (4, 8)
+
+    def __post_init__(self):
+        super().__post_init__()
+        owner = type(self).__name__
+        _check_choice("observer", self.observer, OBSERVERS, owner)
+        _check_choice("execution", self.execution, EXECUTIONS, owner)
+        if not 50 < self.percentile <= 100:
+            raise ValueError(f"percentile={self.percentile!r} must be in (50, 100], e.g. 99.99")
+        for name, bits in self.layer_bits:
+            _check_choice(f"layer_bits[{name!r}]", bits, self.WEIGHT_BITS, owner)
+        both = sorted(set(dict(self.layer_bits)) & set(self.fp32_layers))
+        if both:
+            raise ValueError(f"layers {both} are in both layer_bits and fp32_layers; keep each "
+                             "layer in one of them")
+        if self.execution == "real_int8" and not self.all_int8:
+            raise ValueError(f"execution='real_int8' needs 8-bit weights and activations in every "
+                             f"quantized layer, got {self.bits} with layer_bits="
+                             f"{dict(self.layer_bits)}; the x86 backend has no lower-bit kernels: "
+                             "use execution='auto' or 'simulated'")
+
+    @property
+    def all_int8(self) -> bool:
+        """True when every quantized layer is w8a8 (integer kernels can run it)."""
+        return self.bits == "w8a8" and all(bits == 8 for _, bits in self.layer_bits)
+
+    @property
+    def resolved_execution(self) -> str:
+        """``'real_int8'`` or ``'simulated'``."""
+        if self.execution == "auto":
+            return "real_int8" if self.all_int8 else "simulated"
+        return self.execution
+
+
+@dataclass(frozen=True)
+class QATConfig(PTQStaticConfig):
+    """Quantization-aware training: fake quantization at any bit width 2-8 during ``training.fit``
+    (``epochs``, ``lr``, ``weight_decay``, ``max_steps`` per epoch), then real INT8 or simulated
+    execution exactly as ``PTQStaticConfig`` decides."""
+    observer: str = "moving_average"
+    epochs: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_steps: int | None = None
+    WEIGHT_BITS: ClassVar[tuple[int, ...]] = tuple(range(2, 9))
+    ACT_BITS: ClassVar[tuple[int, ...]] = tuple(range(2, 9))
+
+
+@dataclass(frozen=True)
+class DynamicConfig(QuantConfig):
+    """Dynamic INT8: weights INT8 per channel, activations quantized at run time (Linear only)."""
+
+
+def _build_config(config_cls: type, options: Mapping, method: str) -> QuantConfig:
+    options = dict(options)
+    if "bits" in options:
+        if {"weight_bits", "act_bits"} & options.keys():
+            raise ValueError("give either bits='w<W>a<A>' or weight_bits/act_bits, not both")
+        options["weight_bits"], options["act_bits"] = parse_bits(options.pop("bits"))
+    valid = [item.name for item in fields(config_cls)]
+    for name in options:
+        if name not in valid:
+            raise ValueError(f"unknown option {name!r} for method {method!r}; valid options: "
+                             f"{', '.join(valid + ['bits'])}")
+    return config_cls(**options)
+
+
+# --------------------------------------------------------------------------- registry
+
+SHORT_NAMES: dict[str, tuple[str, dict]] = {
+    "PTQ_INT8": ("ptq_static", {"bits": "w8a8"}),
+    "PTQ_INT4": ("ptq_static", {"bits": "w4a8"}),
+    "QAT_INT8": ("qat", {"bits": "w8a8"}),
+    "QAT_INT4": ("qat", {"bits": "w4a8"}),
+    "dynamic": ("ptq_dynamic", {}),
+    "bias_aware": ("bias_aware_calibration", {"bits": "w8a8"}),
+}
+_BASE_CONTEXT = frozenset({"device", "seed", "progress"})
+
+
+@dataclass(frozen=True)
+class _Method:
+    config_cls: type
+    handler: Callable[..., nn.Module]
+    context_keys: frozenset
+
+
+_METHODS: dict[str, _Method] = {}
+
+
+def register_method(name: str, config_cls: type, handler: Callable | None = None, *,
+                    context_keys: Iterable[str] = (), overwrite: bool = False):
+    """Register ``handler(model, config, calibration_data, **context) -> nn.Module`` as ``name``.
+
+    Use as a decorator (``@register_method(name, Config)``) or call with ``handler``.
+    ``context_keys`` are the extra non-config arguments the handler accepts (e.g. loaders).
+    """
+    if not (isinstance(config_cls, type) and issubclass(config_cls, QuantConfig)):
+        raise TypeError(f"config_cls for {name!r} must be a QuantConfig subclass, got "
+                        f"{config_cls!r}")
+
+    def register(function: Callable) -> Callable:
+        if name in _METHODS and not overwrite:
+            raise ValueError(f"quantization method {name!r} is already registered; pick another "
+                             "name or pass overwrite=True")
+        _METHODS[name] = _Method(config_cls, function, frozenset(context_keys))
+        return function
+
+    return register if handler is None else register(handler)
+
+
+def _load_plugins():
+    """Import ``mitigation`` (which registers its methods) when it exists; returns it or None."""
+    if importlib.util.find_spec(_PLUGIN_MODULE) is None:
+        return None
+    return importlib.import_module(_PLUGIN_MODULE)
+
+
+def list_methods() -> list[str]:
+    """Registered method names (including those ``mitigation`` registers)."""
+    _load_plugins()
+    return sorted(_METHODS)
+
+
+def _lookup(name: str) -> _Method:
+    if name not in _METHODS:
+        _load_plugins()
+    if name not in _METHODS:
+        raise ValueError(f"quantization method {name!r} is not registered; known methods: "
+                         f"{', '.join(sorted(_METHODS))}; short names: "
+                         f"{', '.join(SHORT_NAMES)}. Register new ones with "
+                         "quantization.register_method")
+    return _METHODS[name]
+
+
+def resolve_method(method: str, options: Mapping | None = None) -> tuple[str, dict]:
+    """Expand a short name (``PTQ_INT4``) into (registry name, options); explicit options win."""
+    if not isinstance(method, str):
+        raise ValueError(f"method must be a string, got {method!r}; see list_methods()")
+    name, preset = SHORT_NAMES.get(method, (method, {}))
+    options = dict(options or {})
+    if {"weight_bits", "act_bits"} & options.keys():
+        preset = {key: value for key, value in preset.items() if key != "bits"}
+    return name, {**preset, **options}
+
+
+def method_config(name: str, **options) -> QuantConfig:
+    """The config of method ``name`` (a registry or short name) built from ``options``."""
+    name, options = resolve_method(name, options)
+    return _build_config(_lookup(name).config_cls, options, name)
+
+
+def __getattr__(name: str):
+    """Forward names that ``mitigation`` exports (e.g. ``FairnessAwareQuantizer``) lazily."""
+    if not name.startswith("__"):
+        plugin = _load_plugins()
+        if plugin is not None and name in getattr(plugin, "__all__", ()):
+            return getattr(plugin, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------- the entry point
+
+# torch.ao still works in this torch; its deprecation notices would drown the log.
+_DEPRECATION_NOTICES = (".*torch.ao.quantization is deprecated",
+                        ".*quantized tensor creation functions .* are deprecated")
+
+
+@contextlib.contextmanager
+def _isolated_torch_state(threads: int | None = None):
+    """Run with the x86 engine (and ``threads``), restoring engine and thread count after."""
+    engine, num_threads = torch.backends.quantized.engine, torch.get_num_threads()
+    try:
+        torch.backends.quantized.engine = BACKEND_ENGINE
+        if threads:
+            torch.set_num_threads(threads)
+        with warnings.catch_warnings():
+            for message in _DEPRECATION_NOTICES:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        torch.backends.quantized.engine = engine
+        torch.set_num_threads(num_threads)
+
+
+def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: int = 8,
+                       calibration_data=None, **options) -> nn.Module:
+    """Return a quantized copy of ``model``; ``model`` and global torch state are left unchanged.
+
+    ``method`` is a registry name (``list_methods()``) or a short name (``SHORT_NAMES``).
+    ``bit_width`` sets weight and activation bits unless ``bits='w4a8'`` or
+    ``weight_bits``/``act_bits`` are given (short names fix their own bits). ``calibration_data``
+    is a DataLoader of contract batches (images first) or of image tensors. Other options are
+    the method's config fields (e.g. ``observer``, ``layer_bits``, ``fp32_layers``) or context
+    (``device``, ``seed``, ``progress``, ``threads``, and e.g. ``train_loader`` for ``qat``).
+
+    The result carries ``quant_info``: method, weight_bits, act_bits, execution, observer,
+    size_mib, fp32_size_mib, compression, cost_s (calibration/training seconds, including
+    conversion), fp32_layers, layer_bits (bit width of every quantized layer, read back from the
+    result), float_ops, config.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    name, options = resolve_method(method, options)
+    spec = _lookup(name)
+    context_keys = _BASE_CONTEXT | spec.context_keys
+    context = {key: options.pop(key) for key in list(options) if key in context_keys}
+    threads = options.pop("threads", None)
+    if not {"bits", "weight_bits", "act_bits"} & options.keys():
+        options.update(weight_bits=bit_width, act_bits=bit_width)
+    config = _build_config(spec.config_cls, options, name)
+    with _isolated_torch_state(threads):
+        start = time.perf_counter()
+        quantized = spec.handler(copy.deepcopy(model), config, calibration_data, **context)
+        cost_s = time.perf_counter() - start
+        quantized.quant_info = _full_info(quantized, model, name, config, cost_s)
+    logger.info("%s %s: %s, %.3f MiB (x%.2f), %.1f s", name, config.bits,
+                quantized.quant_info["execution"], quantized.quant_info["size_mib"],
+                quantized.quant_info["compression"], cost_s)
+    return quantized
+
+
+def _full_info(quantized: nn.Module, original: nn.Module, name: str, config: QuantConfig,
+               cost_s: float) -> dict:
+    evaluation = importlib.import_module("evaluation")
+    info = dict(getattr(quantized, "quant_info", None) or describe_quantized(quantized))
+    if info["execution"] == "real_int8":
+        size = evaluation.model_size_mib(quantized)
+    else:
+        size = packed_size_mib(quantized, weight_bits=FLOAT_BITS, layer_bits=info["layer_bits"])
+    fp32_size = evaluation.model_size_mib(original)
+    return {"method": name, "weight_bits": config.weight_bits, "act_bits": config.act_bits,
+            "execution": info["execution"], "observer": getattr(config, "observer", None),
+            "size_mib": size, "fp32_size_mib": fp32_size, "compression": fp32_size / size,
+            "cost_s": cost_s, "fp32_layers": info["fp32_layers"],
+            "layer_bits": info["layer_bits"], "float_ops": info.get("float_ops"),
+            "config": config.to_dict()}
+
+
+# --------------------------------------------------------------------------- layers and bits
+
+def _weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) of every conv/linear layer; a fused module counts once, under its name."""
+    fused_prefix = None
+    for name, module in model.named_modules():
+        if fused_prefix is not None and name.startswith(fused_prefix):
+            continue
+        if isinstance(module, _FusedModule):
+            fused_prefix, module = name + ".", module[0]
+        if isinstance(module, _WEIGHT_LAYER_TYPES + _INT_WEIGHT_LAYER_TYPES):
+            yield name, module
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Names of the conv and linear modules, in definition order (keys for ``layer_bits`` and
+    ``fp32_layers``)."""
+    return [name for name, _ in _weight_layers(model)]
+
+
+def _check_layer_names(model: nn.Module, names: Iterable[str], option: str) -> None:
+    valid = quantizable_layers(model)
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ValueError(f"{option} names unknown layers {unknown}; valid names (conv/linear "
+                         f"modules from quantizable_layers(model)): {valid}")
+
+
+def _module_bits(module: nn.Module) -> int:
+    """Weight bit width of one layer: read from its quantized weight or its quantizer."""
+    if isinstance(module, _INT_WEIGHT_LAYER_TYPES):
+        return _INT_WEIGHT_BITS[module.weight().dtype]
+    quant_range = None
+    if getattr(module, "weight_quant_min", None) is not None:  # reference (simulated) module
+        quant_range = module.weight_quant_max - module.weight_quant_min + 1
+    elif isinstance(getattr(module, "weight_fake_quant", None), FakeQuantizeBase):  # QAT module
+        quant_range = module.weight_fake_quant.quant_max - module.weight_fake_quant.quant_min + 1
+    return FLOAT_BITS if quant_range is None else int(math.log2(quant_range))
+
+
+def layer_bit_widths(model: nn.Module) -> dict[str, int]:
+    """Weight bit width of every conv/linear layer of ``model`` (32 for float layers)."""
+    return {name: _module_bits(module) for name, module in _weight_layers(model)}
+
+
+def weight_levels(model: nn.Module) -> dict[str, int]:
+    """For each quantized layer, the largest number of distinct weight values in one output
+    channel (real INT8: of the stored integers; simulated: of the fake-quantized weights)."""
+    levels = {}
+    for name, module in _weight_layers(model):
+        if isinstance(module, _INT_WEIGHT_LAYER_TYPES):
+            weight = module.weight().int_repr()
+        elif hasattr(module, "get_weight"):  # reference module: quantize-dequantize on the fly
+            weight = module.get_weight()
+        else:
+            continue
+        levels[name] = max(channel.unique().numel() for channel in weight.flatten(1))
+    return levels
+
+
+def _float_ops(model: nn.Module) -> list[str]:
+    """Ops of a converted FX graph that run in float on dequantized inputs (first use each)."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return []
+    ops = []
+    for node in graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        label = node.target if isinstance(node.target, str) else node.target.__name__
+        fed_by_dequantize = any(arg.op == "call_method" and arg.target == "dequantize"
+                                for arg in node.all_input_nodes)
+        if fed_by_dequantize and "quantize" not in label and label not in ops:
+            ops.append(label)
+    return ops
+
+
+def describe_quantized(model: nn.Module, execution: str | None = None) -> dict:
+    """``execution``, ``fp32_layers``, ``layer_bits`` and ``float_ops`` of a quantized model,
+    read from the model itself. ``execution`` defaults to ``real_int8`` when integer modules are
+    present, else ``simulated``."""
+    bits = layer_bit_widths(model)
+    if execution is None:
+        is_int = any(isinstance(m, _INT_WEIGHT_LAYER_TYPES) for _, m in _weight_layers(model))
+        execution = "real_int8" if is_int else "simulated"
+    return {"execution": execution,
+            "fp32_layers": [name for name, b in bits.items() if b == FLOAT_BITS],
+            "layer_bits": {name: b for name, b in bits.items() if b != FLOAT_BITS},
+            "float_ops": _float_ops(model) if execution == "real_int8" else None}
+
+
+def _quantizer_tensor_ids(model: nn.Module) -> set[int]:
+    """Tensors that belong to quantizers (observers, fake-quant, reference weight qparams)."""
+    ids = set()
+    for module in model.modules():
+        if isinstance(module, (ObserverBase, FakeQuantizeBase)):
+            ids.update(id(t) for t in [*module.parameters(), *module.buffers()])
+        ids.update(id(getattr(module, key)) for key in ("weight_scale", "weight_zero_point",
+                                                         "weight_axis") if hasattr(module, key))
+    return ids
+
+
+def packed_size_mib(model: nn.Module, weight_bits: int = 8,
+                    layer_bits: Mapping[str, int] | None = None,
+                    fp32_layers: Iterable[str] = ()) -> float:
+    """Size in MiB (2**20 bytes) that the bit widths imply.
+
+    Each conv/linear weight is stored at ``layer_bits.get(name, weight_bits)`` bits (32 or a
+    name in ``fp32_layers``: float32) plus one float32 scale and one int32 zero point per output
+    channel when quantized; every other parameter and buffer counts at its own element size
+    (4 bytes for float32). Quantizer bookkeeping (observers, reference-module qparam buffers) is
+    not counted twice; per-tensor activation qparams (8 bytes each) are left out.
+    """
+    layer_bits, fp32_layers = dict(layer_bits or {}), set(fp32_layers)
+    _check_layer_names(model, [*layer_bits, *fp32_layers], "packed_size_mib")
+    skip = _quantizer_tensor_ids(model)
+    total_bytes = 0.0
+    for name, module in _weight_layers(model):
+        bits = FLOAT_BITS if name in fp32_layers else layer_bits.get(name, weight_bits)
+        weight = module.weight() if callable(module.weight) else module.weight
+        if bits < FLOAT_BITS:
+            total_bytes += math.ceil(weight.numel() * bits / 8)
+            total_bytes += weight.shape[0] * QPARAM_BYTES_PER_CHANNEL
+            skip.add(id(module.weight))
+    for tensor in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values():
+        if id(tensor) not in skip:
+            total_bytes += tensor.numel() * tensor.element_size()
+    return total_bytes / 2**20
+
+
+# --------------------------------------------------------------------------- observers, qconfigs
+
+class PercentileObserver(HistogramObserver):
+    """Histogram observer whose range is clipped at ``percentile`` (and ``100 - percentile``) of
+    every value seen during calibration, e.g. 99.99 ignores the top 0.01% outliers."""
+
+    def __init__(self, percentile: float = 99.99, **kwargs):
+        super().__init__(**kwargs)
+        self.percentile = percentile
+
+    @torch.jit.export
+    def calculate_qparams(self):
+        if self.histogram.sum() == 0:  # nothing observed: let the parent warn and default
+            return super().calculate_qparams()
+        cdf = torch.cumsum(self.histogram, 0) / self.histogram.sum()
+        edges = torch.linspace(self.min_val.item(), self.max_val.item(), self.bins + 1)
+        tail = 1 - self.percentile / 100
+        low_bin = int(torch.searchsorted(cdf, torch.tensor(tail)).clamp(max=self.bins - 1))
+        high_bin = int(torch.searchsorted(cdf, torch.tensor(1 - tail)).clamp(max=self.bins - 1))
+        return self._calculate_qparams(edges[low_bin], edges[high_bin + 1])
+
+
+_OBSERVER_CLASSES = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver,
+                     "histogram": HistogramObserver, "percentile": PercentileObserver}
+
+
+def _qconfig(weight_bits: int, act_bits: int, observer: str, percentile: float,
+             qat: bool) -> QConfig:
+    """Per-tensor affine unsigned activations, per-channel symmetric signed weights; observers
+    for PTQ, FakeQuantize (straight-through gradients) around them for QAT."""
+    activation = dict(observer=_OBSERVER_CLASSES[observer], dtype=torch.quint8,
+                      qscheme=torch.per_tensor_affine, quant_min=0, quant_max=2**act_bits - 1)
+    if observer == "percentile":
+        activation["percentile"] = percentile
+    weight = dict(observer=MovingAveragePerChannelMinMaxObserver if qat
+                  else PerChannelMinMaxObserver, dtype=torch.qint8,
+                  qscheme=torch.per_channel_symmetric, quant_min=-2**(weight_bits - 1),
+                  quant_max=2**(weight_bits - 1) - 1)
+    if qat:
+        return QConfig(activation=FakeQuantize.with_args(**activation),
+                       weight=FakeQuantize.with_args(**weight))
+    return QConfig(activation=activation.pop("observer").with_args(**activation),
+                   weight=weight.pop("observer").with_args(**weight))
+
+
+def _keeps_backend_qconfig(qconfig: QConfig, act_bits: int) -> bool:
+    """Backend entries to keep: shape ops that reuse their input's qparams, and (at 8-bit
+    activations) ops with fixed output qparams such as sigmoid."""
+    factory = getattr(qconfig.activation, "p", qconfig.activation)  # with_args wraps a partial
+    cls = getattr(factory, "func", factory)
+    if cls is FixedQParamsFakeQuantize or issubclass(cls, FixedQParamsObserver):
+        return act_bits == 8
+    return issubclass(cls, ReuseInputObserver)
+
+
+def qconfig_mapping(model: nn.Module, config: PTQStaticConfig, *, qat: bool = False
+                    ) -> QConfigMapping:
+    """The x86 QConfigMapping for ``config``: its global bit widths, ``layer_bits`` overrides and
+    ``fp32_layers`` (qconfig None), with the backend's fixed-qparams/shape-op entries."""
+    _check_layer_names(model, dict(config.layer_bits), "layer_bits")
+    _check_layer_names(model, config.fp32_layers, "fp32_layers")
+
+    def make(weight_bits: int) -> QConfig:
+        return _qconfig(weight_bits, config.act_bits, config.observer, config.percentile, qat)
+
+    mapping = QConfigMapping().set_global(make(config.weight_bits))
+    backend = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(
+        BACKEND_ENGINE)
+    for op, qconfig in backend.object_type_qconfigs.items():
+        if _keeps_backend_qconfig(qconfig, config.act_bits):
+            mapping.set_object_type(op, qconfig)
+    for name, bits in config.layer_bits:
+        mapping.set_module_name(name, make(bits))
+    for name in config.fp32_layers:
+        mapping.set_module_name(name, None)
+    return mapping
+
+
+# --------------------------------------------------------------------------- building blocks
+
+def _images(batch) -> torch.Tensor:
+    if isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise ValueError(f"a batch must be an image tensor or a tuple with the images first, got "
+                         f"{type(batch).__name__}; use datasets.make_loader or a DataLoader of "
+                         "tensors")
+    return batch
+
+
+def _image_batches(data, name: str, method: str) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
+    """(first image batch, iterator over all image batches) of a loader; refuses empty data."""
+    if data is None:
+        raise ValueError(f"method {method!r} needs {name}: a DataLoader yielding (images, "
+                         "targets, group_codes, sample_ids) batches or image tensors, e.g. "
+                         "datasets.make_loader(datasets.random_subset(splits.train, 512, seed), "
+                         "64)")
+    if isinstance(data, torch.Tensor):
+        data = [data]
+    batches = (_images(batch) for batch in data)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError(f"{name} yielded no batches; pass a DataLoader with at least one batch "
+                         "(check the subset size and drop_last)")
+    return first, _chain(first, batches)
+
+
+def _chain(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
+def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
+                         example_images: torch.Tensor, *, qat: bool = False) -> nn.Module:
+    """FX-trace ``model`` (modified: pass a copy), fuse Conv-BN(-ReLU) as the x86 backend does and
+    insert observers (PTQ, eval mode) or fake quantizers (QAT, train mode)."""
+    model.train(qat)
+    prepare = prepare_qat_fx if qat else prepare_fx
+    try:
+        return prepare(model, qconfig_mapping(model, config, qat=qat), (example_images,))
+    except torch.fx.proxy.TraceError as error:
+        raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx ({error}); static "
+                         "PTQ and QAT need an FX-traceable model: use 'ptq_dynamic' or make the "
+                         "data-dependent control flow static") from error
+
+
+def _resolve_device(device) -> torch.device:
+    return importlib.import_module("training").resolve_device(device)
+
+
+@torch.no_grad()
+def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor], *, device="cpu",
+              progress: bool = False) -> nn.Module:
+    """Run image ``batches`` through a prepared model so its observers record activation ranges;
+    the model is returned in eval mode on the CPU."""
+    device = _resolve_device(device)
+    prepared.eval().to(device)
+    for images in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
+        prepared(images.to(device))
+    return prepared.cpu()
+
+
+def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
+    """Freeze a calibrated/trained prepared model: ``'real_int8'`` -> x86 integer modules
+    (``convert_fx``), ``'simulated'`` -> reference quantize/dequantize graph. Returns it with
+    ``quant_info`` from ``describe_quantized``."""
+    _check_choice("execution", execution, EXECUTIONS[1:], "convert_quantized")
+    prepared = prepared.cpu().eval()
+    prepared.apply(disable_observer)
+    convert = convert_fx if execution == "real_int8" else _convert_to_reference_decomposed_fx
+    model = convert(prepared).eval()
+    model.quant_info = describe_quantized(model, execution)
+    return model
+
+
+# --------------------------------------------------------------------------- built-in methods
+
+@register_method("ptq_static", PTQStaticConfig)
+def _ptq_static(model: nn.Module, config: PTQStaticConfig, calibration_data, *, device="cpu",
+                progress: bool = False, **_) -> nn.Module:
+    first, batches = _image_batches(calibration_data, "calibration_data", "ptq_static")
+    prepared = prepare_quantization(model.cpu(), config, first.cpu())
+    calibrate(prepared, batches, device=device, progress=progress)
+    return convert_quantized(prepared, config.resolved_execution)
+
+
+@register_method("ptq_dynamic", DynamicConfig)
+def _ptq_dynamic(model: nn.Module, config: DynamicConfig, calibration_data, **_) -> nn.Module:
+    if calibration_data is not None:
+        logger.info("ptq_dynamic quantizes activations at run time; calibration_data is unused")
+    model = quantize_dynamic(model.cpu().eval(), {nn.Linear: per_channel_dynamic_qconfig},
+                             dtype=torch.qint8, inplace=True)
+    model.quant_info = describe_quantized(model, "real_int8")
+    if not model.quant_info["layer_bits"]:
+        logger.warning("ptq_dynamic found no Linear layer in %s; the model stays FP32",
+                       type(model).__name__)
+    return model
+
+
+@register_method("qat", QATConfig, context_keys=("train_loader", "val_loader", "loss_hook"))
+def _qat(model: nn.Module, config: QATConfig, calibration_data, *, train_loader=None,
+         val_loader=None, loss_hook=None, device="auto", seed: int = 0, progress: bool = True,
+         **_) -> nn.Module:
+    first, _batches = _image_batches(train_loader, "train_loader", "qat")
+    if calibration_data is not None:
+        logger.info("qat calibrates its quantizers while training; calibration_data is unused")
+    prepared = prepare_quantization(model.cpu(), config, first.cpu(), qat=True)
+    fit = importlib.import_module("training").fit
+    fit(prepared, train_loader, val_loader, epochs=config.epochs, lr=config.lr,
+        weight_decay=config.weight_decay, device=device, seed=seed, loss_hook=loss_hook,
+        max_steps=config.max_steps, progress=progress, desc="qat")
+    return convert_quantized(prepared, config.resolved_execution)
+
+
+# --------------------------------------------------------------------------- measurements
+
+@torch.no_grad()
+def prediction_agreement(model_a: nn.Module, model_b: nn.Module, loader) -> float:
+    """Fraction of samples on which the two models' argmax predictions agree (run on CPU)."""
+    agree = total = 0
+    for batch in loader:
+        images = _images(batch).cpu()
+        agree += (model_a.cpu().eval()(images).argmax(1)
+                  == model_b.cpu().eval()(images).argmax(1)).sum().item()
+        total += len(images)
+    if total == 0:
+        raise ValueError("loader yielded no samples; prediction_agreement needs at least one")
+    return agree / total
+
+
+def latency_report(fp32_model: nn.Module, int8_model: nn.Module, image_size: int,
+                   batch_sizes: Sequence[int] = (1, 32), threads: int = 2, **options) -> dict:
+    """FP32 (its fastest eager layout) vs quantized CPU latency, same process and threads.
+
+    Per batch size ``n``: ``fp32_latency_ms_b{n}``, ``fp32_layout_b{n}``, ``latency_ms_b{n}``
+    and ``speedup_b{n}`` (FP32 ms / quantized ms). ``options`` (warmup, repeats) go to
+    ``evaluation.measure_latency``. Only meaningful for ``real_int8`` models: a simulated model
+    runs fake quantization in float.
+    """
+    evaluation = importlib.import_module("evaluation")
+    execution = getattr(int8_model, "quant_info", {}).get("execution")
+    if execution == "simulated":
+        logger.warning("latency_report on a simulated model measures fake quantization in "
+                       "float, not a deployed integer model")
+    report = {"threads": threads, "image_size": image_size, "execution": execution}
+    with _isolated_torch_state():
+        for n in batch_sizes:
+            fp32_ms, layout = evaluation.fp32_reference_latency(fp32_model, image_size, n,
+                                                                threads=threads, **options)
+            quantized_ms = evaluation.measure_latency(int8_model, image_size, n, threads=threads,
+                                                      **options)
+            report.update({f"fp32_latency_ms_b{n}": fp32_ms, f"fp32_layout_b{n}": layout,
+                           f"latency_ms_b{n}": quantized_ms, f"speedup_b{n}": fp32_ms / quantized_ms})
+    return report
+
+
+# --------------------------------------------------------------------------- comparisons
+
+@dataclass
+class QuantizationComparison:
+    """Result of ``compare_quantization_methods``: ``table`` (one row per method, FP32 first),
+    ``group_metrics`` (long: label, group, metric, value) and the prediction tables."""
+    table: "pd.DataFrame"
+    group_metrics: "pd.DataFrame"
+    predictions: dict = field(repr=False, default_factory=dict)
+
+    def save_to_csv(self, path: str | Path) -> Path:
+        """Write ``table`` as CSV; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.table.to_csv(path, index=False)
+        return path
+
+    def plot_comparison(self, path: str | Path | None = None) -> Path:
+        """Accuracy and DP gap per method with their bootstrap intervals, saved as a PNG
+        (default ``quantization_comparison.png``); returns the path."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        path = Path(path or "quantization_comparison.png")
+        figure = Figure(figsize=(max(6.0, 1.2 * len(self.table)), 4.0), layout="constrained")
+        FigureCanvasAgg(figure)
+        positions = range(len(self.table))
+        for axes, metric in zip(figure.subplots(1, 2), ("accuracy", "dp_gap")):
+            values = self.table[metric]
+            errors = [values - self.table[f"{metric}_low"], self.table[f"{metric}_high"] - values]
+            axes.bar(positions, values, yerr=errors, capsize=4, color="tab:blue")
+            axes.set_xticks(list(positions), self.table["label"], rotation=30, ha="right")
+            axes.set_title(metric)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120)
+        return path
+
+
+def _method_spec(spec) -> tuple[str, str, dict]:
+    """(label, method, options) from ``'PTQ_INT4'``, ``('ptq_static', {...})`` or
+    ``{'method': ..., 'label': ..., **options}``."""
+    if isinstance(spec, str):
+        return spec, spec, {}
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], Mapping):
+        options = dict(spec[1])
+        return options.pop("label", f"{spec[0]}:{options}"), spec[0], options
+    if isinstance(spec, Mapping) and "method" in spec:
+        options = dict(spec)
+        method = options.pop("method")
+        return options.pop("label", f"{method}:{options}"), method, options
+    raise ValueError(f"cannot read method spec {spec!r}; use a name ('PTQ_INT8'), a (name, "
+                     "options) tuple or a dict with 'method' (and optional 'label')")
+
+
+def _regroup(table: "pd.DataFrame", sensitive_attrs: Sequence[str] | None) -> "pd.DataFrame":
+    """Rebuild ``group`` from ``sensitive_attrs`` (in that order) when they are given."""
+    if not sensitive_attrs:
+        return table
+    missing = [attr for attr in sensitive_attrs if attr not in table.columns]
+    if missing:
+        raise ValueError(f"sensitive_attrs {missing} are not columns of the predictions; the "
+                         f"test set has {[c for c in table.columns if c not in PRED_COLUMNS]}")
+    table = table.copy()
+    table["group"] = table[list(sensitive_attrs)].astype(str).agg("/".join, axis=1)
+    return table
+
+
+PRED_COLUMNS = ("sample_id", "y_true", "y_pred", "score", "group")
+
+
+def compare_quantization_methods(model: nn.Module, methods: Sequence, test_loader, *,
+                                 sensitive_attrs: Sequence[str] | None = None,
+                                 calibration_data=None, n_resamples: int = 1000, seed: int = 0,
+                                 device="cpu", **context) -> QuantizationComparison:
+    """Quantize ``model`` with each method and compare accuracy and fairness on ``test_loader``.
+
+    ``methods`` items: a short or registry name, a ``(name, options)`` tuple, or a dict with
+    ``method`` (and ``label``). ``sensitive_attrs`` picks the attributes whose combination
+    defines the groups (default: the dataset's ``group``). ``context`` (e.g. ``train_loader``)
+    goes to every ``apply_quantization`` call. The table has one row per method, FP32 first,
+    with every metric of ``fairness_metrics.summarize_predictions`` (with ``_low/_high``
+    bootstrap bounds and deltas against FP32) plus execution, bits, sizes and cost.
+    """
+    import pandas as pd
+    evaluation = importlib.import_module("evaluation")
+    summarize = importlib.import_module("fairness_metrics").summarize_predictions
+    specs = [_method_spec(spec) for spec in methods]
+    if not specs:
+        raise ValueError("methods is empty; pass e.g. ['PTQ_INT8', 'PTQ_INT4', 'dynamic']")
+    reference = _regroup(evaluation.predict(model, test_loader, device, progress=False),
+                         sensitive_attrs)
+    fp32_size = evaluation.model_size_mib(model)
+    runs = [("fp32", {"method": "fp32", "weight_bits": FLOAT_BITS, "act_bits": FLOAT_BITS,
+                      "execution": "fp32", "size_mib": fp32_size, "fp32_size_mib": fp32_size,
+                      "compression": 1.0, "cost_s": 0.0}, reference)]
+    for label, method, options in tqdm(specs, desc="methods", leave=False):
+        quantized = apply_quantization(model, method, calibration_data=calibration_data,
+                                       device=device, seed=seed, **{**context, **options})
+        info = {key: value for key, value in quantized.quant_info.items()
+                if key in ("method", "weight_bits", "act_bits", "execution", "observer",
+                           "size_mib", "fp32_size_mib", "compression", "cost_s")}
+        predictions = _regroup(evaluation.predict(quantized, test_loader, device,
+                                                  progress=False), sensitive_attrs)
+        runs.append((label, info, predictions))
+    rows, groups = [], []
+    for label, info, predictions in runs:
+        record, per_group = summarize(predictions, reference=None if label == "fp32"
+                                      else reference, n_resamples=n_resamples, seed=seed)
+        rows.append({"label": label, **info, **record})
+        groups.append(per_group.assign(label=label))
+    return QuantizationComparison(pd.DataFrame(rows), pd.concat(groups, ignore_index=True),
+                                  {label: predictions for label, _, predictions in runs})
