@@ -47,9 +47,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``'auto'`` picks CUDA when present, else CPU; ``'cuda'`` without a GPU is a ValueError."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type not in ("cpu", "cuda"):
+    if str(device).split(":")[0] not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; "
                          "use device='cpu' or 'auto'")

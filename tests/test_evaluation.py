@@ -1,0 +1,137 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import evaluation
+import models
+from datasets import load_dataset, make_loader
+
+COLUMNS = ["sample_id", "y_true", "y_pred", "score", "gender", "age", "group"]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """The synthetic CelebA-format set, small: ~30 test images at 32 px."""
+    root = tmp_path_factory.mktemp("data")
+    return load_dataset("synthetic", root, image_size=32,
+                        synthetic={"n_images": 200, "image_size": 32}).test
+
+
+def red_minus_blue():
+    """A fixed model whose logits are (0, mean red - mean blue): easy to predict by hand."""
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, -1.0]]))
+        model[2].bias.zero_()
+    return model
+
+
+def test_predict_table_schema_values_and_join_on_sample_id(faces):
+    # A shuffled loader: rows come out in another order than the metadata's.
+    table = evaluation.predict(red_minus_blue().train(), make_loader(faces, 8, shuffle=True),
+                               progress=False)
+    assert list(table.columns) == COLUMNS
+    assert len(table) == len(faces) and table["sample_id"].is_unique
+    assert table["sample_id"].tolist() != faces.metadata["sample_id"].tolist()
+
+    truth = faces.metadata.set_index("sample_id").loc[table["sample_id"]]
+    for column in ("gender", "age", "group"):
+        assert table[column].tolist() == truth[column].tolist()
+    assert table["y_true"].tolist() == truth["target"].tolist()
+
+    position = dict(zip(faces.metadata["sample_id"], range(len(faces))))
+    images = torch.stack([faces[position[sid]][0] for sid in table["sample_id"]])
+    margin = images[:, 0].mean((1, 2)) - images[:, 2].mean((1, 2))
+    torch.testing.assert_close(torch.tensor(table["score"].to_numpy(), dtype=torch.float32),
+                               torch.sigmoid(margin))
+    assert table["y_pred"].tolist() == (margin > 0).long().tolist()
+
+
+def test_predict_puts_the_model_in_eval_mode(faces):
+    model = models.build_model("tiny_cnn", image_size=32).train()
+    first = evaluation.predict(model, make_loader(faces, 8), progress=False)
+    assert not model.training
+    again = evaluation.predict(model, make_loader(faces, 4), progress=False)
+    assert first["score"].tolist() == pytest.approx(again["score"].tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_architecture_predicts(faces, name):
+    model = models.build_model(name, image_size=32)
+    few = faces.subset(range(4))
+    table = evaluation.predict(model, make_loader(few, 4), progress=False)
+    assert table["sample_id"].tolist() == few.metadata["sample_id"].tolist()
+    assert table["score"].between(0, 1).all() and set(table["y_pred"]) <= {0, 1}
+
+
+def quantized_tiny_cnn(faces):
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    images = torch.stack([faces[i][0] for i in range(8)])
+    prepared = prepare_fx(models.build_model("tiny_cnn", image_size=32).eval(),
+                          get_default_qconfig_mapping("x86"), (images,))
+    prepared(images)
+    return convert_fx(prepared)
+
+
+def test_quantized_models_are_detected_and_run_on_cpu_whatever_was_asked(faces, monkeypatch):
+    quantized = quantized_tiny_cnn(faces)
+    assert evaluation.is_quantized(quantized)
+    assert not evaluation.is_quantized(models.build_model("tiny_cnn"))
+    # Pretend a GPU was asked for and found: the quantized model must still run on the CPU.
+    monkeypatch.setattr(evaluation, "resolve_device", lambda device: torch.device("cuda"))
+    table = evaluation.predict(quantized, make_loader(faces, 8), device="cuda", progress=False)
+    assert len(table) == len(faces)
+
+
+def test_predict_needs_dataset_metadata(faces):
+    bare = [(torch.zeros(3, 32, 32), 0, 0, "a.jpg")] * 2
+    with pytest.raises(ValueError, match="needs loader.dataset.metadata.*list has no such"):
+        evaluation.predict(red_minus_blue(), DataLoader(bare, batch_size=2))
+
+    few = faces.subset(range(4))
+    few.metadata = few.metadata.drop(columns="age")
+    with pytest.raises(ValueError, match="lacks columns \\['age'\\]"):
+        evaluation.predict(red_minus_blue(), make_loader(few, 4))
+
+    few = faces.subset(range(4))
+    few.metadata = few.metadata.assign(sample_id=["x.jpg"] * 4)
+    with pytest.raises(ValueError, match="duplicated sample_id values \\['x.jpg'\\]"):
+        evaluation.predict(red_minus_blue(), make_loader(few, 4))
+
+
+def test_measure_latency_is_positive_and_restores_threads_and_model():
+    model = models.build_model("tiny_cnn", image_size=16).train()
+    original = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        milliseconds = evaluation.measure_latency(model, 16, 2, threads=2, warmup=1, repeats=3)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(original)
+    assert milliseconds > 0
+    assert model.training and model.features[0].weight.is_contiguous()
+
+    best, layout = evaluation.fp32_reference_latency(model, 16, warmup=1, repeats=3)
+    assert best > 0 and layout in evaluation.LAYOUTS
+    assert model.features[0].weight.is_contiguous()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(repeats=0), "repeats must be an int >= 1, got 0"),
+    (dict(batch_size=0), "batch_size must be an int >= 1, got 0"),
+    (dict(threads=0), "threads must be an int >= 1, got 0"),
+])
+def test_measure_latency_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        evaluation.measure_latency(models.build_model("tiny_cnn"), 16, **kwargs)
+
+
+def test_model_size_counts_serialized_weights_and_shrinks_when_quantized():
+    layer = nn.Sequential(nn.Linear(512, 512))
+    fp32 = evaluation.model_size_mib(layer)
+    assert 512 * 513 * 4 / 2**20 <= fp32 < 512 * 513 * 4 / 2**20 + 0.01
+    int8 = torch.ao.quantization.quantize_dynamic(layer, {nn.Linear}, dtype=torch.qint8)
+    assert evaluation.model_size_mib(int8) < 0.3 * fp32
