@@ -15,6 +15,19 @@ the framework uses for groups. Supported datasets (``load_dataset(name, root, ..
   and ``age`` name the same two attributes. Any other CelebA attribute may be sensitive: its
   column is the attribute name with values ``<Attr>`` / ``not <Attr>`` (e.g. ``Eyeglasses`` /
   ``not Eyeglasses``).
+* ``utkface``: image files named ``[age]_[gender]_[race]_[datetime].jpg`` (or ``.jpg.chip.jpg``)
+  anywhere under ``<root>/utkface/``; files with missing or broken fields are skipped and
+  counted in a warning. No official split: a seeded split stratified by group and target.
+* ``fairface``: ``<root>/fairface/fairface_label_{train,val}.csv`` with the images they name;
+  the official val file is the test split and a seeded, stratified validation split is carved
+  from train (train:val in the ratio of ``split_fractions``).
+
+  UTKFace and FairFace share one schema. Default target ``gender`` (1 = Female) with sensitive
+  attributes ``race`` and ``age_group`` (``0-19``, ``20-39``, ``40-59``, ``60+``; FairFace's
+  bins are merged into these); the alternative target ``age_ge_40`` (1 if age >= 40) goes with
+  sensitive ``gender`` and ``race``. Race values: UTKFace White, Black, Asian, Indian, Others;
+  FairFace its seven labels. A target cannot be combined with a sensitive attribute read from
+  the same source (``age_ge_40`` with ``age_group``, ``gender`` with ``gender``).
 
 Groups are the sensitive values joined by ``/`` in the order the attributes are given, e.g.
 ``Female/Old``; ``dataset.group_names`` is their sorted list and ``group_code`` indexes it.
@@ -335,7 +348,7 @@ def _stratified_parts(strata, fractions, rng) -> np.ndarray:
 # Knobs of the synthetic benchmark. Group shares mimic CelebA (Female/Old smallest). The target
 # (Smiling) is the curvature of the mouth: +cue for smiles, -cue otherwise, times the group's
 # cue strength, plus Gaussian jitter, so a lower strength means overlapping classes (a harder
-# group). Beards (drawn over the mouth region in hair colour) lower the mouth's contrast.
+# group). Beards (thinner around the lips) partly occlude the mouth and lower its contrast.
 SYNTHETIC_GROUPS = ("Female/Old", "Female/Young", "Male/Old", "Male/Young")
 DEFAULT_GROUP_SHARES = {"Female/Young": 0.49, "Male/Young": 0.29, "Male/Old": 0.13,
                         "Female/Old": 0.09}
@@ -348,7 +361,7 @@ SYNTHETIC_OPTIONS = ("n_images", "image_size", "seed", "group_shares", "smiling_
                      "cue_strength")
 MOUTH_CURVE = 0.06   # corner-to-centre height of a full-strength smile, in face-image units
 MOUTH_JITTER = 0.025  # std of the per-image curvature noise, same units
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 4
 # Rough base rates for attributes the drawing does not show (random, deterministic per seed).
 UNDRAWN_ATTRIBUTE_RATES = {
     "Arched_Eyebrows": 0.27, "Bangs": 0.15, "Big_Lips": 0.24, "Big_Nose": 0.23, "Blurry": 0.05,
@@ -473,7 +486,7 @@ def _write_synthetic(folder: Path, params: dict) -> Path:
     faces = _sample_faces(params, rng)
     size, n = params["image_size"], params["n_images"]
     names = [f"{i + 1:06d}.jpg" for i in range(n)]
-    chunk = max(1, 2 ** 22 // (size * size))
+    chunk = max(1, 2 ** 21 // (size * size))
     for start in tqdm(range(0, n, chunk), desc="drawing synthetic faces", leave=False):
         stop = min(start + chunk, n)
         images = _draw_faces({k: v[start:stop] for k, v in faces.items()}, size, rng)
@@ -563,7 +576,9 @@ def _draw_faces(faces: dict, size: int, rng) -> np.ndarray:
     forehead = face * soft(0.55 * rx - np.abs(dx)) * soft(-0.18 * ry - dy) * soft(dy + hairline)
     wrinkles = np.clip(np.sin(2 * np.pi * dy / (0.035 * s)) - 0.3, 0, 1)
     paint(col(faces["old"]) * forehead * wrinkles, skin * 0.65, alpha=0.6)
-    paint(col(faces["beard"]) * face * soft(dy - 0.3 * ry), hair * 0.8, alpha=0.85)
+    lips = soft((1 - np.hypot(dx / (0.12 * s), (dy - 0.15 * s) / (0.075 * s))) * 0.05 * s)
+    beard = col(faces["beard"]) * face * soft(dy - 0.3 * ry) * (1 - 0.85 * lips)
+    paint(beard, hair * 0.8, alpha=0.85)  # thinner around the lips: a partial occlusion
     eye_dx, eye_dy = np.abs(dx) - 0.09 * s, dy + 0.05 * s  # both eyes at once (symmetry)
     eyes = soft((1 - np.hypot(eye_dx / (0.028 * s), eye_dy / (0.018 * s))) * 0.018 * s)
     rims = col(faces["glasses"]) * soft(0.008 * s - np.abs(np.hypot(eye_dx, eye_dy) - 0.045 * s))
@@ -575,7 +590,7 @@ def _draw_faces(faces: dict, size: int, rng) -> np.ndarray:
     lip_color = np.where(faces["lipstick"][:, None], [[0.70, 0.08, 0.15]], skin * 0.4)
     paint(mouth, lip_color)
     img *= rng.uniform(0.85, 1.15, (b, 1, 1, 1)).astype(np.float32)
-    img += 0.02 * rng.standard_normal(img.shape, dtype=np.float32)
+    img += 0.02 * rng.standard_normal((b, size, size, 1), dtype=np.float32)  # sensor noise
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -729,6 +744,7 @@ def _derive_columns(frame: pd.DataFrame, schema: _Schema, dataset: str, target, 
         sensitive = list(schema.default_sensitive)
     elif isinstance(sensitive, str):
         sensitive = [sensitive]
+    sensitive = list(sensitive)
     _check_known(dataset, "target", [target], schema.targets)
     _check_known(dataset, "sensitive", sensitive, schema.sensitives)
     if not sensitive:
