@@ -582,10 +582,11 @@ class PercentileObserver(HistogramObserver):
         if self.histogram.sum() == 0:  # nothing observed: let the parent warn and default
             return super().calculate_qparams()
         cdf = torch.cumsum(self.histogram, 0) / self.histogram.sum()
-        edges = torch.linspace(self.min_val.item(), self.max_val.item(), self.bins + 1)
+        edges = torch.linspace(self.min_val.item(), self.max_val.item(), self.bins + 1,
+                               device=cdf.device)
         tail = 1 - self.percentile / 100
-        low_bin = int(torch.searchsorted(cdf, torch.tensor(tail)).clamp(max=self.bins - 1))
-        high_bin = int(torch.searchsorted(cdf, torch.tensor(1 - tail)).clamp(max=self.bins - 1))
+        low_bin, high_bin = torch.searchsorted(cdf, cdf.new_tensor([tail, 1 - tail])).clamp(
+            max=self.bins - 1).tolist()
         return self._calculate_qparams(edges[low_bin], edges[high_bin + 1])
 
 
@@ -765,12 +766,13 @@ def _qat(model: nn.Module, config: QATConfig, calibration_data, *, train_loader=
 
 @torch.no_grad()
 def prediction_agreement(model_a: nn.Module, model_b: nn.Module, loader) -> float:
-    """Fraction of samples on which the two models' argmax predictions agree (run on CPU)."""
+    """Fraction of samples on which the two models' argmax predictions agree. Both models are
+    moved to the CPU (integer kernels run there) and put in eval mode."""
+    model_a, model_b = model_a.cpu().eval(), model_b.cpu().eval()
     agree = total = 0
     for batch in loader:
         images = _images(batch).cpu()
-        agree += (model_a.cpu().eval()(images).argmax(1)
-                  == model_b.cpu().eval()(images).argmax(1)).sum().item()
+        agree += (model_a(images).argmax(1) == model_b(images).argmax(1)).sum().item()
         total += len(images)
     if total == 0:
         raise ValueError("loader yielded no samples; prediction_agreement needs at least one")
@@ -847,14 +849,13 @@ def _method_spec(spec) -> tuple[str, str, dict]:
     if isinstance(spec, str):
         return spec, spec, {}
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], Mapping):
-        options = dict(spec[1])
-        return options.pop("label", f"{spec[0]}:{options}"), spec[0], options
-    if isinstance(spec, Mapping) and "method" in spec:
-        options = dict(spec)
-        method = options.pop("method")
-        return options.pop("label", f"{method}:{options}"), method, options
-    raise ValueError(f"cannot read method spec {spec!r}; use a name ('PTQ_INT8'), a (name, "
-                     "options) tuple or a dict with 'method' (and optional 'label')")
+        spec = {**spec[1], "method": spec[0]}
+    if not (isinstance(spec, Mapping) and "method" in spec):
+        raise ValueError(f"cannot read method spec {spec!r}; use a name ('PTQ_INT8'), a (name, "
+                         "options) tuple or a dict with 'method' (and optional 'label')")
+    options = {key: value for key, value in spec.items() if key not in ("method", "label")}
+    settings = ", ".join(f"{key}={value}" for key, value in options.items())
+    return spec.get("label", f"{spec['method']}({settings})"), spec["method"], options
 
 
 def _regroup(table: "pd.DataFrame", sensitive_attrs: Sequence[str] | None) -> "pd.DataFrame":

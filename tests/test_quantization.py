@@ -1,0 +1,395 @@
+"""Tests of the quantization engine on tiny models (tiny_cnn, tiny_vit) and toy data."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.ao.nn import quantized as nnq
+from torch.ao.nn.quantized import dynamic as nnqd
+from torch.utils.data import DataLoader, TensorDataset
+
+import quantization
+from models import build_model
+from quantization import (PTQStaticConfig, PercentileObserver, apply_quantization,
+                          compare_quantization_methods, describe_quantized, latency_report,
+                          list_methods, method_config, packed_size_mib, prediction_agreement,
+                          quantizable_layers, register_method, weight_levels)
+from training import fit
+
+SIZE = 16
+
+
+def toy_data(n=256, seed=0):
+    """Images whose label is the sign of their mean brightness, as contract 4-tuples."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    images = torch.randn(n, 3, SIZE, SIZE, generator=generator) * 0.5
+    images += (labels.float() * 2 - 1).view(-1, 1, 1, 1) * 0.5
+    return TensorDataset(images, labels, torch.zeros(n, dtype=torch.long), torch.arange(n))
+
+
+def loader(dataset, batch_size=32, shuffle=False):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def loss(model, dataset):
+    images, labels = dataset.tensors[:2]
+    with torch.no_grad():
+        return nn.functional.cross_entropy(model.eval()(images), labels).item()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return toy_data()
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(data):
+    """tiny_cnn trained a little on the toy task, so its predictions are not constant."""
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", image_size=SIZE)
+    fit(model, loader(data, shuffle=True), epochs=3, lr=1e-2, device="cpu", progress=False)
+    return model.eval()
+
+
+def ptq(model, data, **options):
+    return apply_quantization(model, calibration_data=loader(data), observer="minmax", **options)
+
+
+# --------------------------------------------------------------------------- bit widths are real
+
+@pytest.mark.parametrize("bits, max_levels", [("w4a8", 16), ("w2a8", 4)])
+def test_low_bit_weights_have_at_most_2_to_the_bits_levels_per_channel(trained_cnn, data,
+                                                                       bits, max_levels):
+    model = ptq(trained_cnn, data, bits=bits)
+    levels = weight_levels(model)
+    assert model.quant_info["execution"] == "simulated"
+    assert set(levels) == set(quantizable_layers(trained_cnn))
+    assert max(levels.values()) <= max_levels
+    # the 8-bit run of the same layers uses many more levels, so the limit is the bit width's
+    int8_levels = weight_levels(ptq(trained_cnn, data, execution="simulated"))
+    assert max(int8_levels.values()) > max_levels
+
+
+def test_real_int8_is_made_of_integer_modules_with_at_most_256_levels(trained_cnn, data):
+    model = ptq(trained_cnn, data)
+    assert model.quant_info["execution"] == "real_int8"
+    integer_layers = [m for m in model.modules() if isinstance(m, (nnq.Conv2d, nnq.Linear))]
+    assert len(integer_layers) == len(quantizable_layers(trained_cnn))
+    assert all(layer.weight().int_repr().dtype == torch.int8 for layer in integer_layers)
+    assert 16 < max(weight_levels(model).values()) <= 256
+    assert model.quant_info["layer_bits"] == {name: 8 for name in quantizable_layers(trained_cnn)}
+
+
+def test_real_int8_agrees_with_its_simulated_twin(trained_cnn, data):
+    real = ptq(trained_cnn, data)
+    twin = ptq(trained_cnn, data, execution="simulated")
+    predictions = real(data.tensors[0]).argmax(1)
+    assert 0 < predictions.float().mean() < 1  # not a constant predictor: agreement means much
+    assert prediction_agreement(real, twin, loader(data)) >= 0.99
+
+
+def test_prediction_agreement_counts_equal_argmax(data):
+    class Constant(nn.Module):
+        def __init__(self, label):
+            super().__init__()
+            self.label = label
+
+        def forward(self, images):
+            return nn.functional.one_hot(torch.full((len(images),), self.label), 2).float()
+
+    class Oracle(nn.Module):
+        def forward(self, images):
+            return nn.functional.one_hot((images.mean((1, 2, 3)) > 0).long(), 2).float()
+
+    expected = (data.tensors[0].mean((1, 2, 3)) > 0).float().mean().item()
+    assert prediction_agreement(Oracle(), Constant(1), loader(data)) == pytest.approx(expected)
+    assert prediction_agreement(Constant(0), Constant(0), [data.tensors[0]]) == 1.0
+
+
+# --------------------------------------------------------------------------- no side effects
+
+def test_input_model_and_global_torch_state_are_left_unchanged(trained_cnn, data):
+    before = {key: value.clone() for key, value in trained_cnn.state_dict().items()}
+    engine, threads = torch.backends.quantized.engine, torch.get_num_threads()
+    try:
+        torch.backends.quantized.engine = "qnnpack"
+        torch.set_num_threads(1)
+        ptq(trained_cnn, data, threads=2)
+        assert torch.backends.quantized.engine == "qnnpack"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.backends.quantized.engine = engine
+        torch.set_num_threads(threads)
+    after = trained_cnn.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    assert all(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Sequential, nn.Linear,
+                              nn.AdaptiveAvgPool2d)) or m is trained_cnn
+               for m in trained_cnn.modules())
+
+
+# --------------------------------------------------------------------------- per-layer control
+
+def test_layer_bits_and_fp32_layers_take_effect(trained_cnn, data):
+    model = ptq(trained_cnn, data, bits="w4a8", layer_bits={"features.0": 8},
+                fp32_layers=["classifier"])
+    info, levels = model.quant_info, weight_levels(model)
+    assert info["layer_bits"] == {"features.0": 8, "features.3": 4, "features.6": 4}
+    assert info["fp32_layers"] == ["classifier"]
+    assert levels["features.0"] > 16 and levels["features.3"] <= 16
+    assert "classifier" not in levels and type(model.classifier) is nn.Linear
+    assert torch.equal(model.classifier.weight, trained_cnn.classifier.weight)
+
+
+def test_fp32_layers_stay_float_in_a_real_int8_model(trained_cnn, data):
+    model = ptq(trained_cnn, data, fp32_layers=["classifier"])
+    assert model.quant_info["execution"] == "real_int8"
+    assert type(model.classifier) is nn.Linear
+    assert isinstance(dict(model.named_modules())["features.3"], nnq.Conv2d)
+    assert model.quant_info["fp32_layers"] == ["classifier"]
+
+
+def test_quantizable_layers_lists_conv_and_linear_modules_in_order(trained_cnn):
+    assert quantizable_layers(trained_cnn) == ["features.0", "features.3", "features.6",
+                                               "classifier"]
+
+
+# --------------------------------------------------------------------------- sizes
+
+def test_packed_size_matches_a_hand_count():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(),
+                          nn.Linear(16, 3))
+    conv = 72 * 4 / 8 + 4 * 8            # 4-bit weights + scale and zero point per channel
+    batch_norm = 4 * 4 * 4 + 8            # four float32 vectors + int64 num_batches_tracked
+    linear_2bit = 48 * 2 / 8 + 3 * 8 + 3 * 4
+    linear_fp32 = 48 * 4 + 3 * 4
+    assert packed_size_mib(model, weight_bits=4, layer_bits={"3": 2}) * 2**20 == (
+        conv + batch_norm + linear_2bit)
+    assert packed_size_mib(model, weight_bits=4, fp32_layers=["3"]) * 2**20 == (
+        conv + batch_norm + linear_fp32)
+
+
+def test_simulated_size_counts_folded_batch_norm_and_no_quantizer_state(trained_cnn, data):
+    model = ptq(trained_cnn, data, bits="w4a8")
+    expected = 0
+    for name in quantizable_layers(trained_cnn):
+        weight = trained_cnn.get_submodule(name).weight
+        # batch norm folds into a bias per output channel
+        expected += math.ceil(weight.numel() / 2) + weight.shape[0] * (8 + 4)
+    info = model.quant_info
+    assert info["size_mib"] * 2**20 == expected
+    assert info["compression"] == pytest.approx(info["fp32_size_mib"] / info["size_mib"])
+    assert info["compression"] > 4
+
+
+# --------------------------------------------------------------------------- other methods
+
+def test_qat_lowers_the_loss_and_int8_qat_converts_to_integer_modules(data):
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", image_size=SIZE)
+    qat8 = apply_quantization(model, "QAT_INT8", train_loader=loader(data, shuffle=True),
+                              epochs=2, lr=1e-2, progress=False)
+    assert qat8.quant_info["execution"] == "real_int8"
+    assert any(isinstance(m, nnq.Conv2d) for m in qat8.modules())
+    assert loss(qat8, data) < loss(model, data) - 0.1
+    assert qat8.quant_info["cost_s"] > 0
+
+
+def test_low_bit_qat_gives_a_simulated_model_at_that_bit_width(data):
+    model = build_model("tiny_cnn", image_size=SIZE)
+    qat4 = apply_quantization(model, "QAT_INT4", train_loader=loader(data), epochs=1,
+                              max_steps=2, progress=False)
+    assert (qat4.quant_info["weight_bits"], qat4.quant_info["act_bits"]) == (4, 8)
+    assert qat4.quant_info["execution"] == "simulated"
+    assert max(weight_levels(qat4).values()) <= 16
+
+
+def test_dynamic_quantizes_linear_layers_and_reports_the_rest_fp32(trained_cnn, data):
+    model = apply_quantization(trained_cnn, "dynamic")
+    info = model.quant_info
+    assert isinstance(model.classifier, nnqd.Linear)
+    assert info["execution"] == "real_int8" and info["layer_bits"] == {"classifier": 8}
+    assert info["fp32_layers"] == ["features.0", "features.3", "features.6"]
+    assert prediction_agreement(model, trained_cnn, loader(data)) >= 0.99
+
+
+def test_real_int8_works_for_a_timm_vit():
+    torch.manual_seed(0)
+    model = build_model("tiny_vit", image_size=32).eval()
+    images = torch.randn(32, 3, 32, 32)
+    calibration = loader(TensorDataset(images))
+    real = apply_quantization(model, calibration_data=calibration, observer="minmax")
+    twin = apply_quantization(model, calibration_data=calibration, observer="minmax",
+                              execution="simulated")
+    info = real.quant_info
+    assert info["execution"] == "real_int8" and info["fp32_layers"] == []
+    linears = [m for m in real.modules() if isinstance(m, nnq.Linear)]
+    assert len(linears) == sum(isinstance(m, nn.Linear) for m in model.modules())
+    assert "scaled_dot_product_attention" in info["float_ops"]
+    with torch.no_grad():
+        logits, twin_logits = real(images), twin(images)
+        tolerance = 0.02 * model(images).abs().max().item()
+    assert (logits - twin_logits).abs().max().item() <= tolerance
+    assert prediction_agreement(real, twin, calibration) >= 0.99
+
+
+def test_percentile_observer_clips_outliers_that_minmax_keeps():
+    values = torch.cat([torch.rand(100_000), torch.tensor([1000.0])])
+    kwargs = dict(dtype=torch.quint8, quant_min=0, quant_max=255)
+    percentile = PercentileObserver(percentile=99.9, **kwargs)
+    percentile(values)
+    scale, _ = percentile.calculate_qparams()
+    minmax = torch.ao.quantization.MinMaxObserver(**kwargs)
+    minmax(values)
+    assert scale.item() * 255 < 1.5 < minmax.calculate_qparams()[0].item() * 255
+
+
+def test_latency_report_compares_against_the_faster_fp32_layout(trained_cnn, data):
+    report = latency_report(trained_cnn, ptq(trained_cnn, data), SIZE, batch_sizes=(1, 4),
+                            threads=1, warmup=1, repeats=3)
+    for n in (1, 4):
+        assert report[f"fp32_layout_b{n}"] in ("contiguous", "channels_last")
+        assert report[f"speedup_b{n}"] == pytest.approx(
+            report[f"fp32_latency_ms_b{n}"] / report[f"latency_ms_b{n}"])
+    assert report["execution"] == "real_int8"
+
+
+# --------------------------------------------------------------------------- comparison API
+
+def test_compare_quantization_methods_gives_a_tidy_table_csv_and_plot(tiny_synthetic_splits,
+                                                                      tmp_path):
+    from datasets import make_loader
+
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", image_size=32).eval()
+    comparison = compare_quantization_methods(
+        model, [("PTQ_INT8", {"observer": "minmax"}),
+                {"method": "ptq_static", "bits": "w4a8", "observer": "minmax", "label": "w4"},
+                "dynamic"],
+        make_loader(tiny_synthetic_splits.test, 64), sensitive_attrs=["gender"],
+        calibration_data=make_loader(tiny_synthetic_splits.train, 64), n_resamples=50)
+    table = comparison.table
+    assert table["label"].tolist() == ["fp32", "PTQ_INT8(observer=minmax)", "w4", "dynamic"]
+    assert table["execution"].tolist() == ["fp32", "real_int8", "simulated", "real_int8"]
+    for metric in ("accuracy", "dp_gap"):
+        assert (table[f"{metric}_low"] <= table[metric]).all()
+        assert (table[metric] <= table[f"{metric}_high"]).all()
+    assert table["size_mib"].iloc[2] < table["size_mib"].iloc[0]
+    assert set(comparison.group_metrics["group"]) <= {"Male", "Female"}
+    csv = comparison.save_to_csv(tmp_path / "comparison.csv")
+    assert csv.read_text().splitlines()[0].startswith("label,")
+    png = comparison.plot_comparison(tmp_path / "comparison.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- registry
+
+def test_configs_print_compare_and_round_trip_through_json():
+    config = method_config("ptq_static", bits="w4a8", layer_bits={"b": 8, "a": 2},
+                           fp32_layers=["c"], observer="percentile")
+    assert (config.weight_bits, config.act_bits, config.bits) == (4, 8, "w4a8")
+    restored = PTQStaticConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config and hash(restored) == hash(config)
+    assert config.to_dict()["layer_bits"] == {"a": 2, "b": 8}
+    assert "observer='percentile'" in repr(config)
+    assert config != method_config("ptq_static", bits="w4a8")
+    assert method_config("PTQ_INT4") == method_config("ptq_static", weight_bits=4, act_bits=8)
+
+
+def test_builtin_methods_are_listed():
+    assert {"ptq_static", "ptq_dynamic", "qat"} <= set(list_methods())
+
+
+def test_bias_aware_short_name_reaches_the_registry():
+    if "bias_aware_calibration" in list_methods():
+        assert method_config("bias_aware").bits == "w8a8"
+    else:
+        with pytest.raises(ValueError, match="'bias_aware_calibration' is not registered"):
+            method_config("bias_aware")
+
+
+def test_a_registered_method_gets_a_copy_its_config_and_its_context(monkeypatch, trained_cnn):
+    monkeypatch.setattr(quantization, "_METHODS", dict(quantization._METHODS))
+    seen = {}
+
+    class ToyConfig(quantization.QuantConfig):
+        pass
+
+    @register_method("toy", ToyConfig, context_keys=("note",))
+    def toy(model, config, calibration_data, *, note=None, **context):
+        seen.update(model=model, config=config, note=note, context=context)
+        model.quant_info = describe_quantized(model, "simulated")
+        return model
+
+    result = apply_quantization(trained_cnn, "toy", note="hello", seed=3)
+    assert seen["model"] is result and result is not trained_cnn
+    assert seen["config"] == ToyConfig() and seen["note"] == "hello"
+    assert seen["context"] == {"seed": 3}
+    assert result.quant_info["fp32_layers"] == quantizable_layers(trained_cnn)
+    with pytest.raises(ValueError, match="'toy' is already registered"):
+        register_method("toy", ToyConfig, toy)
+
+
+def test_lookup_imports_the_plugin_module_and_forwards_its_exports(monkeypatch, tmp_path):
+    (tmp_path / "toy_plugin.py").write_text(
+        "import quantization\n"
+        "__all__ = ['ToyQuantizer']\n"
+        "class ToyQuantizer: pass\n"
+        "quantization.register_method('plugin_method', quantization.QuantConfig, "
+        "lambda model, config, data, **context: model)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(quantization, "_PLUGIN_MODULE", "toy_plugin")
+    monkeypatch.setattr(quantization, "_METHODS", dict(quantization._METHODS))
+    monkeypatch.delitem(__import__("sys").modules, "toy_plugin", raising=False)
+    assert method_config("plugin_method").bits == "w8a8"
+    assert "plugin_method" in list_methods()
+    assert quantization.ToyQuantizer.__name__ == "ToyQuantizer"
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        quantization.Nothing
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("nope", {}, "'nope' is not registered; known methods: .*ptq_static"),
+    ("ptq_static", {"bit_width": 3}, "weight_bits=3 is not supported by PTQStaticConfig; "
+                                     "supported: 2, 4, 8"),
+    ("ptq_static", {"bit_width": 16}, "weight_bits=16 is not supported .* supported: 2, 4, 8"),
+    ("ptq_static", {"bits": "w8a2"}, "act_bits=2 is not supported .* supported: 4, 8"),
+    ("dynamic", {"bit_width": 4}, "weight_bits=4 is not supported by DynamicConfig; "
+                                  "supported: 8"),
+    ("ptq_static", {"observr": "minmax"}, "unknown option 'observr' for method 'ptq_static'; "
+                                          "valid options: weight_bits, act_bits, observer"),
+    ("ptq_static", {"observer": "kl"}, "observer='kl' is not supported .* minmax, "
+                                       "moving_average, histogram, percentile"),
+    ("ptq_static", {"bits": "int4"}, "bits='int4' is not of the form"),
+    ("ptq_static", {"bits": "w4a8", "weight_bits": 4}, "either bits="),
+    ("ptq_static", {"bits": "w4a8", "execution": "real_int8"},
+     "execution='real_int8' needs 8-bit weights"),
+    ("ptq_static", {"layer_bits": {"features.0": 3}}, r"layer_bits\['features.0'\]=3 is not "
+                                                      "supported"),
+    ("ptq_static", {"layer_bits": {"nope": 4}}, r"layer_bits names unknown layers \['nope'\]; "
+                                                r"valid names .*\['features.0', 'features.3'"),
+    ("ptq_static", {"fp32_layers": ["features.1"]}, r"fp32_layers names unknown layers "
+                                                    r"\['features.1'\]"),
+    ("ptq_static", {"layer_bits": {"classifier": 8}, "fp32_layers": ["classifier"]},
+     "in both layer_bits and fp32_layers"),
+    ("qat", {}, "method 'qat' needs train_loader"),
+])
+def test_bad_arguments_raise_errors_that_name_the_problem(trained_cnn, data, method, options,
+                                                          message):
+    with pytest.raises(ValueError, match=message):
+        apply_quantization(trained_cnn, method, calibration_data=loader(data), **options)
+
+
+def test_bad_calibration_data_is_named(trained_cnn):
+    with pytest.raises(ValueError, match="method 'ptq_static' needs calibration_data"):
+        apply_quantization(trained_cnn)
+    with pytest.raises(ValueError, match="calibration_data yielded no batches"):
+        apply_quantization(trained_cnn, calibration_data=[])
+    with pytest.raises(ValueError, match="a batch must be an image tensor"):
+        apply_quantization(trained_cnn, calibration_data=[["not an image"]])
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
+        apply_quantization("resnet50")
