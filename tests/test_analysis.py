@@ -1,0 +1,377 @@
+"""Tests of analysis.py on hand-made points and on fake run folders with planted effects.
+
+A fake run folder holds result CSVs and per-sample prediction tables whose changes are planted
+exactly: the FP32 model of every architecture makes the same predictions, and a quantized model
+differs from it only by `k` negatives of the Female/Old group predicted positive. That raises the
+DP gap by k / GROUP_SIZE and lowers accuracy by k / N, so every hypothesis's verdict is known.
+"""
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import analysis
+from analysis import (INCONCLUSIVE, REJECTED, SUPPORTED, bound_verdict, combine_verdicts,
+                      directional_verdict, drop_ratio, format_number, latex_escape,
+                      pareto_front, permutation_family_difference, permutation_spearman,
+                      pvalue_verdict, run_analysis)
+from results import save_predictions
+
+GROUPS = ("Male/Young", "Male/Old", "Female/Young", "Female/Old")
+GROUP_SIZE = 800
+N = GROUP_SIZE * len(GROUPS)
+RESAMPLES = 40
+
+# (arch, parameters, k at 4 bits): which architectures lose most is what H1 and H6 look at.
+SUPPORTED_ARCHS = [("vit_a", 250_000, 360), ("vit_b", 500_000, 320), ("cnn_a", 1_000_000, 240),
+                   ("cnn_b", 2_000_000, 200), ("cnn_c", 4_000_000, 160),
+                   ("cnn_d", 8_000_000, 120), ("cnn_e", 16_000_000, 80)]
+REJECTED_ARCHS = [("cnn_a", 1_000_000, 80), ("cnn_b", 2_000_000, 120), ("vit_a", 4_000_000, 160),
+                  ("cnn_c", 8_000_000, 200), ("cnn_d", 16_000_000, 240)]
+CNN_E = "synthetic/cnn_e/ptq_static/w4a8/calib=random-512/seed=0"
+CNN_E_K = 80
+WORLDS = {
+    # every hypothesis holds: big models lose less, transformers lose most, QAT gains a little at
+    # 50x the cost, balanced calibration lowers the gap, mixed precision keeps it, INT8 is small.
+    "supported": dict(archs=SUPPORTED_ARCHS, int8_share=1 / 40, qat_change=-40, balanced_change=-40,
+                      mixed_k=2),
+    # every hypothesis fails: big models lose more, the transformer sits amid the CNNs, QAT is
+    # worse, balanced calibration raises the gap, mixed precision loses fairness, INT8 = INT4.
+    "rejected": dict(archs=REJECTED_ARCHS, int8_share=1.0, qat_change=40, balanced_change=40,
+                     mixed_k=100),
+}
+
+
+# ----------------------------------------------------------------------------- fake run folders
+
+def fp32_predictions() -> pd.DataFrame:
+    """Every architecture's FP32 predictions: right except 10% of Female/Old negatives called
+    positive and 10% of Male/Young positives called negative (so Female/Old selects most)."""
+    rows = []
+    for group in GROUPS:
+        gender, age = group.split("/")
+        y_true = np.repeat([0, 1], GROUP_SIZE // 2)
+        y_pred = y_true.copy()
+        tenth = GROUP_SIZE // 20
+        if group == "Female/Old":
+            y_pred[:tenth] = 1
+        if group == "Male/Young":
+            y_pred[GROUP_SIZE // 2:GROUP_SIZE // 2 + tenth] = 0
+        rows.append(pd.DataFrame({"sample_id": [f"{group}-{i}.jpg" for i in range(GROUP_SIZE)],
+                                  "y_true": y_true, "y_pred": y_pred, "gender": gender,
+                                  "age": age, "group": group}))
+    table = pd.concat(rows, ignore_index=True)
+    return table.assign(score=np.where(table["y_pred"] == 1, 0.8, 0.2))
+
+
+def damaged(k: int) -> pd.DataFrame:
+    """FP32 predictions with `k` more Female/Old negatives called positive."""
+    table = fp32_predictions()
+    correct_negatives = table.index[(table["group"] == "Female/Old") & (table["y_true"] == 0)
+                                    & (table["y_pred"] == 0)]
+    table.loc[correct_negatives[:k], ["y_pred", "score"]] = [1, 0.8]
+    return table
+
+
+def row(config_id, arch, method, bits, **fields):
+    return {"config_id": config_id, "dataset": "synthetic", "arch": arch, "method": method,
+            "weight_bits": bits, "act_bits": 32 if bits == 32 else 8, "seed": 0,
+            "status": "ok", "error": "", **fields}
+
+
+def write_run(folder, world: dict, *, phases=("baseline", "quantization", "mitigation")):
+    """Write config.yaml, the result CSVs of `phases` and every prediction table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "data": {"dataset": "synthetic"}}))
+    tables = {"baseline": [], "quantization": [], "mitigation": []}
+    for arch, params, k4 in world["archs"]:
+        fp32_size = params * 4 / 2 ** 20
+        model = _model_writer(folder, arch, fp32_size)
+        tables["baseline"].append(model("fp32", 32, 0, "fp32/seed=0", params=params,
+                                        latency_ms_b1=2.0, train_time_s=60.0, execution="fp32"))
+        k8 = round(k4 * world["int8_share"])
+        tables["quantization"] += [
+            model("ptq_static", 4, k4, "ptq_static/w4a8/calib=random-512/seed=0", cost_s=2.0),
+            model("ptq_static", 8, k8, "ptq_static/w8a8/calib=random-512/seed=0", cost_s=2.0),
+            model("qat", 4, k4 + world["qat_change"], "qat/w4a8/calib=none/seed=0", cost_s=100.0)]
+    arch, _, k4 = world["archs"][2]
+    model = _model_writer(folder, arch, world["archs"][2][1] * 4 / 2 ** 20)
+    for draw in range(3):
+        random_id = f"ptq_static/w4a8/calib=random-512/draw={draw}/seed=0"
+        tables["quantization"].append(model("ptq_static", 4, k4 + 4 * draw, random_id, draw=draw,
+                                            cost_s=2.0))
+        tables["mitigation"].append(model(
+            "bias_aware_calibration", 4, k4 + 4 * draw + world["balanced_change"],
+            f"bias_aware_calibration/w4a8/calib=balanced-512/draw={draw}/seed=0", draw=draw,
+            calibration="balanced-512", cost_s=2.0, compare_to=f"synthetic/{arch}/{random_id}"))
+    for arch, params, _ in world["archs"][3:5]:
+        model = _model_writer(folder, arch, params * 4 / 2 ** 20)
+        tables["mitigation"].append(model(
+            "mixed_precision", 4, world["mixed_k"], "mixed_precision/w4a8/variant=overall/seed=0",
+            size_mib=0.3 * params * 4 / 2 ** 20, cost_s=20.0, variant="overall",
+            compare_to=f"synthetic/{arch}/ptq_static/w4a8/calib=random-512/seed=0"))
+    tables["quantization"].append(row("synthetic/cnn_x/ptq_static/w2a8/seed=0", "cnn_x",
+                                      "ptq_static", 2, status="failed",
+                                      error="RuntimeError: observer saw no data"))
+    for phase in phases:
+        pd.DataFrame(tables[phase]).to_csv(folder / analysis.RESULT_FILES[phase], index=False)
+    return folder
+
+
+def _model_writer(folder, arch, fp32_size):
+    """`model(method, bits, k, id_tail, **fields)`: save the predictions, return the result row."""
+    def model(method, bits, k, id_tail, **fields):
+        config_id = f"synthetic/{arch}/{id_tail}"
+        save_predictions(folder, config_id, damaged(k))
+        defaults = {"size_mib": fp32_size * bits / 32, "fp32_size_mib": fp32_size,
+                    "calibration": "random-512" if method == "ptq_static" else "none",
+                    "execution": "simulated"}
+        return row(config_id, arch, method, bits, **{**defaults, **fields})
+    return model
+
+
+def _verdicts(hypotheses: list[dict]) -> dict[str, str]:
+    return {h["id"]: h["verdict"] for h in hypotheses}
+
+
+@pytest.fixture(scope="module")
+def supported_run(tmp_path_factory):
+    folder = write_run(tmp_path_factory.mktemp("supported") / "run", WORLDS["supported"])
+    outputs = run_analysis(folder, n_resamples=RESAMPLES, progress=False)
+    return folder, outputs
+
+
+@pytest.fixture(scope="module")
+def rejected_analysis(tmp_path_factory):
+    folder = write_run(tmp_path_factory.mktemp("rejected") / "run", WORLDS["rejected"])
+    return analysis.analyse(folder, n_resamples=RESAMPLES, progress=False)
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+def test_pareto_front_on_hand_made_points():
+    points = pd.DataFrame({"accuracy": [0.9, 0.8, 0.85, 0.7, 0.9, np.nan],
+                           "size_mib": [10.0, 2.0, 5.0, 6.0, 10.0, 1.0]},
+                          index=list("abcdef"))
+    mask = pareto_front(points, maximize=["accuracy"], minimize=["size_mib"])
+    # d (worse than c on both) is dominated; a and e tie and both stay; f lacks accuracy
+    assert mask.to_dict() == {"a": True, "b": True, "c": True, "d": False, "e": True, "f": False}
+    three = pd.DataFrame({"acc": [0.9, 0.9, 0.8], "gap": [0.1, 0.2, 0.05], "size": [5, 5, 5]})
+    assert pareto_front(three, maximize=["acc"], minimize=["gap", "size"]).tolist() == [True, False, True]
+
+
+def test_pareto_front_rejects_unknown_or_no_objectives():
+    points = pd.DataFrame({"accuracy": [0.9]})
+    with pytest.raises(ValueError, match=r"\['size'\].*available: \['accuracy'\]"):
+        pareto_front(points, maximize=["accuracy"], minimize=["size"])
+    with pytest.raises(ValueError, match="at least one objective"):
+        pareto_front(points)
+
+
+def test_verdict_rules():
+    assert directional_verdict(0.01, 0.03, +1, min_effect=0.01) == SUPPORTED
+    assert directional_verdict(-0.03, -0.01, -1, min_effect=0.01) == SUPPORTED
+    assert directional_verdict(-0.004, 0.005, +1, min_effect=0.01) == REJECTED  # rules out 0.01
+    assert directional_verdict(-0.01, 0.05, +1, min_effect=0.01) == INCONCLUSIVE
+    assert directional_verdict(math.nan, 0.05, +1, min_effect=0.01) == INCONCLUSIVE
+    assert bound_verdict(0.0, 0.02, 0.02) == SUPPORTED
+    assert bound_verdict(0.03, 0.05, 0.02) == REJECTED
+    assert bound_verdict(0.01, 0.03, 0.02) == INCONCLUSIVE
+    assert bound_verdict(12.0, 12.0, 10.0, upper=False) == SUPPORTED
+    assert bound_verdict(3.0, 3.0, 10.0, upper=False) == REJECTED
+    assert pvalue_verdict(-0.9, 0.01, 0.05, sign=-1) == SUPPORTED
+    assert pvalue_verdict(0.9, 0.01, 0.05, sign=-1) == REJECTED
+    assert pvalue_verdict(-0.9, 0.2, 0.05, sign=-1) == INCONCLUSIVE
+    assert pvalue_verdict(0.001, 0.6, 0.05, min_effect=0.01) == REJECTED
+    assert combine_verdicts([SUPPORTED, SUPPORTED]) == SUPPORTED
+    assert combine_verdicts([SUPPORTED, INCONCLUSIVE]) == INCONCLUSIVE
+    assert combine_verdicts([INCONCLUSIVE, REJECTED]) == REJECTED
+    assert combine_verdicts([]) == INCONCLUSIVE
+
+
+def test_permutation_spearman_is_exact_and_knows_its_floor():
+    x = np.log([1e5, 1e6, 1e7, 1e8, 1e9])
+    perfect = permutation_spearman(x, [[5, 4, 3, 2, 1], [0.5, 0.4, 0.3, 0.2, 0.1]])
+    assert perfect["statistic"] == pytest.approx(-1.0)
+    assert perfect["exact"] and perfect["n_orderings"] == 120
+    assert perfect["p_value"] == pytest.approx(1 / 60)  # 2 of 120 orderings are as extreme
+    assert perfect["min_p_fraction"] == "1/60"
+    four = permutation_spearman(x[:4], [[4, 3, 2, 1]])
+    assert four["p_value"] == pytest.approx(1 / 12)  # four models can never reach 0.05
+    assert pvalue_verdict(four["statistic"], four["p_value"], 0.05, sign=-1) == INCONCLUSIVE
+
+
+def test_permutation_family_difference_counts_labellings():
+    values = np.array([[0.30, 0.10, 0.11, 0.12, 0.09], [0.25, 0.05, 0.06, 0.04, 0.05]])
+    test = permutation_family_difference(values, [True, False, False, False, False])
+    assert test["n_orderings"] == 5 and test["exact"]
+    assert test["statistic"] == pytest.approx(np.mean([0.30 - 0.105, 0.25 - 0.05]))
+    assert test["p_value"] == pytest.approx(1 / 5)
+
+
+def test_drop_ratio_guards_division_by_zero():
+    assert drop_ratio(0.2, 0.05) == pytest.approx(4.0)
+    assert drop_ratio(0.2, 0.0) == math.inf
+    assert drop_ratio(0.2, -0.01) == math.inf
+    assert math.isnan(drop_ratio(0.0, -0.01))
+
+
+def test_format_number_and_latex_escape():
+    assert [format_number(v) for v in (3, 2.0, 0.123456, 1234567.0, float("nan"), float("inf"),
+                                       None, "w4a8", np.float64(1.5e-7))] == \
+        ["3", "2", "0.1235", "1234567", "nan", "inf", "", "w4a8", "1.5e-07"]
+    assert latex_escape("a_b & 50% #1 {x}") == r"a\_b \& 50\% \#1 \{x\}"
+
+
+# ----------------------------------------------------------------------------- planted runs
+
+def test_planted_supported_world_supports_every_hypothesis(supported_run):
+    folder, _ = supported_run
+    hypotheses = json.loads((folder / "analysis" / "hypotheses.json").read_text())["hypotheses"]
+    assert _verdicts(hypotheses) == {f"H{i}": SUPPORTED for i in range(1, 7)}
+    by_id = {h["id"]: h for h in hypotheses}
+    assert by_id["H1"]["estimate"] == pytest.approx(-1.0)  # every cell perfectly ordered
+    assert by_id["H1"]["details"]["min_attainable_p_fraction"] == "1/2520"
+    assert by_id["H2"]["estimate"] == pytest.approx(40 / N)  # QAT flips 40 fewer samples
+    assert by_id["H3"]["estimate"] == pytest.approx(-40 / GROUP_SIZE)
+    assert by_id["H6"]["p_value"] == pytest.approx(1 / 21)  # 2 transformers among 7 models
+
+
+def test_planted_rejected_world_rejects_every_hypothesis(rejected_analysis):
+    hypotheses = rejected_analysis.hypotheses
+    assert _verdicts(hypotheses) == {f"H{i}": REJECTED for i in range(1, 7)}
+    h1 = hypotheses[0]
+    assert h1["estimate"] == pytest.approx(1.0) and h1["p_value"] == pytest.approx(1 / 60)
+    assert "cannot go below 1/60" in h1["details"]["limitation"]
+    assert "1/5" in hypotheses[5]["details"]["limitation"]  # one transformer of five
+
+
+def test_without_quantization_or_mitigation_every_hypothesis_is_inconclusive(tmp_path):
+    folder = write_run(tmp_path / "run", WORLDS["supported"], phases=("baseline",))
+    result = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False)
+    assert all(h["verdict"] == INCONCLUSIVE and h["reason"].startswith("no data")
+               for h in result.hypotheses)
+    assert result.run.missing_files == ["quantization_results.csv", "mitigation_results.csv"]
+
+
+def test_missing_mitigation_results_still_gives_every_output(tmp_path):
+    folder = write_run(tmp_path / "run", WORLDS["supported"],
+                       phases=("baseline", "quantization"))
+    outputs = run_analysis(folder, n_resamples=RESAMPLES, progress=False, figures=False)
+    hypotheses = json.loads(outputs["hypotheses.json"].read_text())["hypotheses"]
+    verdicts = _verdicts(hypotheses)
+    assert verdicts["H3"] == verdicts["H4"] == INCONCLUSIVE
+    assert verdicts["H1"] == verdicts["H2"] == SUPPORTED
+    report = outputs["report.md"].read_text()
+    assert "`mitigation_results.csv` is missing" in report
+    assert set(pd.read_csv(outputs["stats.csv"])["comparison"]) == {"config", "vs_fp32", "qat_vs_ptq"}
+
+
+def test_stats_table_is_tidy_and_adjusted_within_families(supported_run):
+    folder, _ = supported_run
+    stats = pd.read_csv(folder / "analysis" / "stats.csv")
+    assert list(stats.columns[:10]) == analysis.STAT_KEYS
+    change = stats[(stats["comparison"] == "vs_fp32") & (stats["metric"] == "dp_gap")]
+    ptq4 = change[change["config_id"] == CNN_E]
+    assert ptq4["estimate"].item() == pytest.approx(CNN_E_K / GROUP_SIZE, abs=1e-4)
+    assert ptq4["low"].item() <= ptq4["estimate"].item() <= ptq4["high"].item()
+    assert (change["p_holm"] >= change["p_value"] - 1e-9).all()
+    assert (change["p_bh"] <= change["p_holm"] + 1e-9).all()
+    assert change["family"].unique().tolist() == ["vs_fp32/dp_gap"]
+    accuracy = stats[(stats["comparison"] == "vs_fp32") & (stats["metric"] == "accuracy")]
+    assert (accuracy["effect_size"] < 0).all()  # Cohen's h of a loss is negative
+    assert "synthetic/cnn_x/ptq_static/w2a8/seed=0" not in set(stats["config_id"])  # failed row
+
+
+def test_per_group_drop_and_flips_come_from_the_damaged_group(supported_run):
+    folder, _ = supported_run
+    per_group = pd.read_csv(folder / "analysis" / "per_group.csv")
+    one = per_group[per_group["config_id"] == CNN_E].set_index("group")
+    assert one.loc["Female/Old", "accuracy_drop"] == pytest.approx(CNN_E_K / GROUP_SIZE, abs=1e-4)
+    assert one.loc["Female/Old", "flip_share"] == pytest.approx(1.0)
+    assert one.loc["Female/Old", "flip_excess"] == pytest.approx(4.0)
+    assert one.loc["Male/Old", "accuracy_drop"] == pytest.approx(0.0)
+    ratios = pd.read_csv(folder / "analysis" / "tables" / "group_drop_ratios.csv")
+    assert set(ratios["worst_group"]) == {"Female/Old"}
+    assert np.isinf(ratios["worst_to_least"]).all()  # the other groups lost nothing
+
+
+def test_recommendation_is_the_most_accurate_fair_model_within_budget(supported_run):
+    folder, _ = supported_run
+    rows = pd.read_csv(folder / "analysis" / "tables" / "recommendation.csv", keep_default_na=False)
+    table = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False).table
+    largest = table.loc[table["method"] == "fp32", "size_mib"].max()
+    assert rows["size_budget_mib"].astype(float).tolist() == pytest.approx(
+        [f * largest for f in analysis.DEFAULT_BUDGET_FRACTIONS], rel=1e-3)
+    full = rows.iloc[-1]
+    assert full["config_id"].endswith("/fp32/seed=0")  # nothing beats FP32 without a size limit
+    small = analysis.recommend(table, size_budgets_mib=[1e-6])
+    assert small["config_id"].tolist() == [""] and small["n_candidates"].tolist() == [0]
+
+
+def test_report_names_no_number_absent_from_the_written_tables(supported_run):
+    folder, outputs = supported_run
+    report = outputs["report.md"].read_text()
+    assert "SYNTHETIC DATA" in report
+    assert all(f"### H{i}" in report for i in range(1, 7))
+    written = [p for name, p in outputs.items() if name.endswith((".csv", ".json"))]
+    sources = "\n".join(p.read_text() for p in [*written, folder / "config.yaml"])
+    known = {_normal(n) for n in NUMBER.findall(sources)}
+    in_report = {_normal(n) for n in NUMBER.findall(report)}
+    assert len(in_report) > 20
+    assert in_report <= known, sorted(in_report - known)
+
+
+NUMBER = re.compile(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?:e[+-]\d+)?(?!\w)(?!\.\d)")
+
+
+def _normal(token: str) -> str:
+    return format_number(float(token))
+
+
+def test_outputs_exist_and_tables_are_latex(supported_run):
+    folder, outputs = supported_run
+    for name in ("stats.csv", "per_group.csv", "hypotheses.json", "summary.json", "report.md",
+                 "tables/quantization.tex", "tables/hypotheses.tex", "figures/pareto.png",
+                 "figures/pareto.pdf", "figures/hypotheses.png"):
+        assert outputs[name].is_file() and outputs[name].stat().st_size > 0, name
+    tex = outputs["tables/quantization.tex"].read_text()
+    assert tex.count(r"\\") >= 1 + 7 * 2 + 3 and r"ptq\_static" in tex and "\\toprule" in tex
+
+
+def test_analysis_is_deterministic(supported_run, tmp_path):
+    folder, outputs = supported_run
+    first = outputs["stats.csv"].read_text()
+    again = run_analysis(folder, n_resamples=RESAMPLES, progress=False, figures=False)
+    assert again["stats.csv"].read_text() == first
+    assert again["hypotheses.json"].read_text() == outputs["hypotheses.json"].read_text()
+
+
+def test_bad_input_gives_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_analysis(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="holds none of baseline_results.csv"):
+        run_analysis(tmp_path)
+    pd.DataFrame({"config_id": ["a"], "arch": ["x"]}).to_csv(tmp_path / "baseline_results.csv")
+    with pytest.raises(ValueError, match=r"lacks the columns \['dataset', 'method'\]"):
+        run_analysis(tmp_path)
+    folder = write_run(tmp_path / "run", WORLDS["rejected"], phases=("baseline",))
+    with pytest.raises(ValueError, match="alpha=1.5"):
+        run_analysis(folder, alpha=1.5)
+    with pytest.raises(ValueError, match=r"size_budgets_mib=\[-1\]"):
+        run_analysis(folder, size_budgets_mib=[-1], figures=False, progress=False,
+                     n_resamples=RESAMPLES)
+
+
+def test_analysis_never_imports_torch():
+    code = ("import sys, analysis, visualizations; "
+            "sys.exit('torch' in sys.modules or 'matplotlib.pyplot' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(analysis.__file__).parent,
+                          timeout=120).returncode == 0
