@@ -1,10 +1,11 @@
 """Architecture registry, pretrained / local weights, and checkpoints.
 
-Every architecture is a builder registered under a name (timm style)::
+Every architecture is a builder registered under a name (timm style); adding one, e.g. a timm
+ConvNeXt, is one entry::
 
-    @register_model("my_net", head="fc")
-    def my_net(num_classes, image_size, pretrained):
-        ...
+    @register_model("convnext_tiny", head="head.fc")
+    def convnext_tiny(num_classes, image_size, pretrained):
+        return timm.create_model("convnext_tiny", pretrained=pretrained, num_classes=num_classes)
 
 ``build_model(name, ...)`` validates the arguments, calls the builder and, when asked, loads a
 local state dict. Builders never use data-dependent control flow, so models stay traceable by
@@ -44,7 +45,7 @@ class ModelSpec:
     """A registered architecture: its builder and what loading foreign weights needs to know."""
 
     builder: Builder
-    head: str  # parameter-name prefix of the classifier, re-initialised when class counts differ
+    head: str | None = None  # classifier parameter prefix, re-initialised for other class counts
     min_image_size: int = 1
     has_pretrained: bool = True
     adapt_weights: WeightsAdapter | None = None  # e.g. resample ViT position embeddings
@@ -53,9 +54,15 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, head: str, min_image_size: int = 1, has_pretrained: bool = True,
-                   adapt_weights: WeightsAdapter | None = None) -> Callable[[Builder], Builder]:
-    """Register ``builder(num_classes, image_size, pretrained) -> nn.Module`` under ``name``."""
+def register_model(name: str, *, head: str | None = None, min_image_size: int = 1,
+                   has_pretrained: bool = True, adapt_weights: WeightsAdapter | None = None
+                   ) -> Callable[[Builder], Builder]:
+    """Register ``builder(num_classes, image_size, pretrained) -> nn.Module`` under ``name``.
+
+    ``head`` is the parameter-name prefix of the classifier (e.g. ``'fc'``): weights files whose
+    head has another class count load with that head re-initialised. ``adapt_weights(state_dict,
+    model)`` converts foreign weights first (e.g. resampling ViT patch / position embeddings).
+    """
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is already registered; pick another name")
@@ -73,7 +80,7 @@ def model_spec(name: str) -> ModelSpec:
     """The registry entry for ``name``; ValueError listing the known names if there is none."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model '{name}'; known models: {', '.join(list_models())}. "
-                         "Register a new one with @register_model(name, head=...).")
+                         "Register a new one with @register_model(name).")
     return _REGISTRY[name]
 
 
@@ -114,7 +121,8 @@ def load_weights(model: nn.Module, state_dict: dict, name: str) -> nn.Module:
     own = model.state_dict()
     mismatched = [key for key, value in state_dict.items()
                   if key in own and tuple(value.shape) != tuple(own[key].shape)]
-    outside_head = [key for key in mismatched if not key.startswith(spec.head)]
+    outside_head = [key for key in mismatched
+                    if spec.head is None or not key.startswith(spec.head)]
     if outside_head:
         shapes = "; ".join(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
                            for k in outside_head[:5])

@@ -82,14 +82,23 @@ def test_bad_build_arguments_are_named(kwargs, message):
 def test_register_model_adds_an_architecture_and_refuses_duplicates(monkeypatch):
     monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
 
-    @models.register_model("linear_probe", head="1", has_pretrained=False)
+    @models.register_model("linear_probe")
     def linear_probe(num_classes, image_size, pretrained):
         return nn.Sequential(nn.Flatten(), nn.Linear(3 * image_size ** 2, num_classes))
 
     assert models.build_model("linear_probe", num_classes=5, image_size=8)(
         torch.zeros(2, 3, 8, 8)).shape == (2, 5)
     with pytest.raises(ValueError, match="'linear_probe' is already registered"):
-        models.register_model("linear_probe", head="1")(linear_probe)
+        models.register_model("linear_probe")(linear_probe)
+
+
+def test_a_head_mismatch_is_refused_when_no_head_is_registered(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    models.register_model("linear_probe")(
+        lambda num_classes, image_size, pretrained: nn.Linear(4, num_classes))
+    torch.save(nn.Linear(4, 5).state_dict(), tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=r"weight: file \(5, 4\) vs model \(3, 4\)"):
+        models.build_model("linear_probe", num_classes=3, weights_path=tmp_path / "w.pt")
 
 
 def test_pretrained_torchvision_offline_says_where_to_put_the_file(monkeypatch, tmp_path):
