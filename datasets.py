@@ -30,7 +30,12 @@ the framework uses for groups. Supported datasets (``load_dataset(name, root, ..
   the same source (``age_ge_40`` with ``age_group``, ``gender`` with ``gender``).
 
 Groups are the sensitive values joined by ``/`` in the order the attributes are given, e.g.
-``Female/Old``; ``dataset.group_names`` is their sorted list and ``group_code`` indexes it.
+``Female/Old``; ``dataset.group_names`` is their sorted list (the same for every split) and
+``group_code`` indexes it. Every group must have samples in every split.
+
+Randomness: ``load_dataset(seed=...)`` drives the splits of UTKFace/FairFace and
+``max_per_split``; the synthetic images depend only on the generator's own ``seed`` option
+(default 0), so changing the run seed does not redraw the data set.
 
 Images: centre-cropped to a square, resized to ``image_size`` (bilinear, antialiased) and
 normalised with mean 0.5 / std 0.5 per channel, i.e. to [-1, 1]. When all decoded images fit in
@@ -102,7 +107,7 @@ def decode_image(path: str | Path, image_size: int) -> torch.Tensor:
             side = min(img.size)
             left, top = (img.width - side) // 2, (img.height - side) // 2
             img = img.crop((left, top, left + side, top + side))
-            img = img.resize((image_size, image_size), Image.BILINEAR)
+            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(
@@ -275,16 +280,9 @@ def balanced_subset(dataset: FaceDataset, n: int, seed: int, by_label: bool = Fa
             f"samples in this {dataset.name} dataset (n={len(dataset)}). Use a larger split "
             f"or other sensitive attributes, or random_subset."
         )
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(dataset.group_codes == g) for g in range(len(dataset.group_names))]
-    quotas = _balanced_counts(n, np.array([len(m) for m in members]))
-    chosen = []
-    for group_members, quota in zip(members, quotas):
-        if by_label:
-            chosen.append(_balanced_draw(group_members, dataset.targets[group_members], quota, rng))
-        else:
-            chosen.append(rng.choice(group_members, size=quota, replace=False))
-    return dataset.subset(np.sort(np.concatenate(chosen)))
+    keys = [dataset.group_codes, dataset.targets] if by_label else [dataset.group_codes]
+    chosen = _balanced_draw(np.arange(len(dataset)), keys, n, np.random.default_rng(seed))
+    return dataset.subset(np.sort(chosen))
 
 
 def random_subset(dataset: FaceDataset, n: int, seed: int) -> FaceDataset:
@@ -302,12 +300,15 @@ def _check_subset_size(dataset: FaceDataset, n) -> None:
         )
 
 
-def _balanced_draw(indices: np.ndarray, cells: np.ndarray, n: int, rng) -> np.ndarray:
-    """Draw ``n`` of ``indices`` as evenly as possible over the distinct ``cells`` values."""
-    labels = np.unique(cells)
-    pools = [indices[cells == c] for c in labels]
-    counts = _balanced_counts(n, np.array([len(p) for p in pools]))
-    return np.concatenate([rng.choice(p, size=k, replace=False) for p, k in zip(pools, counts)])
+def _balanced_draw(indices: np.ndarray, keys: list, n: int, rng) -> np.ndarray:
+    """Draw ``n`` of ``indices`` as evenly as possible over the values of ``keys[0]``, then
+    within each of those over ``keys[1]``, and so on (``keys``: arrays aligned with indices)."""
+    if not keys:
+        return rng.choice(indices, size=n, replace=False)
+    masks = [keys[0] == value for value in np.unique(keys[0])]
+    counts = _balanced_counts(n, np.array([mask.sum() for mask in masks]))
+    return np.concatenate([_balanced_draw(indices[mask], [k[mask] for k in keys[1:]], count, rng)
+                           for mask, count in zip(masks, counts)])
 
 
 def _balanced_counts(n: int, available: np.ndarray) -> np.ndarray:
@@ -612,7 +613,8 @@ def _synthetic_attribute_table(faces: dict, rng) -> np.ndarray:
         "Mouth_Slightly_Open": chance(np.where(smiling, 0.6, 0.3)),
         "Bags_Under_Eyes": chance(np.where(old, 0.45, 0.12)),
         "Receding_Hairline": chance(np.where(old & male, 0.35, 0.03)),
-        "Chubby": chance(np.where(old, 0.12, 0.04)), "Double_Chin": chance(np.where(old, 0.12, 0.03)),
+        "Chubby": chance(np.where(old, 0.12, 0.04)),
+        "Double_Chin": chance(np.where(old, 0.12, 0.03)),
         "Attractive": chance(np.where(old, 0.2, np.where(male, 0.45, 0.7))),
     })
     for kind, name in enumerate(_HAIR_NAMES):
@@ -664,10 +666,10 @@ def read_celeba_attributes(path: str | Path) -> pd.DataFrame:
             raise fail(lineno, f"expected a file name and {len(names)} values of -1 or 1, "
                                f"found {line.strip()[:80]!r}")
         files.append(fields[0])
-        values.append(fields[1:])
+        values.append(bytes(v == "1" for v in fields[1:]))  # compact: 1 byte per value
     if len(files) != int(lines[0]):
         raise fail(1, f"header announces {int(lines[0])} images but {len(files)} lines follow")
-    table = (np.array(values, dtype=str).reshape(len(files), len(names)) == "1").astype(np.int64)
+    table = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(len(files), len(names))
     return pd.DataFrame(table, index=pd.Index(files, name="file"), columns=names)
 
 
@@ -898,6 +900,11 @@ def load_dataset(name: str, root: str | Path, *, target: str | None = None,
         max_per_split: keep at most this many samples per split (group-stratified), for
             quick runs.
         cache_limit_gib: cache decoded images in memory when they fit in this many GiB.
+
+    Raises:
+        FileNotFoundError: dataset folder or listed images missing (says where to get them).
+        ValueError: unknown dataset or attribute names (lists the known ones), malformed label
+            files (file and line), or a group left without samples in some split.
     """
     if name not in KNOWN_DATASETS:
         raise ValueError(f"Unknown dataset '{name}'; known datasets: {list(KNOWN_DATASETS)}.")
