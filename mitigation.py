@@ -1,29 +1,77 @@
 """Mitigation methods: how much of the fairness that quantization costs can be won back, and at what price.
 
-Differentiable fairness penalties (``dp_penalty``, ``eo_penalty``) and the loss hook that adds
-them to training; per-layer sensitivity ranking and budgeted bit allocation.
+Every method answers one question against plain quantization at the same bit width; the answer
+may be "none". Methods registered into the ``quantization`` registry at import (so
+``quantization.apply_quantization(model, name, ...)`` resolves them):
+
+==============================  ===================================================================
+method                          what it does
+==============================  ===================================================================
+bias_aware_calibration          static PTQ calibrated on a group-balanced subset of the calibration
+                                dataset (``calibration='random'``: same size, uniform draw, the
+                                control)
+mixed_precision                 per-layer bits from ``layer_sensitivity`` + ``allocate_bits`` under
+                                an average-bit (or MiB) budget; ``criterion`` 'worst_group' or
+                                'dp_gap' is the fairness-aware variant; ``fp32_head=True`` keeps
+                                the classifier in FP32 over the quantized backbone
+fairness_finetune               short QAT whose loss adds ``lam`` x a DP or EO surrogate
+sensitive_layer_preservation    the layers whose quantization hurts the worst group most stay FP32
+==============================  ===================================================================
+
+``FairnessAwareQuantizer`` searches for the cheapest precision that keeps the DP gap under a
+constraint. The phase helpers are ``calibration_draws`` (paired balanced/random draws),
+``layer_sensitivity``, ``allocate_bits`` and ``evaluate_groups``.
 """
 from __future__ import annotations
 
 import logging
+import time
+import warnings
+from dataclasses import dataclass, fields
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import datasets
+import evaluation
+import fairness_metrics
+import quantization
+from quantization import PTQStaticConfig, QATConfig, apply_quantization, quantizable_layers, register_method
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BiasAwareCalibrationConfig",
+    "CALIBRATION_KINDS",
+    "FairnessAwareQuantizer",
+    "FairnessFinetuneConfig",
+    "MixedPrecisionConfig",
     "PENALTIES",
     "SENSITIVITY_CRITERIA",
+    "SensitiveLayerPreservationConfig",
     "allocate_bits",
+    "calibration_draws",
+    "choose_preserved_layers",
     "dp_penalty",
     "eo_penalty",
+    "evaluate_groups",
     "fairness_loss_hook",
+    "group_report",
+    "layer_sensitivity",
     "positive_probability",
     "rank_layers",
     "weight_size_mib",
 ]
+
+
+def _require_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(allowed)}.")
 
 
 # --------------------------------------------------------------------------- fairness penalties
@@ -31,9 +79,9 @@ __all__ = [
 def positive_probability(logits: torch.Tensor) -> torch.Tensor:
     """P(y=1) per sample from logits shaped [N, 2] (softmax) or [N] / [N, 1] (sigmoid)."""
     if logits.ndim == 2 and logits.shape[1] == 2:
-        return logits.softmax(dim=1)[:, 1]
+        return logits.float().softmax(dim=1)[:, 1]
     if logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1):
-        return torch.sigmoid(logits.reshape(-1))
+        return torch.sigmoid(logits.float().reshape(-1))
     raise ValueError(
         f"logits of shape {tuple(logits.shape)} are not binary; expected [N, 2], [N, 1] or [N]. "
         "The fairness penalties are defined for a binary target only."
@@ -74,10 +122,7 @@ PENALTIES = {
 
 def fairness_loss_hook(penalty: str = "dp", lam: float = 1.0) -> Callable:
     """`training.fit` loss hook: base loss + lam * penalty(logits, targets, group_codes)."""
-    if penalty not in PENALTIES:
-        raise ValueError(
-            f"unknown fairness penalty {penalty!r}; expected one of {sorted(PENALTIES)}."
-        )
+    _require_choice("fairness penalty", penalty, PENALTIES)
     if lam < 0:
         raise ValueError(f"fairness penalty weight lam={lam} is negative; use lam >= 0 (0 disables it).")
     surrogate = PENALTIES[penalty]
@@ -88,6 +133,153 @@ def fairness_loss_hook(penalty: str = "dp", lam: float = 1.0) -> Callable:
         return base_loss + lam * surrogate(logits, targets, group_codes)
 
     return hook
+
+
+# --------------------------------------------------------------------------- data and group metrics
+
+PREDICTION_COLUMNS = ("sample_id", "y_true", "y_pred", "score", "group")
+
+
+def _face_dataset(data, what: str) -> datasets.FaceDataset:
+    """The FaceDataset behind `data` (a FaceDataset or a DataLoader over one)."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if not isinstance(dataset, datasets.FaceDataset):
+        raise ValueError(
+            f"{what} must be a datasets.FaceDataset or a DataLoader over one (its group metadata is "
+            f"needed), got {type(dataset).__name__}. Pass e.g. splits.val or datasets.make_loader(splits.val, 64)."
+        )
+    return dataset
+
+
+def _as_loader(data, what: str, batch_size: int = 64) -> DataLoader:
+    """A DataLoader is used as is; a FaceDataset is wrapped in an unshuffled one."""
+    if isinstance(data, DataLoader):
+        return data
+    return datasets.make_loader(_face_dataset(data, what), batch_size)
+
+
+def _check_attributes(sensitive_attributes: Sequence[str] | None, available: Sequence[str]) -> None:
+    missing = [attr for attr in sensitive_attributes or () if attr not in available]
+    if missing:
+        raise ValueError(
+            f"sensitive attributes {missing} are not in the dataset; it has {list(available)}. "
+            "Pass some of those (their intersection defines the groups), or None for the dataset's groups."
+        )
+
+
+def group_report(predictions: pd.DataFrame, sensitive_attributes: Sequence[str] | None = None) -> dict:
+    """Accuracy, mean loss, worst group (by loss) and its loss and accuracy, and the DP gap of a prediction table.
+
+    Groups are the intersection of `sensitive_attributes` (columns of the table, joined in that
+    order, e.g. 'Female/Old'), or the table's `group` column when None. The loss is the per-sample
+    cross-entropy -log P(y_true), with P(y=1) = `score`. The DP gap (max - min selection rate over
+    the groups) and worst-group accuracy come from fairness_metrics.
+    """
+    if sensitive_attributes:
+        _check_attributes(sensitive_attributes, [c for c in predictions.columns if c not in PREDICTION_COLUMNS])
+        labels = fairness_metrics.intersectional_labels(predictions[list(sensitive_attributes)])
+    else:
+        labels = predictions["group"].to_numpy(dtype=str)
+    y_true, y_pred = predictions["y_true"].to_numpy(), predictions["y_pred"].to_numpy()
+    score = predictions["score"].to_numpy(dtype=float)
+    loss = pd.Series(-np.log(np.clip(np.where(y_true == 1, score, 1 - score), 1e-12, 1.0)))
+    group_loss = loss.groupby(labels).mean()
+    with warnings.catch_warnings():  # undefined TPR/FPR of a group do not enter these metrics
+        warnings.simplefilter("ignore", fairness_metrics.UndefinedRateWarning)
+        table = fairness_metrics.group_table(y_true, y_pred, sensitive_features=labels, min_group_size=0)
+    gaps = fairness_metrics.fairness_gaps(table)
+    return {
+        "accuracy": float((y_true == y_pred).mean()),
+        "loss": float(loss.mean()),
+        "worst_group": str(group_loss.idxmax()),
+        "worst_group_loss": float(group_loss.max()),
+        "worst_group_accuracy": gaps["worst_group_accuracy"],
+        "dp_gap": gaps["dp_gap"],
+    }
+
+
+def evaluate_groups(model: nn.Module, data, sensitive_attributes: Sequence[str] | None = None, *,
+                    device="auto") -> dict:
+    """`group_report` of `model`'s predictions on `data` (a FaceDataset or a DataLoader over one)."""
+    predictions = evaluation.predict(model, _as_loader(data, "evaluation data"), device, progress=False)
+    return group_report(predictions, sensitive_attributes)
+
+
+# --------------------------------------------------------------------------- calibration sets
+
+CALIBRATION_KINDS = {
+    "balanced": lambda dataset, n, seed: datasets.balanced_subset(dataset, n, seed),
+    "balanced_by_label": lambda dataset, n, seed: datasets.balanced_subset(dataset, n, seed, by_label=True),
+    "random": datasets.random_subset,
+}
+
+
+def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5, seed: int = 0) -> list:
+    """`draws` calibration subsets of `n` samples of `dataset`.
+
+    `kind`: 'balanced' (even over the intersectional groups), 'balanced_by_label' (and over labels
+    within each group) or 'random' (uniform, the control). Draw i uses seed + i, so balanced and
+    random draws with the same i are paired by seed.
+    """
+    _require_choice("calibration kind", kind, CALIBRATION_KINDS)
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws={draws!r} must be a positive integer (the number of calibration draws), e.g. 5.")
+    dataset = _face_dataset(dataset, "the calibration dataset")
+    return [CALIBRATION_KINDS[kind](dataset, n, seed + i) for i in range(draws)]
+
+
+# --------------------------------------------------------------------------- per-layer sensitivity
+
+DELTA_METRICS = ("accuracy", "loss", "worst_group_loss", "worst_group_accuracy", "dp_gap")
+QuantizeLayers = Callable[[nn.Module, dict, object], nn.Module]
+
+
+def _probe_quantizer(act_bits: int, observer: str, device) -> QuantizeLayers:
+    """quantize(model, layer_bits, calibration_data): static PTQ of the layers in `layer_bits` only,
+    every other conv/linear layer kept FP32 (simulated execution)."""
+    def quantize(model, layer_bits, calibration_data):
+        others = [name for name in quantizable_layers(model) if name not in layer_bits]
+        return apply_quantization(
+            model, "ptq_static", calibration_data=calibration_data, weight_bits=min(layer_bits.values()),
+            act_bits=act_bits, observer=observer, layer_bits=layer_bits, fp32_layers=others,
+            execution="simulated", device=device, progress=False,
+        )
+
+    return quantize
+
+
+def layer_sensitivity(model: nn.Module, layers: Sequence[str] | None, low_bits: int, calibration_data, eval_data, *,
+                      sensitive_attributes: Sequence[str] | None = None, act_bits: int = 8,
+                      observer: str = "histogram", quantize: QuantizeLayers | None = None,
+                      device="auto", progress: bool = True) -> pd.DataFrame:
+    """What quantizing each layer alone to `low_bits` (all others FP32) does, on `eval_data`.
+
+    One row per layer: layer, bits, params (weight elements), the probe's accuracy, loss,
+    worst_group, worst_group_loss, worst_group_accuracy, dp_gap (see `group_report`), and
+    delta_<metric> = probe minus the FP32 model for each of DELTA_METRICS. The worst group is the
+    one with the highest mean loss in each model, so delta_worst_group_loss is the change of the
+    worst group's loss. `layers=None` probes every layer of `quantization.quantizable_layers`.
+    `quantize(model, layer_bits, calibration_data)` replaces the default probe (static PTQ with
+    `act_bits` activations). The FP32 reference metrics are in `table.attrs['reference']`.
+    """
+    valid = quantizable_layers(model)
+    layers = list(valid if layers is None else layers)
+    unknown = [layer for layer in layers if layer not in valid]
+    if unknown:
+        raise ValueError(f"layers {unknown} are not quantizable layers of the model; valid: {valid}.")
+    quantize = quantize or _probe_quantizer(act_bits, observer, device)
+    loader = _as_loader(eval_data, "eval_data")
+    reference = evaluate_groups(model, loader, sensitive_attributes, device=device)
+    modules = dict(model.named_modules())
+    rows = []
+    for layer in tqdm(layers, desc=f"sensitivity w{low_bits}", disable=not progress, leave=False):
+        probe = evaluate_groups(quantize(model, {layer: low_bits}, calibration_data), loader,
+                                sensitive_attributes, device=device)
+        deltas = {f"delta_{metric}": probe[metric] - reference[metric] for metric in DELTA_METRICS}
+        rows.append({"layer": layer, "bits": low_bits, "params": modules[layer].weight.numel(), **probe, **deltas})
+    table = pd.DataFrame(rows)
+    table.attrs["reference"] = reference
+    return table
 
 
 # --------------------------------------------------------------------------- sensitivity ranking, bit allocation
@@ -102,10 +294,7 @@ SENSITIVITY_CRITERIA = {
 
 def _sensitivity_scores(sensitivity: pd.DataFrame, criterion: str) -> pd.Series:
     """One score per layer for `criterion`; the largest over bit widths when several were measured."""
-    if criterion not in SENSITIVITY_CRITERIA:
-        raise ValueError(
-            f"unknown sensitivity criterion {criterion!r}; expected one of {sorted(SENSITIVITY_CRITERIA)}."
-        )
+    _require_choice("sensitivity criterion", criterion, SENSITIVITY_CRITERIA)
     column = SENSITIVITY_CRITERIA[criterion]
     missing = {"layer", column} - set(sensitivity.columns)
     if missing:
@@ -136,7 +325,7 @@ BUDGET_UNITS = {"avg_bits": _average_bits, "mib": weight_size_mib}
 
 def allocate_bits(
     sensitivity: pd.DataFrame,
-    layer_sizes: Mapping[str, int],
+    layer_sizes: Mapping[str, int] | None,
     budget: float,
     criterion: str = "overall",
     choices: Sequence[int] = (8, 4),
@@ -145,6 +334,7 @@ def allocate_bits(
 ) -> dict[str, int]:
     """Per-layer weight bits meeting a size `budget` while protecting the most sensitive layers.
 
+    `layer_sizes` maps layer -> weight elements (None: the `params` column of `sensitivity`).
     `budget` is the parameter-weighted average weight bit width (`unit='avg_bits'`) or the packed
     weight size in MiB of the ranked layers (`unit='mib'`). Greedy: every layer starts at the highest
     of `choices`; layers are then lowered one level at a time, the lowest sensitivity per parameter
@@ -152,12 +342,13 @@ def allocate_bits(
     before every layer has reached the first. It stops as soon as the budget is met, so the most
     sensitive layers keep the most bits.
     """
-    if unit not in BUDGET_UNITS:
-        raise ValueError(f"unknown budget unit {unit!r}; expected one of {sorted(BUDGET_UNITS)}.")
+    _require_choice("budget unit", unit, BUDGET_UNITS)
     levels = sorted({int(b) for b in choices}, reverse=True)
     if not levels or levels[-1] < 1:
         raise ValueError(f"bit choices {tuple(choices)} are invalid; expected positive integers such as (8, 4).")
     scores = _sensitivity_scores(sensitivity, criterion)
+    if layer_sizes is None:
+        layer_sizes = sensitivity.groupby("layer")["params"].first().to_dict()
     unknown = [layer for layer in scores.index if layer not in layer_sizes]
     if unknown:
         raise ValueError(f"layers {unknown} have no size in layer_sizes; pass the parameter count of every ranked layer.")
@@ -176,3 +367,297 @@ def allocate_bits(
                 return bits
             bits[layer] = level
     return bits
+
+
+def choose_preserved_layers(sensitivity: pd.DataFrame, criterion: str = "worst_group", count: int | None = 2,
+                            budget_mib: float | None = None, bits: int = 8) -> list[str]:
+    """The layers to keep FP32: most sensitive first, only layers whose quantization hurts (score > 0),
+    at most `count` of them and, with `budget_mib`, within that many extra MiB over `bits`-bit weights
+    (a layer that does not fit is skipped for a smaller one further down)."""
+    scores = _sensitivity_scores(sensitivity, criterion)
+    sizes = sensitivity.groupby("layer")["params"].first()
+    chosen, extra_mib = [], 0.0
+    for layer in rank_layers(sensitivity, criterion):
+        if scores[layer] <= 0 or (count is not None and len(chosen) >= count):
+            break
+        cost_mib = sizes[layer] * (quantization.FLOAT_BITS - bits) / 8 / 2**20
+        if budget_mib is None or extra_mib + cost_mib <= budget_mib:
+            chosen.append(layer)
+            extra_mib += cost_mib
+    return chosen
+
+
+# --------------------------------------------------------------------------- registered methods
+
+def _base_options(config, base_cls: type, **overrides) -> dict:
+    """The fields of `config` that `base_cls` knows (for a nested engine call), with overrides."""
+    known = {item.name for item in fields(base_cls)}
+    return {**{key: value for key, value in config.to_dict().items() if key in known}, **overrides}
+
+
+@dataclass(frozen=True)
+class BiasAwareCalibrationConfig(PTQStaticConfig):
+    """Static PTQ calibrated on `calibration_size` samples drawn from the calibration dataset as
+    `calibration` says ('balanced', 'balanced_by_label' or the control 'random'); `batch_size` is used
+    when a dataset rather than a loader is given."""
+    calibration_size: int = 512
+    calibration: str = "balanced"
+    batch_size: int = 64
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require_choice("calibration", self.calibration, CALIBRATION_KINDS)
+
+
+@register_method("bias_aware_calibration", BiasAwareCalibrationConfig)
+def _bias_aware_calibration(model, config, calibration_data, *, device="cpu", seed=0, progress=False, **_):
+    dataset = _face_dataset(calibration_data, "calibration_data of bias_aware_calibration")
+    subset = CALIBRATION_KINDS[config.calibration](dataset, config.calibration_size, seed)
+    logger.info("%s calibration set of %d: %s", config.calibration, len(subset), subset.group_counts())
+    loader = datasets.make_loader(subset, getattr(calibration_data, "batch_size", None) or config.batch_size)
+    return apply_quantization(model, "ptq_static", calibration_data=loader, device=device, seed=seed,
+                              progress=progress, **_base_options(config, PTQStaticConfig))
+
+
+def _probe_config_layers(model, config, layers, bits, calibration_data, eval_data, device, progress) -> pd.DataFrame:
+    """`layer_sensitivity` with the config's activation bits, observer and groups; eval_data
+    defaults to the calibration data."""
+    if eval_data is None:
+        logger.info("no eval_data given: layer sensitivity is measured on the calibration data")
+        eval_data = calibration_data
+    return layer_sensitivity(model, layers, bits, calibration_data, eval_data,
+                             sensitive_attributes=config.sensitive_attributes or None, act_bits=config.act_bits,
+                             observer=config.observer, device=device, progress=progress)
+
+
+@dataclass(frozen=True)
+class MixedPrecisionConfig(PTQStaticConfig):
+    """Per-layer weight bits from a sensitivity ranking under a size budget.
+
+    `choices`: the bit widths a layer may get (default: 8 and `weight_bits`); `budget`: the average
+    weight bits (`budget_unit='avg_bits'`) or packed weight MiB ('mib') of the allocated layers
+    (default: midway between the highest and lowest choice); `criterion`: 'overall' (loss),
+    'worst_group' (worst group's loss) or 'dp_gap' - the last two are the fairness-aware variant.
+    `fp32_head`: keep the last conv/linear layer (the classifier of every registered architecture)
+    FP32. With a single choice no sensitivity is measured: every layer gets that width.
+    """
+    budget: float | None = None
+    budget_unit: str = "avg_bits"
+    criterion: str = "overall"
+    choices: tuple = ()
+    fp32_head: bool = False
+    sensitive_attributes: tuple = ()
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
+        _require_choice("budget_unit", self.budget_unit, BUDGET_UNITS)
+        for bits in self.bit_choices:
+            _require_choice("bit width in choices", bits, self.WEIGHT_BITS)
+        if self.layer_bits:
+            raise ValueError("mixed_precision allocates layer_bits itself; use ptq_static with layer_bits "
+                             "for a fixed allocation, or fp32_layers to exclude layers.")
+
+    @property
+    def bit_choices(self) -> tuple[int, ...]:
+        """The allowed widths, highest first."""
+        return tuple(sorted(set(self.choices or (8, self.weight_bits)), reverse=True))
+
+    @property
+    def resolved_budget(self) -> float:
+        if self.budget is not None:
+            return self.budget
+        return (self.bit_choices[0] + self.bit_choices[-1]) / 2
+
+
+@register_method("mixed_precision", MixedPrecisionConfig, context_keys=("eval_data",))
+def _mixed_precision(model, config, calibration_data, *, eval_data=None, device="cpu", seed=0, progress=False, **_):
+    layers = quantizable_layers(model)
+    fp32_layers = [*config.fp32_layers, *(layers[-1:] if config.fp32_head else [])]
+    allocated = [layer for layer in layers if layer not in fp32_layers]
+    choices = config.bit_choices
+    if len(choices) == 1 or not allocated:
+        layer_bits = {layer: choices[0] for layer in allocated}
+    else:
+        sensitivity = _probe_config_layers(model, config, allocated, choices[-1], calibration_data, eval_data,
+                                           device, progress)
+        layer_bits = allocate_bits(sensitivity, None, config.resolved_budget, config.criterion, choices,
+                                   unit=config.budget_unit)
+    logger.info("mixed_precision allocation: %s (fp32: %s)", layer_bits, fp32_layers)
+    return apply_quantization(model, "ptq_static", calibration_data=calibration_data, device=device, seed=seed,
+                              progress=progress,
+                              **_base_options(config, PTQStaticConfig, layer_bits=layer_bits, fp32_layers=fp32_layers))
+
+
+@dataclass(frozen=True)
+class SensitiveLayerPreservationConfig(PTQStaticConfig):
+    """Static PTQ at `weight_bits` except for the layers whose quantization hurts `criterion` most
+    (default the worst group's loss), kept FP32: at most `preserve_count` of them and, with
+    `preserve_budget_mib`, within that many extra MiB (see `choose_preserved_layers`)."""
+    preserve_count: int | None = 2
+    preserve_budget_mib: float | None = None
+    criterion: str = "worst_group"
+    sensitive_attributes: tuple = ()
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
+        if self.preserve_count is None and self.preserve_budget_mib is None:
+            raise ValueError("sensitive_layer_preservation needs preserve_count or preserve_budget_mib "
+                             "(how many layers, or how many extra MiB, may stay FP32), e.g. preserve_count=2.")
+        if self.preserve_count is not None and self.preserve_count < 0:
+            raise ValueError(f"preserve_count={self.preserve_count} must be >= 0.")
+
+
+@register_method("sensitive_layer_preservation", SensitiveLayerPreservationConfig, context_keys=("eval_data",))
+def _sensitive_layer_preservation(model, config, calibration_data, *, eval_data=None, device="cpu", seed=0,
+                                  progress=False, **_):
+    candidates = [layer for layer in quantizable_layers(model)
+                  if layer not in config.fp32_layers and layer not in dict(config.layer_bits)]
+    sensitivity = _probe_config_layers(model, config, candidates, config.weight_bits, calibration_data, eval_data,
+                                       device, progress)
+    preserved = choose_preserved_layers(sensitivity, config.criterion, config.preserve_count,
+                                        config.preserve_budget_mib, config.weight_bits)
+    logger.info("sensitive_layer_preservation keeps FP32: %s", preserved or "nothing (no layer hurts)")
+    return apply_quantization(model, "ptq_static", calibration_data=calibration_data, device=device, seed=seed,
+                              progress=progress,
+                              **_base_options(config, PTQStaticConfig, fp32_layers=[*config.fp32_layers, *preserved]))
+
+
+@dataclass(frozen=True)
+class FairnessFinetuneConfig(QATConfig):
+    """QAT whose loss is cross-entropy + `lam` x `penalty` ('dp' or 'eo', see `dp_penalty`/`eo_penalty`)."""
+    penalty: str = "dp"
+    lam: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        fairness_loss_hook(self.penalty, self.lam)  # validates both
+
+
+@register_method("fairness_finetune", FairnessFinetuneConfig, context_keys=("train_loader", "val_loader"))
+def _fairness_finetune(model, config, calibration_data, *, train_loader=None, val_loader=None, device="auto", seed=0,
+                       progress=True, **_):
+    return apply_quantization(model, "qat", calibration_data=calibration_data, train_loader=train_loader,
+                              val_loader=val_loader, loss_hook=fairness_loss_hook(config.penalty, config.lam),
+                              device=device, seed=seed, progress=progress, **_base_options(config, QATConfig))
+
+
+# --------------------------------------------------------------------------- FairnessAwareQuantizer
+
+def _precision_ladder(ranked: Sequence[str], bit_width: int):
+    """(change, layer_bits, fp32_layers) after each step: the layers, most sensitive first, are raised
+    to 8 bits, then (again most sensitive first) to FP32."""
+    bits = {layer: bit_width for layer in ranked}
+    for level in [8, quantization.FLOAT_BITS] if bit_width < 8 else [quantization.FLOAT_BITS]:
+        for layer in ranked:
+            previous, bits[layer] = bits[layer], level
+            label = "fp32" if level == quantization.FLOAT_BITS else f"{level} bits"
+            yield (f"{layer}: {previous} bits -> {label}",
+                   {name: b for name, b in bits.items() if b < quantization.FLOAT_BITS},
+                   [name for name, b in bits.items() if b == quantization.FLOAT_BITS])
+
+
+class FairnessAwareQuantizer:
+    """Static PTQ with balanced calibration that raises precision until a DP-gap constraint holds.
+
+    `quantize` calibrates on a group-balanced subset of `calibration_data` at `bit_width` weights
+    (`act_bits` activations) and measures the DP gap (max - min selection rate over the
+    intersectional groups of `sensitive_attributes`, via fairness_metrics) on `validation_data`
+    (without it, on the calibration data, which `gap_measured_on` records). While the gap exceeds
+    `max_dp_gap`, the layers ranked by `layer_sensitivity` under `criterion` (default 'dp_gap') are
+    raised one step at a time, most sensitive first: to 8 bits, then to FP32, until the constraint
+    holds or every layer is FP32. After `quantize`: `history` (one dict per step: change, dp_gap,
+    accuracy, worst_group_loss, size_mib, layer_bits, fp32_layers), `final_dp_gap`,
+    `constraint_met` (False comes with a logged warning; the lowest-gap model is then returned),
+    `fp32_metrics` (the FP32 model on the same data) and `model`. Report on test data with
+    `evaluate(test_data)`.
+    """
+
+    def __init__(self, bit_width: int = 8, max_dp_gap: float = 0.01,
+                 sensitive_attributes: Sequence[str] | None = ("gender", "age"), *, act_bits: int = 8,
+                 calibration_size: int = 512, calibration: str = "balanced", criterion: str = "dp_gap",
+                 observer: str = "histogram", device="auto", seed: int = 0, progress: bool = True):
+        quantization.method_config("ptq_static", weight_bits=bit_width, act_bits=act_bits, observer=observer)
+        _require_choice("calibration", calibration, CALIBRATION_KINDS)
+        _require_choice("criterion", criterion, SENSITIVITY_CRITERIA)
+        if not (isinstance(max_dp_gap, (int, float)) and 0 <= max_dp_gap <= 1):
+            raise ValueError(f"max_dp_gap={max_dp_gap!r} must be a number in [0, 1] (a DP gap), e.g. 0.05.")
+        self.bit_width, self.act_bits, self.max_dp_gap = bit_width, act_bits, float(max_dp_gap)
+        self.sensitive_attributes = list(sensitive_attributes or [])
+        self.calibration_size, self.calibration, self.criterion = calibration_size, calibration, criterion
+        self.observer, self.device, self.seed, self.progress = observer, device, seed, progress
+        self.history: list[dict] = []
+        self.final_dp_gap = self.constraint_met = self.model = self.fp32_metrics = self.gap_measured_on = None
+
+    def quantize(self, model: nn.Module, calibration_data, fairness_constraint: bool = True,
+                 validation_data=None) -> nn.Module:
+        """The quantized model (see the class docstring); `model` is not modified."""
+        start = time.perf_counter()
+        dataset = _face_dataset(calibration_data, "calibration_data")
+        _check_attributes(self.sensitive_attributes, dataset.sensitive_attrs)
+        if validation_data is None:
+            logger.warning("FairnessAwareQuantizer: no validation_data; the DP gap constraint is checked on the "
+                           "calibration data (optimistic). Pass validation_data for an honest check.")
+        self.gap_measured_on = "calibration" if validation_data is None else "validation"
+        check_loader = _as_loader(calibration_data if validation_data is None else validation_data, "validation_data")
+        subset = CALIBRATION_KINDS[self.calibration](dataset, self.calibration_size, self.seed)
+        calibration_loader = datasets.make_loader(subset, getattr(calibration_data, "batch_size", None) or 64)
+        self.fp32_metrics = evaluate_groups(model, check_loader, self.sensitive_attributes, device=self.device)
+        self.history = []
+        best = current = self._step(model, calibration_loader, check_loader, "initial: balanced calibration", {}, [])
+        if fairness_constraint and not self._meets(current):
+            ranked = rank_layers(self._sensitivity(model, calibration_loader, check_loader), self.criterion)
+            for change, layer_bits, fp32_layers in _precision_ladder(ranked, self.bit_width):
+                current = self._step(model, calibration_loader, check_loader, change, layer_bits, fp32_layers)
+                best = min(best, current, key=lambda quantized: quantized.quant_info["dp_gap"])
+                if self._meets(current):
+                    break
+        self.constraint_met = self._meets(current) if fairness_constraint else None
+        self.model = current if self.constraint_met is not False else best
+        self._finish(len(subset), time.perf_counter() - start)
+        return self.model
+
+    def _meets(self, quantized: nn.Module) -> bool:
+        return quantized.quant_info["dp_gap"] <= self.max_dp_gap + 1e-12
+
+    def _sensitivity(self, model, calibration_loader, check_loader) -> pd.DataFrame:
+        return layer_sensitivity(model, None, self.bit_width, calibration_loader, check_loader,
+                                 sensitive_attributes=self.sensitive_attributes, act_bits=self.act_bits,
+                                 observer=self.observer, device=self.device, progress=self.progress)
+
+    def _step(self, model, calibration_loader, check_loader, change: str, layer_bits: dict, fp32_layers: list):
+        """Quantize with this precision, measure it on the check data and append it to `history`."""
+        quantized = apply_quantization(model, "ptq_static", calibration_data=calibration_loader,
+                                       weight_bits=self.bit_width, act_bits=self.act_bits, observer=self.observer,
+                                       layer_bits=layer_bits, fp32_layers=fp32_layers, device=self.device,
+                                       seed=self.seed, progress=False)
+        metrics = evaluate_groups(quantized, check_loader, self.sensitive_attributes, device=self.device)
+        quantized.quant_info["dp_gap"] = metrics["dp_gap"]
+        self.history.append({"step": len(self.history), "change": change, "dp_gap": metrics["dp_gap"],
+                             "accuracy": metrics["accuracy"], "worst_group_loss": metrics["worst_group_loss"],
+                             "size_mib": quantized.quant_info["size_mib"], "layer_bits": dict(layer_bits),
+                             "fp32_layers": list(fp32_layers)})
+        logger.info("FairnessAwareQuantizer step %d (%s): DP gap %.4f, accuracy %.4f, %.3f MiB",
+                    len(self.history) - 1, change, metrics["dp_gap"], metrics["accuracy"],
+                    quantized.quant_info["size_mib"])
+        return quantized
+
+    def _finish(self, calibration_size: int, cost_s: float) -> None:
+        self.final_dp_gap = self.model.quant_info["dp_gap"]
+        if self.constraint_met is False:
+            logger.warning(
+                "FairnessAwareQuantizer: DP gap <= %.4f cannot be met on the %s data: every layer was raised to FP32 "
+                "(FP32 model gap %.4f); returning the lowest-gap model found (gap %.4f).", self.max_dp_gap,
+                self.gap_measured_on, self.fp32_metrics["dp_gap"], self.final_dp_gap)
+        self.model.quant_info.update(
+            method="fairness_aware", calibration=f"{self.calibration}-{calibration_size}", max_dp_gap=self.max_dp_gap,
+            constraint_met=self.constraint_met, gap_measured_on=self.gap_measured_on, steps=len(self.history),
+            cost_s=cost_s)
+
+    def evaluate(self, test_data) -> dict:
+        """`evaluate_groups` of the quantized model on `test_data`, with its size_mib and constraint_met."""
+        if self.model is None:
+            raise ValueError("FairnessAwareQuantizer.evaluate needs a model: call quantize(...) first.")
+        metrics = evaluate_groups(self.model, test_data, self.sensitive_attributes, device=self.device)
+        return {**metrics, "size_mib": self.model.quant_info["size_mib"], "constraint_met": self.constraint_met}
