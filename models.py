@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +145,17 @@ def _read_state_dict(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; pass the path of a saved "
                                 "state dict (torch.save(model.state_dict(), path))")
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = _torch_load(path, "cpu")
     return loaded["state_dict"] if isinstance(loaded, dict) and "state_dict" in loaded else loaded
+
+
+def _torch_load(path: Path, map_location):
+    """``torch.load`` of tensors and plain values only, with a clear error for other files."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable torch file of tensors ({err}); save weights "
+                         "with torch.save(model.state_dict(), path)") from None
 
 
 @contextlib.contextmanager
@@ -297,7 +307,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[dict, 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train the baseline first "
                                 "(python main.py --phase baseline) or fix the path")
-    loaded = torch.load(path, map_location=map_location, weights_only=True)
+    loaded = _torch_load(path, map_location)
     if not isinstance(loaded, dict) or not {"state_dict", "meta"} <= loaded.keys():
         raise ValueError(f"{path} is not a checkpoint written by save_checkpoint (expected a dict "
                          "with 'state_dict' and 'meta'); use build_model(weights_path=...) "

@@ -158,6 +158,9 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
         models.build_model("squeezenet1_1", weights_path=tmp_path / "w.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
         models.build_model("tiny_cnn", weights_path=tmp_path / "missing.pt")
+    (tmp_path / "notes.txt").write_text("not weights")
+    with pytest.raises(ValueError, match="notes.txt is not a readable torch file"):
+        models.build_model("tiny_cnn", weights_path=tmp_path / "notes.txt")
 
 
 def test_count_parameters_and_fp32_size():
