@@ -616,7 +616,8 @@ class _Resampling:
         """Mean over units (pairs, draws, configurations) with an interval that covers both
         sources of doubt: the percentile bootstrap over the units (their spread) and, when the
         units have their own paired-bootstrap intervals, the mean of those bounds (test-set
-        sampling, which units scored on the same test samples share). The wider of the two wins.
+        sampling, which units scored on the same test samples share). The wider of the two wins;
+        a single unit without an interval of its own gives none (NaN), never a false certainty.
         """
         values = np.asarray(values, dtype=float)
         finite = np.isfinite(values)
@@ -624,9 +625,9 @@ class _Resampling:
         if used.size == 0:
             return Interval(math.nan, math.nan, math.nan, 0)
         low, high = self._between_units(used)
-        if lows is not None and highs is not None:
-            low = min(low, float(np.mean(np.asarray(lows, dtype=float)[finite])))
-            high = max(high, float(np.mean(np.asarray(highs, dtype=float)[finite])))
+        if lows is not None and highs is not None:  # fmin/fmax: a NaN side gives way
+            low = float(np.fmin(low, np.mean(np.asarray(lows, dtype=float)[finite])))
+            high = float(np.fmax(high, np.mean(np.asarray(highs, dtype=float)[finite])))
         return Interval(float(used.mean()), low, high, int(used.size))
 
     def pooled_change(self, frame: pd.DataFrame, metric: str) -> Interval:
@@ -635,7 +636,9 @@ class _Resampling:
         return self.pooled(frame[change], frame[f"{change}_low"], frame[f"{change}_high"])
 
     def _between_units(self, used: np.ndarray) -> tuple[float, float]:
-        if used.size < 2 or np.ptp(used) == 0:  # no spread between units to resample
+        if used.size < 2:  # one unit shows no spread; only its own interval can speak for it
+            return math.nan, math.nan
+        if np.ptp(used) == 0:  # identical units: the bootstrap has no spread to show
             return float(used[0]), float(used[0])
         result = scipy_stats.bootstrap((used,), np.mean, n_resamples=self.n_resamples,
                                        confidence_level=self.ci, method="percentile",
@@ -850,7 +853,10 @@ def _h5_int8_sweet_spot(pairs, rules, resampling) -> dict:
                               f"{rules.lower_bits} weight bits with the same architecture, "
                               "method, calibration and seed")
     at_sweet = resampling.pooled_change(sweet, "dp_gap")
-    rise = resampling.pooled(paired["delta_dp_gap_lower"] - paired["delta_dp_gap_sweet"])
+    # each pair's own interval for the difference: the widest the two paired intervals allow
+    rise = resampling.pooled(paired["delta_dp_gap_lower"] - paired["delta_dp_gap_sweet"],
+                             paired["delta_dp_gap_low_lower"] - paired["delta_dp_gap_high_sweet"],
+                             paired["delta_dp_gap_high_lower"] - paired["delta_dp_gap_low_sweet"])
     criteria = [
         _criterion(f"small DP-gap change at {rules.sweet_spot_bits} bits", _tolerance_rule(rules),
                    at_sweet, bound_verdict(at_sweet.low, at_sweet.high, rules.fairness_tolerance)),
@@ -1389,8 +1395,8 @@ def _hypotheses_section(analysis: Analysis, table: pd.DataFrame) -> str:
                   f"- Verdict: **{hypothesis['verdict']}** ({hypothesis['reason']})"]
         for c in hypothesis["criteria"]:
             lines.append(f"- {c['name']}: {format_number(c['estimate'])} "
-                         f"[{format_number(c['low'])}, {format_number(c['high'])}] over "
-                         f"{c['n']} units, **{c['verdict']}**. Rule: {c['rule']}.")
+                         f"[{format_number(c['low'])}, {format_number(c['high'])}] "
+                         f"(n = {c['n']}), **{c['verdict']}**. Rule: {c['rule']}.")
         if "limitation" in hypothesis["details"]:
             lines.append(f"- Limit of the design: {hypothesis['details']['limitation']}")
     return "\n".join(lines)

@@ -196,6 +196,20 @@ def test_verdict_rules():
     assert combine_verdicts([]) == INCONCLUSIVE
 
 
+def test_pooled_interval_never_claims_more_certainty_than_the_units_have():
+    resampling = analysis._Resampling(ci=0.95, n_resamples=200, seed=0)
+    lone = resampling.pooled([0.3])
+    assert lone.estimate == 0.3 and math.isnan(lone.low) and math.isnan(lone.high)
+    assert directional_verdict(lone.low, lone.high, +1, min_effect=0.01) == INCONCLUSIVE
+    own = resampling.pooled([0.3], [0.1], [0.5])
+    assert (own.low, own.high) == (0.1, 0.5)
+    agreeing = resampling.pooled([0.2, 0.2, 0.2], [0.15, 0.1, 0.12], [0.25, 0.3, 0.28])
+    assert agreeing.low == pytest.approx(np.mean([0.15, 0.1, 0.12]))  # own intervals, not [0.2, 0.2]
+    spread = resampling.pooled([0.0, 0.1, 0.2, 0.3], [0.09, 0.09, 0.19, 0.29], [0.01, 0.11, 0.21, 0.31])
+    assert spread.low < 0.09 and spread.high > 0.15  # the spread between units dominates
+    assert spread.n == 4 and spread.estimate == pytest.approx(0.15)
+
+
 def test_permutation_spearman_is_exact_and_knows_its_floor():
     x = np.log([1e5, 1e6, 1e7, 1e8, 1e9])
     perfect = permutation_spearman(x, [[5, 4, 3, 2, 1], [0.5, 0.4, 0.3, 0.2, 0.1]])
