@@ -230,6 +230,13 @@ def test_permutation_family_difference_counts_labellings():
     assert test["p_value"] == pytest.approx(1 / 5)
 
 
+def test_transformers_are_recognised_by_a_part_of_their_name():
+    markers = analysis.HypothesisRules().transformer_markers
+    assert [analysis.is_transformer_name(a, markers) for a in
+            ("vit_small", "tiny_vit", "deit_tiny", "resnet50", "mobilenet_v2", "levit")] == \
+        [True, True, True, False, False, False]
+
+
 def test_drop_ratio_guards_division_by_zero():
     assert drop_ratio(0.2, 0.05) == pytest.approx(4.0)
     assert drop_ratio(0.2, 0.0) == math.inf
@@ -375,6 +382,10 @@ def test_bad_input_gives_clear_errors(tmp_path):
         run_analysis(tmp_path)
     pd.DataFrame({"config_id": ["a"], "arch": ["x"]}).to_csv(tmp_path / "baseline_results.csv")
     with pytest.raises(ValueError, match=r"lacks the columns \['dataset', 'method'\]"):
+        run_analysis(tmp_path)
+    pd.DataFrame({"config_id": ["a", "a"], "dataset": "d", "arch": "x", "method": "fp32"}).to_csv(
+        tmp_path / "baseline_results.csv")
+    with pytest.raises(ValueError, match=r"ids \['a'\] appear in more than one result row"):
         run_analysis(tmp_path)
     folder = write_run(tmp_path / "run", WORLDS["rejected"], phases=("baseline",))
     with pytest.raises(ValueError, match="alpha=1.5"):
