@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional
 import yaml
 
 DEVICES = ("auto", "cpu", "cuda")
-BITS_PATTERN = re.compile(r"^w(\d+)a(\d+|dyn)$")
+BITS_PATTERN = re.compile(r"^w(\d+)a(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -250,14 +250,13 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
     return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def parse_bits(bits: str) -> tuple[int, int | None]:
-    """``'w4a8'`` → ``(4, 8)``; ``'w8adyn'`` → ``(8, None)`` (activations quantized at run time)."""
+def parse_bits(bits: str) -> tuple[int, int]:
+    """``'w4a8'`` → ``(4, 8)``: weight and activation bit widths."""
     match = BITS_PATTERN.match(str(bits))
     if not match:
         raise ValueError(f"bits={bits!r}: expected 'w<weight bits>a<activation bits>', e.g. "
                          "'w8a8' or 'w4a8'")
-    act = match.group(2)
-    return int(match.group(1)), None if act == "dyn" else int(act)
+    return int(match.group(1)), int(match.group(2))
 
 
 def expand_method_specs(specs: typing.Iterable[Mapping]) -> list[dict]:

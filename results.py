@@ -24,34 +24,40 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_frame(path: str | Path, frame: pd.DataFrame) -> Path:
-    """Write a DataFrame as CSV (gzip when the name ends in .gz) atomically."""
+def _atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        frame.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_frame(path: str | Path, frame: pd.DataFrame) -> Path:
+    """Write a DataFrame as CSV (gzip when the name ends in .gz) atomically."""
+    return _atomic_write(path, lambda tmp: frame.to_csv(
+        tmp, index=False, compression="gzip" if Path(path).suffix == ".gz" else None))
 
 
 def predictions_path(run_dir: str | Path, config_id: str) -> Path:

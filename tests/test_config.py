@@ -89,7 +89,6 @@ def test_method_specs_expand_lists_into_a_product():
 
 def test_parse_bits():
     assert parse_bits("w4a8") == (4, 8)
-    assert parse_bits("w8adyn") == (8, None)
     with pytest.raises(ValueError, match="expected 'w<weight bits>a<activation bits>'"):
         parse_bits("int4")
 

@@ -76,3 +76,10 @@ def test_save_predictions_round_trip_keeps_string_ids(tmp_path):
     table = pd.DataFrame({"sample_id": ["000001.jpg", "007"], "y_true": [1, 0]})
     save_predictions(tmp_path, "a/b", table)
     assert load_predictions(tmp_path, "a/b")["sample_id"].tolist() == ["000001.jpg", "007"]
+
+
+def test_result_files_are_readable_by_others(tmp_path):
+    store = ResultStore(tmp_path, "r")
+    store.add({"config_id": "a", "status": "ok"})
+    import results
+    assert store.csv_path.stat().st_mode & 0o777 == 0o666 & ~results._UMASK

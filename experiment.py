@@ -1,0 +1,398 @@
+"""Units of work for the phases: one configuration → (record, predictions, per-group table).
+
+Each unit is a function of (config, checkpoint, id) and nothing else, so a sweep can be spread over
+machines without changing the phases. ``main.py`` lists the units and hands them to
+``results.run_sweep``; this module knows how to run each one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from functools import cached_property
+from pathlib import Path
+
+from config import ExperimentConfig, expand_method_specs, parse_bits
+from results import WorkUnit, load_predictions, predictions_path
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    """What every unit of one run shares: the config, the data splits and their loaders.
+
+    Splits are loaded on first use, so listing the units (to skip finished ones) costs nothing.
+    """
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+
+    @cached_property
+    def splits(self):
+        import datasets
+        data = self.cfg.data
+        return datasets.load_dataset(
+            data.dataset, data.root, target=data.target, sensitive=data.sensitive,
+            image_size=data.image_size, seed=self.cfg.seed, split_fractions=data.split_fractions,
+            skip_bad_images=data.skip_bad_images, max_per_split=data.max_per_split,
+            synthetic=dataclasses.asdict(data.synthetic))
+
+    def loader(self, dataset, shuffle: bool = False):
+        import datasets
+        return datasets.make_loader(dataset, self.cfg.data.batch_size, shuffle=shuffle,
+                                    seed=self.cfg.seed, num_workers=self.cfg.data.num_workers)
+
+    @cached_property
+    def device(self):
+        from training import resolve_device
+        return resolve_device(self.cfg.runtime.device)
+
+    def checkpoint_path(self, arch: str) -> Path:
+        return self.run_dir / "checkpoints" / self.cfg.data.dataset / f"{arch}.pt"
+
+    def require_baseline(self, arch: str) -> None:
+        """Stop before a sweep starts when the FP32 model or its predictions are missing."""
+        for path in (self.checkpoint_path(arch), predictions_path(self.run_dir, baseline_id(self.cfg, arch))):
+            if not path.is_file():
+                raise FileNotFoundError(f"no FP32 baseline for {arch!r} ({path} is missing): run "
+                                        "`python main.py --phase baseline` with the same config first")
+
+    def fp32_model(self, arch: str):
+        from models import load_model_from_checkpoint
+        self.require_baseline(arch)
+        model, _ = load_model_from_checkpoint(self.checkpoint_path(arch))
+        return model.eval()
+
+    def score(self, predictions, reference=None):
+        from fairness_metrics import summarize_predictions
+        analysis = self.cfg.analysis
+        return summarize_predictions(predictions, reference=reference,
+                                     n_resamples=analysis.bootstrap_resamples, ci=analysis.ci,
+                                     seed=self.cfg.seed, min_group_size=analysis.min_group_size)
+
+    def calibration_loader(self, kind: str, n: int, seed: int, draw: int = 0):
+        """A loader over ``n`` training images drawn at random or balanced over groups."""
+        if kind == "none":
+            return None
+        import datasets
+        draw_subset = {"random": datasets.random_subset, "balanced": datasets.balanced_subset}[kind]
+        return self.loader(draw_subset(self.splits.train, n, seed=calibration_seed(seed, draw)))
+
+    def fp32_predictions(self, arch: str):
+        return load_predictions(self.run_dir, baseline_id(self.cfg, arch))
+
+    def latency_comparison(self, fp32_model, int8_model) -> dict:
+        """Real INT8 vs the fastest FP32 layout, same process, at the configured batch sizes."""
+        from quantization import latency_report
+        runtime = self.cfg.runtime
+        return latency_report(fp32_model, int8_model, self.cfg.data.image_size,
+                              batch_sizes=runtime.latency_batch_sizes, threads=runtime.threads,
+                              warmup=runtime.latency_warmup, repeats=runtime.latency_repeats)
+
+    def predict(self, model):
+        from evaluation import predict
+        return predict(model, self.loader(self.splits.test), device=self.device,
+                       progress=self.cfg.runtime.progress)
+
+
+def calibration_seed(seed: int, draw: int) -> int:
+    """The seed of calibration draw ``draw``: paired methods share it, draws differ."""
+    return seed * 1000 + draw
+
+
+def _qat_defaults(cfg: ExperimentConfig) -> dict:
+    q = cfg.quantization
+    return {"epochs": q.qat_epochs, "lr": q.qat_lr, "max_steps": q.qat_max_steps_per_epoch}
+
+
+def baseline_id(cfg: ExperimentConfig, arch: str) -> str:
+    return f"{cfg.data.dataset}/{arch}/fp32/seed={cfg.seed}"
+
+
+# ----------------------------------------------------------------------------- baseline
+
+def baseline_units(ctx: Context, force: bool = False) -> list[WorkUnit]:
+    cfg = ctx.cfg
+    return [WorkUnit(baseline_id(cfg, arch),
+                     {"dataset": cfg.data.dataset, "arch": arch, "method": "fp32",
+                      "weight_bits": 32, "act_bits": 32, "calibration": "none", "seed": cfg.seed,
+                      "execution": "fp32", "synthetic": cfg.data.dataset == "synthetic"},
+                     lambda arch=arch: run_baseline(ctx, arch, retrain=force))
+            for arch in cfg.models.architectures]
+
+
+def run_baseline(ctx: Context, arch: str, retrain: bool = False):
+    """Train (or reuse the checkpoint of) one architecture and evaluate it on the test split."""
+    from evaluation import model_size_mib
+    from models import count_parameters
+    model, training = _trained_model(ctx, arch, retrain)
+    predictions = ctx.predict(model)
+    record, per_group = ctx.score(predictions)
+    record.update(training, params=count_parameters(model), size_mib=model_size_mib(model),
+                  **_fp32_latency(ctx, model))
+    return record, predictions, per_group
+
+
+def _trained_model(ctx: Context, arch: str, retrain: bool):
+    from models import build_model, load_model_from_checkpoint, save_checkpoint
+    from training import fit
+    cfg, path = ctx.cfg, ctx.checkpoint_path(arch)
+    if path.is_file() and not retrain:
+        log.info("reusing checkpoint %s", path)
+        model, meta = load_model_from_checkpoint(path)
+        return model.eval(), {k: meta.get(k) for k in ("train_time_s", "best_epoch", "best_val_accuracy")}
+    model = build_model(arch, num_classes=2, image_size=cfg.data.image_size,
+                        pretrained=cfg.models.pretrained, weights_path=_weights_path(cfg, arch))
+    train = cfg.training.for_arch(arch)
+    result = fit(model, ctx.loader(ctx.splits.train, shuffle=True), ctx.loader(ctx.splits.val),
+                 epochs=train.epochs, lr=train.lr, weight_decay=train.weight_decay,
+                 optimizer=train.optimizer, scheduler=train.scheduler, device=ctx.device,
+                 seed=cfg.seed, max_steps=train.max_steps_per_epoch,
+                 progress=cfg.runtime.progress, desc=f"train {arch}")
+    training = {"train_time_s": round(result.train_time_s, 2), "best_epoch": result.best_epoch,
+                "best_val_accuracy": result.best_val_accuracy}
+    save_checkpoint(model, path, arch=arch, num_classes=2, image_size=cfg.data.image_size,
+                    dataset=cfg.data.dataset, seed=cfg.seed, **training)
+    return model.eval(), training
+
+
+def _weights_path(cfg: ExperimentConfig, arch: str):
+    if cfg.models.weights_dir is None:
+        return None
+    path = Path(cfg.models.weights_dir) / f"{arch}.pth"
+    return path if path.is_file() else None
+
+
+def _fp32_latency(ctx: Context, model) -> dict:
+    """FP32 latency at each configured batch size, in its fastest eager layout."""
+    from evaluation import fp32_reference_latency
+    runtime, fields = ctx.cfg.runtime, {}
+    for n in runtime.latency_batch_sizes:
+        ms, layout = fp32_reference_latency(model.cpu(), ctx.cfg.data.image_size, n,
+                                            threads=runtime.threads, warmup=runtime.latency_warmup,
+                                            repeats=runtime.latency_repeats)
+        fields.update({f"latency_ms_b{n}": round(ms, 4), f"latency_layout_b{n}": layout})
+    return fields
+
+
+# ----------------------------------------------------------------------------- quantization
+
+CALIBRATED_METHODS = ("ptq_static",)
+"""Methods whose result depends on a calibration set (the others get ``calibration='none'``)."""
+
+
+def quantization_units(ctx: Context) -> list[WorkUnit]:
+    """The configured grid: architectures × methods × options × calibration × seeds."""
+    cfg, units = ctx.cfg, []
+    for arch in cfg.models.architectures:
+        ctx.require_baseline(arch)
+        for spec in expand_method_specs(cfg.quantization.methods):
+            name, options = spec["method"], {k: v for k, v in spec.items() if k != "method"}
+            for seed in cfg.quantization.seeds:
+                for calibration in _calibrations(cfg, name):
+                    units.append(_quantization_unit(ctx, arch, name, options, calibration, seed))
+    return units
+
+
+def _calibrations(cfg: ExperimentConfig, method: str) -> list[tuple[str, int]]:
+    if method not in CALIBRATED_METHODS:
+        return [("none", 0)]
+    q = cfg.quantization
+    return [(kind, n) for kind in q.calibration_kinds for n in q.calibration_sizes]
+
+
+ID_OMITTED = ("bits", "weight_bits", "act_bits", "calibration", "calibration_size")
+"""Options already named by the id's bits and calib parts."""
+
+
+def configuration_id(dataset: str, arch: str, method: str, bits: str, options: dict,
+                     calibration: str, seed: int, draw: int | None = None) -> str:
+    """E.g. ``synthetic/resnet50/ptq_static/w4a8/observer=minmax/calib=random-512/seed=0``."""
+    extras = _options_label(options, sep="/")
+    return "/".join(part for part in [dataset, arch, method, bits, extras, f"calib={calibration}",
+                                      "" if draw is None else f"draw={draw}", f"seed={seed}"] if part)
+
+
+def _options_label(options: dict, sep: str) -> str:
+    return sep.join(f"{key}={_id_value(value)}" for key, value in sorted(options.items())
+                    if key not in ID_OMITTED and value is not None)
+
+
+def _id_value(value) -> str:
+    return "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _quantization_unit(ctx: Context, arch: str, method: str, options: dict,
+                       calibration: tuple[str, int], seed: int) -> WorkUnit:
+    cfg = ctx.cfg
+    if method == "qat":
+        options = {**_qat_defaults(cfg), **options}
+    kind, n = calibration
+    label = "none" if kind == "none" else f"{kind}-{n}"
+    from quantization import method_config
+    bits = method_config(method, **options).bits  # also rejects a bad method or option up front
+    config_id = configuration_id(cfg.data.dataset, arch, method, bits, options, label, seed)
+    fields = {"dataset": cfg.data.dataset, "arch": arch, "method": method, "calibration": label,
+              "seed": seed, "options": {k: v for k, v in options.items() if k != "bits"}}
+    return WorkUnit(config_id, fields,
+                    lambda: run_quantization(ctx, arch, method, options, calibration, seed))
+
+
+def run_quantization(ctx: Context, arch: str, method: str, options: dict,
+                     calibration: tuple[str, int], seed: int):
+    """Quantize one FP32 checkpoint, evaluate it and compare it with its FP32 predictions."""
+    from quantization import apply_quantization
+    model = ctx.fp32_model(arch)
+    calibration_loader = ctx.calibration_loader(*calibration, seed=seed)
+    context = {"device": ctx.device, "seed": seed, "progress": ctx.cfg.runtime.progress}
+    if method == "qat":
+        context.update(train_loader=ctx.loader(ctx.splits.train, shuffle=True),
+                       val_loader=ctx.loader(ctx.splits.val))
+    quantized = apply_quantization(model, method, calibration_data=calibration_loader,
+                                   **options, **context)
+    predictions = ctx.predict(quantized)
+    record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
+    record.update(quant_fields(quantized.quant_info))
+    if quantized.quant_info["execution"] == "real_int8":
+        record.update(ctx.latency_comparison(model, quantized))
+        if method in CALIBRATED_METHODS and ctx.cfg.quantization.check_agreement:
+            twin = apply_quantization(model, method, calibration_data=calibration_loader,
+                                      execution="simulated", **options, **context)
+            record["agreement_with_simulated"] = float(
+                (ctx.predict(twin)["y_pred"].values == predictions["y_pred"].values).mean())
+    return record, predictions, per_group
+
+
+def quant_fields(info: dict) -> dict:
+    """The columns of a result row that come from a quantized model's ``quant_info``."""
+    keys = ("weight_bits", "act_bits", "execution", "observer", "size_mib", "fp32_size_mib",
+            "compression", "fp32_layers", "layer_bits")
+    fields = {key: info.get(key) for key in keys}
+    fields["cost_s"] = round(info["cost_s"], 3)
+    return fields
+
+
+# ----------------------------------------------------------------------------- mitigation
+
+def mitigation_units(ctx: Context) -> list[WorkUnit]:
+    """Each configured mitigation, plus the plain-PTQ controls it is compared with.
+
+    ``bias_aware_calibration`` runs balanced and random calibration over ``calibration_draws``
+    paired draws (draw ``d`` of both uses the same seed); every other method is compared with
+    plain PTQ on random draw 0 at the same bit width.
+    """
+    cfg, units = ctx.cfg, {}
+    for arch in cfg.mitigation.architectures or cfg.models.architectures:
+        ctx.require_baseline(arch)
+        for spec in expand_method_specs(cfg.mitigation.methods):
+            name, options = spec["method"], {k: v for k, v in spec.items() if k != "method"}
+            for unit in _mitigation_units_of(ctx, arch, name, options):
+                units.setdefault(unit.config_id, unit)
+    return list(units.values())
+
+
+def _mitigation_units_of(ctx: Context, arch: str, name: str, options: dict) -> list[WorkUnit]:
+    bits = options.get("bits", "w8a8")
+    if name != "bias_aware_calibration":
+        control = _mitigation_unit(ctx, arch, "ptq_static", {"bits": bits}, "random", 0)
+        return [control, _mitigation_unit(ctx, arch, name, options, "balanced" if name ==
+                                          "fairness_aware_quantizer" else "random", 0,
+                                          compare_to=control.config_id)]
+    units = []
+    for draw in range(ctx.cfg.mitigation.calibration_draws):
+        control = _mitigation_unit(ctx, arch, "ptq_static", {"bits": bits}, "random", draw)
+        units += [control, _mitigation_unit(ctx, arch, name, options, "balanced", draw,
+                                            compare_to=control.config_id)]
+    return units
+
+
+def _mitigation_unit(ctx: Context, arch: str, name: str, options: dict, kind: str, draw: int,
+                     compare_to: str | None = None) -> WorkUnit:
+    cfg = ctx.cfg
+    calibration = f"{kind}-{cfg.mitigation.calibration_size}"
+    config_id = configuration_id(cfg.data.dataset, arch, name, _bits_label(name, options), options,
+                                 calibration, cfg.seed, draw)
+    fields = {"dataset": cfg.data.dataset, "arch": arch, "method": name,
+              "calibration": calibration, "draw": draw, "seed": cfg.seed,
+              "compare_to": compare_to, "variant": _options_label(options, sep=",")}
+    return WorkUnit(config_id, fields, lambda: run_mitigation(ctx, arch, name, options, kind, draw))
+
+
+def _bits_label(name: str, options: dict) -> str:
+    if name == "fairness_aware_quantizer":  # a search over registered methods, not one itself
+        weight_bits, act_bits = parse_bits(options.get("bits", "w8a8"))
+        return f"w{weight_bits}a{act_bits}"
+    from quantization import method_config
+    return method_config(name, **options).bits
+
+
+def run_mitigation(ctx: Context, arch: str, name: str, options: dict, kind: str, draw: int):
+    """Run one mitigation (or its plain-PTQ control) and compare it with the FP32 predictions."""
+    model = ctx.fp32_model(arch)
+    if name == "fairness_aware_quantizer":
+        quantized, extra = _fairness_aware(ctx, model, options, draw)
+    else:
+        quantized, extra = _registered_mitigation(ctx, model, name, options, kind, draw), {}
+    predictions = ctx.predict(quantized)
+    record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
+    record.update(quant_fields(quantized.quant_info), **extra)
+    record["epochs"] = quantized.quant_info.get("config", {}).get("epochs", 0)
+    return record, predictions, per_group
+
+
+def _registered_mitigation(ctx: Context, model, name: str, options: dict, kind: str, draw: int):
+    from quantization import apply_quantization, context_keys
+    cfg, n = ctx.cfg, ctx.cfg.mitigation.calibration_size
+    seed = calibration_seed(cfg.seed, draw)
+    if name == "fairness_finetune":
+        options = {**_qat_defaults(cfg), **options}
+    if name == "bias_aware_calibration":  # draws its own subset with the same seed as the control
+        options = {"calibration": kind, "calibration_size": n, **options}
+        calibration = ctx.splits.train
+    else:
+        calibration = ctx.calibration_loader(kind, n, cfg.seed, draw)
+    available = {"device": ctx.device, "seed": seed, "progress": cfg.runtime.progress,
+                 "eval_data": ctx.loader(ctx.splits.val), "val_loader": ctx.loader(ctx.splits.val),
+                 "train_loader": ctx.loader(ctx.splits.train, shuffle=True)}
+    accepted = context_keys(name)
+    return apply_quantization(model, name, calibration_data=calibration, **options,
+                              **{k: v for k, v in available.items() if k in accepted})
+
+
+def _fairness_aware(ctx: Context, model, options: dict, draw: int):
+    """``FairnessAwareQuantizer``: constraint checked on validation data, reported on test."""
+    from quantization import FairnessAwareQuantizer
+    cfg = ctx.cfg
+    weight_bits, act_bits = parse_bits(options.get("bits", "w8a8"))
+    extra = {k: v for k, v in options.items() if k != "bits"}
+    quantizer = FairnessAwareQuantizer(
+        bit_width=weight_bits, act_bits=act_bits, max_dp_gap=cfg.mitigation.max_dp_gap,
+        sensitive_attributes=ctx.splits.train.sensitive_attrs,
+        calibration_size=cfg.mitigation.calibration_size, device=ctx.device,
+        seed=calibration_seed(cfg.seed, draw), progress=cfg.runtime.progress, **extra)
+    quantized = quantizer.quantize(model, calibration_data=ctx.splits.train,
+                                   validation_data=ctx.loader(ctx.splits.val))
+    return quantized, {"constraint_met": quantizer.constraint_met, "max_dp_gap": quantizer.max_dp_gap,
+                       "val_dp_gap": quantizer.final_dp_gap, "search_steps": len(quantizer.history),
+                       "history": quantizer.history}
+
+# ----------------------------------------------------------------------------- run folder
+
+RESULT_DEFINING = ("seed", "data", "models", "training")
+"""Config sections whose change invalidates earlier results of a run."""
+
+
+def save_run_config(cfg: ExperimentConfig) -> Path:
+    """Write ``results/<run>/config.yaml``, refusing to mix results of different experiments."""
+    from config import config_to_dict, load_config, save_config
+    path = cfg.run_dir / "config.yaml"
+    if path.is_file():
+        old, new = config_to_dict(load_config(path)), config_to_dict(cfg)
+        changed = [key for key in RESULT_DEFINING if old[key] != new[key]]
+        if changed:
+            raise ValueError(
+                f"{cfg.run_dir} holds results of a run whose {', '.join(changed)} settings differ "
+                f"from this config's; pick another run name (--set run_name=NEW) or delete "
+                f"{cfg.run_dir} to start over")
+    return save_config(cfg, path)

@@ -1,0 +1,95 @@
+"""End to end: the smoke config through every phase, resume, and the CLI's handling of bad input."""
+import json
+
+import pandas as pd
+import pytest
+
+import main
+
+
+def _args(tmp_path, *extra):
+    return ["--config", "configs/smoke.yaml", "--set", f"results_dir={tmp_path / 'results'}",
+            "--set", f"data.root={tmp_path / 'data'}", *extra]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("smoke")
+    assert main.main(_args(tmp_path, "--phase", "all")) == 0
+    return tmp_path, tmp_path / "results" / "smoke"
+
+
+def test_baseline_writes_checkpoint_predictions_and_table(smoke_run):
+    _, run_dir = smoke_run
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "synthetic" / "tiny_cnn.pt").is_file()
+    table = pd.read_csv(run_dir / "baseline_results.csv")
+    row = table.iloc[0]
+    assert row["config_id"] == "synthetic/tiny_cnn/fp32/seed=0" and row["status"] == "ok"
+    for column in ["accuracy", "accuracy_low", "accuracy_high", "dp_gap", "eo_gap", "pe_gap",
+                   "disparate_impact", "worst_group_accuracy", "params", "size_mib",
+                   "latency_ms_b1", "train_time_s"]:
+        assert pd.notna(row[column]), column
+    predictions = pd.read_csv(run_dir / "predictions" / "synthetic" / "tiny_cnn" / "fp32" /
+                              "seed=0.csv.gz")
+    assert list(predictions.columns[:4]) == ["sample_id", "y_true", "y_pred", "score"]
+    assert {"gender", "age", "group"} <= set(predictions.columns)
+
+
+def test_quantization_covers_the_grid_with_honest_execution_modes(smoke_run):
+    _, run_dir = smoke_run
+    records = json.loads((run_dir / "quantization_results.json").read_text())
+    by_method = {(r["method"], r["weight_bits"]): r for r in records}
+    assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    assert by_method[("ptq_static", 8)]["execution"] == "real_int8"
+    assert by_method[("ptq_static", 4)]["execution"] == "simulated"
+    assert by_method[("ptq_static", 8)]["agreement_with_simulated"] >= 0.99
+    assert by_method[("ptq_static", 4)]["size_mib"] < by_method[("ptq_static", 8)]["fp32_size_mib"]
+    assert ("qat", 4) in by_method and ("ptq_dynamic", 8) in by_method
+    for record in records:
+        assert record["delta_accuracy"] == pytest.approx(
+            record["accuracy"] - _baseline(run_dir)["accuracy"], abs=1e-9)
+
+
+def _baseline(run_dir):
+    return pd.read_csv(run_dir / "baseline_results.csv").iloc[0]
+
+
+def test_a_rerun_skips_finished_work(smoke_run):
+    tmp_path, run_dir = smoke_run
+    checkpoint = run_dir / "checkpoints" / "synthetic" / "tiny_cnn.pt"
+    before = checkpoint.stat().st_mtime_ns, (run_dir / "quantization_results.json").read_text()
+    assert main.main(_args(tmp_path, "--phase", "quantization")) == 0
+    assert main.main(_args(tmp_path, "--phase", "baseline")) == 0
+    after = checkpoint.stat().st_mtime_ns, (run_dir / "quantization_results.json").read_text()
+    assert before == after
+
+
+def test_mitigation_and_analysis_outputs(smoke_run):
+    _, run_dir = smoke_run
+    mitigation = pd.read_csv(run_dir / "mitigation_results.csv")
+    assert (mitigation["status"] == "ok").all(), mitigation.get("error")
+    assert {"bias_aware_calibration", "mixed_precision", "fairness_finetune",
+            "sensitive_layer_preservation", "fairness_aware_quantizer"} <= set(mitigation["method"])
+    analysis = run_dir / "analysis"
+    for name in ["stats.csv", "hypotheses.json", "report.md"]:
+        assert (analysis / name).stat().st_size > 0, name
+
+
+def test_changed_experiment_in_the_same_run_folder_is_refused(smoke_run, capsys):
+    tmp_path, _ = smoke_run
+    assert main.main(_args(tmp_path, "--phase", "baseline", "--set", "training.epochs=5")) == 2
+    assert "--set run_name=NEW" in capsys.readouterr().err
+
+
+def test_bad_config_value_prints_a_message_not_a_traceback(tmp_path, capsys):
+    assert main.main(_args(tmp_path, "--phase", "baseline", "--set", "training.epoch=1")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown key(s) ['epoch']") and "Traceback" not in err
+
+
+def test_unknown_method_in_the_grid_is_reported_before_running(tmp_path, capsys):
+    code = main.main(_args(tmp_path, "--phase", "quantization", "--set",
+                           "quantization.methods=[{method: ptq_magic}]"))
+    assert code == 2
+    assert "ptq_magic" in capsys.readouterr().err
