@@ -228,6 +228,14 @@ def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5, s
     return [CALIBRATION_KINDS[kind](dataset, n, seed + i) for i in range(draws)]
 
 
+def _calibration_loader(calibration_data, kind: str, n: int, seed: int, batch_size: int) -> DataLoader:
+    """A loader over a `kind` subset of `n` samples of the calibration dataset (the batch size of a
+    given loader wins over `batch_size`)."""
+    subset = CALIBRATION_KINDS[kind](_face_dataset(calibration_data, "calibration_data"), n, seed)
+    logger.info("%s calibration set of %d: %s", kind, len(subset), subset.group_counts())
+    return datasets.make_loader(subset, getattr(calibration_data, "batch_size", None) or batch_size)
+
+
 # --------------------------------------------------------------------------- per-layer sensitivity
 
 DELTA_METRICS = ("accuracy", "loss", "worst_group_loss", "worst_group_accuracy", "dp_gap")
@@ -411,10 +419,8 @@ class BiasAwareCalibrationConfig(PTQStaticConfig):
 
 @register_method("bias_aware_calibration", BiasAwareCalibrationConfig)
 def _bias_aware_calibration(model, config, calibration_data, *, device="cpu", seed=0, progress=False, **_):
-    dataset = _face_dataset(calibration_data, "calibration_data of bias_aware_calibration")
-    subset = CALIBRATION_KINDS[config.calibration](dataset, config.calibration_size, seed)
-    logger.info("%s calibration set of %d: %s", config.calibration, len(subset), subset.group_counts())
-    loader = datasets.make_loader(subset, getattr(calibration_data, "batch_size", None) or config.batch_size)
+    loader = _calibration_loader(calibration_data, config.calibration, config.calibration_size, seed,
+                                 config.batch_size)
     return apply_quantization(model, "ptq_static", calibration_data=loader, device=device, seed=seed,
                               progress=progress, **_base_options(config, PTQStaticConfig))
 
@@ -592,7 +598,7 @@ class FairnessAwareQuantizer:
 
     def quantize(self, model: nn.Module, calibration_data, fairness_constraint: bool = True,
                  validation_data=None) -> nn.Module:
-        """The quantized model (see the class docstring); `model` is not modified."""
+        """The quantized model (see the class docstring); the weights of `model` are not modified."""
         start = time.perf_counter()
         dataset = _face_dataset(calibration_data, "calibration_data")
         _check_attributes(self.sensitive_attributes, dataset.sensitive_attrs)
@@ -601,8 +607,8 @@ class FairnessAwareQuantizer:
                            "calibration data (optimistic). Pass validation_data for an honest check.")
         self.gap_measured_on = "calibration" if validation_data is None else "validation"
         check_loader = _as_loader(calibration_data if validation_data is None else validation_data, "validation_data")
-        subset = CALIBRATION_KINDS[self.calibration](dataset, self.calibration_size, self.seed)
-        calibration_loader = datasets.make_loader(subset, getattr(calibration_data, "batch_size", None) or 64)
+        calibration_loader = _calibration_loader(calibration_data, self.calibration, self.calibration_size,
+                                                 self.seed, batch_size=64)
         self.fp32_metrics = evaluate_groups(model, check_loader, self.sensitive_attributes, device=self.device)
         self.history = []
         best = current = self._step(model, calibration_loader, check_loader, "initial: balanced calibration", {}, [])
@@ -615,7 +621,7 @@ class FairnessAwareQuantizer:
                     break
         self.constraint_met = self._meets(current) if fairness_constraint else None
         self.model = current if self.constraint_met is not False else best
-        self._finish(len(subset), time.perf_counter() - start)
+        self._finish(len(calibration_loader.dataset), time.perf_counter() - start)
         return self.model
 
     def _meets(self, quantized: nn.Module) -> bool:
