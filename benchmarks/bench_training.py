@@ -12,11 +12,16 @@ warm-up step first); latency is the faster of the default and channels_last layo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
+# Spinning OpenMP threads collapse (10-20x slower steps) when other jobs share the cores;
+# passive waiting keeps the numbers meaningful on a shared machine. Must precede importing torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -76,8 +81,10 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=5600,
                         help="training-set size for the seconds-per-epoch estimate")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, "
-          f"{args.steps} timed steps; epoch_s = {args.train_images} images / throughput")
+    print(f"torch {torch.__version__}, {args.threads} threads "
+          f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average "
+          f"{os.getloadavg()[0]:.1f}), batch {args.batch_size}, {args.steps} timed steps; "
+          f"epoch_s = {args.train_images} images / throughput")
     with torch_threads(args.threads):
         print_table([bench(arch, size, args) for size in args.sizes for arch in args.archs])
 
