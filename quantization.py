@@ -109,7 +109,7 @@ QPARAM_BYTES_PER_CHANNEL = 8  # one float32 scale + one int32 zero point per out
 _PLUGIN_MODULE = "mitigation"
 _WEIGHT_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _INT_WEIGHT_LAYER_TYPES = (nnq.Conv1d, nnq.Conv2d, nnq.Conv3d, nnq.Linear, nnqd.Linear)
-_INT_WEIGHT_BITS = {torch.qint8: 8, torch.quint8: 8, torch.quint4x2: 4}
+_INT_WEIGHT_BITS = {torch.qint8: 8, torch.quint8: 8}
 
 
 # --------------------------------------------------------------------------- configs
@@ -406,6 +406,8 @@ def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: 
     context_keys = _BASE_CONTEXT | spec.context_keys
     context = {key: options.pop(key) for key in list(options) if key in context_keys}
     threads = options.pop("threads", None)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
     if not {"bits", "weight_bits", "act_bits"} & options.keys():
         options.update(weight_bits=bit_width, act_bits=bit_width)
     config = _build_config(spec.config_cls, options, name)
