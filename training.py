@@ -34,13 +34,27 @@ SCHEDULERS = ("cosine", "none")
 
 @dataclass
 class FitResult:
-    """What ``fit`` did: one ``history`` dict per epoch and the epoch whose weights were kept."""
+    """What ``fit`` did: one ``history`` dict per epoch (``epoch, train_loss, train_accuracy,
+    val_accuracy, lr`` with lr as at the end of the epoch) and the epoch whose weights were kept."""
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_val_accuracy: float | None = None  # None when no validation loader was given
     train_time_s: float = 0.0
     epochs_run: int = 0
+
+    def record(self, row: dict) -> bool:
+        """Append an epoch's row; True when its validation accuracy is the best so far."""
+        self.history.append(row)
+        self.epochs_run = row["epoch"]
+        val_accuracy = row["val_accuracy"]
+        if val_accuracy is None:
+            self.best_epoch = row["epoch"]
+            return False
+        if self.best_val_accuracy is None or val_accuracy > self.best_val_accuracy:
+            self.best_epoch, self.best_val_accuracy = row["epoch"], val_accuracy
+            return True
+        return False
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -95,22 +109,17 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
                                                  device, loss_hook, steps_per_epoch,
                                                  progress, f"{desc} {epoch}/{epochs}")
             val_acc = accuracy(model, val_loader, device) if val_loader is not None else None
-            result.history.append({"epoch": epoch, "train_loss": train_loss,
-                                   "train_accuracy": train_acc, "val_accuracy": val_acc,
-                                   "lr": optim.param_groups[0]["lr"]})
             logger.info("%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %s", desc, epoch,
                         epochs, train_loss, train_acc, "-" if val_acc is None else f"{val_acc:.4f}")
-            if val_acc is None:
-                result.best_epoch = epoch
-            elif result.best_val_accuracy is None or val_acc > result.best_val_accuracy:
-                result.best_epoch, result.best_val_accuracy = epoch, val_acc
+            if result.record({"epoch": epoch, "train_loss": train_loss,
+                              "train_accuracy": train_acc, "val_accuracy": val_acc,
+                              "lr": optim.param_groups[0]["lr"]}):
                 best_state = copy.deepcopy(model.state_dict())
     if best_state is not None and result.best_epoch != epochs:
         model.load_state_dict(best_state)
         logger.info("%s: restored the weights of epoch %d (val acc %.4f)", desc,
                     result.best_epoch, result.best_val_accuracy)
     model.eval()
-    result.epochs_run = epochs
     result.train_time_s = time.perf_counter() - start
     return result
 
