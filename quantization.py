@@ -53,8 +53,12 @@ simulated INT8 model is the twin of the deployed one (``prediction_agreement``).
 Activations use the full 8-bit range (no ``reduce_range``): correct on CPUs with VNNI; on older
 x86 CPUs fbgemm's u8 x s8 kernels can saturate, which ``prediction_agreement`` against the
 simulated twin exposes. What stays float: layers named in ``fp32_layers`` and, in a real INT8
-model, ops without integer kernels; ``quant_info['float_ops']`` lists the latter (for a timm ViT:
-GELU, ``scaled_dot_product_attention`` and the final LayerNorm; for EfficientNet: SiLU).
+model, ops without integer kernels, run between dequantize and quantize;
+``quant_info['float_ops']`` lists the latter. For a timm ViT: the patch-embedding flatten, the
+qkv ``unbind``, ``scaled_dot_product_attention``, every MLP GELU and the final LayerNorm (all its
+Linear layers, the block LayerNorms and the residual adds are integer; the class-token ``cat``
+joins tensors of different scales, which PyTorch warns about at run time and requantizes
+correctly). For EfficientNet: SiLU (also inside squeeze-excitation) and stochastic depth.
 """
 from __future__ import annotations
 
@@ -552,16 +556,19 @@ def packed_size_mib(model: nn.Module, weight_bits: int = 8,
     (4 bytes for float32). Quantizer bookkeeping (observers, reference-module qparam buffers) is
     not counted twice; per-tensor activation qparams (8 bytes each) are left out.
     """
+    if any(isinstance(m, _INT_WEIGHT_LAYER_TYPES) for _, m in _weight_layers(model)):
+        raise ValueError("packed_size_mib is for float or simulated models; the size of a model "
+                         "with integer modules is its serialized bytes: "
+                         "evaluation.model_size_mib(model)")
     layer_bits, fp32_layers = dict(layer_bits or {}), set(fp32_layers)
     _check_layer_names(model, [*layer_bits, *fp32_layers], "packed_size_mib")
     skip = _quantizer_tensor_ids(model)
     total_bytes = 0.0
     for name, module in _weight_layers(model):
         bits = FLOAT_BITS if name in fp32_layers else layer_bits.get(name, weight_bits)
-        weight = module.weight() if callable(module.weight) else module.weight
         if bits < FLOAT_BITS:
-            total_bytes += math.ceil(weight.numel() * bits / 8)
-            total_bytes += weight.shape[0] * QPARAM_BYTES_PER_CHANNEL
+            total_bytes += math.ceil(module.weight.numel() * bits / 8)
+            total_bytes += module.weight.shape[0] * QPARAM_BYTES_PER_CHANNEL
             skip.add(id(module.weight))
     for tensor in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values():
         if id(tensor) not in skip:
@@ -803,7 +810,8 @@ def latency_report(fp32_model: nn.Module, int8_model: nn.Module, image_size: int
             quantized_ms = evaluation.measure_latency(int8_model, image_size, n, threads=threads,
                                                       **options)
             report.update({f"fp32_latency_ms_b{n}": fp32_ms, f"fp32_layout_b{n}": layout,
-                           f"latency_ms_b{n}": quantized_ms, f"speedup_b{n}": fp32_ms / quantized_ms})
+                           f"latency_ms_b{n}": quantized_ms,
+                           f"speedup_b{n}": fp32_ms / quantized_ms})
     return report
 
 

@@ -192,6 +192,8 @@ def test_simulated_size_counts_folded_batch_norm_and_no_quantizer_state(trained_
     assert info["size_mib"] * 2**20 == expected
     assert info["compression"] == pytest.approx(info["fp32_size_mib"] / info["size_mib"])
     assert info["compression"] > 4
+    with pytest.raises(ValueError, match="packed_size_mib is for float or simulated models"):
+        packed_size_mib(ptq(trained_cnn, data))
 
 
 # --------------------------------------------------------------------------- other methods
