@@ -48,7 +48,8 @@ def run_analysis(ctx: experiment.Context, force: bool) -> None:
                                     progress=ctx.cfg.runtime.progress,
                                     size_budgets_mib=settings.size_budgets_mib,
                                     fairness_tolerance=settings.fairness_tolerance)
-    log.info("analysis written: %s", ", ".join(str(p) for p in outputs.values()))
+    log.info("analysis: %d files in %s; start with %s", len(outputs), ctx.run_dir / "analysis",
+             outputs["report.md"])
 
 
 PHASE_FUNCTIONS = {"baseline": run_baseline, "quantization": run_quantization,

@@ -100,7 +100,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DynamicConfig", "PTQStaticConfig", "PercentileObserver", "QATConfig", "QuantConfig",
     "QuantizationComparison", "SHORT_NAMES", "apply_quantization", "calibrate",
-    "compare_quantization_methods", "convert_quantized", "describe_quantized",
+    "compare_quantization_methods", "context_keys", "convert_quantized", "describe_quantized",
     "latency_report", "layer_bit_widths", "list_methods", "method_config", "packed_size_mib",
     "parse_bits", "prediction_agreement", "prepare_quantization", "qconfig_mapping",
     "quantizable_layers", "register_method", "resolve_method", "weight_levels",
@@ -337,6 +337,12 @@ def _lookup(name: str) -> _Method:
     return _METHODS[name]
 
 
+def context_keys(method: str) -> frozenset:
+    """The non-config arguments (loaders, device, …) that method ``method`` accepts."""
+    name, _ = resolve_method(method)
+    return _BASE_CONTEXT | _lookup(name).context_keys
+
+
 def resolve_method(method: str, options: Mapping | None = None) -> tuple[str, dict]:
     """Expand a short name (``PTQ_INT4``) into (registry name, options); explicit options win."""
     if not isinstance(method, str):
@@ -407,8 +413,8 @@ def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: 
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     name, options = resolve_method(method, options)
     spec = _lookup(name)
-    context_keys = _BASE_CONTEXT | spec.context_keys
-    context = {key: options.pop(key) for key in list(options) if key in context_keys}
+    accepted = context_keys(name)
+    context = {key: options.pop(key) for key in list(options) if key in accepted}
     threads = options.pop("threads", None)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")

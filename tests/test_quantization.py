@@ -408,3 +408,8 @@ def test_bad_calibration_data_is_named(trained_cnn):
                            threads=0)
     with pytest.raises(ValueError, match="loader yielded no samples"):
         prediction_agreement(trained_cnn, trained_cnn, [])
+
+
+def test_context_keys_name_each_methods_extra_arguments():
+    assert {"train_loader", "val_loader", "device"} <= quantization.context_keys("qat")
+    assert "train_loader" not in quantization.context_keys("PTQ_INT8")
