@@ -184,27 +184,34 @@ def _torchvision_model(arch: str, num_classes: int, pretrained: bool) -> nn.Modu
 
 @register_model("resnet50", head="fc")
 def resnet50(num_classes: int, image_size: int, pretrained: bool) -> nn.Module:
-    """torchvision ResNet-50 (25.6M parameters)."""
+    """torchvision ResNet-50 (23.5M parameters for 2 classes)."""
     return _torchvision_model("resnet50", num_classes, pretrained)
 
 
 @register_model("mobilenet_v2", head="classifier.1")
 def mobilenet_v2(num_classes: int, image_size: int, pretrained: bool) -> nn.Module:
-    """torchvision MobileNetV2 (3.5M parameters)."""
+    """torchvision MobileNetV2 (2.2M parameters for 2 classes)."""
     return _torchvision_model("mobilenet_v2", num_classes, pretrained)
 
 
 @register_model("efficientnet_b0", head="classifier.1")
 def efficientnet_b0(num_classes: int, image_size: int, pretrained: bool) -> nn.Module:
-    """torchvision EfficientNet-B0 (5.3M parameters)."""
+    """torchvision EfficientNet-B0 (4.0M parameters for 2 classes)."""
     return _torchvision_model("efficientnet_b0", num_classes, pretrained)
 
 
 # Three stride-2 stages shrink the map so that below 17 px the last pooling gets an empty input.
 @register_model("squeezenet1_1", head="classifier.1", min_image_size=17)
 def squeezenet1_1(num_classes: int, image_size: int, pretrained: bool) -> nn.Module:
-    """torchvision SqueezeNet 1.1 (1.2M parameters)."""
-    return _torchvision_model("squeezenet1_1", num_classes, pretrained)
+    """torchvision SqueezeNet 1.1 (0.7M parameters for 2 classes) without the ReLU on its logits.
+
+    Upstream clamps the final conv's outputs at 0; trained from scratch on small images (a 1x1
+    final map) most samples start with every logit at 0, no gradient flows and the model stays
+    at the majority class. The ReLU has no weights, so pretrained weights load unchanged.
+    """
+    model = _torchvision_model("squeezenet1_1", num_classes, pretrained)
+    model.classifier[2] = nn.Identity()
+    return model
 
 
 def vit_patch_size(image_size: int) -> int:

@@ -62,6 +62,14 @@ def test_vit_patch_size_gives_small_grids_and_standard_patches_at_224(image_size
     assert models.vit_patch_size(image_size) == patch
 
 
+def test_squeezenet_logits_can_be_negative_so_training_from_scratch_gets_gradients():
+    torch.manual_seed(0)
+    model = models.build_model("squeezenet1_1", image_size=32).eval()
+    with torch.no_grad():
+        logits = model(_batch(32, n=8)[0])
+    assert (logits < 0).any()
+
+
 def test_unknown_name_lists_known_models():
     with pytest.raises(ValueError, match="unknown model 'resnet51'.*mobilenet_v2.*tiny_cnn"):
         models.build_model("resnet51")
