@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from functools import cached_property
 from pathlib import Path
 
-from config import ExperimentConfig, expand_method_specs, parse_bits
+import datasets
+from config import (ExperimentConfig, config_to_dict, expand_method_specs, load_config,
+                    parse_bits, save_config)
+from evaluation import fp32_reference_latency, model_size_mib, predict
+from fairness_metrics import summarize_predictions
+from models import build_model, count_parameters, load_model_from_checkpoint, save_checkpoint
+from quantization import (FairnessAwareQuantizer, apply_quantization, context_keys,
+                          latency_report, method_config)
 from results import WorkUnit, load_predictions, predictions_path
+from training import fit, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +37,6 @@ class Context:
 
     @cached_property
     def splits(self):
-        import datasets
         data = self.cfg.data
         return datasets.load_dataset(
             data.dataset, data.root, target=data.target, sensitive=data.sensitive,
@@ -39,13 +45,11 @@ class Context:
             synthetic=dataclasses.asdict(data.synthetic))
 
     def loader(self, dataset, shuffle: bool = False):
-        import datasets
         return datasets.make_loader(dataset, self.cfg.data.batch_size, shuffle=shuffle,
                                     seed=self.cfg.seed, num_workers=self.cfg.data.num_workers)
 
     @cached_property
     def device(self):
-        from training import resolve_device
         return resolve_device(self.cfg.runtime.device)
 
     def checkpoint_path(self, arch: str) -> Path:
@@ -59,13 +63,11 @@ class Context:
                                         "`python main.py --phase baseline` with the same config first")
 
     def fp32_model(self, arch: str):
-        from models import load_model_from_checkpoint
         self.require_baseline(arch)
         model, _ = load_model_from_checkpoint(self.checkpoint_path(arch))
         return model.eval()
 
     def score(self, predictions, reference=None):
-        from fairness_metrics import summarize_predictions
         analysis = self.cfg.analysis
         return summarize_predictions(predictions, reference=reference,
                                      n_resamples=analysis.bootstrap_resamples, ci=analysis.ci,
@@ -75,7 +77,6 @@ class Context:
         """A loader over ``n`` training images drawn at random or balanced over groups."""
         if kind == "none":
             return None
-        import datasets
         draw_subset = {"random": datasets.random_subset, "balanced": datasets.balanced_subset}[kind]
         return self.loader(draw_subset(self.splits.train, n, seed=calibration_seed(seed, draw)))
 
@@ -84,14 +85,12 @@ class Context:
 
     def latency_comparison(self, fp32_model, int8_model) -> dict:
         """Real INT8 vs the fastest FP32 layout, same process, at the configured batch sizes."""
-        from quantization import latency_report
         runtime = self.cfg.runtime
         return latency_report(fp32_model, int8_model, self.cfg.data.image_size,
                               batch_sizes=runtime.latency_batch_sizes, threads=runtime.threads,
                               warmup=runtime.latency_warmup, repeats=runtime.latency_repeats)
 
     def predict(self, model):
-        from evaluation import predict
         return predict(model, self.loader(self.splits.test), device=self.device,
                        progress=self.cfg.runtime.progress)
 
@@ -124,8 +123,6 @@ def baseline_units(ctx: Context, force: bool = False) -> list[WorkUnit]:
 
 def run_baseline(ctx: Context, arch: str, retrain: bool = False):
     """Train (or reuse the checkpoint of) one architecture and evaluate it on the test split."""
-    from evaluation import model_size_mib
-    from models import count_parameters
     model, training = _trained_model(ctx, arch, retrain)
     predictions = ctx.predict(model)
     record, per_group = ctx.score(predictions)
@@ -135,8 +132,6 @@ def run_baseline(ctx: Context, arch: str, retrain: bool = False):
 
 
 def _trained_model(ctx: Context, arch: str, retrain: bool):
-    from models import build_model, load_model_from_checkpoint, save_checkpoint
-    from training import fit
     cfg, path = ctx.cfg, ctx.checkpoint_path(arch)
     if path.is_file() and not retrain:
         log.info("reusing checkpoint %s", path)
@@ -166,7 +161,6 @@ def _weights_path(cfg: ExperimentConfig, arch: str):
 
 def _fp32_latency(ctx: Context, model) -> dict:
     """FP32 latency at each configured batch size, in its fastest eager layout."""
-    from evaluation import fp32_reference_latency
     runtime, fields = ctx.cfg.runtime, {}
     for n in runtime.latency_batch_sizes:
         ms, layout = fp32_reference_latency(model.cpu(), ctx.cfg.data.image_size, n,
@@ -186,12 +180,13 @@ def quantization_units(ctx: Context) -> list[WorkUnit]:
     """The configured grid: architectures × methods × options × calibration × seeds."""
     cfg, units = ctx.cfg, []
     for arch in cfg.models.architectures:
-        ctx.require_baseline(arch)
         for spec in expand_method_specs(cfg.quantization.methods):
             name, options = spec["method"], {k: v for k, v in spec.items() if k != "method"}
             for seed in cfg.quantization.seeds:
                 for calibration in _calibrations(cfg, name):
                     units.append(_quantization_unit(ctx, arch, name, options, calibration, seed))
+    for arch in cfg.models.architectures:  # after the grid, so a bad method name is named first
+        ctx.require_baseline(arch)
     return units
 
 
@@ -230,7 +225,6 @@ def _quantization_unit(ctx: Context, arch: str, method: str, options: dict,
         options = {**_qat_defaults(cfg), **options}
     kind, n = calibration
     label = "none" if kind == "none" else f"{kind}-{n}"
-    from quantization import method_config
     bits = method_config(method, **options).bits  # also rejects a bad method or option up front
     config_id = configuration_id(cfg.data.dataset, arch, method, bits, options, label, seed)
     fields = {"dataset": cfg.data.dataset, "arch": arch, "method": method, "calibration": label,
@@ -242,7 +236,6 @@ def _quantization_unit(ctx: Context, arch: str, method: str, options: dict,
 def run_quantization(ctx: Context, arch: str, method: str, options: dict,
                      calibration: tuple[str, int], seed: int):
     """Quantize one FP32 checkpoint, evaluate it and compare it with its FP32 predictions."""
-    from quantization import apply_quantization
     model = ctx.fp32_model(arch)
     calibration_loader = ctx.calibration_loader(*calibration, seed=seed)
     context = {"device": ctx.device, "seed": seed, "progress": ctx.cfg.runtime.progress}
@@ -283,12 +276,14 @@ def mitigation_units(ctx: Context) -> list[WorkUnit]:
     plain PTQ on random draw 0 at the same bit width.
     """
     cfg, units = ctx.cfg, {}
-    for arch in cfg.mitigation.architectures or cfg.models.architectures:
-        ctx.require_baseline(arch)
+    architectures = cfg.mitigation.architectures or cfg.models.architectures
+    for arch in architectures:
         for spec in expand_method_specs(cfg.mitigation.methods):
             name, options = spec["method"], {k: v for k, v in spec.items() if k != "method"}
             for unit in _mitigation_units_of(ctx, arch, name, options):
                 units.setdefault(unit.config_id, unit)
+    for arch in architectures:
+        ctx.require_baseline(arch)
     return list(units.values())
 
 
@@ -323,7 +318,6 @@ def _bits_label(name: str, options: dict) -> str:
     if name == "fairness_aware_quantizer":  # a search over registered methods, not one itself
         weight_bits, act_bits = parse_bits(options.get("bits", "w8a8"))
         return f"w{weight_bits}a{act_bits}"
-    from quantization import method_config
     return method_config(name, **options).bits
 
 
@@ -342,7 +336,6 @@ def run_mitigation(ctx: Context, arch: str, name: str, options: dict, kind: str,
 
 
 def _registered_mitigation(ctx: Context, model, name: str, options: dict, kind: str, draw: int):
-    from quantization import apply_quantization, context_keys
     cfg, n = ctx.cfg, ctx.cfg.mitigation.calibration_size
     seed = calibration_seed(cfg.seed, draw)
     if name == "fairness_finetune":
@@ -362,7 +355,6 @@ def _registered_mitigation(ctx: Context, model, name: str, options: dict, kind: 
 
 def _fairness_aware(ctx: Context, model, options: dict, draw: int):
     """``FairnessAwareQuantizer``: constraint checked on validation data, reported on test."""
-    from quantization import FairnessAwareQuantizer
     cfg = ctx.cfg
     weight_bits, act_bits = parse_bits(options.get("bits", "w8a8"))
     extra = {k: v for k, v in options.items() if k != "bits"}
@@ -385,7 +377,6 @@ RESULT_DEFINING = ("seed", "data", "models", "training")
 
 def save_run_config(cfg: ExperimentConfig) -> Path:
     """Write ``results/<run>/config.yaml``, refusing to mix results of different experiments."""
-    from config import config_to_dict, load_config, save_config
     path = cfg.run_dir / "config.yaml"
     if path.is_file():
         old, new = config_to_dict(load_config(path)), config_to_dict(cfg)

@@ -93,3 +93,8 @@ def test_unknown_method_in_the_grid_is_reported_before_running(tmp_path, capsys)
                            "quantization.methods=[{method: ptq_magic}]"))
     assert code == 2
     assert "ptq_magic" in capsys.readouterr().err
+
+
+def test_quantization_before_baseline_says_which_phase_to_run(tmp_path, capsys):
+    assert main.main(_args(tmp_path, "--phase", "quantization")) == 2
+    assert "--phase baseline" in capsys.readouterr().err
