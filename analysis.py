@@ -181,7 +181,7 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
 
 
 def _read_results(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype={"config_id": str, "compare_to": str})
+    frame = pd.read_csv(path, dtype={"config_id": str, "compare_to": str}).copy()
     absent = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if absent:
         raise ValueError(f"{path} lacks the columns {absent}; a result table needs at least "
@@ -205,7 +205,7 @@ def _normalise(configs: pd.DataFrame) -> pd.DataFrame:
         lambda bits: "" if pd.isna(bits) else format_number(bits)).astype(str)
     for column in ("weight_bits", "seed", "draw", "params", "size_mib", "cost_s"):
         configs[column] = pd.to_numeric(configs[column], errors="coerce")
-    return configs
+    return configs.copy()  # one block again after the column-by-column edits
 
 
 def _prediction_loader(run_dir: Path) -> Callable[[str], pd.DataFrame]:

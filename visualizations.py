@@ -97,7 +97,7 @@ def plot_heatmaps(table: pd.DataFrame, path: str | Path) -> list[Path]:
              "plot_heatmaps")
     rows = table.assign(setting=_bits_label(table))
     panels = {"accuracy": "accuracy (fraction)", "delta_dp_gap": "ΔDP gap vs FP32 (fraction)"}
-    figure = Figure(layout="constrained", figsize=(max(8, 1.1 * rows["setting"].nunique() * 2), 1 + 0.6 * rows["arch"].nunique()))
+    figure = Figure(layout="constrained", figsize=(max(8, 1.1 * rows["setting"].nunique() * 2), 3 + 0.6 * rows["arch"].nunique()))
     axes = figure.subplots(1, 2, squeeze=False)[0]
     for ax, (column, label) in zip(axes, panels.items()):
         grid = rows.pivot_table(index="arch", columns="setting", values=column, aggfunc="mean")
