@@ -80,27 +80,31 @@ def predict(model: nn.Module, loader, device: str | torch.device = "cpu", *,
     """
     metadata, sensitive = _sensitive_metadata(loader)
     device = _inference_device(model, device)
-    model.to(device).eval()
-    sample_ids, y_true, y_pred, score = [], [], [], []
-    with torch.inference_mode():
-        for images, targets, _, ids in tqdm(loader, desc="predict", disable=not progress,
-                                            leave=False):
-            logits = model(images.to(device)).float()
-            if logits.ndim != 2 or logits.shape[1] < 2:
-                raise ValueError(f"model must output (batch, classes >= 2) logits, got shape "
-                                 f"{tuple(logits.shape)}")
-            sample_ids += list(ids)
-            y_true += torch.as_tensor(targets).tolist()
-            y_pred += logits.argmax(1).tolist()
-            score += torch.softmax(logits, 1)[:, 1].tolist()
-    unknown = pd.Index(sample_ids).difference(metadata.index)
+    table = _model_outputs(model.to(device).eval(), loader, device, progress)
+    unknown = pd.Index(table["sample_id"]).difference(metadata.index)
     if len(unknown):
         raise ValueError(f"sample ids {unknown[:5].tolist()} are not in the dataset metadata; "
                          "the loader must come from the dataset whose metadata it carries")
-    table = pd.DataFrame({"sample_id": sample_ids, "y_true": y_true, "y_pred": y_pred,
-                          "score": score})
-    attributes = metadata.loc[sample_ids, [*sensitive, "group"]].reset_index(drop=True)
+    attributes = metadata.loc[table["sample_id"], [*sensitive, "group"]].reset_index(drop=True)
     return pd.concat([table, attributes], axis=1)
+
+
+@torch.inference_mode()
+def _model_outputs(model: nn.Module, loader, device: torch.device, progress: bool) -> pd.DataFrame:
+    """``sample_id, y_true, y_pred, score`` for every sample of ``loader``, in loader order."""
+    sample_ids, y_true, y_pred, score = [], [], [], []
+    for images, targets, _, ids in tqdm(loader, desc="predict", disable=not progress,
+                                        leave=False):
+        logits = model(images.to(device)).float()
+        if logits.ndim != 2 or logits.shape[1] < 2:
+            raise ValueError(f"model must output (batch, classes >= 2) logits, got shape "
+                             f"{tuple(logits.shape)}")
+        sample_ids += list(ids)
+        y_true += torch.as_tensor(targets).tolist()
+        y_pred += logits.argmax(1).tolist()
+        score += torch.softmax(logits, 1)[:, 1].tolist()
+    return pd.DataFrame({"sample_id": sample_ids, "y_true": y_true, "y_pred": y_pred,
+                         "score": score})
 
 
 @contextlib.contextmanager

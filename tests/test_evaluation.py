@@ -135,3 +135,9 @@ def test_model_size_counts_serialized_weights_and_shrinks_when_quantized():
     assert 512 * 513 * 4 / 2**20 <= fp32 < 512 * 513 * 4 / 2**20 + 0.01
     int8 = torch.ao.quantization.quantize_dynamic(layer, {nn.Linear}, dtype=torch.qint8)
     assert evaluation.model_size_mib(int8) < 0.3 * fp32
+
+
+def test_predict_needs_two_class_logits(faces):
+    one_logit = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 1))
+    with pytest.raises(ValueError, match=r"classes >= 2\) logits, got shape \(4, 1\)"):
+        evaluation.predict(one_logit, make_loader(faces.subset(range(4)), 4), progress=False)
