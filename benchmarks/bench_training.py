@@ -7,6 +7,7 @@ Informs the default config (epochs / batch size per architecture). Run from the 
 
 Training throughput is measured with ``training.fit`` itself on random images (one untimed
 warm-up step first); latency is the faster of the default and channels_last layouts.
+Numbers are only meaningful on a quiet machine: the script prints the load average and warns.
 """
 
 from __future__ import annotations
@@ -17,11 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-# Spinning OpenMP threads collapse (10-20x slower steps) when other jobs share the cores;
-# passive waiting keeps the numbers meaningful on a shared machine. Must precede importing torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -76,15 +73,20 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=STUDY_ARCHS)
     parser.add_argument("--sizes", nargs="+", type=int, default=[32])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-images", type=int, default=5600,
                         help="training-set size for the seconds-per-epoch estimate")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {args.threads} threads "
-          f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average "
-          f"{os.getloadavg()[0]:.1f}), batch {args.batch_size}, {args.steps} timed steps; "
-          f"epoch_s = {args.train_images} images / throughput")
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {args.threads} threads (OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {load:.1f}), batch "
+          f"{args.batch_size}, {args.steps} timed steps; epoch_s = {args.train_images} images / "
+          "throughput")
+    if load > 1 + (os.cpu_count() or 1) - args.threads:
+        print("WARNING: other jobs share the CPU; with spinning OpenMP threads steps can be "
+              "10-20x slower. Rerun on a quiet machine, or with OMP_WAIT_POLICY=PASSIVE (robust "
+              "under load, slower when idle).")
     with torch_threads(args.threads):
         print_table([bench(arch, size, args) for size in args.sizes for arch in args.archs])
 
