@@ -360,9 +360,9 @@ DEFAULT_CUE_STRENGTH = {"Female/Young": 1.0, "Male/Young": 1.0, "Male/Old": 0.8,
 SYNTHETIC_DEFAULTS = {"n_images": 8000, "image_size": 64, "seed": 0}
 SYNTHETIC_OPTIONS = ("n_images", "image_size", "seed", "group_shares", "smiling_rate",
                      "cue_strength")
-MOUTH_CURVE = 0.06   # corner-to-centre height of a full-strength smile, in face-image units
+MOUTH_CURVE = 0.10   # corner-to-centre height of a full-strength smile, in face-image units
 MOUTH_JITTER = 0.025  # std of the per-image curvature noise, same units
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 6
 # Rough base rates for attributes the drawing does not show (random, deterministic per seed).
 UNDRAWN_ATTRIBUTE_RATES = {
     "Arched_Eyebrows": 0.27, "Bangs": 0.15, "Big_Lips": 0.24, "Big_Nose": 0.23, "Blurry": 0.05,
@@ -584,12 +584,15 @@ def _draw_faces(faces: dict, size: int, rng) -> np.ndarray:
     eyes = soft((1 - np.hypot(eye_dx / (0.028 * s), eye_dy / (0.018 * s))) * 0.018 * s)
     rims = col(faces["glasses"]) * soft(0.008 * s - np.abs(np.hypot(eye_dx, eye_dy) - 0.045 * s))
     paint(np.maximum(eyes, rims), np.full((b, 3), 0.07))
-    half_width, curve = 0.085 * s, col(faces["curve"])
+    half_width, curve = 0.12 * s, col(faces["curve"])
     u = dx / half_width
     mouth_y = 0.15 * s + curve * (0.5 - u ** 2)  # corners rise by `curve` above the centre
-    mouth = soft(0.018 * s - np.abs(dy - mouth_y)) * soft((1 - np.abs(u)) * half_width)
+    mouth = soft(0.025 * s - np.abs(dy - mouth_y)) * soft((1 - np.abs(u)) * half_width)
     lip_color = np.where(faces["lipstick"][:, None], [[0.70, 0.08, 0.15]], skin * 0.4)
     paint(mouth, lip_color)
+    # An open smile shows teeth, as bright as the smile is curved (so a weak cue stays faint).
+    teeth = soft((1 - np.hypot(dx / (0.7 * half_width), (dy - 0.15 * s + 0.01 * s) / (0.03 * s))) * 0.03 * s)
+    paint(teeth * np.clip(curve / MOUTH_CURVE, 0, 1), np.full((b, 3), 0.95))
     img *= rng.uniform(0.85, 1.15, (b, 1, 1, 1)).astype(np.float32)
     img += 0.02 * rng.standard_normal((b, size, size, 1), dtype=np.float32)  # sensor noise
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
