@@ -172,6 +172,20 @@ def _fp32_latency(ctx: Context, model) -> dict:
 
 # ----------------------------------------------------------------------------- quantization
 
+def methods_for(arch: str, specs) -> list[tuple[str, dict]]:
+    """(method, options) of every expanded spec that applies to ``arch``.
+
+    A spec with an ``arch`` key (a name or a list of names) applies to those architectures
+    only, e.g. ``{method: mixed_precision, arch: [squeezenet1_1]}`` for a costly method.
+    """
+    chosen = []
+    for spec in expand_method_specs(specs):
+        options = {k: v for k, v in spec.items() if k not in ("method", "arch")}
+        if spec.get("arch", arch) == arch:
+            chosen.append((spec["method"], options))
+    return chosen
+
+
 CALIBRATED_METHODS = ("ptq_static",)
 """Methods whose result depends on a calibration set (the others get ``calibration='none'``)."""
 
@@ -180,8 +194,7 @@ def quantization_units(ctx: Context) -> list[WorkUnit]:
     """The configured grid: architectures × methods × options × calibration × seeds."""
     cfg, units = ctx.cfg, []
     for arch in cfg.models.architectures:
-        for spec in expand_method_specs(cfg.quantization.methods):
-            name, options = spec["method"], {k: v for k, v in spec.items() if k != "method"}
+        for name, options in methods_for(arch, cfg.quantization.methods):
             for seed in cfg.quantization.seeds:
                 for calibration in _calibrations(cfg, name):
                     units.append(_quantization_unit(ctx, arch, name, options, calibration, seed))
@@ -278,8 +291,7 @@ def mitigation_units(ctx: Context) -> list[WorkUnit]:
     cfg, units = ctx.cfg, {}
     architectures = cfg.mitigation.architectures or cfg.models.architectures
     for arch in architectures:
-        for spec in expand_method_specs(cfg.mitigation.methods):
-            name, options = spec["method"], {k: v for k, v in spec.items() if k != "method"}
+        for name, options in methods_for(arch, cfg.mitigation.methods):
             for unit in _mitigation_units_of(ctx, arch, name, options):
                 units.setdefault(unit.config_id, unit)
     for arch in architectures:
