@@ -1,8 +1,16 @@
-"""Shared fixtures: a tiny synthetic CelebA-format dataset generated once per test session."""
+"""Shared fixtures: one torch thread, and a tiny synthetic CelebA-format dataset per session."""
 
 import pytest
 
 from datasets import load_dataset
+from evaluation import torch_threads
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models gain nothing from threads, and one thread stays fast when jobs share the CPU."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

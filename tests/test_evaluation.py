@@ -10,13 +10,6 @@ from datasets import load_dataset, make_loader
 COLUMNS = ["sample_id", "y_true", "y_pred", "score", "gender", "age", "group"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and one thread stays fast when jobs share the CPU."""
-    with evaluation.torch_threads(1):
-        yield
-
-
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     """The synthetic CelebA-format set, small: ~30 test images at 32 px."""

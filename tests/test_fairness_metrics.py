@@ -3,7 +3,6 @@ import math
 import subprocess
 import sys
 import types
-import warnings
 
 import numpy as np
 import pandas as pd

@@ -5,15 +5,6 @@ import torch
 import mitigation as mit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tests run on shared CPUs; one thread avoids oversubscription."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------- penalties
 
 def test_dp_penalty_is_spread_of_group_mean_probability():

@@ -9,16 +9,8 @@ from torch import nn
 from torch.fx import symbolic_trace
 
 import models
-from evaluation import torch_threads
 
 REAL_ARCHS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "squeezenet1_1", "vit_small"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and one thread stays fast when jobs share the CPU."""
-    with torch_threads(1):
-        yield
 
 
 def _size_for(name):

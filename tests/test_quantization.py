@@ -41,15 +41,6 @@ def loss(model, dataset):
         return nn.functional.cross_entropy(model.eval()(images), labels).item()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the CPU is shared, and extra threads would mostly wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data():
     return toy_data()

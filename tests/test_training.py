@@ -6,15 +6,7 @@ from torch.fx import symbolic_trace
 from torch.utils.data import DataLoader
 
 import models
-from evaluation import torch_threads
 from training import accuracy, fit, resolve_device, seed_everything
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and one thread stays fast when jobs share the CPU."""
-    with torch_threads(1):
-        yield
 
 
 def separable(n=64, size=16, seed=0, flip=False):
