@@ -50,9 +50,13 @@ bit width (weights on the fly, activations at the observed ranges, observers gon
 from one prepared graph, in which FX has already folded Conv-BN(-ReLU) as the backend does, so a
 simulated INT8 model is the twin of the deployed one (``prediction_agreement``).
 
-Activations use the full 8-bit range (no ``reduce_range``): correct on CPUs with VNNI; on older
-x86 CPUs fbgemm's u8 x s8 kernels can saturate, which ``prediction_agreement`` against the
-simulated twin exposes. What stays float: layers named in ``fp32_layers`` and, in a real INT8
+Activations use the full 8-bit range (no ``reduce_range``): correct for oneDNN convs and fbgemm's
+VNNI GEMM; on older x86 CPUs fbgemm's u8 x s8 kernels can saturate, which
+``prediction_agreement`` against the simulated twin exposes. The exception: the input of a conv
+with more than 100 groups (MobileNet/EfficientNet depthwise), which the x86 engine runs on
+fbgemm's depthwise kernel, is quantized to 0..127, since that kernel's int16 pair sums saturate on
+full-range inputs even with VNNI (``_reduce_fbgemm_conv_inputs``); the twin uses the same range.
+What stays float: layers named in ``fp32_layers`` and, in a real INT8
 model, ops without integer kernels, run between dequantize and quantize;
 ``quant_info['float_ops']`` lists the latter. For a timm ViT: the patch-embedding flatten, the
 qkv ``unbind``, ``scaled_dot_product_attention``, every MLP GELU and the final LayerNorm (all its
@@ -702,11 +706,65 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
     model.train(qat)
     prepare = prepare_qat_fx if qat else prepare_fx
     try:
-        return prepare(model, qconfig_mapping(model, config, qat=qat), (example_images,))
+        prepared = prepare(model, qconfig_mapping(model, config, qat=qat), (example_images,))
     except torch.fx.proxy.TraceError as error:
         raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx ({error}); static "
                          "PTQ and QAT need an FX-traceable model: use 'ptq_dynamic' or make the "
                          "data-dependent control flow static") from error
+    if config.act_bits == 8:
+        _reduce_fbgemm_conv_inputs(prepared)
+    return prepared
+
+
+FBGEMM_MIN_GROUPS = 101  # the x86 engine hands convs with more groups than 100 to fbgemm
+
+
+def _conv_groups(module: nn.Module) -> int:
+    if isinstance(module, _FusedModule):
+        module = module[0]
+    return getattr(module, "groups", 1) if isinstance(module, nn.modules.conv._ConvNd) else 1
+
+
+def _reduce_fbgemm_conv_inputs(prepared: torch.fx.GraphModule) -> list[str]:
+    """Give the input of every conv that the x86 engine runs on fbgemm (more than 100 groups: the
+    depthwise convs of MobileNet / EfficientNet) a 7-bit activation range, 0..127.
+
+    Even on CPUs with VNNI, fbgemm's depthwise kernels add pairs of u8 x s8 products in int16
+    (``vpmaddubsw``), which saturates when 2 * 255 * 127 > 32767; with 7-bit inputs it cannot
+    (2 * 127 * 128 <= 32767). Other convs run on oneDNN and Linear on fbgemm's VNNI GEMM, which
+    accumulate in int32 and keep the full 8-bit range. Both executions come from this prepared
+    graph, so the simulated twin quantizes these tensors to the same 0..127 levels. Returns the
+    names of the observers it changed (a shared observer narrows that tensor for every consumer).
+    """
+    changed = []
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or not node.args:
+            continue
+        if _conv_groups(prepared.get_submodule(node.target)) < FBGEMM_MIN_GROUPS:
+            continue
+        source = node.args[0]
+        if not isinstance(source, torch.fx.Node) or source.op != "call_module":
+            continue
+        quantizer = prepared.get_submodule(source.target)
+        if not isinstance(quantizer, (ObserverBase, FakeQuantizeBase)):
+            continue
+        if source.target not in changed:
+            _narrow_activation_range(quantizer, quant_max=127)
+            changed.append(source.target)
+    return changed
+
+
+def _narrow_activation_range(quantizer: nn.Module, quant_max: int) -> None:
+    """Set an activation observer's (and its fake quantizer's) quant_max; a histogram observer's
+    error search then aims at that many levels."""
+    for module in (quantizer, getattr(quantizer, "activation_post_process", None)):
+        if module is None or not hasattr(module, "quant_max"):
+            continue
+        module.quant_max = min(int(module.quant_max), quant_max)
+        if hasattr(module, "has_customized_qrange"):
+            module.has_customized_qrange = True
+        if isinstance(module, HistogramObserver):
+            module.dst_nbins = module.quant_max - module.quant_min + 1
 
 
 def _resolve_device(device) -> torch.device:

@@ -404,3 +404,20 @@ def test_bad_calibration_data_is_named(trained_cnn):
 def test_context_keys_name_each_methods_extra_arguments():
     assert {"train_loader", "val_loader", "device"} <= quantization.context_keys("qat")
     assert "train_loader" not in quantization.context_keys("PTQ_INT8")
+
+
+def test_fbgemm_depthwise_conv_input_uses_7_bits_so_the_twin_matches():
+    """The x86 engine runs convs with > 100 groups (MobileNet/EfficientNet depthwise) on fbgemm,
+    whose int16 pair sums saturate on full-range u8 inputs: their inputs get 0..127."""
+    torch.manual_seed(0)
+    channels = 128
+    model = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+                          nn.Conv2d(channels, 4, 1)).eval()
+    images = torch.rand(8, channels, 6, 6) * 4  # non-negative: zero point 0
+    real = apply_quantization(model, calibration_data=[images], observer="minmax")
+    twin = apply_quantization(model, calibration_data=[images], observer="minmax",
+                              execution="simulated")
+    assert ", 0, 127, torch.uint8" in twin.code  # the twin quantizes that input to 0..127
+    with torch.no_grad():
+        difference = (real(images) - twin(images)).abs().max().item()
+    assert difference <= 1e-4  # full-range inputs gave ~0.3 (saturated int16 sums)
