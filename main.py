@@ -22,21 +22,20 @@ log = logging.getLogger("main")
 
 
 def run_baseline(ctx: experiment.Context, force: bool) -> None:
-    store = ResultStore(ctx.run_dir, "baseline_results")
-    run_sweep(store, experiment.baseline_units(ctx, force), force=force, desc="baseline",
-              progress=ctx.cfg.runtime.progress)
+    _sweep(ctx, "baseline_results", experiment.baseline_units(ctx, force), force)
 
 
 def run_quantization(ctx: experiment.Context, force: bool) -> None:
-    store = ResultStore(ctx.run_dir, "quantization_results")
-    run_sweep(store, experiment.quantization_units(ctx), force=force, desc="quantization",
-              progress=ctx.cfg.runtime.progress)
+    _sweep(ctx, "quantization_results", experiment.quantization_units(ctx), force)
 
 
 def run_mitigation(ctx: experiment.Context, force: bool) -> None:
-    store = ResultStore(ctx.run_dir, "mitigation_results")
-    run_sweep(store, experiment.mitigation_units(ctx), force=force, desc="mitigation",
-              progress=ctx.cfg.runtime.progress)
+    _sweep(ctx, "mitigation_results", experiment.mitigation_units(ctx), force)
+
+
+def _sweep(ctx: experiment.Context, table: str, units, force: bool) -> None:
+    run_sweep(ResultStore(ctx.run_dir, table), units, force=force,
+              desc=table.removesuffix("_results"), progress=ctx.cfg.runtime.progress)
 
 
 def run_analysis(ctx: experiment.Context, force: bool) -> None:
