@@ -21,24 +21,32 @@ PHASES = ("baseline", "quantization", "mitigation", "analysis")
 log = logging.getLogger("main")
 
 
-def run_baseline(ctx: experiment.Context, force: bool) -> None:
-    _sweep(ctx, "baseline_results", experiment.baseline_units(ctx, force), force)
+def run_baseline(ctx: experiment.Context, force: bool) -> int:
+    return _sweep(ctx, "baseline_results", experiment.baseline_units(ctx, force), force)
 
 
-def run_quantization(ctx: experiment.Context, force: bool) -> None:
-    _sweep(ctx, "quantization_results", experiment.quantization_units(ctx), force)
+def run_quantization(ctx: experiment.Context, force: bool) -> int:
+    return _sweep(ctx, "quantization_results", experiment.quantization_units(ctx), force)
 
 
-def run_mitigation(ctx: experiment.Context, force: bool) -> None:
-    _sweep(ctx, "mitigation_results", experiment.mitigation_units(ctx), force)
+def run_mitigation(ctx: experiment.Context, force: bool) -> int:
+    return _sweep(ctx, "mitigation_results", experiment.mitigation_units(ctx), force)
 
 
-def _sweep(ctx: experiment.Context, table: str, units, force: bool) -> None:
-    run_sweep(ResultStore(ctx.run_dir, table), units, force=force,
-              desc=table.removesuffix("_results"), progress=ctx.cfg.runtime.progress)
+def _sweep(ctx: experiment.Context, table: str, units, force: bool) -> int:
+    """Run the units not done yet; returns how many failed (each is recorded with its error)."""
+    store = ResultStore(ctx.run_dir, table)
+    if force or {unit.config_id for unit in units} - store.done_ids():
+        ctx.splits  # load the data first: a missing or malformed dataset stops the phase here
+    counts = run_sweep(store, units, force=force, desc=table.removesuffix("_results"),
+                       progress=ctx.cfg.runtime.progress)
+    if counts["failed"]:
+        log.error("%d configuration(s) failed; their errors are in %s (column 'error'); a rerun "
+                  "retries them", counts["failed"], store.csv_path)
+    return counts["failed"]
 
 
-def run_analysis(ctx: experiment.Context, force: bool) -> None:
+def run_analysis(ctx: experiment.Context, force: bool) -> int:
     import analysis
     settings = ctx.cfg.analysis
     outputs = analysis.run_analysis(ctx.run_dir, n_resamples=settings.bootstrap_resamples,
@@ -49,6 +57,7 @@ def run_analysis(ctx: experiment.Context, force: bool) -> None:
                                     fairness_tolerance=settings.fairness_tolerance)
     log.info("analysis: %d files in %s; start with %s", len(outputs), ctx.run_dir / "analysis",
              outputs["report.md"])
+    return 0
 
 
 PHASE_FUNCTIONS = {"baseline": run_baseline, "quantization": run_quantization,
@@ -74,13 +83,14 @@ def main(argv=None) -> int:
         cfg = config_module.load_config(args.config, args.set)
         experiment.save_run_config(cfg)
         ctx = experiment.Context(cfg)
+        failed = 0
         for phase in PHASES if args.phase == "all" else (args.phase,):
             log.info("phase %s → %s", phase, cfg.run_dir)
-            PHASE_FUNCTIONS[phase](ctx, args.force)
+            failed += PHASE_FUNCTIONS[phase](ctx, args.force)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

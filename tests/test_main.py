@@ -98,3 +98,17 @@ def test_unknown_method_in_the_grid_is_reported_before_running(tmp_path, capsys)
 def test_quantization_before_baseline_says_which_phase_to_run(tmp_path, capsys):
     assert main.main(_args(tmp_path, "--phase", "quantization")) == 2
     assert "--phase baseline" in capsys.readouterr().err
+
+
+def test_missing_dataset_stops_the_phase_with_the_way_out(tmp_path, capsys):
+    assert main.main(_args(tmp_path, "--phase", "baseline", "--set", "data.dataset=celeba")) == 2
+    err = capsys.readouterr().err
+    assert "list_attr_celeba.txt" in err and "'synthetic'" in err
+
+
+def test_a_failing_configuration_is_recorded_and_the_exit_code_says_so(tmp_path):
+    assert main.main(_args(tmp_path, "--phase", "baseline")) == 0
+    bad_layer = "quantization.methods=[{method: ptq_static, fp32_layers: [[no_such_layer]]}]"
+    assert main.main(_args(tmp_path, "--phase", "quantization", "--set", bad_layer)) == 1
+    record = json.loads((tmp_path / "results" / "smoke" / "quantization_results.json").read_text())[0]
+    assert record["status"] == "failed" and "no_such_layer" in record["error"]
