@@ -16,7 +16,8 @@ from config import (ExperimentConfig, config_to_dict, expand_method_specs, load_
                     parse_bits, save_config)
 from evaluation import fp32_reference_latency, model_size_mib, predict
 from fairness_metrics import summarize_predictions
-from models import build_model, count_parameters, load_model_from_checkpoint, save_checkpoint
+from models import (build_model, count_parameters, export_torchscript, load_model_from_checkpoint,
+                    save_checkpoint)
 from quantization import (FairnessAwareQuantizer, apply_quantization, context_keys,
                           latency_report, method_config)
 from results import WorkUnit, load_predictions, predictions_path
@@ -323,7 +324,8 @@ def _mitigation_unit(ctx: Context, arch: str, name: str, options: dict, kind: st
     fields = {"dataset": cfg.data.dataset, "arch": arch, "method": name,
               "calibration": calibration, "draw": draw, "seed": cfg.seed,
               "compare_to": compare_to, "variant": _options_label(options, sep=",")}
-    return WorkUnit(config_id, fields, lambda: run_mitigation(ctx, arch, name, options, kind, draw))
+    return WorkUnit(config_id, fields,
+                    lambda: run_mitigation(ctx, arch, name, options, kind, draw, config_id))
 
 
 def _bits_label(name: str, options: dict) -> str:
@@ -333,7 +335,8 @@ def _bits_label(name: str, options: dict) -> str:
     return method_config(name, **options).bits
 
 
-def run_mitigation(ctx: Context, arch: str, name: str, options: dict, kind: str, draw: int):
+def run_mitigation(ctx: Context, arch: str, name: str, options: dict, kind: str, draw: int,
+                   config_id: str):
     """Run one mitigation (or its plain-PTQ control) and compare it with the FP32 predictions."""
     model = ctx.fp32_model(arch)
     if name == "fairness_aware_quantizer":
@@ -344,7 +347,18 @@ def run_mitigation(ctx: Context, arch: str, name: str, options: dict, kind: str,
     record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
     record.update(quant_fields(quantized.quant_info), **extra)
     record["epochs"] = quantized.quant_info.get("config", {}).get("epochs", 0)
+    record["model_path"] = _save_deployable(ctx, quantized, name, config_id)
     return record, predictions, per_group
+
+
+def _save_deployable(ctx: Context, quantized, name: str, config_id: str) -> str:
+    """Save a mitigated real INT8 model as TorchScript; a simulated one cannot be deployed as it
+    is (its record keeps the bit allocation that rebuilds it), and the PTQ controls are not kept."""
+    if name == "ptq_static" or quantized.quant_info["execution"] != "real_int8":
+        return ""
+    path = ctx.run_dir / "models" / f"{config_id}.pt"
+    export_torchscript(quantized, path, ctx.cfg.data.image_size)
+    return str(path.relative_to(ctx.run_dir))
 
 
 def _registered_mitigation(ctx: Context, model, name: str, options: dict, kind: str, draw: int):

@@ -293,14 +293,27 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
     Put ``arch``, ``num_classes`` and ``image_size`` in ``meta`` so that
     ``load_model_from_checkpoint`` can rebuild the model; metrics may go there too.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     plain_meta = json.loads(json.dumps(meta, default=_plain_value))
     state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    return _atomic_save(path, lambda file: torch.save({"state_dict": state_dict, "meta": plain_meta}, file))
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, image_size: int) -> Path:
+    """Trace ``model`` (e.g. a real INT8 model) on CPU and write it as TorchScript, atomically:
+    ``torch.jit.load(path)`` runs it without this code base."""
+    example = torch.zeros(1, 3, image_size, image_size)
+    with torch.no_grad():
+        traced = torch.jit.trace(model.cpu().eval(), example)
+    return _atomic_save(path, lambda file: torch.jit.save(traced, file))
+
+
+def _atomic_save(path: str | os.PathLike, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save({"state_dict": state_dict, "meta": plain_meta}, file)
+            write(file)
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

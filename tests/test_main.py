@@ -3,6 +3,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 import main
 
@@ -71,6 +72,11 @@ def test_mitigation_and_analysis_outputs(smoke_run):
     assert (mitigation["status"] == "ok").all(), mitigation.get("error")
     assert {"bias_aware_calibration", "mixed_precision", "fairness_finetune",
             "sensitive_layer_preservation", "fairness_aware_quantizer"} <= set(mitigation["method"])
+    deployable = mitigation[(mitigation["execution"] == "real_int8") & (mitigation["method"] != "ptq_static")]
+    assert len(deployable) > 0
+    for relative in deployable["model_path"]:
+        scripted = torch.jit.load(run_dir / relative)
+        assert scripted(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
     analysis = run_dir / "analysis"
     for name in ["stats.csv", "hypotheses.json", "report.md"]:
         assert (analysis / name).stat().st_size > 0, name
