@@ -79,15 +79,16 @@ def plot_pareto(table: pd.DataFrame, path: str | Path) -> list[Path]:
                 row[0].scatter(points["dp_gap"], points["accuracy"], **style)
                 row[1].scatter(points["size_mib"], points["accuracy"], **style)
         row[0].set_xlabel("DP gap (max − min selection rate, fraction)")
-        row[1].set_xlabel("size (MiB)")
+        row[1].set_xlabel("size (MiB, log scale)")
+        row[1].set_xscale("log")
         for ax in row:
             ax.set_ylabel("accuracy (fraction)")
             ax.set_title(f"{dataset}: filled = Pareto-optimal")
             ax.grid(True, linestyle=":", color="0.7")
     handles = [axes[0][0].scatter([], [], marker=m, facecolors="none", edgecolors="black",
                                   label=method) for method, m in markers.items()]
-    figure.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6),
-                  bbox_to_anchor=(0.5, 1.02), frameon=False)
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
+                  frameon=False)
     return save_figure(figure, path)
 
 
