@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +33,8 @@ import torch
 import torchvision
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
+
+from results import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
     """
     plain_meta = json.loads(json.dumps(meta, default=_plain_value))
     state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    return _atomic_save(path, lambda file: torch.save({"state_dict": state_dict, "meta": plain_meta}, file))
+    return atomic_write(path, lambda temp: torch.save({"state_dict": state_dict, "meta": plain_meta}, temp))
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike, image_size: int) -> Path:
@@ -304,21 +305,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, image_size: in
     example = torch.zeros(1, 3, image_size, image_size)
     with torch.no_grad():
         traced = torch.jit.trace(model.cpu().eval(), example)
-    return _atomic_save(path, lambda file: torch.jit.save(traced, file))
-
-
-def _atomic_save(path: str | os.PathLike, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda temp: torch.jit.save(traced, temp))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[dict, dict]:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 
-def _atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,12 +51,12 @@ _UMASK = _current_umask()
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
-    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_write_frame(path: str | Path, frame: pd.DataFrame) -> Path:
     """Write a DataFrame as CSV (gzip when the name ends in .gz) atomically."""
-    return _atomic_write(path, lambda tmp: frame.to_csv(
+    return atomic_write(path, lambda tmp: frame.to_csv(
         tmp, index=False, compression="gzip" if Path(path).suffix == ".gz" else None))
 
 
