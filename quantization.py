@@ -55,7 +55,9 @@ VNNI GEMM; on older x86 CPUs fbgemm's u8 x s8 kernels can saturate, which
 ``prediction_agreement`` against the simulated twin exposes. The exception: the input of a conv
 with more than 100 groups (MobileNet/EfficientNet depthwise), which the x86 engine runs on
 fbgemm's depthwise kernel, is quantized to 0..127, since that kernel's int16 pair sums saturate on
-full-range inputs even with VNNI (``_reduce_fbgemm_conv_inputs``); the twin uses the same range.
+full-range inputs even with VNNI (``_reduce_fbgemm_conv_inputs``); the twin uses the same range,
+and the real model clamps that tensor to 0..127 (``QuantizedRangeClamp``), since ``convert_fx``
+keeps only scale and zero point and would pass values above the calibrated maximum as 128..255.
 What stays float: layers named in ``fp32_layers`` and, in a real INT8
 model, ops without integer kernels, run between dequantize and quantize;
 ``quant_info['float_ops']`` lists the latter. For a timm ViT: the patch-embedding flatten, the
@@ -86,6 +88,7 @@ from tqdm.auto import tqdm
 from torch.ao.nn.intrinsic import _FusedModule
 from torch.ao.nn import quantized as nnq
 from torch.ao.nn.quantized import dynamic as nnqd
+from torch.ao.nn.quantized.modules.conv import _ConvNd as _QuantizedConvNd
 from torch.ao.quantization import (QConfig, QConfigMapping, disable_observer,
                                    get_default_qat_qconfig_mapping, get_default_qconfig_mapping,
                                    per_channel_dynamic_qconfig, quantize_dynamic)
@@ -754,6 +757,58 @@ def _reduce_fbgemm_conv_inputs(prepared: torch.fx.GraphModule) -> list[str]:
     return changed
 
 
+class QuantizedRangeClamp(nn.Module):
+    """Clamp a quint8 tensor to the integer levels 0..``quant_max`` (same scale and zero point).
+
+    ``convert_fx`` turns an observer narrowed to 0..127 into scale/zero point only: its
+    ``quantize_per_tensor`` and the integer ops that produce the tensor clamp to 0..255, so
+    values above the calibrated maximum reach 128..255, which the reference twin clamps to 127
+    (and which fbgemm's depthwise kernel could saturate on). This module restores the range."""
+
+    def __init__(self, quant_max: int = 127):
+        super().__init__()
+        self.quant_max = quant_max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_quantized:
+            return x
+        return torch.clamp(x, max=(self.quant_max - x.q_zero_point()) * x.q_scale())
+
+    def extra_repr(self) -> str:
+        return f"quant_max={self.quant_max}"
+
+
+def _clamp_fbgemm_conv_inputs(model: torch.fx.GraphModule, quant_max: int = 127) -> list[str]:
+    """In a ``convert_fx`` model, clamp the quantized input of every conv with more than 100
+    groups to 0..``quant_max``, the range ``_reduce_fbgemm_conv_inputs`` gave its observer. The
+    clamp follows the tensor's producer and replaces all its uses, as the twin's quantize does for
+    every consumer of a shared observer. Returns the names of the inserted clamps."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return []
+    clamped, names = {}, []
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not node.args:
+            continue
+        module = model.get_submodule(node.target)
+        if not isinstance(module, _QuantizedConvNd) or module.groups < FBGEMM_MIN_GROUPS:
+            continue
+        source = node.args[0]
+        if not isinstance(source, torch.fx.Node) or source in clamped:
+            continue
+        name = f"{str(node.target).replace('.', '_')}_input_clamp"
+        model.add_submodule(name, QuantizedRangeClamp(quant_max))
+        with graph.inserting_after(source):
+            clamp = graph.call_module(name, (source,))
+        source.replace_all_uses_with(clamp, delete_user_cb=lambda user: user is not clamp)
+        clamped[source] = clamp
+        names.append(name)
+    if names:
+        graph.lint()
+        model.recompile()
+    return names
+
+
 def _narrow_activation_range(quantizer: nn.Module, quant_max: int) -> None:
     """Set an activation observer's (and its fake quantizer's) quant_max; a histogram observer's
     error search then aims at that many levels."""
@@ -792,6 +847,8 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
     prepared.apply(disable_observer)
     convert = convert_fx if execution == "real_int8" else _convert_to_reference_decomposed_fx
     model = convert(prepared).eval()
+    if execution == "real_int8":
+        _clamp_fbgemm_conv_inputs(model)
     model.quant_info = describe_quantized(model, execution)
     return model
 

@@ -421,3 +421,20 @@ def test_fbgemm_depthwise_conv_input_uses_7_bits_so_the_twin_matches():
     with torch.no_grad():
         difference = (real(images) - twin(images)).abs().max().item()
     assert difference <= 1e-4  # full-range inputs gave ~0.3 (saturated int16 sums)
+
+
+def test_fbgemm_depthwise_conv_input_is_clamped_to_7_bits_like_the_twin():
+    """convert_fx quantizes to 0..255 whatever the observer's quant_max, so SiLU outputs above
+    the (histogram-clipped) calibrated maximum reached fbgemm's depthwise kernel as 128..255 while
+    the twin clamps them to 127 (EfficientNet, non-zero zero point). The real model clamps too."""
+    torch.manual_seed(0)
+    channels = 144
+    model = nn.Sequential(nn.Conv2d(3, channels, 1), nn.SiLU(),
+                          nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+                          nn.Conv2d(channels, 4, 1)).eval()
+    calibration = torch.randn(8, 3, 6, 6)
+    real = apply_quantization(model, calibration_data=[calibration])
+    twin = apply_quantization(model, calibration_data=[calibration], execution="simulated")
+    with torch.no_grad():
+        difference = (real(calibration * 3) - twin(calibration * 3)).abs().max().item()
+    assert difference <= 1e-4  # unclamped: ~0.03
