@@ -21,7 +21,7 @@ from models import (build_model, count_parameters, export_torchscript, load_mode
 from quantization import (FairnessAwareQuantizer, apply_quantization, context_keys,
                           latency_report, method_config)
 from results import WorkUnit, load_predictions, predictions_path
-from training import fit, resolve_device
+from training import fit, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def _trained_model(ctx: Context, arch: str, retrain: bool):
         log.info("reusing checkpoint %s", path)
         model, meta = load_model_from_checkpoint(path)
         return model.eval(), {k: meta.get(k) for k in ("train_time_s", "best_epoch", "best_val_accuracy")}
+    seed_everything(cfg.seed)  # the initial weights depend on the seed alone, not on what ran before
     model = build_model(arch, num_classes=2, image_size=cfg.data.image_size,
                         pretrained=cfg.models.pretrained, weights_path=_weights_path(cfg, arch))
     train = cfg.training.for_arch(arch)

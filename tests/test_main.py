@@ -118,3 +118,13 @@ def test_a_failing_configuration_is_recorded_and_the_exit_code_says_so(tmp_path)
     assert main.main(_args(tmp_path, "--phase", "quantization", "--set", bad_layer)) == 1
     record = json.loads((tmp_path / "results" / "smoke" / "quantization_results.json").read_text())[0]
     assert record["status"] == "failed" and "no_such_layer" in record["error"]
+
+
+def test_the_same_config_gives_the_same_baseline_in_a_new_folder(smoke_run, tmp_path):
+    first_tmp, first_run = smoke_run
+    again = ["--config", "configs/smoke.yaml", "--set", f"results_dir={tmp_path / 'results'}",
+             "--set", f"data.root={first_tmp / 'data'}", "--phase", "baseline"]
+    assert main.main(again) == 0
+    relative = "predictions/synthetic/tiny_cnn/fp32/seed=0.csv.gz"
+    pd.testing.assert_frame_equal(pd.read_csv(first_run / relative),
+                                  pd.read_csv(tmp_path / "results" / "smoke" / relative))
