@@ -27,6 +27,21 @@ import yaml
 DEVICES = ("auto", "cpu", "cuda")
 BITS_PATTERN = re.compile(r"^w(\d+)a(\d+)$")
 
+BAD_YAML_FILE = ("config file {path!r} is not valid YAML ({where}{problem}): fix that line, e.g. "
+                 "close a bracket or quote, or align the indentation with its section")
+NOT_UTF8_FILE = ("config file {path!r} is not UTF-8 text (byte {byte} at offset {offset}): save it "
+                 "as UTF-8, or pass --config with the YAML file itself")
+BAD_YAML_OVERRIDE = ("override {override!r}: the value {value!r} is not valid YAML ({problem}); "
+                     "close its brackets or quote it, e.g. --set 'models.architectures=[resnet50]'")
+NO_METHODS = ("{key} is empty, so that phase would run nothing: name at least one method, e.g. "
+              "[{{method: {example}}}]; to skip the phase, run the others with --phase")
+MITIGATE_UNKNOWN_ARCH = ("mitigation.architectures={given}: {unknown} not in models.architectures="
+                         "{known}; mitigate only architectures that the baseline trains (add them "
+                         "to models.architectures or drop them here)")
+CALIBRATION_OVER_CAP = ("{key}={size} is larger than data.max_per_split={cap}, which caps the "
+                        "training split: ask for at most {cap} calibration samples or raise "
+                        "data.max_per_split")
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:
@@ -134,6 +149,8 @@ class QuantizationConfig:
 
     def __post_init__(self):
         _check_method_specs("quantization.methods", self.methods)
+        if not self.methods:
+            raise ValueError(NO_METHODS.format(key="quantization.methods", example="ptq_static"))
         for n in self.calibration_sizes:
             _check_positive("quantization.calibration_sizes", n)
         for kind in self.calibration_kinds:
@@ -159,6 +176,9 @@ class MitigationConfig:
 
     def __post_init__(self):
         _check_method_specs("mitigation.methods", self.methods)
+        if not self.methods:
+            raise ValueError(NO_METHODS.format(key="mitigation.methods",
+                                               example="bias_aware_calibration"))
         _check_positive("mitigation.calibration_size", self.calibration_size)
         _check_positive("mitigation.calibration_draws", self.calibration_draws)
         _check_range("mitigation.max_dp_gap", self.max_dp_gap, 0.0, 1.0)
@@ -196,6 +216,7 @@ class RuntimeConfig:
         for b in self.latency_batch_sizes:
             _check_positive("runtime.latency_batch_sizes", b)
         _check_positive("runtime.latency_repeats", self.latency_repeats)
+        _check_range("runtime.latency_warmup", self.latency_warmup, 0, 10**6)
 
 
 @dataclass(frozen=True)
@@ -215,6 +236,21 @@ class ExperimentConfig:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_name):
             raise ValueError(f"run_name={self.run_name!r}: expected letters, digits, '_', '.' or "
                              "'-' (it names the folder results/<run_name>)")
+        self._check_across_sections()
+
+    def _check_across_sections(self):
+        """Settings that are only wrong together (each section checks its own values)."""
+        chosen, known = self.mitigation.architectures, self.models.architectures
+        if chosen is not None:
+            unknown = [arch for arch in chosen if arch not in known]
+            if unknown:
+                raise ValueError(MITIGATE_UNKNOWN_ARCH.format(given=list(chosen), unknown=unknown,
+                                                              known=list(known)))
+        cap = self.data.max_per_split
+        sizes = [("quantization.calibration_sizes", n) for n in self.quantization.calibration_sizes]
+        for key, size in sizes + [("mitigation.calibration_size", self.mitigation.calibration_size)]:
+            if cap is not None and size > cap:
+                raise ValueError(CALIBRATION_OVER_CAP.format(key=key, size=size, cap=cap))
 
     @property
     def run_dir(self) -> Path:
@@ -231,12 +267,26 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist: pass --config with "
                                     "a YAML file, e.g. configs/config.yaml")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _read_yaml_file(path) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"config file {str(path)!r}: expected a YAML mapping at the top level")
     for override in overrides:
         _apply_override(raw, override)
     return _build(ExperimentConfig, raw, prefix="")
+
+
+def _read_yaml_file(path: Path):
+    data = path.read_bytes()
+    try:
+        return yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(NOT_UTF8_FILE.format(path=str(path), byte=hex(data[error.start]),
+                                              offset=error.start)) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(BAD_YAML_FILE.format(path=str(path), where=where, problem=problem)) from None
 
 
 def config_to_dict(cfg) -> dict:
@@ -281,7 +331,12 @@ def _apply_override(raw: dict, override: str) -> None:
         if not isinstance(child, dict):
             raise ValueError(f"override {override!r}: {part!r} is a value, not a section")
         node = child
-    node[leaf] = yaml.safe_load(value)
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(BAD_YAML_OVERRIDE.format(override=override, value=value,
+                                                  problem=problem)) from None
 
 
 def _build(cls, raw: Any, prefix: str):

@@ -16,11 +16,11 @@ from config import (ExperimentConfig, config_to_dict, expand_method_specs, load_
                     parse_bits, save_config)
 from evaluation import fp32_reference_latency, model_size_mib, predict
 from fairness_metrics import summarize_predictions
-from models import (build_model, count_parameters, export_torchscript, load_model_from_checkpoint,
-                    save_checkpoint)
+from models import (build_model, count_parameters, export_torchscript, list_models,
+                    load_model_from_checkpoint, save_checkpoint)
 from quantization import (FairnessAwareQuantizer, apply_quantization, context_keys,
                           latency_report, method_config)
-from results import WorkUnit, load_predictions, predictions_path
+from results import WorkUnit, holds_results, load_predictions, predictions_path
 from training import fit, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,13 @@ class Context:
     @cached_property
     def splits(self):
         data = self.cfg.data
-        return datasets.load_dataset(
+        splits = datasets.load_dataset(
             data.dataset, data.root, target=data.target, sensitive=data.sensitive,
             image_size=data.image_size, seed=self.cfg.seed, split_fractions=data.split_fractions,
             skip_bad_images=data.skip_bad_images, max_per_split=data.max_per_split,
             synthetic=dataclasses.asdict(data.synthetic))
+        check_calibration_sizes(self.cfg, len(splits.train))
+        return splits
 
     def loader(self, dataset, shuffle: bool = False):
         return datasets.make_loader(dataset, self.cfg.data.batch_size, shuffle=shuffle,
@@ -94,6 +96,37 @@ class Context:
     def predict(self, model):
         return predict(model, self.loader(self.splits.test), device=self.device,
                        progress=self.cfg.runtime.progress)
+
+
+UNKNOWN_ARCHITECTURES = ("models.architectures: unknown architecture(s) {unknown}; known: {known}. "
+                         "Fix the name in the YAML file or with --set models.architectures=[...]")
+CALIBRATION_TOO_LARGE = ("{key}={size} is larger than the {n_train} training images of {dataset}: "
+                         "calibration draws from the training split, so ask for at most "
+                         "{n_train} (--set {key}=...) or use more data")
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """What the config alone cannot know: architecture and method names, against the registries.
+
+    Runs before anything is written, so a typo never leaves a run folder behind.
+    """
+    unknown = [arch for arch in cfg.models.architectures if arch not in list_models()]
+    if unknown:
+        raise ValueError(UNKNOWN_ARCHITECTURES.format(unknown=unknown, known=list_models()))
+    for arch in cfg.models.architectures:
+        for name, options in methods_for(arch, cfg.quantization.methods):
+            method_config(name, **({**_qat_defaults(cfg), **options} if name == "qat" else options))
+        for name, options in methods_for(arch, cfg.mitigation.methods):
+            _bits_label(name, options)
+
+
+def check_calibration_sizes(cfg: ExperimentConfig, n_train: int) -> None:
+    """Every configured calibration size fits in the training split (checked when it loads)."""
+    sizes = [("quantization.calibration_sizes", n) for n in cfg.quantization.calibration_sizes]
+    for key, size in sizes + [("mitigation.calibration_size", cfg.mitigation.calibration_size)]:
+        if size > n_train:
+            raise ValueError(CALIBRATION_TOO_LARGE.format(key=key, size=size, n_train=n_train,
+                                                          dataset=cfg.data.dataset))
 
 
 def calibration_seed(seed: int, draw: int) -> int:
@@ -403,9 +436,12 @@ RESULT_DEFINING = ("seed", "data", "models", "training")
 
 
 def save_run_config(cfg: ExperimentConfig) -> Path:
-    """Write ``results/<run>/config.yaml``, refusing to mix results of different experiments."""
+    """Write ``results/<run>/config.yaml``, refusing to mix results of different experiments.
+
+    A folder that holds no results yet (e.g. after a run stopped by a typo) takes the new config.
+    """
     path = cfg.run_dir / "config.yaml"
-    if path.is_file():
+    if path.is_file() and holds_results(cfg.run_dir):
         old, new = config_to_dict(load_config(path)), config_to_dict(cfg)
         changed = [key for key in RESULT_DEFINING if old[key] != new[key]]
         if changed:

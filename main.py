@@ -5,7 +5,9 @@
     python main.py --phase analysis --config configs/celeba_full.yaml
 
 Each phase reads its inputs from ``results/<run_name>/`` and writes its outputs there; a rerun
-skips finished configurations (``--force`` redoes them).
+skips finished configurations (``--force`` redoes them). One process at a time holds a run folder.
+Exit codes: 0 done, 1 some configurations failed (recorded with their errors), 2 bad input (the
+message says which and how to fix it), 3 the run folder is in use by another process.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import sys
 
 import config as config_module
 import experiment
-from results import ResultStore, run_sweep
+from results import ResultStore, RunFolderBusy, RunLock, refresh_tables, run_sweep
 
 PHASES = ("baseline", "quantization", "mitigation", "analysis")
 log = logging.getLogger("main")
@@ -48,6 +50,7 @@ def _sweep(ctx: experiment.Context, table: str, units, force: bool) -> int:
 
 def run_analysis(ctx: experiment.Context, force: bool) -> int:
     import analysis
+    refresh_tables(ctx.run_dir)  # tables left stale by a killed run hold every commit again
     settings = ctx.cfg.analysis
     outputs = analysis.run_analysis(ctx.run_dir, n_resamples=settings.bootstrap_resamples,
                                     alpha=settings.alpha, seed=ctx.cfg.seed, ci=settings.ci,
@@ -81,12 +84,17 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_module.load_config(args.config, args.set)
-        experiment.save_run_config(cfg)
-        ctx = experiment.Context(cfg)
-        failed = 0
-        for phase in PHASES if args.phase == "all" else (args.phase,):
-            log.info("phase %s → %s", phase, cfg.run_dir)
-            failed += PHASE_FUNCTIONS[phase](ctx, args.force)
+        experiment.check_config(cfg)  # validate everything before anything is written
+        with RunLock(cfg.run_dir):
+            experiment.save_run_config(cfg)
+            ctx = experiment.Context(cfg)
+            failed = 0
+            for phase in PHASES if args.phase == "all" else (args.phase,):
+                log.info("phase %s → %s", phase, cfg.run_dir)
+                failed += PHASE_FUNCTIONS[phase](ctx, args.force)
+    except RunFolderBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,16 +1,26 @@
-"""Result storage: atomic writes, one record per finished configuration, resumable sweeps.
+"""Result storage: one commit per configuration, derived tables, resume, the run-folder lock.
 
-A phase appends each finished configuration's record at once, so a killed run loses at most the
-configuration in flight and a rerun skips what is done. Records live in ``<name>.json`` (the
-source of truth, a list of records) and a ``<name>.csv`` mirror; per-sample predictions live in
-``predictions/<config_id>.csv.gz``; per-group numbers in ``group_metrics.csv``.
+The commit point of a configuration is one file, ``records/<table>/<config_id>.json``, written
+atomically after the configuration's predictions. Every table is derived from those record files:
+``<table>.json`` (a list of records), ``<table>.csv`` (its mirror) and ``group_metrics.csv``
+(``config_id, group, metric, value`` over all tables). A derived table is rebuilt whenever it is
+stale: after each commit and whenever a sweep starts or ``refresh_tables`` runs. So a process
+killed at any point keeps every committed configuration, and a rerun redoes only the one in flight.
+
+``RunLock`` is an OS-level (``fcntl.flock``) lock on ``<run_dir>/.lock``: one writer per run
+folder. A second process is refused with ``RunFolderBusy`` naming the holder's PID; a lock left by
+a killed process is released by the kernel and taken over by the next run. See docs/reliability.md.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import math
 import os
+import re
+import socket
 import tempfile
 import time
 import traceback
@@ -23,9 +33,34 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
+RECORDS_DIR = "records"
+GROUP_TABLE = "group_metrics.csv"
+GROUP_COLUMNS = ["config_id", "group", "metric", "value"]
+LOCK_FILE = ".lock"
+RESULT_FOLDERS = (RECORDS_DIR, "predictions", "checkpoints")
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place."""
+NOT_A_FOLDER = ("results folder {path} is a file, not a folder: point results_dir at a folder "
+                "(--set results_dir=PATH) or move the file away")
+UNWRITABLE = ("cannot write to the run folder {run_dir} ({reason}): point results_dir at a "
+              "writable folder (--set results_dir=PATH) or fix the folder's permissions")
+RUN_FOLDER_BUSY = ("run folder {run_dir} is in use by process {pid} on {host} (since {since}; lock "
+                   "file {path}): wait for that run to finish, or give this one its own folder "
+                   "with --set run_name=NEW")
+STALE_LOCK = "run folder %s: took over the lock left by process %s, which is no longer running"
+CORRUPT_RECORD = ("record file %s is damaged (%s); moved it to %s, and its configuration will be "
+                  "run again")
+LEGACY_DAMAGED = ("%s is damaged (%s): recovered the %d intact record(s) before the damage, kept "
+                  "the damaged file as %s; the other configurations will be run again")
+FORGOT_FAILED = "dropped %d failed record(s) of configurations no longer in this sweep, e.g. %s"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def atomic_write(path: str | Path, write: Callable[[str], None], *, durable: bool = False) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place.
+
+    ``durable`` also flushes the file to disk before the rename (for commit points).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,6 +68,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are shared
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,9 +87,9 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def atomic_write_text(path: str | Path, text: str, *, durable: bool = False) -> Path:
     """Write ``text`` to ``path`` atomically."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), durable=durable)
 
 
 def atomic_write_frame(path: str | Path, frame: pd.DataFrame) -> Path:
@@ -76,40 +114,276 @@ def load_predictions(run_dir: str | Path, config_id: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"sample_id": str})
 
 
+# ----------------------------------------------------------------------------- the store
+
 class ResultStore:
-    """Records of one phase: ``<run_dir>/<name>.json`` plus a CSV mirror and a group table."""
+    """Records of one phase: one commit file per configuration, and the tables derived from them.
+
+    ``records()`` lists the records in commit order; ``done_ids()`` the configurations that
+    finished (status ok, predictions present); ``add`` commits one record and refreshes the
+    derived tables. A run folder written by the old layout (``<name>.json`` only) is imported on
+    first use, keeping every intact record of a damaged file.
+    """
 
     def __init__(self, run_dir: str | Path, name: str):
         self.run_dir = Path(run_dir)
+        self.name = name
+        self.records_dir = self.run_dir / RECORDS_DIR / name
         self.json_path = self.run_dir / f"{name}.json"
         self.csv_path = self.run_dir / f"{name}.csv"
-        self.groups_path = self.run_dir / "group_metrics.csv"
+        self.groups_path = self.run_dir / GROUP_TABLE
+
+    def record_path(self, config_id: str) -> Path:
+        return self.records_dir / f"{config_id}.json"
+
+    # reading
+    def entries(self) -> list[dict]:
+        """The intact commit files of this table, oldest commit first (damaged ones set aside)."""
+        if not self.records_dir.is_dir():
+            self._import_legacy()
+        return _read_entries(self.records_dir)
 
     def records(self) -> list[dict]:
-        if not self.json_path.is_file():
-            return []
-        return json.loads(self.json_path.read_text())
+        return [entry["record"] for entry in self.entries()]
 
     def done_ids(self) -> set[str]:
         """Ids of configurations that finished (failed ones are retried on the next run)."""
-        return {r["config_id"] for r in self.records() if r.get("status") == "ok"}
+        return {entry["record"]["config_id"] for entry in self.entries()
+                if entry["record"].get("status") == "ok" and _predictions_present(self.run_dir, entry)}
 
-    def add(self, record: dict, per_group: pd.DataFrame | None = None) -> None:
-        """Replace any earlier record with the same id, then rewrite both files atomically."""
-        records = [r for r in self.records() if r["config_id"] != record["config_id"]]
-        records.append(_json_safe(record))
-        atomic_write_text(self.json_path, json.dumps(records, indent=1))
-        atomic_write_frame(self.csv_path, pd.DataFrame(records))
-        if per_group is not None:
-            self._add_groups(record["config_id"], per_group)
+    # writing
+    def add(self, record: dict, per_group: pd.DataFrame | None = None, *,
+            predictions: bool = False) -> None:
+        """Commit one configuration (replacing an earlier commit of its id), then refresh the
+        derived tables. ``predictions``: its predictions file was saved before this call."""
+        record = _json_safe(record)
+        config_id = record["config_id"]
+        rows = [] if per_group is None else _json_safe(
+            per_group.assign(config_id=config_id)[GROUP_COLUMNS].to_dict("records"))
+        entry = {"record": record, "per_group": rows, "committed_ns": time.time_ns(),
+                 "predictions": str(predictions_path(".", config_id)) if predictions else None}
+        atomic_write_text(self.record_path(config_id), json.dumps(entry, indent=1), durable=True)
+        self.refresh()
 
-    def _add_groups(self, config_id: str, per_group: pd.DataFrame) -> None:
-        rows = per_group.assign(config_id=config_id)[["config_id", "group", "metric", "value"]]
-        if self.groups_path.is_file():
-            old = pd.read_csv(self.groups_path)
-            rows = pd.concat([old[old["config_id"] != config_id], rows], ignore_index=True)
-        atomic_write_frame(self.groups_path, rows)
+    def forget(self, config_ids: Iterable[str]) -> None:
+        """Remove the commits of ``config_ids`` and refresh the tables."""
+        for config_id in config_ids:
+            self.record_path(config_id).unlink(missing_ok=True)
+        self.refresh()
 
+    def forget_failed_except(self, keep: set[str]) -> None:
+        """Drop failed records of configurations not in ``keep`` (e.g. fixed or renamed ones)."""
+        stale = [r["config_id"] for r in self.records()
+                 if r.get("status") != "ok" and r["config_id"] not in keep]
+        if stale:
+            log.info(FORGOT_FAILED, len(stale), stale[0])
+            self.forget(stale)
+
+    def refresh(self) -> bool:
+        """Rebuild the derived tables that differ from the commit files; True if any changed."""
+        records = self.records()
+        changed = _sync(self.json_path, json.dumps(records, indent=1) if records else None)
+        changed |= _sync(self.csv_path, pd.DataFrame(records).to_csv(index=False) if records else None)
+        return _refresh_groups(self.run_dir) or changed
+
+    # old layout
+    def _import_legacy(self) -> None:
+        if not self.json_path.is_file():
+            return
+        records, error = _intact_records(self.json_path.read_text(errors="replace"))
+        if error is not None:
+            kept = self.json_path.with_name(f"{self.json_path.name}.damaged")
+            os.replace(self.json_path, kept)
+            log.warning(LEGACY_DAMAGED, self.json_path, error, len(records), kept)
+        groups = _legacy_groups(self.groups_path)
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        for n, record in enumerate(records):
+            config_id = record["config_id"]
+            entry = {"record": record, "per_group": groups.get(config_id, []),
+                     "committed_ns": n, "predictions": None}
+            if predictions_path(self.run_dir, config_id).is_file():
+                entry["predictions"] = str(predictions_path(".", config_id))
+            atomic_write_text(self.record_path(config_id), json.dumps(entry, indent=1))
+        log.info("imported %d record(s) of %s into %s", len(records), self.json_path, self.records_dir)
+
+
+def refresh_tables(run_dir: str | Path) -> bool:
+    """Rebuild every stale derived table of a run folder from its commit files."""
+    run_dir, changed = Path(run_dir), False
+    names = {p.name for p in (run_dir / RECORDS_DIR).iterdir() if p.is_dir()} \
+        if (run_dir / RECORDS_DIR).is_dir() else set()
+    names |= {p.stem for p in run_dir.glob("*_results.json")}
+    for name in sorted(names):
+        changed |= ResultStore(run_dir, name).refresh()
+    return changed
+
+
+def holds_results(run_dir: str | Path) -> bool:
+    """True when the run folder holds any result: a record, a prediction, a checkpoint or a table."""
+    run_dir = Path(run_dir)
+    if any(run_dir.glob("*_results.json")) or any(run_dir.glob("*_results.csv")):
+        return True
+    return any(path.is_file() for folder in RESULT_FOLDERS for path in (run_dir / folder).rglob("*"))
+
+
+def _read_entries(folder: Path) -> list[dict]:
+    entries = []
+    for path in sorted(folder.rglob("*.json")) if folder.is_dir() else []:
+        try:
+            entry = json.loads(path.read_text())
+            if not isinstance(entry, dict) or "config_id" not in entry.get("record", {}):
+                raise ValueError("no record with a config_id")
+        except (ValueError, UnicodeDecodeError) as error:
+            aside = path.with_name(path.name + ".damaged")
+            os.replace(path, aside)
+            log.warning(CORRUPT_RECORD, path, error, aside)
+            continue
+        entries.append(entry)
+    return sorted(entries, key=lambda e: (e.get("committed_ns", 0), e["record"]["config_id"]))
+
+
+def _predictions_present(run_dir: Path, entry: dict) -> bool:
+    return entry.get("predictions") is None or (run_dir / entry["predictions"]).is_file()
+
+
+def _sync(path: Path, text: str | None) -> bool:
+    """Make ``path`` hold ``text`` (None: no file); True when it had to change."""
+    if text is None:
+        if path.is_file():
+            path.unlink()
+            return True
+        return False
+    try:
+        if path.read_text() == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
+def _refresh_groups(run_dir: Path) -> bool:
+    folders = [p for p in (run_dir / RECORDS_DIR).iterdir() if p.is_dir()] \
+        if (run_dir / RECORDS_DIR).is_dir() else []
+    entries = sorted((e for folder in folders for e in _read_entries(folder)),
+                     key=lambda e: (e.get("committed_ns", 0), e["record"]["config_id"]))
+    rows = [row for entry in entries for row in entry.get("per_group", [])]
+    text = pd.DataFrame(rows, columns=GROUP_COLUMNS).to_csv(index=False) if rows else None
+    return _sync(run_dir / GROUP_TABLE, text)
+
+
+def _intact_records(text: str) -> tuple[list[dict], Exception | None]:
+    """The records of a JSON list; for a damaged one, every record before the damage."""
+    try:
+        records = json.loads(text)
+        if isinstance(records, list) and all(isinstance(r, dict) and "config_id" in r
+                                             for r in records):
+            return records, None
+        error: Exception = ValueError("expected a list of records with a config_id")
+    except ValueError as exc:
+        error = exc
+    decoder, records = json.JSONDecoder(), []
+    start = text.find("[")
+    position = start + 1 if start >= 0 else len(text)
+    separator = re.compile(r"[\s,]*")
+    while position < len(text):
+        position = separator.match(text, position).end()
+        if position >= len(text) or text[position] == "]":
+            break
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except ValueError:
+            break
+        if isinstance(record, dict) and "config_id" in record:
+            records.append(record)
+    return records, error
+
+
+def _legacy_groups(path: Path) -> dict[str, list[dict]]:
+    try:
+        frame = pd.read_csv(path)[GROUP_COLUMNS]
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        return {}
+    return {config_id: _json_safe(rows.to_dict("records"))
+            for config_id, rows in frame.groupby("config_id", sort=False)}
+
+
+# ----------------------------------------------------------------------------- run-folder lock
+
+class RunFolderBusy(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+def prepare_run_dir(run_dir: str | Path) -> Path:
+    """Create the run folder, or raise ValueError saying why it cannot be written."""
+    run_dir = Path(run_dir)
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise ValueError(NOT_A_FOLDER.format(path=folder))
+            break
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as error:
+        raise ValueError(UNWRITABLE.format(run_dir=run_dir, reason=error.strerror or error)) from None
+    return run_dir
+
+
+class RunLock:
+    """``with RunLock(run_dir):`` — hold the run folder for this process (see the module doc)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        prepare_run_dir(self.run_dir)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = _holder(fd)
+            os.close(fd)
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise ValueError(UNWRITABLE.format(run_dir=self.run_dir, reason=error)) from None
+            raise RunFolderBusy(RUN_FOLDER_BUSY.format(run_dir=self.run_dir, path=self.path,
+                                                       **holder)) from None
+        previous = _holder(fd)
+        if previous["pid"] != "unknown":
+            log.warning(STALE_LOCK, self.run_dir, previous["pid"])
+        stamp = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, stamp.encode() + b"\n", 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # an empty file: released cleanly, nothing to take over
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> dict:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except ValueError:
+        holder = {}
+    return {key: holder.get(key, "unknown") for key in ("pid", "host", "since")}
+
+
+# ----------------------------------------------------------------------------- sweeps
 
 @dataclass(frozen=True)
 class WorkUnit:
@@ -125,12 +399,15 @@ class WorkUnit:
 
 def run_sweep(store: ResultStore, units: Iterable[WorkUnit], *, force: bool = False,
               desc: str = "configurations", progress: bool = True) -> dict:
-    """Run every unit not yet done, storing each result as soon as it finishes.
+    """Run every unit not yet done, committing each result as soon as it finishes.
 
-    A unit that raises is recorded with ``status='failed'`` and its error, and the sweep goes
-    on. Returns counts of ``ran``, ``skipped`` and ``failed`` units.
+    First the derived tables are brought up to date and failed records of configurations no
+    longer in ``units`` are dropped. A unit that raises is recorded with ``status='failed'`` and
+    its error, and the sweep goes on. Returns counts of ``ran``, ``skipped`` and ``failed``.
     """
     units = list(units)
+    store.forget_failed_except({unit.config_id for unit in units})
+    store.refresh()
     done = set() if force else store.done_ids()
     counts = {"ran": 0, "skipped": 0, "failed": 0}
     bar = tqdm(units, desc=desc, unit="config", disable=not progress)
@@ -157,10 +434,11 @@ def _run_unit(store: ResultStore, unit: WorkUnit) -> bool:
         store.add({"config_id": unit.config_id, **unit.fields, "status": "failed",
                    "error": f"{type(error).__name__}: {error}"})
         return False
-    if predictions is not None:
+    if predictions is not None:  # written before the commit, so a commit implies its predictions
         save_predictions(store.run_dir, unit.config_id, predictions)
     store.add({"config_id": unit.config_id, **unit.fields, **record, "status": "ok", "error": "",
-               "wall_s": round(time.perf_counter() - start, 3)}, per_group)
+               "wall_s": round(time.perf_counter() - start, 3)}, per_group,
+              predictions=predictions is not None)
     return True
 
 
