@@ -96,3 +96,41 @@ def test_parse_bits():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         ExperimentConfig().seed = 1
+
+
+def test_malformed_yaml_file_names_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("training:\n  epochs: [1\n  lr: 0.1\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"config file {str(path)!r} is not valid YAML (line ")
+    assert "fix that line" in message
+
+
+def test_config_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("run_name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="is not UTF-8 text .* save it as UTF-8"):
+        load_config(path)
+
+
+def test_malformed_yaml_in_an_override_names_the_override():
+    with pytest.raises(ValueError, match=r"override 'training.epochs=\[1': the value '\[1' is not "
+                                         "valid YAML"):
+        load_config(None, ["training.epochs=[1"])
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["runtime.latency_warmup=-1"], "runtime.latency_warmup=-1: expected a value between 0"),
+    (["quantization.methods=[]"], "quantization.methods is empty, so that phase would run nothing"),
+    (["mitigation.methods=[]"], "mitigation.methods is empty"),
+    (["models.architectures=[tiny_cnn]", "mitigation.architectures=[resnet50]"],
+     "mitigation.architectures=['resnet50']: ['resnet50'] not in models.architectures"),
+    (["data.max_per_split=100", "quantization.calibration_sizes=[512]"],
+     "quantization.calibration_sizes=512 is larger than data.max_per_split=100"),
+])
+def test_settings_that_would_fail_late_are_refused_at_load(overrides, fragment):
+    with pytest.raises(ValueError) as err:
+        load_config(None, overrides)
+    assert fragment in str(err.value)

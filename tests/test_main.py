@@ -128,3 +128,52 @@ def test_the_same_config_gives_the_same_baseline_in_a_new_folder(smoke_run, tmp_
     relative = "predictions/synthetic/tiny_cnn/fp32/seed=0.csv.gz"
     pd.testing.assert_frame_equal(pd.read_csv(first_run / relative),
                                   pd.read_csv(tmp_path / "results" / "smoke" / relative))
+
+
+# ----------------------------------------------------------------------------- bad input: exit 2, one paragraph
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith("\n"), err
+    message = err[err.rindex("error: "):]  # after any progress bars
+    assert message.count("\n") == 1, err
+    return message
+
+
+def test_malformed_yaml_exits_2_with_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  architectures: [tiny_cnn\n")
+    assert main.main(["--config", str(bad), "--phase", "baseline"]) == 2
+    assert f"config file {str(bad)!r} is not valid YAML (line" in _error(capsys)
+    assert main.main(_args(tmp_path, "--set", "training.epochs=[1")) == 2
+    assert "override 'training.epochs=[1'" in _error(capsys)
+
+
+def test_a_results_dir_that_is_a_file_or_unwritable_exits_2(tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    args = ["--config", "configs/smoke.yaml", "--phase", "analysis", "--set"]
+    assert main.main([*args, f"results_dir={tmp_path / 'taken'}"]) == 2
+    assert "is a file, not a folder" in _error(capsys)
+    assert main.main([*args, "results_dir=/sys/bnq_results"]) == 2
+    assert "cannot write to the run folder" in _error(capsys)
+
+
+def test_an_unknown_architecture_is_refused_before_the_run_folder_is_written(tmp_path, capsys):
+    assert main.main(_args(tmp_path, "--set", "models.architectures=[resnet51]")) == 2
+    assert "unknown architecture(s) ['resnet51']; known: [" in _error(capsys)
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_run_stopped_by_a_data_typo_does_not_block_its_fix(tmp_path, capsys):
+    assert main.main(_args(tmp_path, "--phase", "baseline", "--set", "data.dataset=celeba")) == 2
+    assert "list_attr_celeba.txt" in _error(capsys)
+    assert (tmp_path / "results" / "smoke" / "config.yaml").is_file()  # saved, yet no results
+    assert main.main(_args(tmp_path, "--phase", "analysis")) == 2  # the fixed config is accepted
+    assert "holds none of baseline_results.csv" in _error(capsys)
+
+
+def test_a_calibration_size_over_the_train_split_stops_before_training(tmp_path, capsys):
+    assert main.main(_args(tmp_path, "--phase", "all", "--set",
+                           "mitigation.calibration_size=5000")) == 2
+    assert "mitigation.calibration_size=5000 is larger than the" in _error(capsys)
+    assert not (tmp_path / "results" / "smoke" / "checkpoints").exists()

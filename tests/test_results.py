@@ -83,3 +83,95 @@ def test_result_files_are_readable_by_others(tmp_path):
     store.add({"config_id": "a", "status": "ok"})
     import results
     assert store.csv_path.stat().st_mode & 0o777 == 0o666 & ~results._UMASK
+
+
+# ----------------------------------------------------------------------------- commits and recovery
+
+def _sweep(run_dir, ids, calls, name="quantization_results", **kwargs):
+    return run_sweep(ResultStore(run_dir, name), [_unit(i, calls) for i in ids], progress=False,
+                     **kwargs)
+
+
+def test_tables_are_rebuilt_from_the_commit_files_when_stale(tmp_path):
+    _sweep(tmp_path, ["a", "b"], [])
+    store = ResultStore(tmp_path, "quantization_results")
+    store.csv_path.write_text("config_id\na\n")  # as if killed before the CSV was rewritten
+    store.groups_path.unlink()
+    store.json_path.write_text(store.json_path.read_text()[:40])  # a truncated derived table
+    calls = []
+    assert _sweep(tmp_path, ["a", "b"], calls)["skipped"] == 2 and calls == []
+    assert [r["config_id"] for r in json.loads(store.json_path.read_text())] == ["a", "b"]
+    assert pd.read_csv(store.csv_path)["config_id"].tolist() == ["a", "b"]
+    assert sorted(set(pd.read_csv(store.groups_path)["config_id"])) == ["a", "b"]
+
+
+def test_a_truncated_old_layout_table_is_named_and_its_intact_records_kept(tmp_path, caplog):
+    records = [{"config_id": i, "status": "ok", "accuracy": 0.5} for i in ("a", "b", "c")]
+    text = json.dumps(records, indent=1)
+    legacy = tmp_path / "quantization_results.json"
+    legacy.write_text(text[:text.index('"c"') + 2])  # cut inside the third record
+    calls = []
+    counts = _sweep(tmp_path, ["a", "b", "c"], calls)
+    assert calls == ["c"] and counts["skipped"] == 2
+    assert str(legacy) in caplog.text and "recovered the 2 intact record(s)" in caplog.text
+    assert (tmp_path / "quantization_results.json.damaged").is_file()
+    assert [r["config_id"] for r in json.loads(legacy.read_text())] == ["a", "b", "c"]
+
+
+def test_a_damaged_commit_file_is_named_set_aside_and_its_configuration_redone(tmp_path, caplog):
+    _sweep(tmp_path, ["a", "b"], [])
+    store = ResultStore(tmp_path, "quantization_results")
+    store.record_path("b").write_text('{"record": {"config_id": "b", "sta')
+    calls = []
+    _sweep(tmp_path, ["a", "b"], calls)
+    assert calls == ["b"]
+    assert str(store.record_path("b")) in caplog.text
+    assert store.record_path("b").with_name("b.json.damaged").is_file()
+    assert sorted(store.done_ids()) == ["a", "b"]
+
+
+def test_a_failed_record_goes_once_its_configuration_is_fixed(tmp_path):
+    calls = []
+    run_sweep(ResultStore(tmp_path, "r"), [_unit("bad/fp32_layers=typo", calls, fail=True)],
+              progress=False)
+    assert ResultStore(tmp_path, "r").records()[0]["status"] == "failed"
+    run_sweep(ResultStore(tmp_path, "r"), [_unit("bad/fp32_layers=fc", calls)], progress=False)
+    assert [r["config_id"] for r in ResultStore(tmp_path, "r").records()] == ["bad/fp32_layers=fc"]
+    assert pd.read_csv(tmp_path / "r.csv")["status"].tolist() == ["ok"]
+
+
+def test_a_configuration_whose_predictions_are_gone_is_not_done(tmp_path):
+    _sweep(tmp_path, ["a", "b"], [])
+    (tmp_path / "predictions" / "b.csv.gz").unlink()
+    calls = []
+    _sweep(tmp_path, ["a", "b"], calls)
+    assert calls == ["b"]
+
+
+def test_each_table_keeps_its_own_records_and_the_group_table_covers_all(tmp_path):
+    _sweep(tmp_path, ["base"], [], name="baseline_results")
+    _sweep(tmp_path, ["q1", "q2"], [], name="quantization_results")
+    assert pd.read_csv(tmp_path / "baseline_results.csv")["config_id"].tolist() == ["base"]
+    assert pd.read_csv(tmp_path / "quantization_results.csv")["config_id"].tolist() == ["q1", "q2"]
+    assert pd.read_csv(tmp_path / "group_metrics.csv")["config_id"].tolist() == ["base", "q1", "q2"]
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+def test_a_results_dir_that_is_a_file_or_unwritable_is_named(tmp_path):
+    import results
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder: point results_dir"):
+        results.prepare_run_dir(tmp_path / "file" / "run")
+    with pytest.raises(ValueError, match="cannot write to the run folder .* point results_dir"):
+        results.prepare_run_dir("/sys/bnq_results/run")  # not writable, even by root
+
+
+def test_a_second_lock_in_the_same_folder_is_refused_until_released(tmp_path):
+    from results import RunFolderBusy, RunLock
+    import os
+    with RunLock(tmp_path):
+        with pytest.raises(RunFolderBusy, match=f"in use by process {os.getpid()}"):
+            RunLock(tmp_path).acquire()
+    with RunLock(tmp_path):
+        pass
