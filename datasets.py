@@ -45,11 +45,13 @@ DataLoader workers) do not decode again.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +93,18 @@ DATASET_SOURCES = {
 }
 SYNTHETIC_FOLDER = "synthetic_celeba"
 SYNTHETIC_PARAMS_FILE = "synthetic_params.json"
+IMAGE_CHECK_FILE = ".checked_images.json"
+"""Per dataset folder: size and mtime of every image that decoded, so a rerun skips decoding it."""
+
+NOT_UTF8 = ("{path}, line {line}: byte {byte} is not UTF-8 text, so the file is damaged or was "
+            "saved in another encoding. Re-download it from {source}, or convert it to UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8 FILE)")
+DUPLICATE_ROW = ("{path}, line {line}: {name!r} is already listed on line {first}; each image "
+                 "must appear once. Remove the repeated line or re-download the file from "
+                 "{source}")
+BAD_IMAGES = ("{count} image file(s) of {dataset} are empty or cannot be decoded: {examples}. "
+              "Replace them (re-download the dataset) or skip them with skip_bad_images=True "
+              "(config: data.skip_bad_images: true), which drops and counts them")
 
 
 # --------------------------------------------------------------------------- images
@@ -147,16 +161,6 @@ class _ImageStore:
             self.pixels[row] = pixels
             self.filled[row] = True
         return pixels
-
-    def find_unreadable(self, rows) -> list[int]:
-        """Decode the given rows (filling the cache); return the rows that failed."""
-        bad = []
-        for row in tqdm(rows, desc="checking images", leave=False):
-            try:
-                self.load(int(row))
-            except ValueError:
-                bad.append(int(row))
-        return bad
 
 
 # --------------------------------------------------------------------------- dataset
@@ -649,7 +653,7 @@ def read_celeba_attributes(path: str | Path) -> pd.DataFrame:
     Raises ValueError with the file and line number on a malformed line.
     """
     path = Path(path)
-    lines = path.read_text().splitlines()
+    lines = _read_text(path, DATASET_SOURCES["celeba"]).splitlines()
 
     def fail(lineno: int, problem: str) -> ValueError:
         return ValueError(f"Malformed CelebA attribute file {path}, line {lineno}: {problem}. "
@@ -660,7 +664,7 @@ def read_celeba_attributes(path: str | Path) -> pd.DataFrame:
     names = lines[1].split() if len(lines) > 1 else []
     if not names or len(set(names)) != len(names):
         raise fail(2, "expected the attribute names, distinct and whitespace separated")
-    files, values = [], []
+    files, values, first_line = [], [], {}
     for lineno, line in enumerate(lines[2:], start=3):
         fields = line.split()
         if not fields:
@@ -668,6 +672,7 @@ def read_celeba_attributes(path: str | Path) -> pd.DataFrame:
         if len(fields) != len(names) + 1 or not set(fields[1:]) <= {"1", "-1"}:
             raise fail(lineno, f"expected a file name and {len(names)} values of -1 or 1, "
                                f"found {line.strip()[:80]!r}")
+        _check_unique(first_line, fields[0], path, lineno, DATASET_SOURCES["celeba"])
         files.append(fields[0])
         values.append(bytes(v == "1" for v in fields[1:]))  # compact: 1 byte per value
     if len(files) != int(lines[0]):
@@ -679,8 +684,8 @@ def read_celeba_attributes(path: str | Path) -> pd.DataFrame:
 def read_celeba_partition(path: str | Path) -> pd.Series:
     """Parse ``list_eval_partition.txt`` -> Series file name -> split name."""
     path = Path(path)
-    files, splits = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    files, splits, first_line = [], [], {}
+    for lineno, line in enumerate(_read_text(path, DATASET_SOURCES["celeba"]).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -689,9 +694,28 @@ def read_celeba_partition(path: str | Path) -> pd.Series:
                 f"Malformed CelebA partition file {path}, line {lineno}: expected "
                 f"'<file> 0|1|2', found {line.strip()[:80]!r}. Re-download "
                 f"list_eval_partition.txt from {DATASET_SOURCES['celeba']}.")
+        _check_unique(first_line, fields[0], path, lineno, DATASET_SOURCES["celeba"])
         files.append(fields[0])
         splits.append(SPLITS[int(fields[1])])
     return pd.Series(splits, index=pd.Index(files, name="file"), name="split")
+
+
+def _read_text(path: Path, source: str) -> str:
+    """The file decoded as UTF-8, or a ValueError naming the file, the line and the fix."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(NOT_UTF8.format(path=path, line=data.count(b"\n", 0, error.start) + 1,
+                                         byte=hex(data[error.start]), source=source)) from None
+
+
+def _check_unique(first_line: dict, name: str, path: Path, lineno: int, source: str) -> None:
+    """Remember where ``name`` was first listed; a second listing is a ValueError."""
+    if name in first_line:
+        raise ValueError(DUPLICATE_ROW.format(path=path, line=lineno, name=name,
+                                              first=first_line[name], source=source))
+    first_line[name] = lineno
 
 
 def _read_celeba(folder: Path, name: str = "celeba") -> tuple[pd.DataFrame, "_Schema"]:
@@ -852,9 +876,10 @@ def _read_fairface(folder: Path) -> tuple[pd.DataFrame, _Schema]:
 
 def _read_fairface_labels(folder: Path, file_name: str, split: str) -> pd.DataFrame:
     path = folder / file_name
+    text = _read_text(path, DATASET_SOURCES["fairface"])
     try:
-        labels = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        labels = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as exc:
         raise ValueError(f"Malformed FairFace label file {path}: {exc}") from exc
     missing = sorted({"file", "age", "gender", "race"} - set(labels.columns))
     if missing:
@@ -869,6 +894,9 @@ def _read_fairface_labels(folder: Path, file_name: str, split: str) -> pd.DataFr
             raise ValueError(f"Malformed FairFace label file {path}, line {row + 2}: {column}="
                              f"{labels[column].iloc[row]!r}; expected one of {list(values or [])}"
                              f"{' (a non-empty relative image path)' if values is None else ''}.")
+    first_line = {}
+    for row, name in enumerate(labels["file"]):
+        _check_unique(first_line, name, path, row + 2, DATASET_SOURCES["fairface"])
     age_group = labels["age"].map(FAIRFACE_AGE_GROUPS)
     return pd.DataFrame({
         "sample_id": labels["file"], "path": [str(folder / f) for f in labels["file"]],
@@ -895,8 +923,11 @@ def load_dataset(name: str, root: str | Path, *, target: str | None = None,
         seed: drives the splits of datasets without an official one and ``max_per_split``.
         split_fractions: train/val/test shares where the dataset has no official split (for
             ``synthetic``, the shares written into its partition file).
-        skip_bad_images: drop missing or unreadable images with a warning instead of failing
-            (decodes every image once at load time).
+        skip_bad_images: drop missing, empty or undecodable images with a warning that counts
+            them, instead of stopping with their list. Either way every image is checked here,
+            at load time (decoded in parallel threads; an image whose size and mtime match the
+            last good check, kept in ``<dataset folder>/.checked_images.json``, is not decoded
+            again).
         synthetic: options for ``generate_synthetic_celeba`` (``n_images``, ``image_size``,
             ``seed``, ``group_shares``, ``smiling_rate``, ``cue_strength``); defaults
             ``SYNTHETIC_DEFAULTS``. Ignored for the real datasets.
@@ -927,11 +958,11 @@ def load_dataset(name: str, root: str | Path, *, target: str | None = None,
         keep = _cap_splits(metadata, max_per_split, rng)
         metadata, paths = metadata.iloc[keep].reset_index(drop=True), paths[keep]
     cache = len(paths) * 3 * image_size ** 2 < cache_limit_gib * 2 ** 30
+    rows = _drop_unreadable(paths, folder, name, skip_bad_images)
+    if len(rows) < len(paths):
+        metadata, paths = metadata.iloc[rows].reset_index(drop=True), paths[rows]
     store = _ImageStore(paths, image_size, cache)
     rows = np.arange(len(paths))
-    if skip_bad_images:
-        rows = _drop_unreadable(store, rows)
-        metadata = metadata.iloc[rows].reset_index(drop=True)
     _check_groups_in_splits(metadata, group_names, name)
     datasets = {
         split: FaceDataset(metadata[metadata["split"] == split], store,
@@ -1011,11 +1042,82 @@ def _drop_missing_files(metadata: pd.DataFrame, paths: np.ndarray, skip: bool):
     return metadata[~missing].reset_index(drop=True), paths[~missing]
 
 
-def _drop_unreadable(store: _ImageStore, rows: np.ndarray) -> np.ndarray:
-    bad = store.find_unreadable(rows)
+def _drop_unreadable(paths: np.ndarray, folder: Path, name: str, skip: bool) -> np.ndarray:
+    """Positions of the images that decode; the others stop the load or are dropped (``skip``)."""
+    bad = check_images(paths, folder)
+    if bad and not skip:
+        examples = "; ".join(f"{paths[i]} ({reason})" for i, reason in list(bad.items())[:5])
+        raise ValueError(BAD_IMAGES.format(count=len(bad), dataset=name, examples=examples))
     if bad:
-        logger.warning("Skipped %d unreadable image(s), e.g. %s", len(bad), store.paths[bad[0]])
-    return np.setdiff1d(rows, bad)
+        logger.warning("Skipped %d unreadable image(s), e.g. %s (%s)", len(bad),
+                       paths[next(iter(bad))], next(iter(bad.values())))
+    return np.setdiff1d(np.arange(len(paths)), list(bad))
+
+
+def check_images(paths, folder: Path, workers: int | None = None) -> dict[int, str]:
+    """{position: reason} of the images in ``paths`` that are empty or do not decode.
+
+    Decodes in ``workers`` threads (default: one per core) at a tiny draft scale, which still
+    reads every byte of a JPEG. Images that decoded before with the same size and mtime (the
+    record in ``folder/.checked_images.json``) are not decoded again.
+    """
+    record_path = Path(folder) / IMAGE_CHECK_FILE
+    checked = _read_check_record(record_path)
+    stats, todo = {}, []
+    for i, path in enumerate(paths):
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            stats[i] = None
+            todo.append((i, exc.strerror))
+            continue
+        stats[i] = [stat.st_size, stat.st_mtime_ns]
+        if checked.get(str(path)) != stats[i]:
+            todo.append((i, None))
+    bad = {i: reason for i, reason in todo if reason is not None}
+    pending = [i for i, reason in todo if reason is None]
+    if pending:
+        workers = workers or os.cpu_count() or 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            reasons = list(tqdm(pool.map(lambda i: _image_problem(paths[i]), pending),
+                                total=len(pending), desc="checking images", leave=False))
+        bad.update({i: reason for i, reason in zip(pending, reasons) if reason is not None})
+        good = {str(paths[i]): stats[i] for i in range(len(paths)) if i not in bad and stats[i]}
+        _write_check_record(record_path, {**checked, **good})
+    return dict(sorted(bad.items()))
+
+
+def _image_problem(path) -> str | None:
+    """Why the image at ``path`` cannot be used, or None when it decodes."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file, 0 bytes"
+        with Image.open(path) as img:
+            img.draft("RGB", (8, 8))
+            img.load()
+    except Image.UnidentifiedImageError:
+        return "not an image format PIL can read"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _read_check_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_check_record(path: Path, record: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only dataset folder: check again next time
+        tmp.unlink(missing_ok=True)
+        logger.info("Could not record checked images in %s (%s)", path, exc)
 
 
 def _check_groups_in_splits(metadata: pd.DataFrame, group_names: list[str], name: str) -> None:

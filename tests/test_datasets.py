@@ -180,9 +180,8 @@ def test_bad_attribute_names_list_available_ones(celeba_root, kwargs, fragment):
 def test_unreadable_image_is_named_or_skipped_with_warning(celeba_root, caplog):
     bad = celeba_root / "celeba" / "img_align_celeba" / "000002.jpg"
     bad.write_bytes(b"not a jpeg")
-    train = load_dataset("celeba", celeba_root).train
-    with pytest.raises(ValueError, match="000002.jpg.*skip_bad_images=True"):
-        train[1]
+    with pytest.raises(ValueError, match="1 image file.*000002.jpg.*skip_bad_images=True"):
+        load_dataset("celeba", celeba_root)  # at load, not mid-training
     with caplog.at_level(logging.WARNING, logger="datasets"):
         train = load_dataset("celeba", celeba_root, skip_bad_images=True).train
     assert "000002.jpg" not in set(train.metadata["sample_id"]) and len(train) == 11
@@ -441,3 +440,63 @@ def test_make_loader_is_seeded_and_validates(tiny_synthetic_splits):
     assert list(ordered) == list(train.metadata["sample_id"][:4])
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         make_loader(train, 0)
+
+
+def test_empty_and_truncated_images_are_all_named_at_load(celeba_root):
+    folder = celeba_root / "celeba" / "img_align_celeba"
+    (folder / "000003.jpg").write_bytes(b"")
+    data = (folder / "000004.jpg").read_bytes()
+    (folder / "000004.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError) as err:
+        load_dataset("celeba", celeba_root)
+    message = str(err.value)
+    assert message.startswith("2 image file(s) of celeba are empty or cannot be decoded")
+    assert "000003.jpg (empty file, 0 bytes)" in message and "000004.jpg (" in message
+    assert "data.skip_bad_images: true" in message
+    assert len(load_dataset("celeba", celeba_root, skip_bad_images=True).train) == 10
+
+
+def test_checked_images_are_not_decoded_again_until_they_change(celeba_root, monkeypatch):
+    import datasets
+    decoded = []
+    real = datasets._image_problem
+    monkeypatch.setattr(datasets, "_image_problem", lambda path: decoded.append(path) or real(path))
+    load_dataset("celeba", celeba_root)
+    assert len(decoded) == 24
+    decoded.clear()
+    load_dataset("celeba", celeba_root)
+    assert decoded == []  # same size and mtime: trusted
+    (celeba_root / "celeba" / "img_align_celeba" / "000007.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="000007.jpg"):
+        load_dataset("celeba", celeba_root)
+    assert [Path(p).name for p in decoded] == ["000007.jpg"]
+
+
+@pytest.mark.parametrize("file_name", ["list_attr_celeba.txt", "list_eval_partition.txt"])
+def test_non_utf8_label_file_names_file_line_and_fix(celeba_root, file_name):
+    path = celeba_root / "celeba" / file_name
+    lines = path.read_bytes().split(b"\n")
+    lines[4] = lines[4][:3] + b"\xff" + lines[4][4:]  # one damaged byte on line 5
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(ValueError) as err:
+        load_dataset("celeba", celeba_root)
+    assert str(err.value).startswith(f"{path}, line 5: byte 0xff is not UTF-8 text")
+    assert "iconv -f latin1 -t utf-8" in str(err.value)
+
+
+def test_a_duplicated_row_in_the_attribute_file_is_refused(celeba_root):
+    path = celeba_root / "celeba" / "list_attr_celeba.txt"
+    lines = path.read_text().splitlines()
+    lines[0] = str(int(lines[0]) + 1)
+    lines.append(lines[3])  # 000002.jpg again
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"line 27: '000002.jpg' is already listed on line 4"):
+        load_dataset("celeba", celeba_root)
+
+
+def test_a_duplicated_row_in_a_fairface_label_file_is_refused(fairface_root):
+    path = fairface_root / "fairface" / "fairface_label_val.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[1]]) + "\n")
+    with pytest.raises(ValueError, match=rf"line {len(lines) + 1}: 'val/1.jpg' is already listed on line 2"):
+        load_dataset("fairface", fairface_root)
