@@ -364,32 +364,146 @@ def _paired_deltas(joint, names):
     return keys, new - _metric_matrix(reference, names, PAIRED_GROUP_METRICS)[1]
 
 
-def _bootstrap_p(deltas):
-    """Two-sided p = 2 min(1 + #{d <= 0}, 1 + #{d >= 0}) / (B + 1), capped at 1 (NaN d dropped)."""
-    used = np.isfinite(deltas).sum(axis=0)
-    smaller_tail = np.minimum((deltas <= 0).sum(axis=0), (deltas >= 0).sum(axis=0))
-    p = np.minimum(1.0, 2 * (smaller_tail + 1) / (used + 1))
-    return np.where(used > 0, p, np.nan)
+def _resample_by_label(joint, n_resamples, rng):
+    """Bootstrap of joint counts (G, 8) stratified by group x label: each resample keeps every
+    group's numbers of positives and of negatives. -> (B, G, 8)."""
+    strata = joint.reshape(-1, 4)  # rows: (group, y_true); cells: (reference, model)
+    sizes = strata.sum(axis=1)
+    draws = [rng.multinomial(n, row / n, size=n_resamples) if n else
+             np.zeros((n_resamples, 4), dtype=np.int64) for n, row in zip(sizes, strata)]
+    return np.stack(draws, axis=1).reshape(n_resamples, *joint.shape)
+
+
+DISCORDANT_CELLS = (1, 2)  # within a (group, label) stratum: (ref 0, model 1), (ref 1, model 0)
+
+
+def _swap(joint, n_permutations, rng):
+    """Within-pair swap permutations of joint counts (G, 8) -> (P, G, 8).
+
+    Swapping the two models' predictions on a sample only matters where they disagree, and a
+    random swap of every sample of a (group, label) stratum leaves (ref 0, model 1) with a
+    Binomial(d, 1/2) share of its d discordant samples: the whole permutation is one binomial
+    draw per stratum, exact in distribution, with no per-sample arrays.
+    """
+    strata = joint.reshape(-1, 4)
+    discordant = strata[:, DISCORDANT_CELLS[0]] + strata[:, DISCORDANT_CELLS[1]]
+    up = rng.binomial(discordant, 0.5, size=(n_permutations, discordant.size))
+    permuted = np.broadcast_to(strata, (n_permutations, *strata.shape)).copy()
+    permuted[..., DISCORDANT_CELLS[0]] = up
+    permuted[..., DISCORDANT_CELLS[1]] = discordant - up
+    return permuted.reshape(n_permutations, *joint.shape)
+
+
+def swap_p(null, observed):
+    """Two-sided Monte Carlo permutation p = (1 + #{|d*| >= |d|}) / (1 + P) per column, over the
+    finite permuted deltas d* (the swap distribution is symmetric about 0); NaN when d is."""
+    null, observed = np.asarray(null, dtype=float), np.asarray(observed, dtype=float)
+    tolerance = 1e-12 * np.maximum(1.0, np.abs(observed))
+    with np.errstate(invalid="ignore"):
+        hits = (np.abs(null) >= np.abs(observed) - tolerance).sum(axis=0)
+    used = np.isfinite(null).sum(axis=0)
+    p = (1 + hits) / (1 + used)
+    return np.where(np.isfinite(observed) & (used > 0), np.minimum(p, 1.0), np.nan)
+
+
+def _mid_cdf(samples, values):
+    """Share of the finite samples below ``values`` plus half the share equal, per column."""
+    with np.errstate(invalid="ignore"):
+        below = (samples < values).sum(axis=0) + 0.5 * (samples == values).sum(axis=0)
+    used = np.isfinite(samples).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return below / used, used
+
+
+def _bias(samples, estimate, bias_corrected):
+    """z0 = Phi^-1(mid-share of resamples below the estimate) for a BC interval, else 0."""
+    if not bias_corrected:
+        return np.zeros(np.shape(estimate))
+    share, used = _mid_cdf(samples, estimate)
+    floor = 0.5 / np.maximum(used, 1)
+    return stats.norm.ppf(np.clip(share, floor, 1 - floor))
+
+
+def _column_quantiles(samples, q):
+    """Linear-interpolated quantile q[j] of column j over its finite values (NaN if none)."""
+    ordered = np.sort(samples, axis=0)  # NaN sort last
+    used = np.isfinite(samples).sum(axis=0)
+    position = np.clip(np.nan_to_num(q), 0, 1) * np.maximum(used - 1, 0)
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, np.maximum(used - 1, 0))
+    lower = np.take_along_axis(ordered, below[None], axis=0)[0]
+    upper = np.take_along_axis(ordered, above[None], axis=0)[0]
+    value = lower + (position - below) * (upper - lower)
+    return np.where((used > 0) & np.isfinite(q), value, np.nan)
+
+
+def bootstrap_interval(samples, estimate, ci, *, bias_corrected=False):
+    """Percentile bootstrap interval per column of ``samples`` (B, K); NaN where the estimate is.
+
+    ``bias_corrected``: the BC variant, percentile levels Phi(2 z0 -+ z) with z0 = Phi^-1(share
+    of resamples below the estimate). benchmarks/bench_stats.py measures both for the DP-gap
+    change; the plain percentile interval is the default because it held its coverage there
+    (BC under-covered near a zero change, where max - min is least regular).
+    """
+    z0, z = _bias(samples, estimate, bias_corrected), stats.norm.ppf((1 + ci) / 2)
+    low = _column_quantiles(samples, stats.norm.cdf(z0 * 2 - z))
+    high = _column_quantiles(samples, stats.norm.cdf(z0 * 2 + z))
+    bad = ~np.isfinite(np.asarray(estimate, dtype=float))
+    return np.where(bad, np.nan, low), np.where(bad, np.nan, high)
+
+
+def bootstrap_tost(samples, estimate, margin, *, bias_corrected=False):
+    """TOST p-value for |change| < ``margin`` read off the same bootstrap: the larger of the
+    one-sided p-values of H0 change >= margin and H0 change <= -margin, i.e. the smallest a at
+    which the (1 - 2a) interval of ``bootstrap_interval`` lies inside (-margin, margin).
+    Percentile: p = max(G(-margin), 1 - G(margin)), G the resamples' mid-CDF."""
+    z0 = _bias(samples, estimate, bias_corrected)
+    margin = np.broadcast_to(np.asarray(margin, dtype=float), np.shape(estimate))
+
+    def confidence(t):
+        share, used = _mid_cdf(samples, t)
+        floor = 0.5 / np.maximum(used, 1)
+        return stats.norm.cdf(stats.norm.ppf(np.clip(share, floor, 1 - floor)) - 2 * z0)
+
+    p = np.maximum(confidence(-margin), 1 - confidence(margin))
+    return np.where(np.isfinite(np.asarray(estimate, dtype=float)) & np.isfinite(margin), p,
+                    np.nan)
 
 
 def paired_bootstrap(y_true, y_pred, y_pred_reference, *, sensitive_features, n_resamples=2000,
-                     ci=0.95, seed=0) -> pd.DataFrame:
-    """Paired, group-stratified bootstrap of the change y_pred - y_pred_reference on the same samples.
+                     ci=0.95, seed=0, n_permutations=None, margins=None) -> pd.DataFrame:
+    """Paired interval and exact-size test of the change y_pred - y_pred_reference on the same samples.
 
-    Both models are resampled together (same rows), so the interval reflects the paired design.
-    Returns columns group, metric, delta, low, high, p for every metric and gap (group == OVERALL)
-    and per-group accuracy. p is two-sided from the bootstrap distribution of the difference:
-    2 min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B + 1), capped at 1.
+    Returns columns group, metric, delta, low, high, p for every metric and gap (group ==
+    OVERALL) and per-group accuracy.
+
+    - low/high: percentile bootstrap (``bootstrap_interval``), both models resampled on the
+      same rows, stratified by group x label (each resample keeps every group's numbers of
+      positives and negatives).
+    - p: two-sided within-pair swap (sign-flip) permutation test: under "the two models are
+      exchangeable on every sample", swapping their predictions on any sample leaves the data's
+      distribution unchanged, so the test holds its size exactly (``_swap``, ``swap_p``);
+      ``n_permutations`` defaults to ``n_resamples``.
+    - margins ({metric: margin}): adds ``p_equivalent``, the TOST p-value for |change| < margin
+      of those metrics (``bootstrap_tost``), NaN elsewhere.
     """
     _check_bootstrap_args(n_resamples, ci)
+    n_permutations = n_resamples if n_permutations is None else n_permutations
+    _check_bootstrap_args(n_permutations, ci)
     y_true, y_pred, names, codes = _prepare(y_true, y_pred, sensitive_features)
     y_reference = _binary("y_pred_reference", y_pred_reference, len(y_true))
     joint = _cell_counts(codes, len(names), y_true, y_reference, y_pred)
-    resampled = _resample(joint, n_resamples, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
     keys, delta = _paired_deltas(joint, names)
-    samples = _paired_deltas(resampled, names)[1]
-    low, high = _percentile_interval(samples, ci)
-    return _keyed_frame(keys, delta=delta, low=low, high=high, p=_bootstrap_p(samples))
+    samples = _paired_deltas(_resample_by_label(joint, n_resamples, rng), names)[1]
+    null = _paired_deltas(_swap(joint, n_permutations, rng), names)[1]
+    low, high = bootstrap_interval(samples, delta, ci)
+    frame = _keyed_frame(keys, delta=delta, low=low, high=high, p=swap_p(null, delta))
+    if margins:
+        margin = np.array([margins.get(metric, np.nan) if group == OVERALL else np.nan
+                           for group, metric in keys])
+        frame["p_equivalent"] = bootstrap_tost(samples, delta, margin)
+    return frame
 
 
 # ---------------------------------------------------------------- paired tests and effect sizes
@@ -534,7 +648,7 @@ def _di_flag(disparate_impact):
 
 
 def summarize_predictions(pred: pd.DataFrame, *, reference: pd.DataFrame | None = None,
-                          n_resamples=2000, ci=0.95, seed=0, min_group_size=30):
+                          n_resamples=2000, ci=0.95, seed=0, min_group_size=30, margins=None):
     """Every metric with bootstrap intervals from a per-sample prediction table.
 
     `pred` (and `reference`, the FP32 table on the same samples, aligned on sample_id) hold
@@ -557,9 +671,11 @@ def summarize_predictions(pred: pd.DataFrame, *, reference: pd.DataFrame | None 
             table[COUNT_COLUMNS].astype(float).reset_index().melt(id_vars="group",
                                                                   var_name="metric")]
     if y_reference is not None:
-        paired = paired_bootstrap(y_true, y_pred, y_reference, **options)
-        rows += [_stat_rows(paired, {"delta": "", "low": "_low", "high": "_high", "p": "_p"},
-                            prefix="delta_"),
+        paired = paired_bootstrap(y_true, y_pred, y_reference, margins=margins, **options)
+        suffixes = {"delta": "", "low": "_low", "high": "_high", "p": "_p"}
+        if margins:
+            suffixes["p_equivalent"] = "_p_equivalent"
+        rows += [_stat_rows(paired, suffixes, prefix="delta_"),
                  _series_rows(flip_rates(y_pred, y_reference, sensitive_features=labels),
                               "flip_rate"),
                  _series_rows(_by_group(mcnemar_exact, labels, y_true, y_pred, y_reference),

@@ -377,10 +377,85 @@ def test_paired_bootstrap_of_identical_models_is_zero_with_p_one():
     assert (result["p"] == 1).all()
 
 
-def test_bootstrap_p_value_formula_by_hand():
-    deltas = np.array([[-1.0, np.nan], [1.0, np.nan], [2.0, np.nan], [3.0, np.nan]])
-    # first column: #{d <= 0} = 1, #{d >= 0} = 3 -> 2 (1 + 1) / (4 + 1); second: no finite d
-    np.testing.assert_allclose(fm._bootstrap_p(deltas), [0.8, np.nan])
+def exchangeable_pair(seed, n=2000, drop=0.0):
+    """Two models that draw each sample's prediction from the same sample-specific probability
+    (exchangeable: the exact null of the swap test), 4 groups at CelebA-like shares; `drop`
+    removes that share of the model's positive predictions in the smallest group."""
+    rng = np.random.default_rng(seed)
+    groups = rng.choice(["FO", "FY", "MO", "MY"], n, p=[0.09, 0.49, 0.13, 0.29])
+    y_true = rng.integers(0, 2, n)
+    logit = np.select([groups == "FO", groups == "MY"], [-0.2, 0.2], 0.0) \
+        + 2.0 * (2 * y_true - 1) + 1.5 * rng.standard_normal(n)
+    q = 1 / (1 + np.exp(-logit))
+    reference, model = (rng.random((2, n)) < q).astype(int)
+    model[(groups == "FO") & (model == 1) & (rng.random(n) < drop)] = 0
+    return y_true, model, reference, groups
+
+
+SIZE_SEEDS = range(300)
+
+
+def test_paired_test_holds_its_size_under_an_exact_null():
+    rejected = []
+    for seed in SIZE_SEEDS:
+        y_true, model, reference, groups = exchangeable_pair(seed)
+        p = fm.paired_bootstrap(y_true, model, reference, sensitive_features=groups,
+                                n_resamples=200, seed=seed).set_index(["group", "metric"])["p"]
+        rejected.append([p[(fm.OVERALL, m)] <= 0.05 for m in ("dp_gap", "eo_gap", "accuracy")])
+    # 300 draws: a 5% test rejects 15 +- 3.8 times; the old bootstrap p rejected 0-2%
+    assert np.all(np.abs(np.mean(rejected, axis=0) - 0.05) <= 0.03), np.mean(rejected, axis=0)
+
+
+def test_paired_test_detects_a_planted_drop_in_the_smallest_group():
+    detected = [fm.paired_bootstrap(*exchangeable_pair(seed, drop=0.5)[:3],
+                                    sensitive_features=exchangeable_pair(seed)[3],
+                                    n_resamples=200, seed=seed)
+                .set_index(["group", "metric"]).loc[(fm.OVERALL, "dp_gap"), "p"] <= 0.05
+                for seed in range(20)]
+    assert np.mean(detected) >= 0.9
+
+
+def test_swap_shortcut_matches_explicit_per_sample_swaps():
+    y_true, model, reference, groups = exchangeable_pair(3, n=400)
+    names, codes = np.unique(groups, return_inverse=True)
+    joint = fm._cell_counts(codes, len(names), y_true, reference, model)
+    keys, _ = fm._paired_deltas(joint, names)
+    column = keys.index((fm.OVERALL, "dp_gap"))
+    shortcut = fm._paired_deltas(fm._swap(joint, 4000, np.random.default_rng(0)), names)[1]
+    onehot = np.eye(len(names))[codes] / np.bincount(codes)  # per-group selection-rate weights
+    swap = np.random.default_rng(1).random((4000, y_true.size)) < 0.5
+    m, r = np.where(swap, reference, model), np.where(swap, model, reference)
+    explicit = np.ptp(m @ onehot, axis=1) - np.ptp(r @ onehot, axis=1)
+    swapped = fm._swap(joint, 50, np.random.default_rng(2))
+    assert (swapped.reshape(50, -1, 4).sum(axis=2) == joint.reshape(-1, 4).sum(axis=1)).all()
+    assert np.mean(shortcut[:, column]) == pytest.approx(np.mean(explicit), abs=0.002)
+    assert np.std(shortcut[:, column]) == pytest.approx(np.std(explicit), rel=0.08)
+
+
+def test_swap_p_counts_the_observed_arrangement():
+    null = np.array([[-0.2, np.nan], [0.1, np.nan], [0.3, np.nan], [-0.05, np.nan]])
+    # |d| = 0.1: 3 of 4 permuted |d*| reach it -> (1 + 3) / (1 + 4); no finite d* -> NaN
+    np.testing.assert_allclose(fm.swap_p(null, [0.1, 0.2]), [0.8, np.nan])
+
+
+def test_tost_says_equivalent_for_a_true_zero_only_with_enough_samples():
+    def p_equivalent(n, seed):
+        y_true, model, reference, groups = exchangeable_pair(seed, n=n)
+        frame = fm.paired_bootstrap(y_true, model, reference, sensitive_features=groups,
+                                    n_resamples=400, seed=seed, margins={"accuracy": 0.02})
+        return frame.set_index(["group", "metric"]).loc[(fm.OVERALL, "accuracy"),
+                                                        "p_equivalent"]
+    assert all(p_equivalent(20_000, seed) <= 0.05 for seed in range(3))
+    assert all(p_equivalent(60, seed) > 0.05 for seed in range(3))
+
+
+def test_tost_and_interval_agree_by_hand():
+    samples = np.linspace(-0.01, 0.03, 401)[:, None]  # a bootstrap spread 0.04 wide about 0.01
+    low, high = fm.bootstrap_interval(samples, np.array([0.01]), 0.90)
+    assert (low[0], high[0]) == pytest.approx((-0.008, 0.028))
+    # the 90% interval lies inside +-0.03, so TOST at 0.05 passes; not inside +-0.02
+    assert fm.bootstrap_tost(samples, np.array([0.01]), 0.03)[0] <= 0.05
+    assert fm.bootstrap_tost(samples, np.array([0.01]), 0.02)[0] > 0.05
 
 
 # ---------------------------------------------------------------- paired tests, effect sizes
