@@ -692,13 +692,61 @@ def summarize_predictions(pred: pd.DataFrame, *, reference: pd.DataFrame | None 
 
 # ---------------------------------------------------------------- notebook wrapper
 
+NOT_A_MODEL = ("model must be a torch.nn.Module, got {kind}; pass the model object itself, e.g. "
+               "models.load_model_from_checkpoint(path)[0]")
+NOT_A_LOADER = ("loader must be a DataLoader over a dataset with a .metadata table, got "
+                "{kind}; wrap the dataset: datasets.make_loader(dataset, batch_size=64)")
+NO_SENSITIVE_ATTR = ("sensitive_attr={attr!r}: name a metadata column, e.g. 'gender', or a list "
+                     "of them for intersectional groups; available: {available}")
+META_DEVICE = ("model has parameters on the meta device (shapes without data), e.g. {name!r}: "
+               "materialise it first, e.g. model.to_empty(device='cpu') then "
+               "model.load_state_dict(weights)")
+BAD_IMAGE_SHAPE = ("the loader yields images of shape {shape}, but the model's first layer "
+                   "{layer!r} expects {expected} channels as [channels, height, width]; convert "
+                   "the images (e.g. grayscale to RGB with image.expand(3, -1, -1)) or use a "
+                   "model built for them")
+
+
+def _check_model(model):
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(NOT_A_MODEL.format(kind=type(model).__name__))
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            raise ValueError(META_DEVICE.format(name=name))
+
+
+def _check_loader(loader):
+    """A loader-like object: it has a ``.dataset`` (a list or a dataset itself has none)."""
+    if not hasattr(loader, "dataset"):
+        raise TypeError(NOT_A_LOADER.format(kind=type(loader).__name__))
+
+
+def _check_images(model, loader):
+    """The loader's first image has the channel count the model's first layer takes."""
+    first = next((m for m in model.modules() if isinstance(getattr(m, "in_channels", None), int)),
+                 None)
+    try:
+        image = loader.dataset[0][0]
+    except Exception:  # an iterable-style or unusual dataset: leave the check to the model
+        return
+    shape = tuple(getattr(image, "shape", ()))
+    if first is not None and (len(shape) != 3 or shape[0] != first.in_channels):
+        layer = next(name for name, m in model.named_modules() if m is first)
+        raise ValueError(BAD_IMAGE_SHAPE.format(shape=shape, layer=layer,
+                                                expected=first.in_channels))
+
+
 def _sensitive_frame(loader, sensitive_attr):
     """Metadata indexed by sample_id, restricted to the requested attribute columns."""
     metadata = getattr(loader.dataset, "metadata", None)
     if not isinstance(metadata, pd.DataFrame) or "sample_id" not in metadata.columns:
         raise ValueError(NO_METADATA)
-    attributes = [sensitive_attr] if isinstance(sensitive_attr, str) else list(sensitive_attr)
     available = [column for column in metadata.columns if column != "sample_id"]
+    if sensitive_attr is None or (not isinstance(sensitive_attr, str) and not list(sensitive_attr)):
+        raise ValueError(NO_SENSITIVE_ATTR.format(attr=sensitive_attr, available=available))
+    attributes = [sensitive_attr] if isinstance(sensitive_attr, str) else list(sensitive_attr)
     for attribute in attributes or [None]:
         if attribute not in available:
             raise ValueError(UNKNOWN_ATTRIBUTE.format(attr=attribute, available=available))
@@ -714,15 +762,30 @@ def compute_fairness_metrics(model, loader, sensitive_attr="gender", device=None
     overall metrics, demographic_parity, equalized_odds, equal_opportunity, predictive_equality,
     disparate_impact, di_flag, worst_group_accuracy, accuracy_gap, between_group_entropy_index,
     n_groups_used, per_group (group_table), predictions (the per-sample table) and model_size_mb.
-    Point estimates only; use summarize_predictions on `predictions` for intervals.
+    Point estimates only; use summarize_predictions on `predictions` for intervals. The model
+    comes back in the train/eval mode (per module) and on the device it was given in. Raises
+    TypeError for a model that is not an nn.Module or a loader that is not a DataLoader, and
+    ValueError for a meta-device model, images the model's first layer cannot take, or a
+    missing sensitive attribute.
     """
     import torch
 
     import evaluation
 
+    _check_loader(loader)
     attributes = _sensitive_frame(loader, sensitive_attr)
+    _check_model(model)
+    _check_images(model, loader)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictions = evaluation.predict(model, loader, device=device)
+    modes = {module: module.training for module in model.modules()}
+    home = next((t.device for t in [*model.parameters(), *model.buffers()]), None)
+    try:
+        predictions = evaluation.predict(model, loader, device=device)
+    finally:
+        if home is not None:
+            model.to(home)
+        for module, training in modes.items():
+            module.train(training)
     groups = attributes.loc[predictions["sample_id"]]
     y_true, y_pred = predictions["y_true"].to_numpy(), predictions["y_pred"].to_numpy()
     table = group_table(y_true, y_pred, sensitive_features=groups, min_group_size=min_group_size)
