@@ -308,7 +308,7 @@ def run_quantization(ctx: Context, arch: str, method: str, options: dict,
 def quant_fields(info: dict) -> dict:
     """The columns of a result row that come from a quantized model's ``quant_info``."""
     keys = ("weight_bits", "act_bits", "execution", "observer", "size_mib", "fp32_size_mib",
-            "compression", "fp32_layers", "layer_bits")
+            "compression", "fp32_layers", "layer_bits", "activation_range", "cpu_capability")
     fields = {key: info.get(key) for key in keys}
     fields["cost_s"] = round(info["cost_s"], 3)
     return fields

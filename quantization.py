@@ -50,14 +50,18 @@ bit width (weights on the fly, activations at the observed ranges, observers gon
 from one prepared graph, in which FX has already folded Conv-BN(-ReLU) as the backend does, so a
 simulated INT8 model is the twin of the deployed one (``prediction_agreement``).
 
-Activations use the full 8-bit range (no ``reduce_range``): correct for oneDNN convs and fbgemm's
-VNNI GEMM; on older x86 CPUs fbgemm's u8 x s8 kernels can saturate, which
-``prediction_agreement`` against the simulated twin exposes. The exception: the input of a conv
-with more than 100 groups (MobileNet/EfficientNet depthwise), which the x86 engine runs on
-fbgemm's depthwise kernel, is quantized to 0..127, since that kernel's int16 pair sums saturate on
-full-range inputs even with VNNI (``_reduce_fbgemm_conv_inputs``); the twin uses the same range,
-and the real model clamps that tensor to 0..127 (``QuantizedRangeClamp``), since ``convert_fx``
-keeps only scale and zero point and would pass values above the calibrated maximum as 128..255.
+Activation ranges follow the CPU (``activation_range``, recorded in ``quant_info`` and every
+result row with ``cpu_capability``). Integer u8 x s8 kernels that add pairs of products in int16
+(``vpmaddubsw``) saturate on full-range inputs (2 * 255 * 127 > 32767) but not on 7-bit ones
+(2 * 127 * 128 <= 32767). fbgemm's depthwise kernel (convs with more than 100 groups) does so on
+every CPU; without AVX-512 VNNI oneDNN's convs and fbgemm's GEMM do too. So ``'auto'`` resolves to
+``'full'`` on VNNI CPUs (0..255, depthwise-conv inputs 0..127) and to ``'reduced'`` elsewhere
+(0..127 at the input of every conv and linear); ``kernel_capability`` says which. The range is
+set on every quantizer of the input's chain back to the op that produced it (the integer model
+keeps that op's scale through pooling, reshapes and dropout, whose own quantizer is replaced by
+its input's), so the simulated twin uses exactly the same levels; the real model clamps that
+tensor to 0..127 (``QuantizedRangeClamp``), since ``convert_fx`` keeps only scale and zero point
+and would pass values above the calibrated maximum as 128..255.
 What stays float: layers named in ``fp32_layers`` and, in a real INT8
 model, ops without integer kernels, run between dequantize and quantize;
 ``quant_info['float_ops']`` lists the latter. For a timm ViT: the patch-embedding flatten, the
@@ -105,16 +109,18 @@ from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DynamicConfig", "PTQStaticConfig", "PercentileObserver", "QATConfig", "QuantConfig",
-    "QuantizationComparison", "SHORT_NAMES", "apply_quantization", "calibrate",
-    "compare_quantization_methods", "context_keys", "convert_quantized", "describe_quantized",
-    "latency_report", "layer_bit_widths", "list_methods", "method_config", "packed_size_mib",
-    "parse_bits", "prediction_agreement", "prepare_quantization", "qconfig_mapping",
-    "quantizable_layers", "register_method", "resolve_method", "weight_levels",
+    "ACTIVATION_RANGES", "DynamicConfig", "PTQStaticConfig", "PercentileObserver", "QATConfig",
+    "QuantConfig", "QuantizationComparison", "SHORT_NAMES", "apply_quantization", "calibrate",
+    "compare_quantization_methods", "context_keys", "convert_quantized",
+    "default_activation_range", "describe_quantized", "kernel_capability", "latency_report",
+    "layer_bit_widths", "list_methods", "method_config", "packed_size_mib", "parse_bits",
+    "prediction_agreement", "prepare_quantization", "qconfig_mapping", "quantizable_layers",
+    "register_method", "resolve_method", "weight_levels",
 ]
 
 BACKEND_ENGINE = "x86"
 EXECUTIONS = ("auto", "real_int8", "simulated")
+ACTIVATION_RANGES = ("auto", "full", "reduced")
 FLOAT_BITS = 32
 QPARAM_BYTES_PER_CHANNEL = 8  # one float32 scale + one int32 zero point per output channel
 _PLUGIN_MODULE = "mitigation"
@@ -137,6 +143,20 @@ def parse_bits(bits: str | int) -> tuple[int, int]:
         raise ValueError(f"bits={bits!r} is not of the form 'w<weight bits>a<activation bits>'; "
                          "use e.g. 'w8a8', 'w4a8' or 'w4a4'")
     return int(match[1]), int(match[2])
+
+
+def kernel_capability() -> dict:
+    """What the x86 integer kernels of this CPU can do: torch's ``cpu_capability`` (e.g.
+    ``AVX2``, ``AVX512``) and whether AVX-512 VNNI is present (``vnni``), which fbgemm's GEMM and
+    oneDNN's convs need to accumulate u8 x s8 products in int32 instead of int16 pairs."""
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "vnni": bool(torch.cpu._is_vnni_supported())}
+
+
+def default_activation_range() -> str:
+    """``'full'`` (0..255 activations) where VNNI kernels cannot saturate, else ``'reduced'``
+    (0..127 at the inputs of every integer conv and linear)."""
+    return "full" if kernel_capability()["vnni"] else "reduced"
 
 
 def _check_choice(name: str, value, choices: Sequence, owner: str) -> None:
@@ -201,13 +221,18 @@ class PTQStaticConfig(QuantConfig):
     real INT8 kernels when every quantized layer is w8a8 and simulation otherwise;
     ``'simulated'`` forces fake quantization (the twin of a real INT8 model);
     ``'real_int8'`` refuses anything that cannot run on integer kernels.
-    ``percentile`` is used by the ``percentile`` observer only.
+    ``percentile`` is used by the ``percentile`` observer only. ``activation_range`` (8-bit
+    activations only) is ``'full'`` (0..255; fbgemm's depthwise-conv inputs 0..127 on every CPU),
+    ``'reduced'`` (0..127 at the input of every conv and linear) or ``'auto'``: the one this CPU's
+    kernels compute exactly (``default_activation_range``). Forcing ``'full'`` on a CPU without
+    VNNI gives a model whose integer kernels saturate; its twin shows what it should compute.
     """
     observer: str = "histogram"
     percentile: float = 99.99
     layer_bits: tuple = field(default=(), metadata={"mapping": True})
     fp32_layers: tuple = ()
     execution: str = "auto"
+    activation_range: str = "auto"
     WEIGHT_BITS: ClassVar[tuple[int, ...]] = (2, 4, 8)
     ACT_BITS: ClassVar[tuple[int, ...]] = (4, 8)
 
@@ -216,6 +241,7 @@ class PTQStaticConfig(QuantConfig):
         owner = type(self).__name__
         _check_choice("observer", self.observer, OBSERVERS, owner)
         _check_choice("execution", self.execution, EXECUTIONS, owner)
+        _check_choice("activation_range", self.activation_range, ACTIVATION_RANGES, owner)
         if not 50 < self.percentile <= 100:
             raise ValueError(f"percentile={self.percentile!r} must be in (50, 100], e.g. 99.99")
         for name, bits in self.layer_bits:
@@ -234,6 +260,13 @@ class PTQStaticConfig(QuantConfig):
     def all_int8(self) -> bool:
         """True when every quantized layer is w8a8 (integer kernels can run it)."""
         return self.bits == "w8a8" and all(bits == 8 for _, bits in self.layer_bits)
+
+    @property
+    def resolved_activation_range(self) -> str:
+        """``'full'`` or ``'reduced'``: ``activation_range`` with ``'auto'`` decided for this CPU."""
+        if self.activation_range == "auto":
+            return default_activation_range()
+        return self.activation_range
 
     @property
     def resolved_execution(self) -> str:
@@ -414,7 +447,8 @@ def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: 
     The result carries ``quant_info``: method, weight_bits, act_bits, execution, observer,
     size_mib, fp32_size_mib, compression, cost_s (calibration/training seconds, including
     conversion), fp32_layers, layer_bits (bit width of every quantized layer, read back from the
-    result), float_ops, config.
+    result), float_ops, activation_range (``'full'``/``'reduced'`` at 8-bit activations),
+    cpu_capability (the CPU it was built for), config.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -453,7 +487,18 @@ def _full_info(quantized: nn.Module, original: nn.Module, name: str, config: Qua
             "size_mib": size, "fp32_size_mib": fp32_size, "compression": fp32_size / size,
             "cost_s": cost_s, "fp32_layers": info["fp32_layers"],
             "layer_bits": info["layer_bits"], "float_ops": info.get("float_ops"),
-            "config": config.to_dict()}
+            "activation_range": _activation_range(config),
+            "cpu_capability": kernel_capability()["cpu_capability"], "config": config.to_dict()}
+
+
+def _activation_range(config: QuantConfig) -> str | None:
+    """The 8-bit activation range a model was built with: ``config``'s (resolved for this CPU),
+    ``'reduced'`` for ``ptq_dynamic`` (its kernels always quantize to 0..127), else None."""
+    if isinstance(config, DynamicConfig):
+        return "reduced"
+    if isinstance(config, PTQStaticConfig) and config.act_bits == 8:
+        return config.resolved_activation_range
+    return None
 
 
 # --------------------------------------------------------------------------- layers and bits
@@ -714,47 +759,118 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
         raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx ({error}); static "
                          "PTQ and QAT need an FX-traceable model: use 'ptq_dynamic' or make the "
                          "data-dependent control flow static") from error
+    _share_dropout_quantizers(prepared)
     if config.act_bits == 8:
-        _reduce_fbgemm_conv_inputs(prepared)
+        prepared.narrowed_inputs = _narrow_integer_inputs(prepared, config.resolved_activation_range)
     return prepared
 
 
+def _share_dropout_quantizers(prepared: torch.fx.GraphModule) -> None:
+    """Give each dropout's output the quantizer of its input.
+
+    The backend observes a dropout's output separately, but the integer model runs eval-mode
+    dropout as the identity and keeps its input's scale; after pooling the two ranges differ
+    (MobileNet's and EfficientNet's heads), and the twin would quantize on a finer grid than the
+    deployed model. Sharing the quantizer makes both use the input's."""
+    replaced = {}  # id(dropout's own quantizer) -> its input's quantizer
+    for node in prepared.graph.nodes:
+        if not _is_quantizer(prepared, node):
+            continue
+        quantizer = prepared.get_submodule(node.target)
+        op = node.args[0] if node.args else None
+        if isinstance(op, torch.fx.Node) and _is_dropout(prepared, op) and op.args:
+            source = op.args[0]
+            if isinstance(source, torch.fx.Node) and _is_quantizer(prepared, source):
+                replaced[id(quantizer)] = prepared.get_submodule(source.target)
+        if id(quantizer) in replaced:  # also where a later op shares the dropout's quantizer
+            prepared.add_submodule(str(node.target), replaced[id(quantizer)])
+
+
+def _is_dropout(model: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), (nn.Dropout, nnq.Dropout))
+    return node.op == "call_function" and node.target is nn.functional.dropout
+
+
 FBGEMM_MIN_GROUPS = 101  # the x86 engine hands convs with more groups than 100 to fbgemm
+NARROW_QUANT_MAX = 127  # 7-bit u8 inputs: 2 * 127 * 128 <= 32767, so int16 pair sums cannot saturate
+_FLOAT_WEIGHT_OPS = (nn.modules.conv._ConvNd, nn.Linear)
+_INT_WEIGHT_OPS = (_QuantizedConvNd, nnq.Linear)
 
 
-def _conv_groups(module: nn.Module) -> int:
+def _takes_narrow_input(module: nn.Module, activation_range: str) -> bool:
+    """Whether the input of ``module`` (float, fused or quantized) gets the 7-bit range: every
+    conv/linear under ``'reduced'``, only fbgemm's depthwise convs under ``'full'``."""
     if isinstance(module, _FusedModule):
         module = module[0]
-    return getattr(module, "groups", 1) if isinstance(module, nn.modules.conv._ConvNd) else 1
+    if not isinstance(module, _FLOAT_WEIGHT_OPS + _INT_WEIGHT_OPS):
+        return False
+    return activation_range == "reduced" or getattr(module, "groups", 1) >= FBGEMM_MIN_GROUPS
 
 
-def _reduce_fbgemm_conv_inputs(prepared: torch.fx.GraphModule) -> list[str]:
-    """Give the input of every conv that the x86 engine runs on fbgemm (more than 100 groups: the
-    depthwise convs of MobileNet / EfficientNet) a 7-bit activation range, 0..127.
+# Ops whose integer version keeps its input's scale and zero point and never raises its maximum:
+# the 7-bit range of a conv/linear input is set where the chain through them starts.
+_PASS_THROUGH_MODULES = (nn.Identity, nn.Dropout, nnq.Dropout, nn.Flatten, nn.ReLU, nn.ReLU6,
+                         nn.Hardtanh, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                         nn.modules.pooling._AdaptiveAvgPoolNd)
+_PASS_THROUGH_FUNCTIONS = (torch.flatten, torch.reshape, torch.transpose, torch.squeeze,
+                           torch.unsqueeze, torch.mean, torch.relu, nn.functional.relu,
+                           nn.functional.relu6, nn.functional.hardtanh, nn.functional.dropout,
+                           nn.functional.max_pool2d, nn.functional.avg_pool2d,
+                           nn.functional.adaptive_avg_pool2d)
+_PASS_THROUGH_METHODS = ("flatten", "reshape", "view", "transpose", "permute", "contiguous",
+                         "squeeze", "unsqueeze", "mean", "relu", "relu_", "detach")
 
-    Even on CPUs with VNNI, fbgemm's depthwise kernels add pairs of u8 x s8 products in int16
-    (``vpmaddubsw``), which saturates when 2 * 255 * 127 > 32767; with 7-bit inputs it cannot
-    (2 * 127 * 128 <= 32767). Other convs run on oneDNN and Linear on fbgemm's VNNI GEMM, which
-    accumulate in int32 and keep the full 8-bit range. Both executions come from this prepared
-    graph, so the simulated twin quantizes these tensors to the same 0..127 levels. Returns the
-    names of the observers it changed (a shared observer narrows that tensor for every consumer).
+
+def _is_pass_through(model: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), _PASS_THROUGH_MODULES)
+    if node.op == "call_function":
+        return node.target in _PASS_THROUGH_FUNCTIONS
+    return node.op == "call_method" and node.target in _PASS_THROUGH_METHODS
+
+
+def _is_quantizer(model: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    return node.op == "call_module" and isinstance(model.get_submodule(node.target),
+                                                   (ObserverBase, FakeQuantizeBase))
+
+
+def _input_chain(model: torch.fx.GraphModule, node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The first argument of ``node``, then back through quantizers and pass-through ops to
+    (and including) the op that produced the tensor."""
+    chain, current = [], node.args[0] if node.args else None
+    while isinstance(current, torch.fx.Node):
+        chain.append(current)
+        if not (_is_quantizer(model, current) or _is_pass_through(model, current)):
+            break
+        current = current.args[0] if current.args else None
+    return chain
+
+
+def _narrow_integer_inputs(prepared: torch.fx.GraphModule, activation_range: str) -> list[str]:
+    """Give the input of every conv/linear that ``activation_range`` names (see
+    ``_takes_narrow_input``) the range 0..127; returns those layers' names.
+
+    fbgemm's depthwise kernels add pairs of u8 x s8 products in int16 (``vpmaddubsw``) on every
+    CPU; without VNNI so do oneDNN's convs and fbgemm's GEMM. 2 * 255 * 127 > 32767 saturates;
+    2 * 127 * 128 cannot. Every quantizer on the input's chain back to its producer is narrowed
+    (the integer model keeps the producer's scale through dropout, pooling, reshapes), so both
+    executions, which come from this prepared graph, use the same levels; a shared quantizer
+    narrows that tensor for every consumer, as ``convert_quantized``'s clamp does.
     """
-    changed = []
+    narrowed = []
     for node in prepared.graph.nodes:
         if node.op != "call_module" or not node.args:
             continue
-        if _conv_groups(prepared.get_submodule(node.target)) < FBGEMM_MIN_GROUPS:
+        if not _takes_narrow_input(prepared.get_submodule(node.target), activation_range):
             continue
-        source = node.args[0]
-        if not isinstance(source, torch.fx.Node) or source.op != "call_module":
-            continue
-        quantizer = prepared.get_submodule(source.target)
-        if not isinstance(quantizer, (ObserverBase, FakeQuantizeBase)):
-            continue
-        if source.target not in changed:
-            _narrow_activation_range(quantizer, quant_max=127)
-            changed.append(source.target)
-    return changed
+        quantizers = [item for item in _input_chain(prepared, node)
+                      if _is_quantizer(prepared, item)]
+        for item in quantizers:
+            _narrow_activation_range(prepared.get_submodule(item.target), NARROW_QUANT_MAX)
+        if quantizers:
+            narrowed.append(str(node.target))
+    return narrowed
 
 
 class QuantizedRangeClamp(nn.Module):
@@ -763,14 +879,14 @@ class QuantizedRangeClamp(nn.Module):
     ``convert_fx`` turns an observer narrowed to 0..127 into scale/zero point only: its
     ``quantize_per_tensor`` and the integer ops that produce the tensor clamp to 0..255, so
     values above the calibrated maximum reach 128..255, which the reference twin clamps to 127
-    (and which fbgemm's depthwise kernel could saturate on). This module restores the range."""
+    (and which the int16 pair sums could saturate on). This module restores the range."""
 
-    def __init__(self, quant_max: int = 127):
+    def __init__(self, quant_max: int = NARROW_QUANT_MAX):
         super().__init__()
         self.quant_max = quant_max
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_quantized:
+        if not (isinstance(x, torch.Tensor) and x.is_quantized):
             return x
         return torch.clamp(x, max=(self.quant_max - x.q_zero_point()) * x.q_scale())
 
@@ -778,30 +894,29 @@ class QuantizedRangeClamp(nn.Module):
         return f"quant_max={self.quant_max}"
 
 
-def _clamp_fbgemm_conv_inputs(model: torch.fx.GraphModule, quant_max: int = 127) -> list[str]:
-    """In a ``convert_fx`` model, clamp the quantized input of every conv with more than 100
-    groups to 0..``quant_max``, the range ``_reduce_fbgemm_conv_inputs`` gave its observer. The
-    clamp follows the tensor's producer and replaces all its uses, as the twin's quantize does for
-    every consumer of a shared observer. Returns the names of the inserted clamps."""
-    graph = getattr(model, "graph", None)
-    if graph is None:
+def _clamp_inputs(model: torch.fx.GraphModule, layers: Iterable[str]) -> list[str]:
+    """In a ``convert_fx`` model, clamp the quantized input of each of ``layers`` (the names
+    ``_narrow_integer_inputs`` returned) to 0..127. The clamp follows the op that produced the
+    tensor (before any pass-through op) and replaces all its uses, as the twin's narrowed
+    quantizers do for every consumer.
+    Returns the names of the inserted clamps."""
+    layers, graph = set(layers), getattr(model, "graph", None)
+    if graph is None or not layers:
         return []
-    clamped, names = {}, []
+    clamped, names = set(), []
     for node in list(graph.nodes):
-        if node.op != "call_module" or not node.args:
+        if node.op != "call_module" or str(node.target) not in layers or not node.args:
             continue
-        module = model.get_submodule(node.target)
-        if not isinstance(module, _QuantizedConvNd) or module.groups < FBGEMM_MIN_GROUPS:
-            continue
-        source = node.args[0]
-        if not isinstance(source, torch.fx.Node) or source in clamped:
+        chain = _input_chain(model, node)
+        source = chain[-1] if chain else None
+        if source is None or source in clamped:
             continue
         name = f"{str(node.target).replace('.', '_')}_input_clamp"
-        model.add_submodule(name, QuantizedRangeClamp(quant_max))
+        model.add_submodule(name, QuantizedRangeClamp())
         with graph.inserting_after(source):
             clamp = graph.call_module(name, (source,))
         source.replace_all_uses_with(clamp, delete_user_cb=lambda user: user is not clamp)
-        clamped[source] = clamp
+        clamped.add(source)
         names.append(name)
     if names:
         graph.lint()
@@ -845,10 +960,11 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
     _check_choice("execution", execution, EXECUTIONS[1:], "convert_quantized")
     prepared = prepared.cpu().eval()
     prepared.apply(disable_observer)
+    narrowed = getattr(prepared, "narrowed_inputs", [])
     convert = convert_fx if execution == "real_int8" else _convert_to_reference_decomposed_fx
     model = convert(prepared).eval()
     if execution == "real_int8":
-        _clamp_fbgemm_conv_inputs(model)
+        _clamp_inputs(model, narrowed)
     model.quant_info = describe_quantized(model, execution)
     return model
 

@@ -438,3 +438,83 @@ def test_fbgemm_depthwise_conv_input_is_clamped_to_7_bits_like_the_twin():
     with torch.no_grad():
         difference = (real(calibration * 3) - twin(calibration * 3)).abs().max().item()
     assert difference <= 1e-4  # unclamped: ~0.03
+
+
+# --------------------------------------------------------------------------- ranges for this CPU
+
+def _conv_stack():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(16, 32, 3), nn.ReLU(), nn.Conv2d(32, 8, 3)).eval()
+
+
+@pytest.mark.parametrize("vnni, expected", [(True, "full"), (False, "reduced")])
+def test_auto_activation_range_follows_the_kernels_of_the_cpu(monkeypatch, vnni, expected):
+    """Without VNNI the int16 pair sums of u8 x s8 kernels saturate on 0..255 inputs, so 'auto'
+    narrows every conv/linear input to 0..127; with VNNI it keeps 0..255. The twin follows."""
+    monkeypatch.setattr(quantization, "kernel_capability",
+                        lambda: {"cpu_capability": "TEST", "vnni": vnni})
+    model, images = _conv_stack(), torch.rand(8, 16, 8, 8) * 4
+    twin = apply_quantization(model, calibration_data=[images], observer="minmax",
+                              execution="simulated")
+    levels = ", 0, 127, torch.uint8" if expected == "reduced" else ", 0, 255, torch.uint8"
+    assert levels in twin.code
+    assert twin.quant_info["activation_range"] == expected
+    assert twin.quant_info["cpu_capability"] == "TEST"
+
+
+@pytest.mark.parametrize("activation_range", ["full", "reduced"])
+def test_a_forced_activation_range_is_what_the_twin_uses(activation_range):
+    """Either CPU's choice can be forced; the twin then quantizes both conv inputs to it (0..255
+    or 0..127), while the network's output keeps 0..255 (a quantize and a dequantize each)."""
+    model, images = _conv_stack(), torch.rand(8, 16, 8, 8) * 4
+    twin = apply_quantization(model, calibration_data=[images], observer="minmax",
+                              execution="simulated", activation_range=activation_range)
+    full, reduced = twin.code.count(", 0, 255, torch.uint8"), twin.code.count(", 0, 127, torch.uint8")
+    assert (full, reduced) == ((6, 0) if activation_range == "full" else (2, 4))
+    assert twin.quant_info["activation_range"] == activation_range
+
+
+def test_the_reduced_range_runs_exactly_like_its_twin_on_any_cpu():
+    """0..127 inputs cannot saturate int16 pair sums on any x86 CPU, so real INT8 and its twin
+    compute the same logits (full range without VNNI differs by ~0.1 here)."""
+    model, images = _conv_stack(), torch.randn(8, 16, 8, 8)
+    options = dict(calibration_data=[images], observer="minmax", activation_range="reduced")
+    real = apply_quantization(model, **options)
+    twin = apply_quantization(model, execution="simulated", **options)
+    with torch.no_grad():
+        assert (real(images * 2) - twin(images * 2)).abs().max().item() <= 1e-4
+
+
+class _PassThroughChains(nn.Module):
+    """Conv inputs reached through pooling, flatten, dropout and identity, whose integer versions
+    keep the producer's scale: the 7-bit range must be set (and clamped) at the producer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.pool, self.drop, self.norm = nn.AdaptiveAvgPool2d(1), nn.Dropout(0.1), nn.Identity()
+        self.fc1, self.act, self.fc2 = nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 2)
+
+    def forward(self, x):
+        x = self.norm(self.drop(torch.flatten(self.pool(torch.relu(self.conv(x))), 1)))
+        return self.fc2(self.norm(self.drop(self.act(self.fc1(x)))))
+
+
+@pytest.mark.parametrize("observer", ["minmax", "histogram"])
+def test_reduced_inputs_behind_pass_through_ops_match_the_twin(observer):
+    torch.manual_seed(0)
+    model, images = _PassThroughChains().eval(), torch.randn(16, 3, 8, 8)
+    options = dict(calibration_data=[images], observer=observer, activation_range="reduced")
+    real = apply_quantization(model, **options)
+    twin = apply_quantization(model, execution="simulated", **options)
+    with torch.no_grad():  # 3x the calibrated range: clamps, not only rounding, are compared
+        difference = (real(images * 3) - twin(images * 3)).abs().max().item()
+    # integer rounding in two layers: a few output steps; a missing clamp or a dropout quantized on
+    # its own scale gave ~60
+    assert difference <= 3.01 * real.fc2.scale
+
+
+def test_dynamic_and_low_bit_activations_record_their_range(trained_cnn, data):
+    assert apply_quantization(trained_cnn, "dynamic").quant_info["activation_range"] == "reduced"
+    low = ptq(trained_cnn, data, bits="w4a4")
+    assert low.quant_info["activation_range"] is None
