@@ -228,10 +228,28 @@ def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5, s
     return [CALIBRATION_KINDS[kind](dataset, n, seed + i) for i in range(draws)]
 
 
-def _calibration_loader(calibration_data, kind: str, n: int, seed: int, batch_size: int) -> DataLoader:
+DEFAULT_CALIBRATION_SIZE = 512
+"""Samples drawn for calibration when no `calibration_size` is given (all of them when fewer)."""
+CALIBRATION_SIZE_TOO_LARGE = ("calibration_size={n} is larger than the {available} samples of "
+                              "calibration_data: pass calibration_size= at most {available}, or "
+                              "leave it unset to use min({default}, all samples)")
+CALIBRATION_USES_ALL = ("calibration_data holds %d samples, fewer than the default calibration "
+                        "size %d: calibrating on all of them (pass calibration_size= to choose)")
+
+
+def _calibration_loader(calibration_data, kind: str, n: int | None, seed: int, batch_size: int) -> DataLoader:
     """A loader over a `kind` subset of `n` samples of the calibration dataset (the batch size of a
-    given loader wins over `batch_size`)."""
-    subset = CALIBRATION_KINDS[kind](_face_dataset(calibration_data, "calibration_data"), n, seed)
+    given loader wins over `batch_size`). `n=None`: DEFAULT_CALIBRATION_SIZE, or every sample when
+    there are fewer (logged); an explicit `n` larger than the data is a ValueError."""
+    dataset = _face_dataset(calibration_data, "calibration_data")
+    if n is None:
+        n = min(DEFAULT_CALIBRATION_SIZE, len(dataset))
+        if n < DEFAULT_CALIBRATION_SIZE:
+            logger.info(CALIBRATION_USES_ALL, len(dataset), DEFAULT_CALIBRATION_SIZE)
+    elif isinstance(n, int) and not isinstance(n, bool) and n > len(dataset):
+        raise ValueError(CALIBRATION_SIZE_TOO_LARGE.format(n=n, available=len(dataset),
+                                                           default=DEFAULT_CALIBRATION_SIZE))
+    subset = CALIBRATION_KINDS[kind](dataset, n, seed)
     logger.info("%s calibration set of %d: %s", kind, len(subset), subset.group_counts())
     return datasets.make_loader(subset, getattr(calibration_data, "batch_size", None) or batch_size)
 
@@ -407,8 +425,9 @@ def _base_options(config, base_cls: type, **overrides) -> dict:
 class BiasAwareCalibrationConfig(PTQStaticConfig):
     """Static PTQ calibrated on `calibration_size` samples drawn from the calibration dataset as
     `calibration` says ('balanced', 'balanced_by_label' or the control 'random'); `batch_size` is used
-    when a dataset rather than a loader is given."""
-    calibration_size: int = 512
+    when a dataset rather than a loader is given. `calibration_size=None`: 512, or every sample of
+    a smaller calibration set."""
+    calibration_size: int | None = None
     calibration: str = "balanced"
     batch_size: int = 64
 
@@ -567,7 +586,8 @@ def _precision_ladder(ranked: Sequence[str], bit_width: int):
 class FairnessAwareQuantizer:
     """Static PTQ with balanced calibration that raises precision until a DP-gap constraint holds.
 
-    `quantize` calibrates on a group-balanced subset of `calibration_data` at `bit_width` weights
+    `quantize` calibrates on a group-balanced subset of `calibration_data` (`calibration_size`
+    samples; None: 512, or all of a smaller set) at `bit_width` weights
     (`act_bits` activations) and measures the DP gap (max - min selection rate over the
     intersectional groups of `sensitive_attributes`, via fairness_metrics) on `validation_data`
     (without it, on the calibration data, which `gap_measured_on` records). While the gap exceeds
@@ -582,7 +602,7 @@ class FairnessAwareQuantizer:
 
     def __init__(self, bit_width: int = 8, max_dp_gap: float = 0.01,
                  sensitive_attributes: Sequence[str] | None = ("gender", "age"), *, act_bits: int = 8,
-                 calibration_size: int = 512, calibration: str = "balanced", criterion: str = "dp_gap",
+                 calibration_size: int | None = None, calibration: str = "balanced", criterion: str = "dp_gap",
                  observer: str = "histogram", device="auto", seed: int = 0, progress: bool = True):
         quantization.method_config("ptq_static", weight_bits=bit_width, act_bits=act_bits, observer=observer)
         _require_choice("calibration", calibration, CALIBRATION_KINDS)
