@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional
 import yaml
 
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("torch", "onnxruntime", "openvino")  # runtimes.RUNTIMES plus the project's own kernels
 BITS_PATTERN = re.compile(r"^w(\d+)a(\d+)$")
 
 BAD_YAML_FILE = ("config file {path!r} is not valid YAML ({where}{problem}): fix that line, e.g. "
@@ -209,9 +210,16 @@ class RuntimeConfig:
     latency_warmup: int = 3
     latency_repeats: int = 10
     progress: bool = True
+    backends: tuple[str, ...] = ("torch",)
 
     def __post_init__(self):
         _check_choice("runtime.device", self.device, DEVICES)
+        for backend in self.backends:
+            _check_choice("runtime.backends", backend, BACKENDS)
+        if "torch" not in self.backends:
+            raise ValueError(f"runtime.backends={list(self.backends)} leaves out 'torch', whose "
+                             "models every other backend is compared with; use e.g. "
+                             "[torch, onnxruntime, openvino]")
         _check_range("runtime.threads", self.threads, 1, 256)
         for b in self.latency_batch_sizes:
             _check_positive("runtime.latency_batch_sizes", b)

@@ -164,6 +164,26 @@ def fp32_reference_latency(model: nn.Module, image_size: int, batch_size: int = 
     return timings[best], best
 
 
+def fastest_latency(models, image_size: int, batch_size: int = 1, **options) -> tuple[float, str]:
+    """The fastest of ``models`` (a mapping name -> model): ``(median ms, name)``.
+
+    A torch model with parameters is tried in both layouts (``<name>_contiguous``,
+    ``<name>_channels_last``); another runtime's model (no parameters) as it is. ``options`` go
+    to ``measure_latency`` (threads, warmup, repeats).
+    """
+    timings = {}
+    for name, model in models.items():
+        layouts = LAYOUTS if any(True for _ in model.parameters()) else (None,)
+        for layout in layouts:
+            label = name if layout is None else f"{name}_{layout}"
+            timings[label] = measure_latency(model, image_size, batch_size,
+                                             channels_last=layout == "channels_last", **options)
+    best = min(timings, key=timings.get)
+    logger.info("latency (batch %d): %s", batch_size,
+                ", ".join(f"{name} {ms:.2f} ms" for name, ms in timings.items()))
+    return timings[best], best
+
+
 def model_size_mib(model: nn.Module) -> float:
     """Serialized size of ``model.state_dict()`` in MiB (2**20 bytes); works for quantized models."""
     buffer = io.BytesIO()

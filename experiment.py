@@ -21,6 +21,7 @@ from models import (build_model, count_parameters, export_torchscript, list_mode
 from quantization import (FairnessAwareQuantizer, apply_quantization, context_keys,
                           latency_report, method_config)
 from results import WorkUnit, holds_results, load_predictions, predictions_path
+from runtimes import fp32_runtime_model, get_runtime, quantize_with_runtime
 from training import fit, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,37 @@ class Context:
     def fp32_predictions(self, arch: str):
         return load_predictions(self.run_dir, baseline_id(self.cfg, arch))
 
-    def latency_comparison(self, fp32_model, int8_model) -> dict:
-        """Real INT8 vs the fastest FP32 layout, same process, at the configured batch sizes."""
-        runtime = self.cfg.runtime
+    def latency_comparison(self, arch: str, fp32_model, int8_model) -> dict:
+        """An integer model vs the fastest FP32 of ``arch`` on this machine (timed once per
+        architecture), same process, at the configured batch sizes."""
         return latency_report(fp32_model, int8_model, self.cfg.data.image_size,
-                              batch_sizes=runtime.latency_batch_sizes, threads=runtime.threads,
-                              warmup=runtime.latency_warmup, repeats=runtime.latency_repeats)
+                              reference=self.fp32_reference(arch, fp32_model),
+                              **self._latency_options)
+
+    @property
+    def _latency_options(self) -> dict:
+        runtime = self.cfg.runtime
+        return dict(batch_sizes=runtime.latency_batch_sizes, threads=runtime.threads,
+                    warmup=runtime.latency_warmup, repeats=runtime.latency_repeats)
+
+    @cached_property
+    def _fp32_references(self) -> dict:
+        return {}
+
+    def fp32_reference(self, arch: str, fp32_model) -> dict:
+        """{batch size: (ms, name)} of the fastest FP32 of ``arch``: torch eager in both layouts
+        and the FP32 model of every configured runtime."""
+        if arch not in self._fp32_references:
+            folder = self.run_dir / "models" / self.cfg.data.dataset / arch
+            others = {f"{name}_fp32": fp32_runtime_model(name, fp32_model, self.cfg.data.image_size,
+                                                         folder / name, threads=self.cfg.runtime.threads)
+                      for name in self.cfg.runtime.backends if name != "torch"}
+            report = latency_report(fp32_model, fp32_model, self.cfg.data.image_size,
+                                    fp32_models=others, **self._latency_options)
+            self._fp32_references[arch] = {
+                n: (report[f"fp32_latency_ms_b{n}"], report[f"fp32_reference_b{n}"])
+                for n in self.cfg.runtime.latency_batch_sizes}
+        return self._fp32_references[arch]
 
     def predict(self, model):
         return predict(model, self.loader(self.splits.test), device=self.device,
@@ -113,6 +139,9 @@ def check_config(cfg: ExperimentConfig) -> None:
     unknown = [arch for arch in cfg.models.architectures if arch not in list_models()]
     if unknown:
         raise ValueError(UNKNOWN_ARCHITECTURES.format(unknown=unknown, known=list_models()))
+    for backend in cfg.runtime.backends:
+        if backend != "torch":
+            get_runtime(backend).check_installed()
     for arch in cfg.models.architectures:
         for name, options in methods_for(arch, cfg.quantization.methods):
             method_config(name, **({**_qat_defaults(cfg), **options} if name == "qat" else options))
@@ -233,6 +262,7 @@ def quantization_units(ctx: Context) -> list[WorkUnit]:
             for seed in cfg.quantization.seeds:
                 for calibration in _calibrations(cfg, name):
                     units.append(_quantization_unit(ctx, arch, name, options, calibration, seed))
+                    units += _runtime_units(ctx, arch, name, options, calibration, seed)
     for arch in cfg.models.architectures:  # after the grid, so a bad method name is named first
         ctx.require_baseline(arch)
     return units
@@ -296,12 +326,59 @@ def run_quantization(ctx: Context, arch: str, method: str, options: dict,
     record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
     record.update(quant_fields(quantized.quant_info))
     if quantized.quant_info["execution"] == "real_int8":
-        record.update(ctx.latency_comparison(model, quantized))
+        record.update(ctx.latency_comparison(arch, model, quantized))
         if method in CALIBRATED_METHODS and ctx.cfg.quantization.check_agreement:
             twin = apply_quantization(model, method, calibration_data=calibration_loader,
                                       execution="simulated", **options, **context)
             record["agreement_with_simulated"] = float(
                 (ctx.predict(twin)["y_pred"].values == predictions["y_pred"].values).mean())
+    return record, predictions, per_group
+
+
+RUNTIME_COUNTERPART = ("ptq_static", "w8a8")
+"""The torch configuration that each other runtime's INT8 model is built beside."""
+
+
+def _runtime_units(ctx: Context, arch: str, method: str, options: dict,
+                   calibration: tuple[str, int], seed: int) -> list[WorkUnit]:
+    """One unit per configured runtime besides torch, for a plain static w8a8 configuration:
+    the same checkpoint and calibration images, quantized by that runtime."""
+    if (method, options.get("bits")) != RUNTIME_COUNTERPART or set(options) != {"bits"}:
+        return []
+    units = []
+    for backend in ctx.cfg.runtime.backends:
+        if backend == "torch":
+            continue
+        label = f"{calibration[0]}-{calibration[1]}"
+        config_id = configuration_id(ctx.cfg.data.dataset, arch, method, "w8a8",
+                                     {"backend": backend}, label, seed)
+        fields = {"dataset": ctx.cfg.data.dataset, "arch": arch, "method": method,
+                  "calibration": label, "seed": seed, "backend": backend,
+                  "options": {"backend": backend}}
+        units.append(WorkUnit(config_id, fields, lambda backend=backend, config_id=config_id:
+                              run_runtime(ctx, arch, backend, calibration, seed, config_id)))
+    return units
+
+
+def run_runtime(ctx: Context, arch: str, backend: str, calibration: tuple[str, int], seed: int,
+                config_id: str):
+    """Quantize one FP32 checkpoint with another runtime (artifact under ``models/<config_id>``),
+    evaluate it, and compare it with its FP32 predictions and with the torch twin."""
+    model = ctx.fp32_model(arch)
+    calibration_loader = ctx.calibration_loader(*calibration, seed=seed)
+    quantized = quantize_with_runtime(backend, model, calibration_loader, ctx.cfg.data.image_size,
+                                      ctx.run_dir / "models" / config_id,
+                                      threads=ctx.cfg.runtime.threads)
+    predictions = ctx.predict(quantized)
+    record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
+    record.update(quant_fields(quantized.quant_info))
+    record["artifact"] = str(quantized.files[0].relative_to(ctx.run_dir))
+    record.update(ctx.latency_comparison(arch, model, quantized))
+    twin = apply_quantization(model, "ptq_static", calibration_data=calibration_loader,
+                              execution="simulated", device=ctx.device, seed=seed,
+                              progress=ctx.cfg.runtime.progress)
+    record["agreement_with_simulated"] = float(
+        (ctx.predict(twin)["y_pred"].values == predictions["y_pred"].values).mean())
     return record, predictions, per_group
 
 

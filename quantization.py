@@ -115,7 +115,7 @@ __all__ = [
     "default_activation_range", "describe_quantized", "kernel_capability", "latency_report",
     "layer_bit_widths", "list_methods", "method_config", "packed_size_mib", "parse_bits",
     "prediction_agreement", "prepare_quantization", "qconfig_mapping", "quantizable_layers",
-    "register_method", "resolve_method", "weight_levels",
+    "register_method", "resolve_method", "traced_and_frozen", "weight_levels",
 ]
 
 BACKEND_ENGINE = "x86"
@@ -1026,30 +1026,63 @@ def prediction_agreement(model_a: nn.Module, model_b: nn.Module, loader) -> floa
 
 
 def latency_report(fp32_model: nn.Module, int8_model: nn.Module, image_size: int,
-                   batch_sizes: Sequence[int] = (1, 32), threads: int = 2, **options) -> dict:
-    """FP32 (its fastest eager layout) vs quantized CPU latency, same process and threads.
+                   batch_sizes: Sequence[int] = (1, 32), threads: int = 2, *,
+                   fp32_models: Mapping[str, nn.Module] | None = None,
+                   reference: Mapping[int, tuple[float, str]] | None = None, **options) -> dict:
+    """Quantized CPU latency against the fastest FP32 on this machine, same process and threads.
 
-    Per batch size ``n``: ``fp32_latency_ms_b{n}``, ``fp32_layout_b{n}``, ``latency_ms_b{n}``
-    and ``speedup_b{n}`` (FP32 ms / quantized ms). ``options`` (warmup, repeats) go to
-    ``evaluation.measure_latency``. Only meaningful for ``real_int8`` models: a simulated model
-    runs fake quantization in float.
+    The FP32 candidates are ``fp32_model`` in both eager layouts plus ``fp32_models`` (e.g. the
+    ONNX Runtime and OpenVINO FP32 models of ``runtimes``); ``reference`` ({batch size: (ms,
+    name)}) gives measurements already made, so FP32 is timed once per architecture. A torch
+    integer model is also timed traced and frozen when that form gives identical logits.
+
+    Per batch size ``n``: ``fp32_latency_ms_b{n}``, ``fp32_reference_b{n}`` (which FP32 was
+    fastest), ``latency_ms_b{n}``, ``int8_form_b{n}`` (``eager`` or ``traced_frozen``) and
+    ``speedup_b{n}`` (FP32 ms / quantized ms). ``options`` (warmup, repeats) go to
+    ``evaluation.measure_latency``. Only meaningful for integer models: a simulated model runs
+    fake quantization in float.
     """
     evaluation = importlib.import_module("evaluation")
     execution = getattr(int8_model, "quant_info", {}).get("execution")
     if execution == "simulated":
         logger.warning("latency_report on a simulated model measures fake quantization in "
                        "float, not a deployed integer model")
+    forms = {"eager": int8_model}
+    if execution == "real_int8":
+        frozen = traced_and_frozen(int8_model, image_size)
+        if frozen is not None:
+            forms["traced_frozen"] = frozen
+    candidates = {"torch": fp32_model, **(fp32_models or {})}
     report = {"threads": threads, "image_size": image_size, "execution": execution}
     with _isolated_torch_state():
         for n in batch_sizes:
-            fp32_ms, layout = evaluation.fp32_reference_latency(fp32_model, image_size, n,
-                                                                threads=threads, **options)
-            quantized_ms = evaluation.measure_latency(int8_model, image_size, n, threads=threads,
-                                                      **options)
-            report.update({f"fp32_latency_ms_b{n}": fp32_ms, f"fp32_layout_b{n}": layout,
+            fp32_ms, fp32_name = (reference or {}).get(n) or evaluation.fastest_latency(
+                candidates, image_size, n, threads=threads, **options)
+            quantized_ms, form = evaluation.fastest_latency(forms, image_size, n,
+                                                            threads=threads, **options)
+            report.update({f"fp32_latency_ms_b{n}": fp32_ms, f"fp32_reference_b{n}": fp32_name,
                            f"latency_ms_b{n}": quantized_ms,
+                           f"int8_form_b{n}": form.removesuffix("_contiguous"),
                            f"speedup_b{n}": fp32_ms / quantized_ms})
     return report
+
+
+@torch.no_grad()
+def traced_and_frozen(model: nn.Module, image_size: int) -> torch.jit.ScriptModule | None:
+    """``model`` traced and frozen (TorchScript), or None when tracing fails or the frozen
+    module's logits differ in any bit from the eager model's on a random batch."""
+    generator = torch.Generator().manual_seed(0)
+    example, check = (torch.randn(n, 3, image_size, image_size, generator=generator)
+                      for n in (2, 4))
+    try:
+        with _isolated_torch_state(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frozen = torch.jit.freeze(torch.jit.trace(model.cpu().eval(), example).eval())
+            exact = torch.equal(frozen(check), model(check))
+    except (RuntimeError, TypeError, ValueError) as error:
+        logger.info("traced and frozen form unavailable (%s); timing eager only", error)
+        return None
+    return frozen if exact else None
 
 
 # --------------------------------------------------------------------------- comparisons

@@ -12,7 +12,10 @@ from pathlib import Path
 CORE = ["torch", "torchvision", "timm", "numpy", "pandas", "scipy", "yaml", "tqdm",
         "fairlearn", "matplotlib"]
 OPTIONAL = {"aif360": "AIF360 cross-checks and the generalized entropy index",
-            "seaborn": "figure styling", "pytest": "running the test suite"}
+            "seaborn": "figure styling", "pytest": "running the test suite",
+            "onnxruntime": "the onnxruntime backend (runtime.backends)",
+            "openvino": "the openvino backend (runtime.backends)",
+            "nncf": "OpenVINO's INT8 quantizer for the openvino backend"}
 DATASET_FILES = {"celeba": ["list_attr_celeba.txt", "list_eval_partition.txt", "img_align_celeba"],
                  "utkface": [],
                  "fairface": ["fairface_label_train.csv", "fairface_label_val.csv"],
@@ -34,6 +37,14 @@ def check_quantized_engine() -> tuple[bool, str]:
     engines = torch.backends.quantized.supported_engines
     ok = "x86" in engines or "fbgemm" in engines
     return ok, f"supported engines: {', '.join(engines)}"
+
+
+def check_kernels() -> str:
+    """The CPU's kernel capability and the 8-bit activation range it gets (see quantization.py)."""
+    from quantization import default_activation_range, kernel_capability
+    kernels = kernel_capability()
+    return (f"{kernels['cpu_capability']}, VNNI {'yes' if kernels['vnni'] else 'no'}: "
+            f"real INT8 uses activation_range='{default_activation_range()}'")
 
 
 def check_device() -> str:
@@ -69,6 +80,7 @@ def main() -> int:
     if "torch" not in missing:
         ok, detail = check_quantized_engine()
         print(f"  [{'ok' if ok else 'MISSING'}] quantized integer kernels: {detail}")
+        print(f"  CPU kernels: {check_kernels()}")
         if not ok:
             missing.append("x86/fbgemm quantized engine")
         print(f"  device: {check_device()}")

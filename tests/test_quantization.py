@@ -249,14 +249,41 @@ def test_percentile_observer_clips_outliers_that_minmax_keeps():
     assert scale.item() * 255 < 1.5 < minmax.calculate_qparams()[0].item() * 255
 
 
-def test_latency_report_compares_against_the_faster_fp32_layout(trained_cnn, data):
+def test_latency_report_compares_against_the_fastest_fp32(trained_cnn, data):
     report = latency_report(trained_cnn, ptq(trained_cnn, data), SIZE, batch_sizes=(1, 4),
                             threads=1, warmup=1, repeats=3)
     for n in (1, 4):
-        assert report[f"fp32_layout_b{n}"] in ("contiguous", "channels_last")
+        assert report[f"fp32_reference_b{n}"] in ("torch_contiguous", "torch_channels_last")
+        assert report[f"int8_form_b{n}"] in ("eager", "eager_channels_last", "traced_frozen")
         assert report[f"speedup_b{n}"] == pytest.approx(
             report[f"fp32_latency_ms_b{n}"] / report[f"latency_ms_b{n}"])
     assert report["execution"] == "real_int8"
+
+
+class _Instant(nn.Module):
+    """An 'FP32 runtime' that answers at once: the fastest candidate whatever the machine."""
+
+    def forward(self, images):
+        return torch.zeros(len(images), 2)
+
+
+def test_latency_report_takes_another_runtimes_faster_fp32_and_given_references(trained_cnn,
+                                                                               data):
+    quantized = ptq(trained_cnn, data)
+    report = latency_report(trained_cnn, quantized, SIZE, batch_sizes=(1,), threads=1,
+                            warmup=1, repeats=3, fp32_models={"instant_fp32": _Instant()})
+    assert report["fp32_reference_b1"] == "instant_fp32"
+    given = latency_report(trained_cnn, quantized, SIZE, batch_sizes=(1,), threads=1, warmup=1,
+                           repeats=3, reference={1: (123.0, "measured_before")})
+    assert (given["fp32_latency_ms_b1"], given["fp32_reference_b1"]) == (123.0, "measured_before")
+
+
+def test_traced_and_frozen_int8_gives_the_eager_logits_exactly(trained_cnn, data):
+    quantized = ptq(trained_cnn, data)
+    frozen = quantization.traced_and_frozen(quantized, SIZE)
+    images = data.tensors[0][:16]
+    with torch.no_grad():
+        assert torch.equal(frozen(images), quantized(images))
 
 
 # --------------------------------------------------------------------------- comparison API
