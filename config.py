@@ -39,9 +39,6 @@ NO_METHODS = ("{key} is empty, so that phase would run nothing: name at least on
 MITIGATE_UNKNOWN_ARCH = ("mitigation.architectures={given}: {unknown} not in models.architectures="
                          "{known}; mitigate only architectures that the baseline trains (add them "
                          "to models.architectures or drop them here)")
-CALIBRATION_OVER_CAP = ("{key}={size} is larger than data.max_per_split={cap}, which caps the "
-                        "training split: ask for at most {cap} calibration samples or raise "
-                        "data.max_per_split")
 
 
 @dataclass(frozen=True)
@@ -254,11 +251,6 @@ class ExperimentConfig:
             if unknown:
                 raise ValueError(MITIGATE_UNKNOWN_ARCH.format(given=list(chosen), unknown=unknown,
                                                               known=list(known)))
-        cap = self.data.max_per_split
-        sizes = [("quantization.calibration_sizes", n) for n in self.quantization.calibration_sizes]
-        for key, size in sizes + [("mitigation.calibration_size", self.mitigation.calibration_size)]:
-            if cap is not None and size > cap:
-                raise ValueError(CALIBRATION_OVER_CAP.format(key=key, size=size, cap=cap))
 
     @property
     def run_dir(self) -> Path:

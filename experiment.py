@@ -129,6 +129,9 @@ UNKNOWN_ARCHITECTURES = ("models.architectures: unknown architecture(s) {unknown
 CALIBRATION_TOO_LARGE = ("{key}={size} is larger than the {n_train} training images of {dataset}: "
                          "calibration draws from the training split, so ask for at most "
                          "{n_train} (--set {key}=...) or use more data")
+CALIBRATION_OVER_CAP = ("{key}={size} is larger than data.max_per_split={cap}, which caps the "
+                        "training split: ask for at most {cap} calibration samples or raise "
+                        "data.max_per_split")
 
 
 def check_config(cfg: ExperimentConfig) -> None:
@@ -147,15 +150,26 @@ def check_config(cfg: ExperimentConfig) -> None:
             method_config(name, **({**_qat_defaults(cfg), **options} if name == "qat" else options))
         for name, options in methods_for(arch, cfg.mitigation.methods):
             _bits_label(name, options)
+    cap = cfg.data.max_per_split
+    for key, size in _calibration_sizes_in_use(cfg):
+        if cap is not None and size > cap:
+            raise ValueError(CALIBRATION_OVER_CAP.format(key=key, size=size, cap=cap))
 
 
 def check_calibration_sizes(cfg: ExperimentConfig, n_train: int) -> None:
-    """Every configured calibration size fits in the training split (checked when it loads)."""
-    sizes = [("quantization.calibration_sizes", n) for n in cfg.quantization.calibration_sizes]
-    for key, size in sizes + [("mitigation.calibration_size", cfg.mitigation.calibration_size)]:
+    """Every calibration size the grids use fits in the training split (checked when it loads)."""
+    for key, size in _calibration_sizes_in_use(cfg):
         if size > n_train:
             raise ValueError(CALIBRATION_TOO_LARGE.format(key=key, size=size, n_train=n_train,
                                                           dataset=cfg.data.dataset))
+
+
+def _calibration_sizes_in_use(cfg: ExperimentConfig) -> list[tuple[str, int]]:
+    """(config key, size) of every calibration size some configured method draws."""
+    calibrated = any(spec["method"] in CALIBRATED_METHODS for spec in cfg.quantization.methods)
+    sizes = [("quantization.calibration_sizes", n) for n in cfg.quantization.calibration_sizes
+             if calibrated]
+    return sizes + [("mitigation.calibration_size", cfg.mitigation.calibration_size)]
 
 
 def calibration_seed(seed: int, draw: int) -> int:

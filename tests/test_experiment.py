@@ -1,5 +1,8 @@
+import pytest
+
 from config import load_config
-from experiment import _calibrations, configuration_id, methods_for
+from experiment import (_calibrations, check_calibration_sizes, check_config, configuration_id,
+                        methods_for)
 
 
 def test_methods_for_keeps_specs_of_the_named_architectures_only():
@@ -24,3 +27,28 @@ def test_full_study_config_describes_more_than_sixty_quantization_configurations
     per_arch = sum(len(_calibrations(cfg, name))
                    for name, _ in methods_for("resnet50", cfg.quantization.methods))
     assert per_arch * len(cfg.models.architectures) >= 60
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["models.architectures=[resnet51]"], "unknown architecture(s) ['resnet51']; known: ["),
+    (["quantization.methods=[{method: ptq_magic}]"], "'ptq_magic' is not registered"),
+    (["mitigation.methods=[{method: mixed_precision, criterion: best}]"], "criterion"),
+    (["data.max_per_split=100", "quantization.calibration_sizes=[512]"],
+     "quantization.calibration_sizes=512 is larger than data.max_per_split=100"),
+    (["data.max_per_split=100", "quantization.calibration_sizes=[64]"],
+     "mitigation.calibration_size=512 is larger than data.max_per_split=100"),
+])
+def test_names_and_sizes_are_checked_before_anything_runs(overrides, fragment):
+    with pytest.raises(ValueError) as err:
+        check_config(load_config(None, overrides))
+    assert fragment in str(err.value)
+
+
+def test_only_the_calibration_sizes_a_grid_uses_must_fit_the_train_split():
+    dynamic_only = load_config(None, ["quantization.methods=[{method: ptq_dynamic}]",
+                                      "quantization.calibration_sizes=[5000]",
+                                      "mitigation.calibration_size=64"])
+    check_calibration_sizes(dynamic_only, n_train=100)  # no calibrated quantization method
+    with pytest.raises(ValueError, match="mitigation.calibration_size=64 is larger than the 50 "
+                                         "training images of synthetic"):
+        check_calibration_sizes(dynamic_only, n_train=50)
