@@ -19,7 +19,7 @@ from fairness_metrics import summarize_predictions
 from models import (build_model, count_parameters, export_torchscript, list_models,
                     load_model_from_checkpoint, save_checkpoint)
 from quantization import (FairnessAwareQuantizer, apply_quantization, context_keys,
-                          latency_report, method_config)
+                          kernel_capability, latency_report, method_config)
 from results import WorkUnit, holds_results, load_predictions, predictions_path
 from runtimes import fp32_runtime_model, get_runtime, quantize_with_runtime
 from training import fit, resolve_device, seed_everything
@@ -396,10 +396,31 @@ def run_runtime(ctx: Context, arch: str, backend: str, calibration: tuple[str, i
     return record, predictions, per_group
 
 
+MIXED_KERNELS = ("{run_dir} holds {count} finished configuration(s) built on a CPU {other} "
+                 "(e.g. {example}, cpu_capability {cpu}); this CPU is one {this}, whose integer "
+                 "kernels take other activation ranges, so resuming would mix the two in one "
+                 "table. Redo them here with --force, use a new run_name, or resume on a CPU "
+                 "{other}")
+
+
+def check_same_kernels(run_dir, records, force: bool = False) -> None:
+    """Refuse to add rows built for this CPU's kernels to rows built for the other kind (with or
+    without VNNI: different activation ranges, different integer arithmetic), unless forced."""
+    vnni = kernel_capability()["vnni"]
+    other = [r for r in records if r.get("status") == "ok" and r.get("vnni") is not None
+             and bool(r["vnni"]) != vnni]
+    if other and not force:
+        kinds = ("without VNNI", "with VNNI") if vnni else ("with VNNI", "without VNNI")
+        raise ValueError(MIXED_KERNELS.format(
+            run_dir=run_dir, count=len(other), example=other[0]["config_id"],
+            cpu=other[0].get("cpu_capability"), other=kinds[0], this=kinds[1]))
+
+
 def quant_fields(info: dict) -> dict:
     """The columns of a result row that come from a quantized model's ``quant_info``."""
     keys = ("weight_bits", "act_bits", "execution", "observer", "size_mib", "fp32_size_mib",
-            "compression", "fp32_layers", "layer_bits", "activation_range", "cpu_capability")
+            "compression", "fp32_layers", "layer_bits", "activation_range", "cpu_capability",
+            "vnni")
     fields = {key: info.get(key) for key in keys}
     fields["cost_s"] = round(info["cost_s"], 3)
     return fields

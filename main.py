@@ -38,6 +38,7 @@ def run_mitigation(ctx: experiment.Context, force: bool) -> int:
 def _sweep(ctx: experiment.Context, table: str, units, force: bool) -> int:
     """Run the units not done yet; returns how many failed (each is recorded with its error)."""
     store = ResultStore(ctx.run_dir, table)
+    experiment.check_same_kernels(ctx.run_dir, store.records(), force)
     if force or {unit.config_id for unit in units} - store.done_ids():
         ctx.splits  # load the data first: a missing or malformed dataset stops the phase here
     counts = run_sweep(store, units, force=force, desc=table.removesuffix("_results"),

@@ -488,7 +488,7 @@ def _full_info(quantized: nn.Module, original: nn.Module, name: str, config: Qua
             "cost_s": cost_s, "fp32_layers": info["fp32_layers"],
             "layer_bits": info["layer_bits"], "float_ops": info.get("float_ops"),
             "activation_range": _activation_range(config),
-            "cpu_capability": kernel_capability()["cpu_capability"], "config": config.to_dict()}
+            **kernel_capability(), "config": config.to_dict()}
 
 
 def _activation_range(config: QuantConfig) -> str | None:

@@ -238,7 +238,7 @@ def quantize_with_runtime(name: str, model: nn.Module, calibration_data, image_s
         "size_mib": quantized.size_mib(), "fp32_size_mib": fp32_size,
         "compression": fp32_size / quantized.size_mib(), "cost_s": cost_s, "fp32_layers": [],
         "layer_bits": {}, "float_ops": None, "activation_range": _runtime_range(name),
-        "cpu_capability": kernel_capability()["cpu_capability"]}
+        **kernel_capability()}
     logger.info("%s INT8: %.3f MiB (x%.2f), %.1f s", name, quantized.size_mib(),
                 fp32_size / quantized.size_mib(), cost_s)
     return quantized

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import experiment
 import main
 import runtimes
 from models import build_model
@@ -65,7 +66,7 @@ def test_a_missing_package_names_it_and_the_install_line(monkeypatch):
     assert "openvino" not in runtimes.available_runtimes()
 
 
-def test_the_quantization_phase_writes_a_row_per_backend(tmp_path):
+def test_the_quantization_phase_writes_a_row_per_backend(tmp_path, monkeypatch, capsys):
     args = ["--config", "configs/smoke.yaml", "--set", f"results_dir={tmp_path / 'results'}",
             "--set", f"data.root={tmp_path / 'data'}",
             "--set", "quantization.methods=[{method: ptq_static, bits: [w8a8]}]",
@@ -84,3 +85,10 @@ def test_the_quantization_phase_writes_a_row_per_backend(tmp_path):
         assert (run_dir / row["artifact"]).is_file()
         assert row["agreement_with_simulated"] >= 0.9
         assert row["speedup_b1"] == pytest.approx(row["fp32_latency_ms_b1"] / row["latency_ms_b1"])
+
+    # the same folder resumed on the other kind of CPU is refused, not silently mixed
+    real = experiment.kernel_capability()
+    monkeypatch.setattr(experiment, "kernel_capability",
+                        lambda: {"cpu_capability": "OTHER", "vnni": not real["vnni"]})
+    assert main.main([*args, "--phase", "quantization"]) == 2
+    assert "would mix the two in one table" in capsys.readouterr().err
