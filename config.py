@@ -182,13 +182,27 @@ class MitigationConfig:
         _check_range("mitigation.max_dp_gap", self.max_dp_gap, 0.0, 1.0)
 
 
+DEFAULT_MARGINS = {"accuracy": 0.01, "dp_gap": 0.02, "eo_gap": 0.02, "modest_gain": 0.05}
+"""Default analysis margins (probability units); ``modest_gain``: the largest accuracy gain of QAT
+over PTQ that counts as modest (H2)."""
+DEFAULT_MIN_BALANCED_ACCURACY = 0.6
+MARGIN_KEYS = ("accuracy", "balanced_accuracy", "worst_group_accuracy", "dp_gap", "eo_gap",
+               "eop_gap", "pe_gap", "accuracy_gap", "disparate_impact", "modest_gain")
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     bootstrap_resamples: int = 2000
     ci: float = 0.95
     alpha: float = 0.05
     min_group_size: int = 30
-    fairness_tolerance: float = 0.02
+    margins: dict = field(default_factory=lambda: dict(DEFAULT_MARGINS))
+    """Margins set before the run: a change smaller than this is no change worth having (the
+    EQUIVALENT verdict, see verdicts.py). Keys: metric names, plus ``modest_gain`` (H2)."""
+    min_balanced_accuracy: float = DEFAULT_MIN_BALANCED_ACCURACY
+    """No verdict involving an FP32 model whose balanced-accuracy lower bound is at or below."""
+    fairness_tolerance: Optional[float] = None
+    """Deprecated: the DP-gap margin is ``margins.dp_gap``."""
     size_budgets_mib: Optional[tuple[float, ...]] = None
 
     def __post_init__(self):
@@ -196,7 +210,16 @@ class AnalysisConfig:
         _check_range("analysis.ci", self.ci, 0.5, 0.999)
         _check_range("analysis.alpha", self.alpha, 1e-6, 0.5)
         _check_range("analysis.min_group_size", self.min_group_size, 0, 10**9)
-        _check_range("analysis.fairness_tolerance", self.fairness_tolerance, 0.0, 1.0)
+        _check_range("analysis.min_balanced_accuracy", self.min_balanced_accuracy, 0.0, 1.0)
+        for key, value in self.margins.items():
+            _check_choice("analysis.margins", key, MARGIN_KEYS)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 < value <= 1:
+                raise ValueError(f"analysis.margins.{key}={value!r}: expected a number in (0, 1] "
+                                 "(probability units), e.g. 0.02")
+        object.__setattr__(self, "margins", {**DEFAULT_MARGINS, **self.margins})
+        if self.fairness_tolerance is not None:
+            _check_range("analysis.fairness_tolerance", self.fairness_tolerance, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
