@@ -1,0 +1,101 @@
+"""Tests of unit_stats.py: the pooled interval over units (coverage, ties, clusters, shared
+test-sample error) and the exact permutation tests over architectures."""
+import math
+
+import numpy as np
+import pytest
+
+import fairness_metrics as fm
+import unit_stats as us
+import verdicts as vd
+
+
+def test_identical_units_give_no_zero_width_interval_and_no_verdict():
+    tied = us.pooled_interval([0.2, 0.2, 0.2])
+    assert math.isnan(tied.low) and math.isnan(tied.high)  # nothing to make an interval from
+    assert vd.verdict(tied.estimate, tied.p_difference, tied.p_equivalent, alpha=0.05,
+                      better_when_higher=False) == vd.INCONCLUSIVE
+    # the same tie with the test-sampling error the units share: a real, non-zero width
+    shared = np.random.default_rng(0).normal(0.2, 0.03, size=(400, 1)) * np.ones((1, 3))
+    with_error = us.pooled_interval([0.2, 0.2, 0.2], shared)
+    assert with_error.high - with_error.low == pytest.approx(2 * 1.96 * 0.03, rel=0.15)
+    lone = us.pooled_interval([0.3])
+    assert lone.estimate == 0.3 and math.isnan(lone.low) and lone.n == 1
+
+
+def test_pooled_interval_is_the_t_interval_for_independent_units():
+    values = np.array([0.01, 0.03, 0.02, 0.05])
+    evidence = us.pooled_interval(values)
+    half = 3.182446305284263 * values.std(ddof=1) / 2  # t(0.975, 3 df) * sd / sqrt(4)
+    assert (evidence.low, evidence.high) == pytest.approx((values.mean() - half,
+                                                           values.mean() + half))
+    assert evidence.n == 4 and evidence.p_difference < 0.05
+
+
+def test_pooled_interval_covers_at_its_nominal_rate_from_three_units():
+    rng = np.random.default_rng(1)
+    for k in (3, 5):
+        covered = 0
+        for _ in range(400):
+            evidence = us.pooled_interval(rng.normal(0.1, 0.05, k))
+            covered += evidence.low <= 0.1 <= evidence.high
+        assert 0.92 <= covered / 400 <= 0.98, (k, covered)
+
+
+def test_units_of_one_architecture_count_as_one_cluster():
+    values = [0.01, 0.012, 0.011, 0.05]
+    clustered = us.pooled_interval(values, clusters=["a", "a", "a", "b"])
+    assert clustered.n == 2 and clustered.estimate == pytest.approx((0.011 + 0.05) / 2)
+    assert us.pooled_interval(values).n == 4
+
+
+def test_tost_over_units_needs_the_interval_inside_the_margin():
+    rng = np.random.default_rng(2)
+    many = us.pooled_interval(rng.normal(0.0, 0.01, 30), margin=0.02)
+    few = us.pooled_interval(rng.normal(0.0, 0.01, 3), margin=0.005)
+    assert many.p_equivalent <= 0.05 and few.p_equivalent > 0.05
+
+
+def test_shared_replicates_share_the_test_samples():
+    rng = np.random.default_rng(3)
+    n = 600
+    groups = rng.choice(["A", "B"], n)
+    y = rng.integers(0, 2, n)
+    reference = rng.integers(0, 2, n)
+    model = np.where(rng.random(n) < 0.1, 1 - reference, reference)
+    replicates = us.shared_paired_replicates(y, [(model, reference), (model, reference)], groups,
+                                             "accuracy", n_resamples=300, seed=0)
+    assert replicates.shape == (300, 2)
+    np.testing.assert_allclose(replicates[:, 0], replicates[:, 1])  # one unit twice: identical
+    single = fm.paired_bootstrap(y, model, reference, sensitive_features=groups, n_resamples=300)
+    width = single.set_index(["group", "metric"]).loc[(fm.OVERALL, "accuracy")]
+    assert replicates[:, 0].std() == pytest.approx((width["high"] - width["low"]) / 3.92, rel=0.25)
+    with pytest.raises(ValueError) as error:
+        us.shared_paired_replicates(y, [(model[:10], reference[:10])], groups, "accuracy")
+    assert str(error.value) == us.UNEQUAL_UNITS.format(index=0, got=10, expected=n)
+
+
+def test_permutation_spearman_is_exact_and_knows_its_floor():
+    x = np.log([1e5, 1e6, 1e7, 1e8, 1e9])
+    perfect = us.permutation_spearman(x, [[5, 4, 3, 2, 1], [0.5, 0.4, 0.3, 0.2, 0.1]])
+    assert perfect["statistic"] == pytest.approx(-1.0)
+    assert perfect["exact"] and perfect["n_orderings"] == 120
+    assert perfect["p_value"] == pytest.approx(1 / 60)  # 2 of 120 orderings are as extreme
+    assert perfect["min_p_fraction"] == "1/60"
+    four = us.permutation_spearman(x[:4], [[4, 3, 2, 1]])
+    assert four["p_value"] == pytest.approx(1 / 12)  # four models can never reach 0.05
+    assert vd.permutation_verdict(four["statistic"], four["p_value"], four["min_p"], alpha=0.05,
+                                  claimed_sign=-1) == vd.INCONCLUSIVE
+
+
+def test_permutation_family_difference_counts_labellings():
+    values = np.array([[0.30, 0.10, 0.11, 0.12, 0.09], [0.25, 0.05, 0.06, 0.04, 0.05]])
+    test = us.permutation_family_difference(values, [True, False, False, False, False])
+    assert test["n_orderings"] == 5 and test["exact"]
+    assert test["statistic"] == pytest.approx(np.mean([0.30 - 0.105, 0.25 - 0.05]))
+    assert test["p_value"] == pytest.approx(1 / 5) and test["min_p_fraction"] == "1/5"
+
+
+def test_cohens_h_of_a_change_between_proportions():
+    assert us.cohens_h(0.5, 0.5) == 0
+    assert us.cohens_h(0.6, 0.5) == pytest.approx(2 * np.arcsin(np.sqrt(0.6)) - np.pi / 2)
