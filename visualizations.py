@@ -23,6 +23,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 HATCHES = ("", "///", "...", "xxx", "\\\\\\", "ooo", "---", "+++", "|||", "**")
 GREYS = ("0.15", "0.45", "0.7", "0.9")
 VERDICT_MARKERS = {"SUPPORTED": "o", "REJECTED": "X", "INCONCLUSIVE": "s"}
+VERDICT_SHADES = {"SUPPORTED": "black", "REJECTED": "0.45", "INCONCLUSIVE": "white"}
 DPI = 150
 
 
@@ -123,30 +124,74 @@ def _annotate_cells(ax, values: np.ndarray, image) -> None:
                 color="white" if shade > 0.5 else "black")
 
 
-def plot_group_drops(means: pd.DataFrame, path: str | Path) -> list[Path]:
-    """Mean accuracy drop of each intersectional group per method/bits, one panel per dataset;
+def plot_group_drops(per_group: pd.DataFrame, path: str | Path) -> list[Path]:
+    """Accuracy drop vs FP32 of each intersectional group per architecture and method/bits, with
+    the paired-bootstrap interval as an error bar (several configurations of one cell, e.g.
+    calibration draws: mean drop and mean bounds); one panel per (dataset, architecture);
     groups differ by hatch."""
-    _require(means, ["dataset", "method", "weight_bits", "act_bits", "group", "accuracy_drop"],
+    _require(per_group, ["dataset", "arch", "method", "weight_bits", "act_bits", "group",
+                         "accuracy_drop", "accuracy_drop_low", "accuracy_drop_high"],
              "plot_group_drops")
-    rows = means.assign(setting=_bits_label(means))
-    datasets = sorted(rows["dataset"].unique())
+    rows = per_group.assign(setting=_bits_label(per_group))
+    panels = sorted(set(zip(rows["dataset"], rows["arch"])))
     groups = sorted(rows["group"].unique())
     hatches, greys = _styles(groups, HATCHES), _styles(groups, GREYS)
-    figure = Figure(layout="constrained", figsize=(max(6, 1.5 * rows["setting"].nunique()), 3.5 * len(datasets)))
-    axes = figure.subplots(len(datasets), 1, squeeze=False)[:, 0]
+    figure = Figure(layout="constrained", figsize=(max(6, 1.5 * rows["setting"].nunique()),
+                                                   3.2 * len(panels)))
+    axes = figure.subplots(len(panels), 1, squeeze=False)[:, 0]
     width = 0.8 / len(groups)
-    for ax, dataset in zip(axes, datasets):
-        grid = rows[rows["dataset"] == dataset].pivot_table(
-            index="setting", columns="group", values="accuracy_drop", aggfunc="mean")
+    for ax, (dataset, arch) in zip(axes, panels):
+        cell = rows[(rows["dataset"] == dataset) & (rows["arch"] == arch)]
+        grid = cell.pivot_table(index="setting", columns="group", aggfunc="mean",
+                                values=["accuracy_drop", "accuracy_drop_low",
+                                        "accuracy_drop_high"])
         for k, group in enumerate(groups):
-            heights = grid[group] if group in grid else pd.Series(np.nan, index=grid.index)
-            ax.bar(np.arange(len(grid)) + (k - (len(groups) - 1) / 2) * width, heights, width,
-                   label=group, hatch=hatches[group], color=greys[group], edgecolor="black")
+            if ("accuracy_drop", group) not in grid:
+                continue
+            drop = grid[("accuracy_drop", group)]
+            error = [drop - grid[("accuracy_drop_low", group)],
+                     grid[("accuracy_drop_high", group)] - drop]
+            ax.bar(np.arange(len(grid)) + (k - (len(groups) - 1) / 2) * width, drop, width,
+                   yerr=error, capsize=2, label=group, hatch=hatches[group], color=greys[group],
+                   edgecolor="black", error_kw={"elinewidth": 0.8})
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(grid)), grid.index, rotation=30, ha="right")
         ax.set_ylabel("accuracy drop vs FP32 (fraction)")
-        ax.set_title(f"{dataset}: per-group accuracy drop (positive = the group lost)")
-        ax.legend(fontsize=8, ncol=2)
+        ax.set_title(f"{dataset}/{arch}: per-group accuracy drop, 95% paired interval "
+                     "(positive = the group lost)", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    return save_figure(figure, path)
+
+
+CHANGE_MARKERS = {"WORSE": "v", "BETTER": "^", "EQUIVALENT": "o", "INCONCLUSIVE": "s"}
+
+
+def plot_dp_changes(changes: pd.DataFrame, path: str | Path) -> list[Path]:
+    """Each configuration's DP-gap change vs FP32 with its 95% paired interval; marker shape =
+    its verdict (filled when EQUIVALENT or BETTER); dotted lines at +-margin."""
+    _require(changes, ["config_id", "delta_dp_gap", "delta_dp_gap_low", "delta_dp_gap_high",
+                       "verdict", "margin"], "plot_dp_changes")
+    rows = changes.sort_values("config_id").reset_index(drop=True)
+    figure = Figure(layout="constrained", figsize=(8, 0.25 * len(rows) + 1.5))
+    ax = figure.subplots()
+    for i, row in rows.iterrows():
+        error = [[row.delta_dp_gap - row.delta_dp_gap_low],
+                 [row.delta_dp_gap_high - row.delta_dp_gap]]
+        filled = row.verdict in ("EQUIVALENT", "BETTER")
+        ax.errorbar([row.delta_dp_gap], [i], xerr=error, capsize=2, color="black",
+                    fmt=CHANGE_MARKERS.get(row.verdict, "s"), markersize=5,
+                    markerfacecolor="black" if filled else "white")
+    margin = float(rows["margin"].iloc[0])
+    for x in (-margin, margin):
+        ax.axvline(x, color="0.4", linestyle=":", linewidth=0.9)
+    ax.axvline(0, color="0.6", linestyle="--", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), rows["config_id"], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"ΔDP gap vs FP32 (fraction), 95% paired interval; dotted: ±margin {margin:g}")
+    handles = [ax.errorbar([], [], fmt=m, color="black", label=v,
+                           markerfacecolor="black" if v in ("EQUIVALENT", "BETTER") else "white")
+               for v, m in CHANGE_MARKERS.items()]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     return save_figure(figure, path)
 
 
@@ -179,8 +224,9 @@ def plot_mitigation(table: pd.DataFrame, path: str | Path) -> list[Path]:
 
 def plot_hypotheses(hypotheses: pd.DataFrame, path: str | Path) -> list[Path]:
     """Each hypothesis's headline estimate with its interval, one panel each (own scale and
-    unit); marker shape = verdict (filled when SUPPORTED); p-value in the title when the table
-    has one; dashed line at 0."""
+    unit); the verdict written at the left and marked by shape and fill (filled black =
+    SUPPORTED, grey X = REJECTED, hollow square = INCONCLUSIVE); Holm p-value and the
+    per-architecture count in the title when the table has them; dashed line at 0."""
     _require(hypotheses, ["id", "statistic", "estimate", "low", "high", "verdict"],
              "plot_hypotheses")
     figure = Figure(layout="constrained", figsize=(8, 1.2 * len(hypotheses) + 0.5))
@@ -191,15 +237,19 @@ def plot_hypotheses(hypotheses: pd.DataFrame, path: str | Path) -> list[Path]:
             has_interval = np.isfinite(row.low) and np.isfinite(row.high)
             error = [[row.estimate - row.low], [row.high - row.estimate]] if has_interval else None
             ax.errorbar([row.estimate], [0], xerr=error, fmt=VERDICT_MARKERS.get(row.verdict, "o"),
-                        color="black", markerfacecolor="white" if row.verdict != "SUPPORTED"
-                        else "black", capsize=4, markersize=8)
+                        color="black", markerfacecolor=VERDICT_SHADES.get(row.verdict, "white"),
+                        capsize=4, markersize=8)
         else:
             ax.text(0.5, 0.5, "no estimate", transform=ax.transAxes, ha="center", va="center")
+        ax.text(0.01, 0.5, row.verdict, transform=ax.transAxes, ha="left", va="center",
+                fontsize=8, weight="bold")
         ax.set_yticks([])
         ax.set_ylabel(row.id, rotation=0, labelpad=18, va="center")
         ax.set_xlabel(row.statistic, fontsize=8)
         p_value = getattr(row, "p_value", np.nan)
-        ax.set_title(row.verdict + (f", p = {p_value:.3g}" if np.isfinite(p_value) else ""),
+        holds = getattr(row, "holds", "")
+        ax.set_title(row.verdict + (f", p = {p_value:.3g}" if np.isfinite(p_value) else "")
+                     + (f", {holds}" if isinstance(holds, str) and holds else ""),
                      loc="right", fontsize=8)
     return save_figure(figure, path)
 

@@ -18,11 +18,14 @@ import pytest
 import yaml
 
 import analysis
-from analysis import (INCONCLUSIVE, REJECTED, SUPPORTED, bound_verdict, combine_verdicts,
-                      directional_verdict, drop_ratio, format_number, latex_escape,
-                      pareto_front, permutation_family_difference, permutation_spearman,
-                      pvalue_verdict, run_analysis)
+import hypotheses as hy
+import stats_tables as st
+import verdicts as vd
+from analysis import run_analysis
+from report import latex_escape
 from results import save_predictions
+from stats_tables import drop_ratio, format_number, pareto_front
+from verdicts import INCONCLUSIVE, REJECTED, SUPPORTED
 
 GROUPS = ("Male/Young", "Male/Old", "Female/Young", "Female/Old")
 GROUP_SIZE = 800
@@ -121,7 +124,7 @@ def write_run(folder, world: dict, *, phases=("baseline", "quantization", "mitig
                                       "ptq_static", 2, status="failed",
                                       error="RuntimeError: observer saw no data"))
     for phase in phases:
-        pd.DataFrame(tables[phase]).to_csv(folder / analysis.RESULT_FILES[phase], index=False)
+        pd.DataFrame(tables[phase]).to_csv(folder / st.RESULT_FILES[phase], index=False)
     return folder
 
 
@@ -175,66 +178,22 @@ def test_pareto_front_rejects_unknown_or_no_objectives():
         pareto_front(points)
 
 
-def test_verdict_rules():
-    assert directional_verdict(0.01, 0.03, +1, min_effect=0.01) == SUPPORTED
-    assert directional_verdict(-0.03, -0.01, -1, min_effect=0.01) == SUPPORTED
-    assert directional_verdict(-0.004, 0.005, +1, min_effect=0.01) == REJECTED  # rules out 0.01
-    assert directional_verdict(-0.01, 0.05, +1, min_effect=0.01) == INCONCLUSIVE
-    assert directional_verdict(math.nan, 0.05, +1, min_effect=0.01) == INCONCLUSIVE
-    assert bound_verdict(0.0, 0.02, 0.02) == SUPPORTED
-    assert bound_verdict(0.03, 0.05, 0.02) == REJECTED
-    assert bound_verdict(0.01, 0.03, 0.02) == INCONCLUSIVE
-    assert bound_verdict(12.0, 12.0, 10.0, upper=False) == SUPPORTED
-    assert bound_verdict(3.0, 3.0, 10.0, upper=False) == REJECTED
-    assert pvalue_verdict(-0.9, 0.01, 0.05, sign=-1) == SUPPORTED
-    assert pvalue_verdict(0.9, 0.01, 0.05, sign=-1) == REJECTED
-    assert pvalue_verdict(-0.9, 0.2, 0.05, sign=-1) == INCONCLUSIVE
-    assert pvalue_verdict(0.001, 0.6, 0.05, min_effect=0.01) == REJECTED
-    assert combine_verdicts([SUPPORTED, SUPPORTED]) == SUPPORTED
-    assert combine_verdicts([SUPPORTED, INCONCLUSIVE]) == INCONCLUSIVE
-    assert combine_verdicts([INCONCLUSIVE, REJECTED]) == REJECTED
-    assert combine_verdicts([]) == INCONCLUSIVE
-
-
-def test_pooled_interval_never_claims_more_certainty_than_the_units_have():
-    resampling = analysis._Resampling(ci=0.95, n_resamples=200, seed=0)
-    lone = resampling.pooled([0.3])
-    assert lone.estimate == 0.3 and math.isnan(lone.low) and math.isnan(lone.high)
-    assert directional_verdict(lone.low, lone.high, +1, min_effect=0.01) == INCONCLUSIVE
-    own = resampling.pooled([0.3], [0.1], [0.5])
-    assert (own.low, own.high) == (0.1, 0.5)
-    agreeing = resampling.pooled([0.2, 0.2, 0.2], [0.15, 0.1, 0.12], [0.25, 0.3, 0.28])
-    assert agreeing.low == pytest.approx(np.mean([0.15, 0.1, 0.12]))  # own intervals, not [0.2, 0.2]
-    spread = resampling.pooled([0.0, 0.1, 0.2, 0.3], [0.09, 0.09, 0.19, 0.29], [0.01, 0.11, 0.21, 0.31])
-    assert spread.low < 0.09 and spread.high > 0.15  # the spread between units dominates
-    assert spread.n == 4 and spread.estimate == pytest.approx(0.15)
-
-
-def test_permutation_spearman_is_exact_and_knows_its_floor():
-    x = np.log([1e5, 1e6, 1e7, 1e8, 1e9])
-    perfect = permutation_spearman(x, [[5, 4, 3, 2, 1], [0.5, 0.4, 0.3, 0.2, 0.1]])
-    assert perfect["statistic"] == pytest.approx(-1.0)
-    assert perfect["exact"] and perfect["n_orderings"] == 120
-    assert perfect["p_value"] == pytest.approx(1 / 60)  # 2 of 120 orderings are as extreme
-    assert perfect["min_p_fraction"] == "1/60"
-    four = permutation_spearman(x[:4], [[4, 3, 2, 1]])
-    assert four["p_value"] == pytest.approx(1 / 12)  # four models can never reach 0.05
-    assert pvalue_verdict(four["statistic"], four["p_value"], 0.05, sign=-1) == INCONCLUSIVE
-
-
-def test_permutation_family_difference_counts_labellings():
-    values = np.array([[0.30, 0.10, 0.11, 0.12, 0.09], [0.25, 0.05, 0.06, 0.04, 0.05]])
-    test = permutation_family_difference(values, [True, False, False, False, False])
-    assert test["n_orderings"] == 5 and test["exact"]
-    assert test["statistic"] == pytest.approx(np.mean([0.30 - 0.105, 0.25 - 0.05]))
-    assert test["p_value"] == pytest.approx(1 / 5)
-
-
 def test_transformers_are_recognised_by_a_part_of_their_name():
-    markers = analysis.HypothesisRules().transformer_markers
-    assert [analysis.is_transformer_name(a, markers) for a in
+    assert [hy.is_transformer_name(a) for a in
             ("vit_small", "tiny_vit", "deit_tiny", "resnet50", "mobilenet_v2", "levit")] == \
         [True, True, True, False, False, False]
+
+
+def test_every_hypothesis_is_one_spec_with_generated_rule_and_test_text():
+    margins = vd.check_margins({})
+    for spec in hy.HYPOTHESES:
+        text = hy.describe_test(spec)
+        assert all(c.name in text for c in spec.criteria)
+        for criterion in spec.criteria:
+            rule = criterion.rule.text(margins, 0.05, format_number)
+            assert format_number(margins[criterion.margin]) in rule  # threshold from the spec
+            assert criterion.selection in hy.SELECTIONS
+    assert [spec.id for spec in hy.HYPOTHESES] == [f"H{i}" for i in range(1, 7)]
 
 
 def test_drop_ratio_guards_division_by_zero():
@@ -259,19 +218,59 @@ def test_planted_supported_world_supports_every_hypothesis(supported_run):
     assert _verdicts(hypotheses) == {f"H{i}": SUPPORTED for i in range(1, 7)}
     by_id = {h["id"]: h for h in hypotheses}
     assert by_id["H1"]["estimate"] == pytest.approx(-1.0)  # every cell perfectly ordered
-    assert by_id["H1"]["details"]["min_attainable_p_fraction"] == "1/2520"
+    assert by_id["H1"]["details"]["p_floor_fraction"] == "1/2520"
     assert by_id["H2"]["estimate"] == pytest.approx(40 / N)  # QAT flips 40 fewer samples
+    assert [c["verdict"] for c in by_id["H2"]["criteria"]] == [vd.BETTER, vd.EQUIVALENT]
+    assert by_id["H2"]["holds"] == "holds for 7 of 7"
     assert by_id["H3"]["estimate"] == pytest.approx(-40 / GROUP_SIZE)
+    assert by_id["H3"]["holds"] == "holds for 1 of 1"  # the draws are of one architecture
     assert by_id["H6"]["p_value"] == pytest.approx(1 / 21)  # 2 transformers among 7 models
+    assert {h["margins"].get("dp_gap") for h in hypotheses} <= {None, 0.02}
 
 
-def test_planted_rejected_world_rejects_every_hypothesis(rejected_analysis):
-    hypotheses = rejected_analysis.hypotheses
-    assert _verdicts(hypotheses) == {f"H{i}": REJECTED for i in range(1, 7)}
-    h1 = hypotheses[0]
+def test_planted_rejected_world_rejects_and_one_transformer_names_the_p_floor(rejected_analysis):
+    hypotheses = {h["id"]: h for h in rejected_analysis.hypotheses}
+    assert {k: h["verdict"] for k, h in hypotheses.items()} == {
+        **{f"H{i}": REJECTED for i in range(1, 6)}, "H6": INCONCLUSIVE}
+    h1 = hypotheses["H1"]
     assert h1["estimate"] == pytest.approx(1.0) and h1["p_value"] == pytest.approx(1 / 60)
     assert "cannot go below 1/60" in h1["details"]["limitation"]
-    assert "1/5" in hypotheses[5]["details"]["limitation"]  # one transformer of five
+    # one transformer among five: no labelling gives p below 1/5, so no general claim
+    h6 = hypotheses["H6"]
+    assert h6["details"]["p_floor_fraction"] == "1/5"
+    assert "cannot give p below 1/5" in h6["reason"] and "INCONCLUSIVE" in h6["reason"]
+    assert len(h6["per_architecture"]) == 5  # the per-architecture changes are still reported
+    assert hypotheses["H5"]["criteria"][0]["verdict"] == vd.WORSE  # two-sided: a large rise fails
+
+
+def test_a_chance_level_baseline_gets_no_verdict(tmp_path):
+    folder = write_run(tmp_path / "run", WORLDS["supported"])
+    rng = np.random.default_rng(0)
+    for arch, _, _ in WORLDS["supported"]["archs"]:  # FP32 models that guess
+        coin = fp32_predictions().assign(y_pred=lambda t: rng.integers(0, 2, len(t)))
+        save_predictions(folder, f"synthetic/{arch}/fp32/seed=0", coin)
+    result = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False)
+    assert all(h["verdict"] == INCONCLUSIVE for h in result.hypotheses)
+    assert all("not clearly above chance" in h["reason"] for h in result.hypotheses)
+    rows = [r for h in result.hypotheses for r in h["per_architecture"]]
+    assert rows and all(not r["usable"] and "balanced accuracy lower bound" in r["reason"]
+                        for r in rows)
+
+
+def test_design_fixed_costs_are_facts_beside_the_verdict(supported_run, tmp_path):
+    folder, _ = supported_run
+    h2 = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False).hypotheses[1]
+    assert h2["facts"][0]["value"] == pytest.approx(50.0)  # QAT 100 s vs PTQ 2 s
+    # make QAT as cheap as PTQ: the cost fact changes, the verdict does not
+    cheap = write_run(tmp_path / "cheap", WORLDS["supported"])
+    results = pd.read_csv(cheap / "quantization_results.csv")
+    results.loc[results["method"] == "qat", "cost_s"] = 2.0
+    results.to_csv(cheap / "quantization_results.csv", index=False)
+    again = analysis.analyse(cheap, n_resamples=RESAMPLES, progress=False).hypotheses[1]
+    assert again["facts"][0]["value"] == pytest.approx(1.0)
+    assert again["verdict"] == h2["verdict"] == SUPPORTED
+    # no criterion of any hypothesis is a cost or a size: they are all metric changes
+    assert {c.metric for spec in hy.HYPOTHESES for c in spec.criteria} <= set(analysis.st.METRICS)
 
 
 def test_without_quantization_or_mitigation_every_hypothesis_is_inconclusive(tmp_path):
@@ -292,13 +291,14 @@ def test_missing_mitigation_results_still_gives_every_output(tmp_path):
     assert verdicts["H1"] == verdicts["H2"] == SUPPORTED
     report = outputs["report.md"].read_text()
     assert "`mitigation_results.csv` is missing" in report
-    assert set(pd.read_csv(outputs["stats.csv"])["comparison"]) == {"config", "vs_fp32", "qat_vs_ptq"}
+    assert set(pd.read_csv(outputs["stats.csv"])["comparison"]) == {
+        "config", "vs_fp32", "qat_vs_ptq", "int4_vs_int8"}
 
 
 def test_stats_table_is_tidy_and_adjusted_within_families(supported_run):
     folder, _ = supported_run
     stats = pd.read_csv(folder / "analysis" / "stats.csv")
-    assert list(stats.columns[:10]) == analysis.STAT_KEYS
+    assert list(stats.columns[:10]) == st.STAT_KEYS
     change = stats[(stats["comparison"] == "vs_fp32") & (stats["metric"] == "dp_gap")]
     ptq4 = change[change["config_id"] == CNN_E]
     assert ptq4["estimate"].item() == pytest.approx(CNN_E_K / GROUP_SIZE, abs=1e-4)
@@ -306,6 +306,7 @@ def test_stats_table_is_tidy_and_adjusted_within_families(supported_run):
     assert (change["p_holm"] >= change["p_value"] - 1e-9).all()
     assert (change["p_bh"] <= change["p_holm"] + 1e-9).all()
     assert change["family"].unique().tolist() == ["vs_fp32/dp_gap"]
+    assert change["p_equivalent"].between(0, 1).all()  # dp_gap has a margin: TOST p for each
     accuracy = stats[(stats["comparison"] == "vs_fp32") & (stats["metric"] == "accuracy")]
     assert (accuracy["effect_size"] < 0).all()  # Cohen's h of a loss is negative
     assert "synthetic/cnn_x/ptq_static/w2a8/seed=0" not in set(stats["config_id"])  # failed row
@@ -324,17 +325,26 @@ def test_per_group_drop_and_flips_come_from_the_damaged_group(supported_run):
     assert np.isinf(ratios["worst_to_least"]).all()  # the other groups lost nothing
 
 
-def test_recommendation_is_the_most_accurate_fair_model_within_budget(supported_run):
+def test_recommendation_rests_on_verdicts_lists_deployable_apart_and_reports_ties(supported_run):
     folder, _ = supported_run
     rows = pd.read_csv(folder / "analysis" / "tables" / "recommendation.csv", keep_default_na=False)
-    table = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False).table
+    result = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False)
+    table = result.table
     largest = table.loc[table["method"] == "fp32", "size_mib"].max()
-    assert rows["size_budget_mib"].astype(float).tolist() == pytest.approx(
-        [f * largest for f in analysis.DEFAULT_BUDGET_FRACTIONS], rel=1e-3)
-    full = rows.iloc[-1]
-    assert full["config_id"].endswith("/fp32/seed=0")  # nothing beats FP32 without a size limit
-    small = analysis.recommend(table, size_budgets_mib=[1e-6])
-    assert small["config_id"].tolist() == [""] and small["n_candidates"].tolist() == [0]
+    assert sorted(set(rows["size_budget_mib"].astype(float))) == pytest.approx(
+        [f * largest for f in st.DEFAULT_BUDGET_FRACTIONS], rel=1e-3)
+    chosen = rows[rows["config_id"] != ""]
+    assert set(chosen["dp_verdict"]) <= {vd.EQUIVALENT, vd.BETTER}
+    worse = set(table.loc[table["dp_verdict"] == vd.WORSE, "config_id"])
+    assert worse and not worse & set(chosen["config_id"])  # a widened gap never ships
+    full = chosen[chosen["size_budget_mib"].astype(float) == chosen["size_budget_mib"].astype(float).max()]
+    deployable = full[full["deployable"].astype(str) == "True"]
+    # the seven FP32 models predict alike: one ranks first and the others tie with it
+    assert len(deployable) == 7 and deployable["config_id"].str.endswith("/fp32/seed=0").all()
+    assert (deployable["p_vs_best"].iloc[1:].astype(float) > 0.05).all()
+    assert (full.loc[full["deployable"].astype(str) == "False", "execution"] == "simulated").all()
+    small = st.recommend(table, size_budgets_mib=[1e-6])
+    assert small["config_id"].tolist() == ["", ""] and small["n_candidates"].tolist() == [0, 0]
 
 
 def test_report_names_no_number_absent_from_the_written_tables(supported_run):

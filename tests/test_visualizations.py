@@ -25,11 +25,21 @@ def configurations() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def group_means() -> pd.DataFrame:
+def per_group() -> pd.DataFrame:
     groups = ["Female/Old", "Female/Young", "Male/Old", "Male/Young"]
-    return pd.DataFrame([dict(dataset="synthetic", method="ptq_static", weight_bits=bits,
-                              act_bits="8", group=group, accuracy_drop=drop * (i + 1))
-                         for bits, drop in ((8, 0.001), (4, 0.02)) for i, group in enumerate(groups)])
+    return pd.DataFrame([dict(dataset="synthetic", arch=arch, method="ptq_static",
+                              weight_bits=bits, act_bits="8", group=group,
+                              accuracy_drop=drop * (i + 1), accuracy_drop_low=drop * i - 0.01,
+                              accuracy_drop_high=drop * (i + 2) + 0.01)
+                         for arch in ("cnn", "vit_s") for bits, drop in ((8, 0.001), (4, 0.02))
+                         for i, group in enumerate(groups)])
+
+
+def dp_changes() -> pd.DataFrame:
+    return pd.DataFrame({"config_id": ["a/w8", "a/w4", "b/w4"], "delta_dp_gap": [0.001, 0.05, -0.03],
+                         "delta_dp_gap_low": [-0.01, 0.02, -0.06],
+                         "delta_dp_gap_high": [0.012, 0.08, 0.0],
+                         "verdict": ["EQUIVALENT", "WORSE", "INCONCLUSIVE"], "margin": 0.02})
 
 
 def hypotheses() -> pd.DataFrame:
@@ -37,7 +47,8 @@ def hypotheses() -> pd.DataFrame:
                          "statistic": ["mean Spearman rho", "Δaccuracy (fraction)", "ΔDP gap"],
                          "estimate": [-0.8, 0.01, np.nan], "low": [np.nan, -0.002, np.nan],
                          "high": [np.nan, 0.02, np.nan],
-                         "verdict": ["INCONCLUSIVE", "SUPPORTED", "INCONCLUSIVE"]})
+                         "verdict": ["INCONCLUSIVE", "SUPPORTED", "REJECTED"],
+                         "holds": ["", "holds for 1 of 2", "holds for 0 of 1"]})
 
 
 def baseline() -> pd.DataFrame:
@@ -48,7 +59,8 @@ def baseline() -> pd.DataFrame:
 FIGURES = {
     "pareto": (viz.plot_pareto, configurations),
     "heatmaps": (viz.plot_heatmaps, lambda: configurations().query("method != 'fp32'")),
-    "group_drops": (viz.plot_group_drops, group_means),
+    "group_drops": (viz.plot_group_drops, per_group),
+    "dp_changes": (viz.plot_dp_changes, dp_changes),
     "mitigation": (viz.plot_mitigation, configurations),
     "hypotheses": (viz.plot_hypotheses, hypotheses),
     "baseline": (viz.plot_baseline_table, baseline),
@@ -83,4 +95,8 @@ def test_missing_columns_and_empty_tables_are_named(tmp_path):
         viz.plot_pareto(configurations().drop(columns="pareto"), tmp_path / "p")
     with pytest.raises(ValueError, match="plot_mitigation got an empty table"):
         viz.plot_mitigation(configurations().iloc[:0], tmp_path / "m")
+    with pytest.raises(ValueError, match=r"plot_group_drops needs the columns "
+                                         r"\['accuracy_drop_low', 'accuracy_drop_high'\]"):
+        viz.plot_group_drops(per_group().drop(columns=["accuracy_drop_low",
+                                                       "accuracy_drop_high"]), tmp_path / "g")
     assert not list(tmp_path.iterdir())  # nothing half-written

@@ -1,0 +1,411 @@
+"""Hypotheses H1-H6: each one spec (``HYPOTHESES``), from which its rule, margins and text come.
+
+A spec names its criteria: which comparison rows (``SELECTIONS``), which metric's change, which
+margin (``analysis.margins``) and which of the four verdicts (``verdicts``) the claim needs.
+Every hypothesis is judged per architecture ("holds for 3 of 5") and in general:
+
+- a pooled hypothesis (H2-H5) judges each criterion from the paired comparison itself when an
+  architecture has one unit, else from ``unit_stats.pooled_interval`` over its units; the
+  general claim pools every unit with the architectures as clusters (one architecture: its
+  units). Holm runs across the criteria; design-fixed costs and sizes are reported as facts
+  beside the verdict, never as criteria;
+- an across-architecture hypothesis (H1, H6) makes its general claim with an exact
+  permutation test over architectures, and only when that test can reach alpha; otherwise it is
+  INCONCLUSIVE and names the test's p-floor.
+
+No architecture whose FP32 model is not clearly above chance takes part (its row says why).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+import fairness_metrics as fm
+import unit_stats as us
+import verdicts as vd
+from stats_tables import LOWER_BITS, SWEET_SPOT_BITS, format_number
+
+REPLICATES = 400
+"""Shared test-sample bootstrap replicates behind a pooled interval's covariance term."""
+TRANSFORMER_MARKERS = ("vit", "deit", "swin")
+"""An architecture is a transformer (H6) when a ``_``-separated part of its name starts with one
+of these (``vit_small``, ``tiny_vit``); the rest are CNNs."""
+MIN_ARCHITECTURES = 3
+"""Fewest architectures a correlation across architectures is computed from (H1)."""
+CELL_KEYS = ["dataset", "method", "weight_bits", "act_bits"]
+"""What one cell of an across-architecture test holds fixed."""
+
+
+# ----------------------------------------------------------------------------- which rows
+
+def _quantized_vs_fp32(pairs):
+    return pairs[(pairs["comparison"] == "vs_fp32") & (pairs["phase"] == "quantization")]
+
+
+SELECTIONS: dict[str, tuple[str, Callable[[pd.DataFrame], pd.DataFrame]]] = {
+    "quantized_vs_fp32": ("every quantized model minus its FP32 baseline", _quantized_vs_fp32),
+    "int8_vs_fp32": (f"quantized models at {SWEET_SPOT_BITS} weight bits minus FP32",
+                     lambda p: _quantized_vs_fp32(p)[_quantized_vs_fp32(p)["weight_bits"]
+                                                     == SWEET_SPOT_BITS]),
+    "int4_vs_int8": (f"the same model at {LOWER_BITS} minus at {SWEET_SPOT_BITS} weight bits",
+                     lambda p: p[p["comparison"] == "int4_vs_int8"]),
+    "qat_vs_ptq": ("QAT minus static PTQ at the same architecture, bits and seed",
+                   lambda p: p[p["comparison"] == "qat_vs_ptq"]),
+    "balanced_vs_random": ("balanced minus random calibration, paired by draw",
+                           lambda p: p[(p["comparison"] == "vs_ptq")
+                                       & (p["method"] == "bias_aware_calibration")
+                                       & p["calibration"].str.startswith("balanced")
+                                       & p["reference_calibration"].str.startswith("random")]),
+    "mixed_vs_fp32": ("mixed precision minus FP32",
+                      lambda p: p[(p["comparison"] == "vs_fp32")
+                                  & (p["method"] == "mixed_precision")]),
+}
+
+
+# ----------------------------------------------------------------------------- the specs
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    selection: str
+    metric: str
+    margin: str
+    claims: tuple[str, ...] | None
+    """Verdicts that support the hypothesis; None: reported per architecture, not claimed."""
+
+    @property
+    def rule(self) -> vd.Rule:
+        return vd.Rule(self.metric, self.margin, self.claims or ())
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A measured number the design fixes (a cost or size ratio): reported, never a criterion."""
+
+    name: str
+    selection: str
+    column: str
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    id: str
+    claim: str
+    criteria: tuple[Criterion, ...]
+    facts: tuple[Fact, ...] = ()
+    across: str | None = None
+    """None: pooled criteria decide. 'spearman' (H1) or 'transformer' (H6): an exact
+    permutation test over architectures makes the general claim."""
+    statistic: str = ""
+
+
+_CHANGE = dict(selection="quantized_vs_fp32", claims=None)
+HYPOTHESES = (
+    Hypothesis("H1", "Larger models are more resilient to quantization: the more parameters, the "
+               "smaller the loss of accuracy and the rise of the DP gap.",
+               (Criterion("Δaccuracy vs FP32", metric="accuracy", margin="accuracy", **_CHANGE),
+                Criterion("ΔDP gap vs FP32", metric="dp_gap", margin="dp_gap", **_CHANGE)),
+               across="spearman", statistic="mean Spearman rho, log(parameters) vs loss"),
+    Hypothesis("H2", "QAT gives modest gains over PTQ at a much higher cost.",
+               (Criterion("QAT is more accurate than PTQ", "qat_vs_ptq", "accuracy", "accuracy",
+                          (vd.BETTER,)),
+                Criterion("the gain is modest", "qat_vs_ptq", "accuracy", "modest_gain",
+                          (vd.EQUIVALENT,))),
+               facts=(Fact("cost ratio QAT / PTQ (median; set by the configured QAT budget)",
+                           "qat_vs_ptq", "cost_s"),),
+               statistic="Δaccuracy, QAT − PTQ (fraction)"),
+    Hypothesis("H3", "Balanced calibration improves fairness at no training cost.",
+               (Criterion("balanced calibration lowers the DP gap", "balanced_vs_random",
+                          "dp_gap", "dp_gap", (vd.BETTER,)),),
+               facts=(Fact("calibration cost ratio balanced / random (median; both run the same "
+                           "calibration pass)", "balanced_vs_random", "cost_s"),),
+               statistic="ΔDP gap, balanced − random calibration"),
+    Hypothesis("H4", "Mixed precision keeps most of the FP32 fairness at a fraction of the size.",
+               (Criterion("DP gap kept (equivalent to FP32 or better)", "mixed_vs_fp32",
+                          "dp_gap", "dp_gap", (vd.EQUIVALENT, vd.BETTER)),),
+               facts=(Fact("size / FP32 size (median; fixed by the bit widths)", "mixed_vs_fp32",
+                           "size_mib"),),
+               statistic="ΔDP gap, mixed precision − FP32"),
+    Hypothesis("H5", "INT8 is the sweet spot: the DP gap barely moves at INT8 and rises more at "
+               "INT4.",
+               (Criterion(f"DP gap unchanged at {SWEET_SPOT_BITS} bits (two-sided)",
+                          "int8_vs_fp32", "dp_gap", "dp_gap", (vd.EQUIVALENT,)),
+                Criterion(f"DP gap worse at {LOWER_BITS} than at {SWEET_SPOT_BITS} bits",
+                          "int4_vs_int8", "dp_gap", "dp_gap", (vd.WORSE,))),
+               statistic=f"ΔDP gap at INT{SWEET_SPOT_BITS} vs FP32"),
+    Hypothesis("H6", "Architecture predicts the behaviour: the CNNs behave alike and the "
+               "transformer differs.",
+               (Criterion("ΔDP gap vs FP32", metric="dp_gap", margin="dp_gap", **_CHANGE),),
+               across="transformer", statistic="ΔDP gap, transformer − CNN mean"),
+)
+
+
+def describe_test(spec: Hypothesis) -> str:
+    """The test of a hypothesis in words, generated from its spec."""
+    parts = [f"{c.name}: change of {c.metric}, {SELECTIONS[c.selection][0]}" for c in spec.criteria]
+    if spec.across == "spearman":
+        general = ("general claim: Spearman correlation across architectures of log(parameters) "
+                   "with |Δaccuracy| and with ΔDP gap, per (dataset, method, bits) cell, mean "
+                   "over cells; two-sided exact permutation test reordering the parameter counts")
+    elif spec.across == "transformer":
+        general = ("general claim: mean over (dataset, method, bits) cells of transformer mean − "
+                   "CNN mean ΔDP gap; two-sided exact permutation test relabelling which "
+                   "architectures are transformers")
+    else:
+        general = ("per architecture: the paired comparison (swap test, bootstrap interval, TOST) "
+                   "or, over several units, the pooled t-interval with the shared test-sample "
+                   "covariance; general claim: every unit pooled, clustered by architecture")
+    return "; ".join(parts) + ". " + general + "."
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@dataclass
+class Context:
+    """What evaluating the hypotheses needs besides the comparison table."""
+
+    load: Callable[[str], pd.DataFrame]
+    margins: dict
+    alpha: float = 0.05
+    ci: float = 0.95
+    n_resamples: int = 2000
+    seed: int = 0
+    min_balanced_accuracy: float = vd.DEFAULT_MIN_BALANCED_ACCURACY
+    fp32_balanced_accuracy_low: dict = field(default_factory=dict)
+    """(dataset, arch) -> lower bound of the FP32 model's balanced accuracy."""
+
+
+def evaluate_hypotheses(pairs: pd.DataFrame, context: Context) -> list[dict]:
+    """H1-H6 from the comparison table (``stats_tables.pair_table``), one dict each: id, claim,
+    test, statistic, estimate, low, high, p_value, n, verdict, reason, holds, criteria,
+    per_architecture, facts, details."""
+    return [_evaluate(spec, pairs, context) for spec in HYPOTHESES]
+
+
+def _evaluate(spec: Hypothesis, pairs: pd.DataFrame, context: Context) -> dict:
+    rows = {c.selection: SELECTIONS[c.selection][1](pairs) for c in spec.criteria}
+    base = {"id": spec.id, "claim": spec.claim, "test": describe_test(spec),
+            "statistic": spec.statistic, "estimate": math.nan, "low": math.nan,
+            "high": math.nan, "p_value": math.nan, "n": 0, "verdict": vd.INCONCLUSIVE,
+            "holds": "", "criteria": [], "per_architecture": [], "facts": [], "details": {},
+            "margins": {c.margin: context.margins[c.margin] for c in spec.criteria}}
+    if all(frame.empty for frame in rows.values()):
+        return {**base, "reason": "no data: no " + " and no ".join(
+            SELECTIONS[c.selection][0] for c in spec.criteria)}
+    usable, per_arch = _usable(rows, context)
+    replicates = {c: _replicates(rows[c.selection][usable[c.selection]], c.metric, context)
+                  for c in spec.criteria}
+    per_architecture = [_arch_result(spec, rows, usable, replicates, key, context)
+                        for key in per_arch]
+    facts = [_fact(f, SELECTIONS[f.selection][1](pairs)) for f in spec.facts]
+    base.update(per_architecture=per_architecture, facts=facts)
+    if not any(mask.any() for mask in usable.values()):
+        reasons = sorted({r["reason"] for r in per_architecture if r["reason"]})
+        return {**base, "reason": "; ".join(reasons)}
+    if spec.across:
+        return {**base, **_across(spec, rows[spec.criteria[0].selection][
+            usable[spec.criteria[0].selection]], context)}
+    criteria = _criteria(spec, {s: r[usable[s]] for s, r in rows.items()}, replicates,
+                         context, cluster=True)
+    head = criteria[0]
+    verdict = vd.combine([c["verdict"] for c in criteria], [c["claims"] for c in criteria])
+    holds = vd.holds_count([r["verdict"] for r in per_architecture if r["usable"]])
+    return {**base, "estimate": head["estimate"], "low": head["low"], "high": head["high"],
+            "p_value": head["p_difference_holm"], "n": head["n"], "verdict": verdict,
+            "holds": holds, "criteria": criteria,
+            "reason": "; ".join(f"{c['name']}: {c['verdict']}" for c in criteria)}
+
+
+def _usable(rows: dict, context: Context):
+    """Per selection, a mask of the rows whose architecture's FP32 model is above chance; and
+    the (dataset, arch) keys present, in order."""
+    keys = list(dict.fromkeys(k for frame in rows.values()
+                              for k in zip(frame["dataset"], frame["arch"])))
+    usable = {}
+    for selection, frame in rows.items():
+        usable[selection] = np.array([_above_chance(k, context) for k in
+                                      zip(frame["dataset"], frame["arch"])], dtype=bool)
+    return usable, sorted(keys)
+
+
+def _above_chance(key, context: Context) -> bool:
+    return vd.is_above_chance(context.fp32_balanced_accuracy_low.get(key, math.nan),
+                              context.min_balanced_accuracy)
+
+
+def _chance_reason(key, context: Context) -> str:
+    low = context.fp32_balanced_accuracy_low.get(key, math.nan)
+    return f"{key[1]}: " + vd.at_chance_reason(low, context.min_balanced_accuracy, format_number)
+
+
+def _arch_result(spec, rows, usable, replicates, key, context) -> dict:
+    dataset, arch = key
+    result = {"dataset": dataset, "arch": arch, "usable": _above_chance(key, context),
+              "reason": "", "verdict": vd.INCONCLUSIVE, "criteria": []}
+    if not result["usable"]:
+        return {**result, "reason": _chance_reason(key, context)}
+    masks = {s: ((r["dataset"] == dataset) & (r["arch"] == arch)).to_numpy() for s, r in
+             rows.items()}
+    own = {s: rows[s][masks[s]] for s in rows}
+    own_replicates = {c: None if replicates[c] is None else
+                      replicates[c][:, masks[c.selection][usable[c.selection]]]
+                      for c in spec.criteria}
+    criteria = _criteria(spec, own, own_replicates, context, cluster=False)
+    claimed = [c for c in criteria if c["claims"]]
+    verdict = vd.combine([c["verdict"] for c in claimed], [c["claims"] for c in claimed]) \
+        if claimed else ""
+    return {**result, "criteria": criteria, "verdict": verdict}
+
+
+def _criteria(spec, rows, replicates, context, *, cluster: bool) -> list[dict]:
+    evidence = [_evidence(rows[c.selection], c, replicates[c], context, cluster) for c in
+                spec.criteria]
+    verdicts, p_difference, p_equivalent = vd.holm_verdicts(
+        [e.estimate for e in evidence], [e.p_difference for e in evidence],
+        [e.p_equivalent for e in evidence],
+        [vd.higher_is_better(c.metric) for c in spec.criteria], alpha=context.alpha)
+    return [{"name": c.name, "metric": c.metric, "margin_key": c.margin,
+             "margin": context.margins[c.margin], "claims": list(c.claims or []),
+             "rule": c.rule.text(context.margins, context.alpha, format_number),
+             "estimate": e.estimate, "low": e.low, "high": e.high,
+             "p_difference": e.p_difference, "p_difference_holm": float(d),
+             "p_equivalent": e.p_equivalent, "p_equivalent_holm": float(q), "n": e.n,
+             "interval": e.kind, "note": e.note, "verdict": v}
+            for c, e, v, d, q in zip(spec.criteria, evidence, verdicts, p_difference,
+                                     p_equivalent)]
+
+
+def _evidence(rows: pd.DataFrame, criterion: Criterion, replicates, context: Context,
+              cluster: bool) -> us.Evidence:
+    margin = context.margins[criterion.margin]
+    if rows.empty:
+        return us.Evidence(math.nan, math.nan, math.nan, math.nan, math.nan, 0, "", "no units")
+    if len(rows) == 1:
+        return _single(rows.iloc[0], criterion.metric, margin, context)
+    clusters = list(zip(rows["dataset"], rows["arch"])) if cluster else None
+    if clusters is not None and len(set(clusters)) == 1:
+        clusters = None  # one architecture: its own units are the evidence
+    evidence = us.pooled_interval(rows[f"delta_{criterion.metric}"].to_numpy(dtype=float),
+                                  replicates, ci=context.ci, margin=margin,
+                                  clusters=None if clusters is None else
+                                  ["/".join(map(str, k)) for k in clusters])
+    if clusters is not None:
+        return us.Evidence(**{**evidence.__dict__, "note": evidence.note.replace(
+            "units", "architectures (clusters; units of one architecture averaged first)", 1)})
+    return evidence
+
+
+def _single(row, metric: str, margin: float, context: Context) -> us.Evidence:
+    """One paired comparison: the swap test, the bootstrap interval and TOST at ``margin``."""
+    pred, reference = context.load(row["config_id"]), _aligned(context.load(row["reference_id"]),
+                                                               context.load(row["config_id"]))
+    frame = fm.paired_bootstrap(pred["y_true"].to_numpy(), pred["y_pred"].to_numpy(), reference,
+                                sensitive_features=pred["group"].to_numpy(),
+                                n_resamples=context.n_resamples, ci=context.ci,
+                                seed=context.seed, margins={metric: margin})
+    r = frame.set_index(["group", "metric"]).loc[(fm.OVERALL, metric)]
+    return us.Evidence(float(r["delta"]), float(r["low"]), float(r["high"]), float(r["p"]),
+                       float(r["p_equivalent"]), 1, "paired comparison (swap test, "
+                       "bootstrap interval, TOST)", row["config_id"])
+
+
+def _aligned(reference: pd.DataFrame, pred: pd.DataFrame) -> np.ndarray:
+    return reference.set_index("sample_id").loc[pred["sample_id"], "y_pred"].to_numpy()
+
+
+def _replicates(rows: pd.DataFrame, metric: str, context: Context):
+    """(REPLICATES, k) shared-resample changes of the rows' units, per dataset (units of
+    different datasets share no samples, so their blocks are drawn independently)."""
+    if len(rows) < 2:
+        return None
+    blocks = []
+    for dataset in rows["dataset"].unique():
+        block = rows[rows["dataset"] == dataset]
+        first = context.load(block["config_id"].iloc[0])
+        units = [(_aligned(context.load(c), first), _aligned(context.load(r), first))
+                 for c, r in zip(block["config_id"], block["reference_id"])]
+        blocks.append(us.shared_paired_replicates(
+            first["y_true"].to_numpy(), units, first["group"].to_numpy(), metric,
+            n_resamples=REPLICATES, seed=context.seed))
+    order = np.concatenate([np.flatnonzero((rows["dataset"] == d).to_numpy())
+                            for d in rows["dataset"].unique()])
+    stacked = np.hstack(blocks)
+    return stacked[:, np.argsort(order)]
+
+
+def _fact(fact: Fact, rows: pd.DataFrame) -> dict:
+    """Median over the rows of column / reference_column: a measured fact, not a criterion."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = (rows[fact.column].to_numpy(dtype=float)
+                  / rows[f"reference_{fact.column}"].to_numpy(dtype=float))
+    ratios = ratios[~np.isnan(ratios)]
+    return {"name": fact.name, "value": float(np.median(ratios)) if ratios.size else math.nan,
+            "n": int(ratios.size), "role": "reported beside the verdict, not a criterion"}
+
+
+# ----------------------------------------------------------------------------- across architectures
+
+def is_transformer_name(arch: str, markers: Sequence[str] = TRANSFORMER_MARKERS) -> bool:
+    """Whether a ``_``-separated part of ``arch`` starts with one of ``markers``."""
+    return any(part.startswith(tuple(markers)) for part in str(arch).split("_"))
+
+
+def arch_cells(quantized: pd.DataFrame, column: str, absolute: bool = False) -> pd.DataFrame:
+    """A (cell x architecture) table of the mean of ``column`` (over seeds and calibrations)."""
+    if quantized.empty:
+        return pd.DataFrame()
+    values = quantized[column].abs() if absolute else quantized[column]
+    cells = quantized.assign(value=values).pivot_table(index=CELL_KEYS, columns="arch",
+                                                       values="value", aggfunc="mean")
+    cells.index = [f"{column}:" + "/".join(format_number(k) for k in key) for key in cells.index]
+    return cells
+
+
+def _across(spec: Hypothesis, quantized: pd.DataFrame, context: Context) -> dict:
+    if spec.across == "spearman":
+        params = quantized.groupby("arch")["reference_params"].median().dropna()
+        cells = pd.concat([arch_cells(quantized, "delta_accuracy", absolute=True),
+                           arch_cells(quantized, "delta_dp_gap")])
+        cells = cells.reindex(columns=params.index).dropna()
+        if cells.shape[1] < MIN_ARCHITECTURES or cells.empty:
+            return {"reason": f"no data: needs quantized-vs-FP32 changes of at least "
+                              f"{MIN_ARCHITECTURES} architectures with parameter counts in a "
+                              "common (dataset, method, bits) cell"}
+        test = us.permutation_spearman(np.log(params[cells.columns].to_numpy()), cells.to_numpy(),
+                                       n_resamples=context.n_resamples, seed=context.seed)
+        name, sign, what = "exact permutation test of the correlation", -1, "orderings"
+        details = {"per_cell_correlation": dict(zip(cells.index, test["per_row"]))}
+    else:
+        cells = arch_cells(quantized, "delta_dp_gap").dropna(axis=1, how="all").dropna()
+        member = np.array([is_transformer_name(a) for a in cells.columns])
+        if cells.empty or member.sum() < 1 or (~member).sum() < 2:
+            return {"reason": "no data: needs quantized-vs-FP32 DP-gap changes of at least one "
+                              "transformer and two CNNs in a common (dataset, method, bits) cell"}
+        test = us.permutation_family_difference(cells.to_numpy(), member,
+                                                n_resamples=context.n_resamples,
+                                                seed=context.seed)
+        name, sign, what = "exact permutation test of the transformer label", None, "labellings"
+        details = {"transformers": list(cells.columns[member]),
+                   "cnns": list(cells.columns[~member])}
+    verdict = vd.permutation_verdict(test["statistic"], test["p_value"], test["min_p"],
+                                     alpha=context.alpha, claimed_sign=sign)
+    n = cells.shape[1]
+    details.update(architectures=list(cells.columns), n_cells=int(cells.shape[0]),
+                   n_orderings=test["n_orderings"], exact=test["exact"],
+                   p_floor=test["min_p"], p_floor_fraction=test["min_p_fraction"],
+                   limitation=f"With {n} architectures the test has {test['n_orderings']} "
+                              f"{what}, so its p-value cannot go below "
+                              f"{test['min_p_fraction']} (= {format_number(test['min_p'])}).")
+    if not test["min_p"] <= context.alpha:
+        reason = vd.p_floor_reason(name, test["min_p_fraction"], test["min_p"], context.alpha,
+                                   format_number)
+    else:
+        reason = (f"{name}: p = {format_number(test['p_value'])} "
+                  f"(p-floor {test['min_p_fraction']}), statistic "
+                  f"{format_number(test['statistic'])}")
+    return {"estimate": test["statistic"], "p_value": test["p_value"], "n": n,
+            "verdict": verdict, "reason": reason, "details": details}
