@@ -357,8 +357,10 @@ def _stratified_parts(strata, fractions, rng) -> np.ndarray:
 SYNTHETIC_GROUPS = ("Female/Old", "Female/Young", "Male/Old", "Male/Young")
 DEFAULT_GROUP_SHARES = {"Female/Young": 0.49, "Male/Young": 0.29, "Male/Old": 0.13,
                         "Female/Old": 0.09}
-DEFAULT_SMILING_RATE = {"Female/Young": 0.52, "Male/Young": 0.46, "Male/Old": 0.44,
-                        "Female/Old": 0.48}
+# Every group smiles at the same rate, so a perfect classifier has a DP gap of about 0 and the
+# weak Female/Old cue shows up as a fairness gap; pass ``smiling_rate`` for a base-rate gap.
+DEFAULT_SMILING_RATE = {"Female/Young": 0.5, "Male/Young": 0.5, "Male/Old": 0.5,
+                        "Female/Old": 0.5}
 DEFAULT_CUE_STRENGTH = {"Female/Young": 1.0, "Male/Young": 1.0, "Male/Old": 0.8,
                         "Female/Old": 0.6}
 SYNTHETIC_DEFAULTS = {"n_images": 8000, "image_size": 64, "seed": 0}
