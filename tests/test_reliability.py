@@ -189,3 +189,28 @@ def test_the_cli_refuses_a_run_folder_held_by_another_process(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"in use by process {os.getpid()}" in err and "Traceback" not in err
     assert not (run_root / "smoke" / "config.yaml").exists()
+
+
+STRESS_WRITER = """
+import sys
+import pandas as pd
+sys.path.insert(0, ".")
+from results import ResultStore
+store = ResultStore(sys.argv[1], "quantization_results")
+for i in range(int(sys.argv[3])):
+    config_id = f"{sys.argv[2]}/{i}"
+    store.add({"config_id": config_id, "status": "ok"},
+              pd.DataFrame({"group": ["F", "M"], "metric": ["accuracy"] * 2, "value": [0.5, 0.6]}))
+"""
+
+
+def test_even_unlocked_writers_lose_no_commit(tmp_path):
+    """Without the lock (a notebook using the store), two writers still keep every commit."""
+    writers = [subprocess.Popen([sys.executable, "-c", STRESS_WRITER, str(tmp_path), name, "40"],
+                                cwd=ROOT) for name in ("p1", "p2")]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    store = ResultStore(tmp_path, "quantization_results")
+    store.refresh()
+    expected = [f"{name}/{i}" for name in ("p1", "p2") for i in range(40)]
+    _assert_each_once(tmp_path, "quantization_results", expected)
+    assert len(pd.read_csv(tmp_path / GROUP_TABLE)) == 2 * len(expected)
