@@ -22,6 +22,7 @@ package is missing raises a ``ValueError`` that names the package and the pinned
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import time
@@ -123,10 +124,23 @@ def _ort_model(path: Path, threads: int, execution: str) -> RuntimeModel:
 
 
 def _ort_fp32(model, image_size, folder: Path, threads: int) -> RuntimeModel:
-    path = folder / "fp32.onnx"
-    if not path.is_file():
-        export_onnx(model, image_size, path)
-    return _ort_model(path, threads, "onnxruntime_fp32")
+    return _ort_model(export_onnx(model, image_size, folder / "fp32.onnx"), threads,
+                      "onnxruntime_fp32")
+
+
+@contextlib.contextmanager
+def _quiet_root_logger(fragment: str):
+    """Drop root-logger records containing ``fragment`` (onnxruntime advice logged per call)."""
+    class Drop(logging.Filter):
+        def filter(self, record):
+            return fragment not in record.getMessage()
+
+    drop, root = Drop(), logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _ort_int8(model, calibration, image_size, folder: Path, threads: int) -> RuntimeModel:
@@ -140,14 +154,13 @@ def _ort_int8(model, calibration, image_size, folder: Path, threads: int) -> Run
         def get_next(self):
             return next(self.batches, None)
 
-    source = folder / "fp32.onnx"
-    if not source.is_file():
-        export_onnx(model, image_size, source)
+    source = export_onnx(model, image_size, folder / "fp32.onnx")  # always this model's weights
     target = folder / "int8.onnx"
-    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                    reduce_range=not kernel_capability()["vnni"])
+    with _quiet_root_logger("pre-process"):  # the exporter already folded BN; nothing to add
+        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        reduce_range=not kernel_capability()["vnni"])
     return _ort_model(target, threads, "onnxruntime_int8")
 
 
