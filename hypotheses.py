@@ -148,15 +148,15 @@ def describe_test(spec: Hypothesis) -> str:
     """The test of a hypothesis in words, generated from its spec."""
     parts = [f"{c.name}: change of {c.metric}, {SELECTIONS[c.selection][0]}" for c in spec.criteria]
     if spec.across == "spearman":
-        general = ("general claim: Spearman correlation across architectures of log(parameters) "
+        general = ("General claim: Spearman correlation across architectures of log(parameters) "
                    "with |Δaccuracy| and with ΔDP gap, per (dataset, method, bits) cell, mean "
                    "over cells; two-sided exact permutation test reordering the parameter counts")
     elif spec.across == "transformer":
-        general = ("general claim: mean over (dataset, method, bits) cells of transformer mean − "
+        general = ("General claim: mean over (dataset, method, bits) cells of transformer mean − "
                    "CNN mean ΔDP gap; two-sided exact permutation test relabelling which "
                    "architectures are transformers")
     else:
-        general = ("per architecture: the paired comparison (swap test, bootstrap interval, TOST) "
+        general = ("Per architecture: the paired comparison (swap test, bootstrap interval, TOST) "
                    "or, over several units, the pooled t-interval with the shared test-sample "
                    "covariance; general claim: every unit pooled, clustered by architecture")
     return "; ".join(parts) + ". " + general + "."

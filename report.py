@@ -413,7 +413,8 @@ def _pareto_section(analysis: "Analysis") -> str:
 
 FIGURE_TITLES = {"pareto": "Accuracy, DP gap and size, non-dominated configurations filled",
                  "heatmaps": "Accuracy and ΔDP gap by architecture and method/bits",
-                 "group_drops": "Per-group accuracy drop",
+                 "group_drops": "Per-group accuracy drop with 95% paired intervals",
+                 "dp_changes": "ΔDP gap vs FP32 with 95% paired intervals, marked by verdict",
                  "mitigation": "Mitigations: accuracy, DP gap, size and cost",
                  "hypotheses": "Hypotheses: estimates with intervals and verdicts",
                  "baseline": "FP32 baselines"}
