@@ -263,6 +263,8 @@ def _sync(path: Path, text: str | None) -> bool:
 
 
 def _refresh_groups(run_dir: Path) -> bool:
+    for legacy in run_dir.glob("*_results.json"):  # import every old-layout table first, so
+        ResultStore(run_dir, legacy.stem).entries()  # its rows in the group table are kept
     folders = [p for p in (run_dir / RECORDS_DIR).iterdir() if p.is_dir()] \
         if (run_dir / RECORDS_DIR).is_dir() else []
     entries = sorted((e for folder in folders for e in _read_entries(folder)),

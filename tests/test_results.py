@@ -175,3 +175,14 @@ def test_a_second_lock_in_the_same_folder_is_refused_until_released(tmp_path):
             RunLock(tmp_path).acquire()
     with RunLock(tmp_path):
         pass
+
+
+def test_an_old_layout_folder_keeps_every_tables_group_rows(tmp_path):
+    for name, config_id in [("baseline_results", "base"), ("quantization_results", "q")]:
+        (tmp_path / f"{name}.json").write_text(json.dumps([{"config_id": config_id, "status": "ok"}]))
+    pd.DataFrame({"config_id": ["base", "q"], "group": ["g", "g"], "metric": ["accuracy"] * 2,
+                  "value": [0.9, 0.8]}).to_csv(tmp_path / "group_metrics.csv", index=False)
+    ResultStore(tmp_path, "baseline_results").refresh()  # the first phase of a rerun
+    groups = pd.read_csv(tmp_path / "group_metrics.csv")
+    assert groups["config_id"].tolist() == ["base", "q"] and groups["value"].tolist() == [0.9, 0.8]
+    assert ResultStore(tmp_path, "quantization_results").done_ids() == {"q"}
