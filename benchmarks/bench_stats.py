@@ -1,10 +1,24 @@
-"""Time the bootstrap statistics of fairness_metrics on a synthetic prediction table.
+"""Size, power and coverage of the analysis statistics on simulated data with a known truth.
 
-    python benchmarks/bench_stats.py [--samples 20000] [--groups 4] [--resamples 2000]
+    python benchmarks/bench_stats.py            # the full benchmark (a few minutes, one core)
+    python benchmarks/bench_stats.py --quick    # fewer simulations (wider Monte Carlo error)
 
-Prints the best-of-N wall time of paired_bootstrap, bootstrap_ci and summarize_predictions
-(with a reference) in seconds. The target is well under a second for the paired bootstrap at the
-defaults.
+Prints, at alpha = 0.05 (target: 5% +- 2%; coverage 95% +- 2%):
+
+1. size: rejection rate of the paired test (``fairness_metrics.paired_bootstrap``'s p) for the
+   DP gap, the EO gap and accuracy under an exact null: two exchangeable models (each sample's
+   two predictions drawn independently from the same sample-specific probability), n = 2,000,
+   4 groups with CelebA-like shares .09/.49/.13/.29;
+2. power on the same design with a planted drop in the smallest group's selection rate, for
+   paired_bootstrap's p, a plain per-sample exact swap (sign-flip) test written independently
+   here, and the old percentile-bootstrap p (2 min(#d*<=0, #d*>=0) rule) for comparison;
+3. coverage of paired_bootstrap's interval for a known population change of the DP gap (and,
+   for comparison, of the plain percentile interval on the same resamples);
+4. coverage of ``unit_stats.pooled_interval`` over k = 2, 3, 5, 10 units (calibration draws
+   whose true effect varies draw to draw, scored on one shared test set), for the mean effect.
+
+Last, the wall time of paired_bootstrap at 20,000 samples x 2,000 resamples and permutations.
+Every number is the Monte Carlo estimate from the seeds below; its standard error is printed.
 """
 import argparse
 import os
@@ -16,54 +30,229 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # the benchmark should not depend
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 import fairness_metrics as fm  # noqa: E402
+import unit_stats  # noqa: E402
+
+ALPHA = 0.05
+SHARES = {"Female/Old": 0.09, "Female/Young": 0.49, "Male/Old": 0.13, "Male/Young": 0.29}
+GROUPS = np.array(list(SHARES))
+N = 2000
+OFFSETS = np.array([-0.2, 0.1, -0.1, 0.2])  # per-group shift of the log-odds of predicting 1
+NULL_METRICS = ("dp_gap", "eo_gap", "accuracy")
+# share of the predictions a model re-decides (flips) in the coverage designs
+FLIP = 0.03
 
 
-def synthetic_tables(n_samples, n_groups, seed=0):
-    """A prediction table and a reference that differs on about 5% of samples."""
-    rng = np.random.default_rng(seed)
-    y_true = rng.integers(0, 2, n_samples)
-    reference = np.where(rng.random(n_samples) < 0.85, y_true, 1 - y_true)
-    model = np.where(rng.random(n_samples) < 0.05, 1 - reference, reference)
-    table = pd.DataFrame({"sample_id": np.arange(n_samples).astype(str), "y_true": y_true,
-                          "y_pred": model, "score": rng.random(n_samples),
-                          "group": rng.choice([f"g{i}" for i in range(n_groups)], n_samples)})
-    return table, table.assign(y_pred=reference)
+def draw_groups(rng, n=N):
+    codes = rng.choice(len(GROUPS), size=n, p=list(SHARES.values()))
+    return codes, GROUPS[codes]
 
 
-def best_time(function, repeats):
+def exchangeable_pair(rng, drop=0.0):
+    """y, model, reference, group labels: both models draw their prediction from the same
+    sample-specific probability; ``drop`` removes that share of the model's positive
+    predictions in the smallest group (the planted change)."""
+    codes, labels = draw_groups(rng)
+    y = rng.integers(0, 2, N)
+    logit = OFFSETS[codes] + 2.0 * (2 * y - 1) + 1.5 * rng.standard_normal(N)
+    q = 1 / (1 + np.exp(-logit))
+    reference = (rng.random(N) < q).astype(int)
+    model = (rng.random(N) < q).astype(int)
+    hit = (codes == 0) & (model == 1) & (rng.random(N) < drop)
+    model[hit] = 0
+    return y, model, reference, labels, codes
+
+
+def paired_p(y, model, reference, labels, resamples, seed):
+    frame = fm.paired_bootstrap(y, model, reference, sensitive_features=labels,
+                                n_resamples=resamples, seed=seed)
+    return frame[frame["group"] == fm.OVERALL].set_index("metric")["p"]
+
+
+def plain_swap_p(model, reference, codes, permutations, rng):
+    """Exact within-pair swap test of the DP-gap change, one sign flip per sample and
+    permutation (no shortcut), two-sided on |change|."""
+    onehot = np.eye(len(GROUPS))[codes]
+    sizes = onehot.sum(axis=0)
+
+    def dp_change(m, r):
+        return np.ptp(m @ onehot / sizes, axis=-1) - np.ptp(r @ onehot / sizes, axis=-1)
+
+    observed = dp_change(model, reference)
+    swap = rng.random((permutations, model.size)) < 0.5
+    null = dp_change(np.where(swap, reference, model), np.where(swap, model, reference))
+    return (1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (1 + permutations)
+
+
+def percentile_bootstrap_p(y, model, reference, codes, resamples, rng):
+    """The old rule: p = 2 min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B + 1) over group-stratified
+    bootstrap DP-gap changes d*."""
+    joint = fm._cell_counts(codes, len(GROUPS), y, reference, model)
+    keys, deltas = fm._paired_deltas(fm._resample(joint, resamples, rng), GROUPS)
+    d = deltas[:, keys.index((fm.OVERALL, "dp_gap"))]
+    return min(1.0, 2 * (min((d <= 0).sum(), (d >= 0).sum()) + 1) / (resamples + 1))
+
+
+def rate(hits, n):
+    share = np.mean(hits)
+    return f"{100 * share:5.1f}% (se {100 * np.sqrt(share * (1 - share) / n):.1f})"
+
+
+def size_and_power(n_sims, resamples, drop):
+    rng = np.random.default_rng(20261201)
+    null_hits = {m: [] for m in NULL_METRICS}
+    for sim in range(n_sims):
+        y, model, reference, labels, _ = exchangeable_pair(rng)
+        p = paired_p(y, model, reference, labels, resamples, sim)
+        for metric in NULL_METRICS:
+            null_hits[metric].append(p[metric] <= ALPHA)
+    print(f"1. size under an exact null ({n_sims} simulations, {resamples} permutations each)")
+    for metric in NULL_METRICS:
+        print(f"   {metric:9s} paired_bootstrap p <= 0.05: {rate(null_hits[metric], n_sims)}")
+
+    power = {"paired_bootstrap": [], "plain exact swap test": [], "old percentile bootstrap": []}
+    rng = np.random.default_rng(20261202)
+    for sim in range(n_sims):
+        y, model, reference, labels, codes = exchangeable_pair(rng, drop=drop)
+        power["paired_bootstrap"].append(paired_p(y, model, reference, labels, resamples,
+                                                  sim)["dp_gap"] <= ALPHA)
+        power["plain exact swap test"].append(
+            plain_swap_p(model, reference, codes, resamples, rng) <= ALPHA)
+        power["old percentile bootstrap"].append(
+            percentile_bootstrap_p(y, model, reference, codes, resamples, rng) <= ALPHA)
+    print(f"2. power, DP gap, {100 * drop:.0f}% of the smallest group's positive predictions "
+          f"dropped (same {n_sims} draws for every test)")
+    for name, hits in power.items():
+        print(f"   {name:26s} {rate(hits, n_sims)}")
+
+
+DESIGNS = {  # population selection rates of the reference model, Female/Old first
+    "separated": np.array([0.40, 0.50, 0.47, 0.55]),
+    "near-tied": np.array([0.45, 0.50, 0.47, 0.52]),  # Female/Old and Male/Old 0.02 apart
+}
+
+
+def selection_after(selection, drop):
+    """Population selection rates after the re-decided predictions (FLIP) and the smallest
+    group's drop."""
+    drops = np.zeros_like(selection)
+    drops[0] = drop
+    return selection * (1 - FLIP) * (1 - drops) + (1 - selection) * FLIP
+
+
+def true_dp_change(selection, drop):
+    return np.ptp(selection_after(selection, drop)) - np.ptp(selection)
+
+
+def flipped_pair(rng, codes, selection, drop_of_unit, reference=None):
+    """A reference with population selection rates ``selection`` (drawn unless given) and a
+    model that re-decides FLIP of its predictions and drops ``drop_of_unit`` of the smallest
+    group's positive predictions."""
+    if reference is None:
+        reference = (rng.random(codes.size) < selection[codes]).astype(int)
+    model = np.where(rng.random(codes.size) < FLIP, 1 - reference, reference)
+    dropped = (codes == 0) & (reference == 1) & (rng.random(codes.size) < drop_of_unit)
+    return np.where(dropped, 0, model), reference
+
+
+def paired_coverage(n_sims, resamples, drop):
+    print(f"3. coverage of the paired 95% interval of the DP-gap change ({n_sims} simulations, "
+          f"{resamples} resamples; paired_bootstrap's percentile interval, and the bias-corrected "
+          "(BC) one on the same resamples)")
+    cases = {"exchangeable models, true change 0": (None, 0.0)}
+    cases.update({f"{name} groups, drop {drop}": (selection, drop)
+                  for name, selection in DESIGNS.items()})
+    for label, (selection, drop_) in cases.items():
+        rng = np.random.default_rng(20261203)
+        truth = 0.0 if selection is None else true_dp_change(selection, drop_)
+        percentile, corrected = [], []
+        for sim in range(n_sims):
+            if selection is None:
+                y, model, reference, labels, codes = exchangeable_pair(rng)
+            else:
+                codes, labels = draw_groups(rng)
+                y = rng.integers(0, 2, N)
+                model, reference = flipped_pair(rng, codes, selection, drop_)
+            frame = fm.paired_bootstrap(y, model, reference, sensitive_features=labels,
+                                        n_resamples=resamples, seed=sim)
+            low, high = frame.set_index(["group", "metric"]).loc[(fm.OVERALL, "dp_gap"),
+                                                                 ["low", "high"]]
+            percentile.append(low <= truth <= high)
+            names, codes = np.unique(labels, return_inverse=True)
+            joint = fm._cell_counts(codes, len(names), y, reference, model)
+            keys, delta = fm._paired_deltas(joint, names)
+            samples = fm._paired_deltas(fm._resample_by_label(
+                joint, resamples, np.random.default_rng(sim)), names)[1]
+            column = keys.index((fm.OVERALL, "dp_gap"))
+            lo, hi = fm.bootstrap_interval(samples[:, [column]], delta[[column]], 0.95,
+                                           bias_corrected=True)
+            corrected.append(lo[0] <= truth <= hi[0])
+        print(f"   {label:42s} truth {truth:+.4f}: percentile {rate(percentile, n_sims)}, "
+              f"BC {rate(corrected, n_sims)}")
+
+
+def pooled_coverage(n_sims, replicates, drop, spread, unit_counts):
+    selection = DESIGNS["separated"]
+    draws = np.clip(drop + spread * np.random.default_rng(0).standard_normal(20_000), 0, 1)
+    truth = float(np.mean([true_dp_change(selection, d) for d in draws]))
+    print(f"4. coverage of the pooled 95% interval over k units: calibration-draw-like units "
+          f"whose drop varies ~ N({drop}, {spread}^2), scored on one shared test set "
+          f"(separated design); truth = the mean over draws of the population change, "
+          f"{truth:+.4f} ({n_sims} simulations, {replicates} shared replicates)")
+    for k in unit_counts:
+        rng = np.random.default_rng(20261204 + k)
+        hits, widths = [], []
+        for sim in range(n_sims):
+            codes, labels = draw_groups(rng)
+            y = rng.integers(0, 2, N)
+            reference = (rng.random(N) < selection[codes]).astype(int)
+            units = [flipped_pair(rng, codes, selection,
+                                  float(np.clip(drop + spread * rng.standard_normal(), 0, 1)),
+                                  reference) for _ in range(k)]
+            values = [fm.demographic_parity_difference(y, m, sensitive_features=labels)
+                      - fm.demographic_parity_difference(y, r, sensitive_features=labels)
+                      for m, r in units]
+            shared = unit_stats.shared_paired_replicates(y, units, labels, "dp_gap",
+                                                         n_resamples=replicates, seed=sim)
+            evidence = unit_stats.pooled_interval(values, shared)
+            hits.append(evidence.low <= truth <= evidence.high)
+            widths.append(evidence.high - evidence.low)
+        print(f"   k = {k:2d}: {rate(hits, n_sims)}, median width {np.nanmedian(widths):.4f}, "
+              f"no interval {np.mean(np.isnan(widths)):.0%}")
+
+
+def timing():
+    rng = np.random.default_rng(0)
+    n = 20_000
+    y = rng.integers(0, 2, n)
+    reference = np.where(rng.random(n) < 0.85, y, 1 - y)
+    model = np.where(rng.random(n) < 0.05, 1 - reference, reference)
+    groups = rng.choice(GROUPS, n)
     times = []
-    for _ in range(repeats):
+    for _ in range(5):
         start = time.perf_counter()
-        function()
+        fm.paired_bootstrap(y, model, reference, sensitive_features=groups, n_resamples=2000)
         times.append(time.perf_counter() - start)
-    return min(times)
+    print(f"5. paired_bootstrap, {n} samples, 2000 resamples + 2000 swap permutations: "
+          f"{min(times):.3f} s (best of 5)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=20_000)
-    parser.add_argument("--groups", type=int, default=4)
-    parser.add_argument("--resamples", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="fewer simulations, for a check")
+    parser.add_argument("--sims", type=int, default=None, help="simulations per figure")
     args = parser.parse_args()
-
-    pred, reference = synthetic_tables(args.samples, args.groups)
-    arrays = (pred["y_true"].to_numpy(), pred["y_pred"].to_numpy())
-    options = dict(sensitive_features=pred["group"].to_numpy(), n_resamples=args.resamples)
-    cases = {
-        "paired_bootstrap": lambda: fm.paired_bootstrap(*arrays, reference["y_pred"].to_numpy(),
-                                                        **options),
-        "bootstrap_ci": lambda: fm.bootstrap_ci(*arrays, **options),
-        "summarize_predictions(reference=...)": lambda: fm.summarize_predictions(
-            pred, reference=reference, n_resamples=args.resamples),
-    }
-    print(f"{args.samples} samples, {args.groups} groups, {args.resamples} resamples, "
-          f"best of {args.repeats}")
-    for name, function in cases.items():
-        print(f"{name:40s} {best_time(function, args.repeats):.4f} s")
+    sims = args.sims or (150 if args.quick else 500)
+    resamples = 500 if args.quick else 1000
+    print(f"bench_stats: {sims} simulations per figure, alpha = {ALPHA}")
+    started = time.perf_counter()
+    size_and_power(sims, resamples, drop=0.25)
+    paired_coverage(sims, resamples, drop=0.10)
+    pooled_coverage(sims, 200 if args.quick else 300, drop=0.10, spread=0.04,
+                    unit_counts=(2, 3, 5, 10))
+    timing()
+    print(f"total {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
