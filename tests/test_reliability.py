@@ -128,6 +128,8 @@ def test_cli_killed_after_each_write_of_a_commit_then_rerun_has_every_config_onc
         killed = _child(kill_at, "main", *_args(tmp_path, root, "--phase", "quantization",
                                                 "--log-level", "WARNING", *QUICK_GRID))
         assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert _writes(killed.stdout)[-1] == writes[kill_at - 1].replace(
+            f"{os.sep}listing{os.sep}", f"{os.sep}kill{kill_at}{os.sep}")  # killed where intended
         assert main.main(_args(tmp_path, root, "--phase", "quantization", *QUICK_GRID)) == 0
         assert main.main(_args(tmp_path, root, "--phase", "analysis", *QUICK_GRID)) == 0
         run_dir = root / "smoke"
