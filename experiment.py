@@ -129,6 +129,10 @@ UNKNOWN_ARCHITECTURES = ("models.architectures: unknown architecture(s) {unknown
 CALIBRATION_TOO_LARGE = ("{key}={size} is larger than the {n_train} training images of {dataset}: "
                          "calibration draws from the training split, so ask for at most "
                          "{n_train} (--set {key}=...) or use more data")
+FAIRNESS_AWARE_OPTIONS = ("criterion", "calibration", "observer")
+"""The options a fairness_aware_quantizer spec may set (the run sets the others)."""
+UNKNOWN_FAIRNESS_AWARE_OPTION = ("mitigation.methods: fairness_aware_quantizer has no option(s) "
+                                 "{unknown}; it takes bits and {valid}")
 CALIBRATION_OVER_CAP = ("{key}={size} is larger than data.max_per_split={cap}, which caps the "
                         "training split: ask for at most {cap} calibration samples or raise "
                         "data.max_per_split")
@@ -150,6 +154,8 @@ def check_config(cfg: ExperimentConfig) -> None:
             method_config(name, **({**_qat_defaults(cfg), **options} if name == "qat" else options))
         for name, options in methods_for(arch, cfg.mitigation.methods):
             _bits_label(name, options)
+            if name == "fairness_aware_quantizer":
+                _check_fairness_aware(options)
     cap = cfg.data.max_per_split
     for key, size in _calibration_sizes_in_use(cfg):
         if cap is not None and size > cap:
@@ -162,6 +168,16 @@ def check_calibration_sizes(cfg: ExperimentConfig, n_train: int) -> None:
         if size > n_train:
             raise ValueError(CALIBRATION_TOO_LARGE.format(key=key, size=size, n_train=n_train,
                                                           dataset=cfg.data.dataset))
+
+
+def _check_fairness_aware(options: dict) -> None:
+    extra = {k: v for k, v in options.items() if k != "bits"}
+    unknown = sorted(set(extra) - set(FAIRNESS_AWARE_OPTIONS))
+    if unknown:
+        raise ValueError(UNKNOWN_FAIRNESS_AWARE_OPTION.format(unknown=unknown,
+                                                              valid=list(FAIRNESS_AWARE_OPTIONS)))
+    weight_bits, act_bits = parse_bits(options.get("bits", "w8a8"))
+    FairnessAwareQuantizer(bit_width=weight_bits, act_bits=act_bits, progress=False, **extra)
 
 
 def _calibration_sizes_in_use(cfg: ExperimentConfig) -> list[tuple[str, int]]:
