@@ -119,7 +119,8 @@ def analyse(run_dir: str | Path, *, n_resamples: int = 2000, alpha: float = 0.05
                                  min_group_size=min_group_size, margins=margins,
                                  progress=progress)
     table = st.with_pareto(st.configuration_table(configs, pairs, summaries))
-    table["dp_verdict"] = st.fairness_verdicts(table, margin=margins["dp_gap"], alpha=alpha)
+    table["dp_verdict"] = st.fairness_verdicts(table, margin=margins["dp_gap"], alpha=alpha,
+                                               min_balanced_accuracy=min_balanced_accuracy)
     pairs = st.pair_table(pairs, table, summaries)
     per_group = st.per_group_table(pairs, summaries)
     means = st.group_drop_means(per_group)
@@ -134,7 +135,8 @@ def analyse(run_dir: str | Path, *, n_resamples: int = 2000, alpha: float = 0.05
         group_ratios=st.drop_ratios(means), hypotheses=hy.evaluate_hypotheses(pairs, context),
         recommendation=st.recommend(table, load, size_budgets_mib=size_budgets_mib,
                                     margin=margins["dp_gap"], alpha=alpha,
-                                    n_resamples=n_resamples, seed=seed),
+                                    n_resamples=n_resamples, seed=seed,
+                                    min_balanced_accuracy=min_balanced_accuracy),
         failed=failed, without_predictions=without)
 
 

@@ -190,7 +190,7 @@ def _evaluate(spec: Hypothesis, pairs: pd.DataFrame, context: Context) -> dict:
     rows = {c.selection: SELECTIONS[c.selection][1](pairs) for c in spec.criteria}
     base = {"id": spec.id, "claim": spec.claim, "test": describe_test(spec),
             "statistic": spec.statistic, "estimate": math.nan, "low": math.nan,
-            "high": math.nan, "p_value": math.nan, "n": 0, "verdict": vd.INCONCLUSIVE,
+            "high": math.nan, "p_value": math.nan, "p_test": "", "n": 0, "verdict": vd.INCONCLUSIVE,
             "holds": "", "criteria": [], "per_architecture": [], "facts": [], "details": {},
             "margins": {c.margin: context.margins[c.margin] for c in spec.criteria}}
     if all(frame.empty for frame in rows.values()):
@@ -214,8 +214,11 @@ def _evaluate(spec: Hypothesis, pairs: pd.DataFrame, context: Context) -> dict:
     head = criteria[0]
     verdict = vd.combine([c["verdict"] for c in criteria], [c["claims"] for c in criteria])
     holds = vd.holds_count([r["verdict"] for r in per_architecture if r["usable"]])
+    equivalence = head["claims"][:1] == [vd.EQUIVALENT]  # the p of the test the claim needs
     return {**base, "estimate": head["estimate"], "low": head["low"], "high": head["high"],
-            "p_value": head["p_difference_holm"], "n": head["n"], "verdict": verdict,
+            "p_value": head["p_equivalent_holm" if equivalence else "p_difference_holm"],
+            "p_test": "TOST (Holm)" if equivalence else "difference (Holm)",
+            "n": head["n"], "verdict": verdict,
             "holds": holds, "criteria": criteria,
             "reason": "; ".join(f"{c['name']}: {c['verdict']}" for c in criteria)}
 
@@ -407,5 +410,6 @@ def _across(spec: Hypothesis, quantized: pd.DataFrame, context: Context) -> dict
         reason = (f"{name}: p = {format_number(test['p_value'])} "
                   f"(p-floor {test['min_p_fraction']}), statistic "
                   f"{format_number(test['statistic'])}")
-    return {"estimate": test["statistic"], "p_value": test["p_value"], "n": n,
+    return {"estimate": test["statistic"], "p_value": test["p_value"], "p_test": "permutation",
+            "n": n,
             "verdict": verdict, "reason": reason, "details": details}

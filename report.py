@@ -133,8 +133,8 @@ def mitigation_table(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
 def hypotheses_table(hypotheses: list[dict]) -> pd.DataFrame:
     """One row per hypothesis: headline estimate, interval, p-value, per-architecture count,
     verdict and its reason."""
-    columns = ["id", "statistic", "estimate", "low", "high", "p_value", "n", "holds", "verdict",
-               "reason"]
+    columns = ["id", "statistic", "estimate", "low", "high", "p_value", "p_test", "n", "holds",
+               "verdict", "reason"]
     return pd.DataFrame(hypotheses, columns=[*columns, "claim"]).reindex(columns=columns)
 
 
@@ -413,8 +413,8 @@ def _pareto_section(analysis: "Analysis") -> str:
 
 FIGURE_TITLES = {"pareto": "Accuracy, DP gap and size, non-dominated configurations filled",
                  "heatmaps": "Accuracy and ΔDP gap by architecture and method/bits",
-                 "group_drops": "Per-group accuracy drop with 95% paired intervals",
-                 "dp_changes": "ΔDP gap vs FP32 with 95% paired intervals, marked by verdict",
+                 "group_drops": "Per-group accuracy drop with paired intervals",
+                 "dp_changes": "ΔDP gap vs FP32 with paired intervals, marked by verdict",
                  "mitigation": "Mitigations: accuracy, DP gap, size and cost",
                  "hypotheses": "Hypotheses: estimates with intervals and verdicts",
                  "baseline": "FP32 baselines"}
@@ -436,14 +436,15 @@ def _recommendation_section(analysis: "Analysis") -> str:
              f"change against FP32 is EQUIVALENT within the dp_gap margin ({format_number(margin)}"
              ") or BETTER (the verdict rules above; FP32 qualifies as it is). Among those, the "
              "most accurate ranks 1 and every configuration whose accuracy the paired swap test "
-             "cannot tell from it (p > alpha) ties with it. Deployable means it runs here: "
+             "cannot tell from it (p > alpha) ties with it. Nothing qualifies where the FP32 "
+             "model is not clearly above chance. Deployable means it runs here: "
              + "; ".join(f"`{k}` = {v}" for k, v in DEPLOYABLE_EXECUTIONS.items())
              + ". A `simulated` configuration would need low-bit integer kernels this machine "
              "lacks; it is listed apart.", ""]
     if rows.empty:
         return "\n".join(lines + ["No configuration has a size to judge a budget by."])
     for (dataset, budget, deployable), group in rows.groupby(
-            ["dataset", "size_budget_mib", "deployable"], sort=True):
+            ["dataset", "size_budget_mib", "deployable"], sort=False):
         kind = "deployable here" if deployable else "simulated (needs kernels)"
         head = f"- {dataset}, at most {format_number(budget)} MiB, {kind}: "
         chosen = group[group["config_id"] != ""]
@@ -451,9 +452,11 @@ def _recommendation_section(analysis: "Analysis") -> str:
             lines.append(head + "no configuration qualifies.")
             continue
         names = [f"`{r.config_id}` (accuracy {format_number(r.accuracy)} "
-                 f"[{format_number(r.accuracy_low)}, {format_number(r.accuracy_high)}], ΔDP "
-                 f"{format_number(r.delta_dp_gap)} {r.dp_verdict}, "
-                 f"{format_number(r.size_mib)} MiB, {r.execution})" for r in chosen.itertuples()]
+                 f"[{format_number(r.accuracy_low)}, {format_number(r.accuracy_high)}], "
+                 + ("the FP32 reference" if r.method == "fp32" else
+                    f"ΔDP {format_number(r.delta_dp_gap)} {r.dp_verdict}")
+                 + f", {format_number(r.size_mib)} MiB, {r.execution})"
+                 for r in chosen.itertuples()]
         lines.append(head + ("ship " if len(names) == 1 else "tied, ship any of ")
                      + "; ".join(names) + ".")
     return "\n".join(lines)

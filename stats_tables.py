@@ -482,31 +482,38 @@ RECOMMENDATION_COLUMNS = ["dataset", "size_budget_mib", "deployable", "rank", "c
                           "n_candidates"]
 
 
-def fairness_verdicts(table: pd.DataFrame, *, margin: float, alpha: float) -> pd.Series:
+def fairness_verdicts(table: pd.DataFrame, *, margin: float, alpha: float,
+                      min_balanced_accuracy: float = vd.DEFAULT_MIN_BALANCED_ACCURACY) -> pd.Series:
     """Each configuration's verdict on its paired DP-gap change against its FP32 baseline
-    (``verdicts.verdict`` with the dp_gap margin); FP32 rows are the reference: EQUIVALENT."""
-    rows = table.itertuples()
-    verdict = [vd.EQUIVALENT if row.method == "fp32" else
+    (``verdicts.verdict`` with the dp_gap margin); FP32 rows are the reference (EQUIVALENT).
+    INCONCLUSIVE wherever the FP32 baseline is not clearly above chance."""
+    low = table.set_index("config_id")["balanced_accuracy_low"]
+    baseline = table["reference_id"].where(table["method"] != "fp32", table["config_id"])
+    above = [vd.is_above_chance(low.get(b, math.nan), min_balanced_accuracy) for b in baseline]
+    verdict = [vd.INCONCLUSIVE if not ok else vd.EQUIVALENT if row.method == "fp32" else
                vd.verdict(row.delta_dp_gap, row.delta_dp_gap_p,
                           getattr(row, "delta_dp_gap_p_equivalent", math.nan), alpha=alpha,
-                          better_when_higher=vd.higher_is_better("dp_gap")) for row in rows]
+                          better_when_higher=vd.higher_is_better("dp_gap"))
+               for row, ok in zip(table.itertuples(), above)]
     return pd.Series(verdict, index=table.index, dtype=object)
 
 
 def recommend(table: pd.DataFrame, load: Callable[[str], pd.DataFrame] | None = None, *,
               size_budgets_mib: Sequence[float] | None = None, margin: float = 0.02,
-              alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+              alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0,
+              min_balanced_accuracy: float = vd.DEFAULT_MIN_BALANCED_ACCURACY) -> pd.DataFrame:
     """Which configuration to ship, per dataset, size budget, and deployable-or-not.
 
     Rule: a configuration qualifies when its size is within the budget and its paired DP-gap
-    change against FP32 is EQUIVALENT within ``margin`` or BETTER (``fairness_verdicts``); FP32
-    models qualify as they are. Among the qualifying ones of each list -- deployable here
+    change against FP32 is EQUIVALENT within ``margin`` or BETTER (``fairness_verdicts``; none
+    where the FP32 model is not clearly above chance); FP32 models qualify as they are. Among the qualifying ones of each list -- deployable here
     (``DEPLOYABLE_EXECUTIONS``) and simulated -- the most accurate ranks 1, and every other whose
     accuracy the paired swap test cannot tell from it (p > alpha, on the same test samples;
     ``load`` gives the prediction tables) ties with rank 1 too: ties are reported as ties. A row
     with an empty ``config_id`` means nothing qualifies.
     """
-    table = table.assign(dp_verdict=fairness_verdicts(table, margin=margin, alpha=alpha),
+    table = table.assign(dp_verdict=fairness_verdicts(table, margin=margin, alpha=alpha,
+                                                      min_balanced_accuracy=min_balanced_accuracy),
                          deployable=table["execution"].isin(DEPLOYABLE_EXECUTIONS)
                          | (table["method"] == "fp32"))
     table["runtime"] = table["execution"].map(DEPLOYABLE_EXECUTIONS).fillna(
@@ -516,7 +523,7 @@ def recommend(table: pd.DataFrame, load: Callable[[str], pd.DataFrame] | None = 
     for dataset, models in table.groupby("dataset", sort=True):
         for budget in size_budgets(models, size_budgets_mib):
             within = models[(models["size_mib"] <= budget) & qualifies.loc[models.index]]
-            for deployable in (True, False):
+            for deployable in (True, False):  # what runs here first
                 candidates = within[within["deployable"] == deployable]
                 base = {"dataset": dataset, "size_budget_mib": budget, "deployable": deployable,
                         "n_candidates": len(candidates)}

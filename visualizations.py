@@ -157,7 +157,7 @@ def plot_group_drops(per_group: pd.DataFrame, path: str | Path) -> list[Path]:
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(grid)), grid.index, rotation=30, ha="right")
         ax.set_ylabel("accuracy drop vs FP32 (fraction)")
-        ax.set_title(f"{dataset}/{arch}: per-group accuracy drop, 95% paired interval "
+        ax.set_title(f"{dataset}/{arch}: per-group accuracy drop, paired interval "
                      "(positive = the group lost)", fontsize=9)
         ax.legend(fontsize=7, ncol=2)
     return save_figure(figure, path)
@@ -167,7 +167,7 @@ CHANGE_MARKERS = {"WORSE": "v", "BETTER": "^", "EQUIVALENT": "o", "INCONCLUSIVE"
 
 
 def plot_dp_changes(changes: pd.DataFrame, path: str | Path) -> list[Path]:
-    """Each configuration's DP-gap change vs FP32 with its 95% paired interval; marker shape =
+    """Each configuration's DP-gap change vs FP32 with its paired interval; marker shape =
     its verdict (filled when EQUIVALENT or BETTER); dotted lines at +-margin."""
     _require(changes, ["config_id", "delta_dp_gap", "delta_dp_gap_low", "delta_dp_gap_high",
                        "verdict", "margin"], "plot_dp_changes")
@@ -187,11 +187,11 @@ def plot_dp_changes(changes: pd.DataFrame, path: str | Path) -> list[Path]:
     ax.axvline(0, color="0.6", linestyle="--", linewidth=0.8)
     ax.set_yticks(range(len(rows)), rows["config_id"], fontsize=6)
     ax.invert_yaxis()
-    ax.set_xlabel(f"ΔDP gap vs FP32 (fraction), 95% paired interval; dotted: ±margin {margin:g}")
+    ax.set_xlabel(f"ΔDP gap vs FP32 (fraction), paired interval; dotted: ±margin {margin:g}")
     handles = [ax.errorbar([], [], fmt=m, color="black", label=v,
                            markerfacecolor="black" if v in ("EQUIVALENT", "BETTER") else "white")
                for v, m in CHANGE_MARKERS.items()]
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return save_figure(figure, path)
 
 
@@ -224,7 +224,7 @@ def plot_mitigation(table: pd.DataFrame, path: str | Path) -> list[Path]:
 
 def plot_hypotheses(hypotheses: pd.DataFrame, path: str | Path) -> list[Path]:
     """Each hypothesis's headline estimate with its interval, one panel each (own scale and
-    unit); the verdict written at the left and marked by shape and fill (filled black =
+    unit); the verdict written beside the id and marked by shape and fill (filled black =
     SUPPORTED, grey X = REJECTED, hollow square = INCONCLUSIVE); Holm p-value and the
     per-architecture count in the title when the table has them; dashed line at 0."""
     _require(hypotheses, ["id", "statistic", "estimate", "low", "high", "verdict"],
@@ -241,10 +241,9 @@ def plot_hypotheses(hypotheses: pd.DataFrame, path: str | Path) -> list[Path]:
                         capsize=4, markersize=8)
         else:
             ax.text(0.5, 0.5, "no estimate", transform=ax.transAxes, ha="center", va="center")
-        ax.text(0.01, 0.5, row.verdict, transform=ax.transAxes, ha="left", va="center",
-                fontsize=8, weight="bold")
         ax.set_yticks([])
-        ax.set_ylabel(row.id, rotation=0, labelpad=18, va="center")
+        ax.set_ylabel(f"{row.id}\n{row.verdict}", rotation=0, labelpad=40, va="center",
+                      fontsize=8, weight="bold")
         ax.set_xlabel(row.statistic, fontsize=8)
         p_value = getattr(row, "p_value", np.nan)
         holds = getattr(row, "holds", "")

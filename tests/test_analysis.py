@@ -255,6 +255,8 @@ def test_a_chance_level_baseline_gets_no_verdict(tmp_path):
     rows = [r for h in result.hypotheses for r in h["per_architecture"]]
     assert rows and all(not r["usable"] and "balanced accuracy lower bound" in r["reason"]
                         for r in rows)
+    assert (result.recommendation["config_id"] == "").all()  # nothing ships on a guessing FP32
+    assert set(result.table["dp_verdict"]) == {INCONCLUSIVE}
 
 
 def test_design_fixed_costs_are_facts_beside_the_verdict(supported_run, tmp_path):
