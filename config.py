@@ -36,6 +36,8 @@ BAD_YAML_OVERRIDE = ("override {override!r}: the value {value!r} is not valid YA
                      "close its brackets or quote it, e.g. --set 'models.architectures=[resnet50]'")
 NO_METHODS = ("{key} is empty, so that phase would run nothing: name at least one method, e.g. "
               "[{{method: {example}}}]; to skip the phase, run the others with --phase")
+EMPTY_LIST = ("{key}=[] would leave the quantization grid empty: give at least one value, e.g. "
+              "--set {key}={example}")
 MITIGATE_UNKNOWN_ARCH = ("mitigation.architectures={given}: {unknown} not in models.architectures="
                          "{known}; mitigate only architectures that the baseline trains (add them "
                          "to models.architectures or drop them here)")
@@ -149,6 +151,10 @@ class QuantizationConfig:
         _check_method_specs("quantization.methods", self.methods)
         if not self.methods:
             raise ValueError(NO_METHODS.format(key="quantization.methods", example="ptq_static"))
+        for key, example in (("seeds", "[0]"), ("calibration_sizes", "[512]"),
+                             ("calibration_kinds", "[random]")):
+            if not getattr(self, key):
+                raise ValueError(EMPTY_LIST.format(key=f"quantization.{key}", example=example))
         for n in self.calibration_sizes:
             _check_positive("quantization.calibration_sizes", n)
         for kind in self.calibration_kinds:

@@ -102,6 +102,8 @@ NOT_UTF8 = ("{path}, line {line}: byte {byte} is not UTF-8 text, so the file is 
 DUPLICATE_ROW = ("{path}, line {line}: {name!r} is already listed on line {first}; each image "
                  "must appear once. Remove the repeated line or re-download the file from "
                  "{source}")
+SYNTHETIC_UNWRITABLE = ("Cannot write the synthetic dataset under '{root}' ({reason}). Pass a "
+                        "writable root folder (config: data.root, e.g. --set data.root=data/datasets)")
 BAD_IMAGES = ("{count} image file(s) of {dataset} are empty or cannot be decoded: {examples}. "
               "Replace them (re-download the dataset) or skip them with skip_bad_images=True "
               "(config: data.skip_bad_images: true), which drops and counts them")
@@ -988,7 +990,10 @@ def _read_raw(name: str, root: Path, fractions, synthetic_options):
         if unknown:
             raise ValueError(f"Unknown synthetic option(s) {unknown}; expected some of "
                              f"{list(SYNTHETIC_OPTIONS)}.")
-        folder = ensure_synthetic_celeba(root, split_fractions=fractions, **options)
+        try:
+            folder = ensure_synthetic_celeba(root, split_fractions=fractions, **options)
+        except OSError as exc:
+            raise ValueError(SYNTHETIC_UNWRITABLE.format(root=root, reason=exc.strerror or exc)) from None
     else:
         folder = root / name
     readers = {"synthetic": _read_celeba, "celeba": _read_celeba, "utkface": _read_utkface,

@@ -125,6 +125,8 @@ def test_malformed_yaml_in_an_override_names_the_override():
     (["runtime.latency_warmup=-1"], "runtime.latency_warmup=-1: expected a value between 0"),
     (["quantization.methods=[]"], "quantization.methods is empty, so that phase would run nothing"),
     (["mitigation.methods=[]"], "mitigation.methods is empty"),
+    (["quantization.seeds=[]"], "quantization.seeds=[] would leave the quantization grid empty"),
+    (["quantization.calibration_kinds=[]"], "--set quantization.calibration_kinds=[random]"),
     (["models.architectures=[tiny_cnn]", "mitigation.architectures=[resnet50]"],
      "mitigation.architectures=['resnet50']: ['resnet50'] not in models.architectures"),
 ])

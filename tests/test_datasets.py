@@ -500,3 +500,11 @@ def test_a_duplicated_row_in_a_fairface_label_file_is_refused(fairface_root):
     path.write_text("\n".join(lines + [lines[1]]) + "\n")
     with pytest.raises(ValueError, match=rf"line {len(lines) + 1}: 'val/1.jpg' is already listed on line 2"):
         load_dataset("fairface", fairface_root)
+
+
+@pytest.mark.parametrize("root", ["a_file/data", "/sys/bnq_data"])
+def test_a_synthetic_root_that_cannot_be_written_is_named(tmp_path, root):
+    (tmp_path / "a_file").write_text("x")
+    root = tmp_path / root if not root.startswith("/") else Path(root)
+    with pytest.raises(ValueError, match=r"Cannot write the synthetic dataset under .*data\.root"):
+        load_dataset("synthetic", root, synthetic={"n_images": 40, "image_size": 16})
