@@ -324,14 +324,6 @@ def _resample(counts, n_resamples, rng):
                      for n, row in zip(sizes, counts)], axis=1)
 
 
-def _percentile_interval(samples, ci):
-    tail = (1 - ci) / 2 * 100
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
-        low, high = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
-    return low, high
-
-
 def _keyed_frame(keys, **columns):
     groups, metrics = zip(*keys)
     return pd.DataFrame({"group": groups, "metric": metrics, **columns})
@@ -350,7 +342,7 @@ def bootstrap_ci(y_true, y_pred, *, sensitive_features, n_resamples=2000, ci=0.9
     counts = _cell_counts(codes, len(names), y_true, y_pred)
     resampled = _resample(counts, n_resamples, np.random.default_rng(seed))
     keys, estimate = _metric_matrix(counts, names, GROUP_RATES)
-    low, high = _percentile_interval(_metric_matrix(resampled, names, GROUP_RATES)[1], ci)
+    low, high = bootstrap_interval(_metric_matrix(resampled, names, GROUP_RATES)[1], estimate, ci)
     return _keyed_frame(keys, estimate=estimate, low=low, high=high)
 
 
