@@ -78,3 +78,21 @@ def test_margins_are_checked_and_rule_text_comes_from_the_spec():
     text = vd.Rule("dp_gap", "dp_gap", (EQUIVALENT,)).text({"dp_gap": 0.03}, 0.05)
     assert "EQUIVALENT claimed" in text and "±0.03" in text and "lower dp_gap is better" in text
     assert "90.0% interval" in text
+
+
+def test_tost_says_equivalent_for_a_true_zero_on_a_large_sample_and_not_on_a_tiny_one():
+    import fairness_metrics as fm
+
+    def accuracy_verdict(n, seed):
+        rng = np.random.default_rng(seed)
+        groups = rng.choice(["A", "B"], n)
+        y = rng.integers(0, 2, n)
+        q = np.where(y == 1, 0.8, 0.2)  # both models draw from the same probability: no change
+        reference, model = (rng.random((2, n)) < q).astype(int)
+        row = fm.paired_bootstrap(y, model, reference, sensitive_features=groups,
+                                  n_resamples=400, seed=seed, margins={"accuracy": 0.01}) \
+            .set_index(["group", "metric"]).loc[(fm.OVERALL, "accuracy")]
+        return verdict(row["delta"], row["p"], row["p_equivalent"], alpha=0.05,
+                       better_when_higher=True)
+    assert [accuracy_verdict(40_000, seed) for seed in range(3)] == [EQUIVALENT] * 3
+    assert [accuracy_verdict(50, seed) for seed in range(3)] == [INCONCLUSIVE] * 3
