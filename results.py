@@ -51,6 +51,8 @@ CORRUPT_RECORD = ("record file %s is damaged (%s); moved it to %s, and its confi
                   "run again")
 LEGACY_DAMAGED = ("%s is damaged (%s): recovered the %d intact record(s) before the damage, kept "
                   "the damaged file as %s; the other configurations will be run again")
+DAMAGED_PREDICTIONS = ("predictions file {path} is damaged ({reason}): delete it, and the next run of "
+                       "the phase that made {config_id!r} redoes that configuration")
 FORGOT_FAILED = "dropped %d failed record(s) of configurations no longer in this sweep, e.g. %s"
 
 
@@ -111,7 +113,11 @@ def load_predictions(run_dir: str | Path, config_id: str) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"no predictions for {config_id!r} at {path}: run the phase that "
                                 "makes this configuration first (e.g. --phase baseline)")
-    return pd.read_csv(path, dtype={"sample_id": str})
+    try:
+        return pd.read_csv(path, dtype={"sample_id": str})
+    except (OSError, EOFError, ValueError, UnicodeDecodeError) as error:
+        raise ValueError(DAMAGED_PREDICTIONS.format(path=path, reason=error,
+                                                    config_id=config_id)) from None
 
 
 # ----------------------------------------------------------------------------- the store

@@ -186,3 +186,16 @@ def test_an_old_layout_folder_keeps_every_tables_group_rows(tmp_path):
     groups = pd.read_csv(tmp_path / "group_metrics.csv")
     assert groups["config_id"].tolist() == ["base", "q"] and groups["value"].tolist() == [0.9, 0.8]
     assert ResultStore(tmp_path, "quantization_results").done_ids() == {"q"}
+
+
+def test_a_damaged_predictions_file_is_named_with_the_way_out(tmp_path):
+    save_predictions(tmp_path, "a/b", pd.DataFrame({"sample_id": ["x"] * 500, "y_true": [1] * 500}))
+    path = tmp_path / "predictions" / "a" / "b.csv.gz"
+    path.write_bytes(path.read_bytes()[:20])  # a truncated gzip stream
+    with pytest.raises(ValueError, match=r"predictions file .*b.csv.gz is damaged .*delete it"):
+        load_predictions(tmp_path, "a/b")
+    _sweep(tmp_path, ["a/b"], [])  # and once deleted, a rerun redoes it
+    path.unlink()
+    calls = []
+    _sweep(tmp_path, ["a/b"], calls)
+    assert calls == ["a/b"]
