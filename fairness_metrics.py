@@ -59,6 +59,7 @@ LABEL_MISMATCH = ("y_true differs between pred and reference for {count} samples
                   "(e.g. {example!r}); both tables must come from the same test set.")
 BAD_CI = "ci must be strictly between 0 and 1, got {ci!r}; e.g. 0.95 for a 95% interval."
 BAD_RESAMPLES = "n_resamples must be a positive integer, got {n!r}; e.g. 2000."
+BAD_PERMUTATIONS = "n_permutations must be a positive integer or None, got {n!r}; e.g. 2000."
 BAD_MIN_GROUP_SIZE = "min_group_size must be a non-negative integer, got {n!r}; e.g. 30."
 BAD_P_VALUES = "p-values must lie in [0, 1] (NaN allowed); got {values}."
 TOO_FEW_RUNS = ("{name} has {n} finite values; effect sizes need at least 2 runs per side "
@@ -481,7 +482,9 @@ def paired_bootstrap(y_true, y_pred, y_pred_reference, *, sensitive_features, n_
     """
     _check_bootstrap_args(n_resamples, ci)
     n_permutations = n_resamples if n_permutations is None else n_permutations
-    _check_bootstrap_args(n_permutations, ci)
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) \
+            or n_permutations < 1:
+        raise ValueError(BAD_PERMUTATIONS.format(n=n_permutations))
     y_true, y_pred, names, codes = _prepare(y_true, y_pred, sensitive_features)
     y_reference = _binary("y_pred_reference", y_pred_reference, len(y_true))
     joint = _cell_counts(codes, len(names), y_true, y_reference, y_pred)

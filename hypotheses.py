@@ -18,7 +18,7 @@ No architecture whose FP32 model is not clearly above chance takes part (its row
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -297,8 +297,8 @@ def _evidence(rows: pd.DataFrame, criterion: Criterion, replicates, context: Con
                                   clusters=None if clusters is None else
                                   ["/".join(map(str, k)) for k in clusters])
     if clusters is not None:
-        return us.Evidence(**{**evidence.__dict__, "note": evidence.note.replace(
-            "units", "architectures (clusters; units of one architecture averaged first)", 1)})
+        return replace(evidence, note=evidence.note.replace(
+            "units", "architectures (clusters; units of one architecture averaged first)", 1))
     return evidence
 
 

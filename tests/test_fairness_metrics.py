@@ -240,6 +240,8 @@ def test_small_groups_are_flagged_but_kept():
      fm.BAD_CI.format(ci=95)),
     (lambda: fm.bootstrap_ci([1, 0], [1, 0], sensitive_features=["a", "b"], n_resamples=0),
      fm.BAD_RESAMPLES.format(n=0)),
+    (lambda: fm.paired_bootstrap([0, 1], [0, 1], [0, 1], sensitive_features=["a", "b"],
+                                 n_permutations=0), fm.BAD_PERMUTATIONS.format(n=0)),
     (lambda: fm.holm([0.2, 1.5]), fm.BAD_P_VALUES.format(values=[1.5])),
     (lambda: fm.cohens_d([1.0], [1.0, 2.0]), fm.TOO_FEW_RUNS.format(name="a", n=1)),
 ])
