@@ -739,9 +739,12 @@ def _sensitive_frame(loader, sensitive_attr):
     if not isinstance(metadata, pd.DataFrame) or "sample_id" not in metadata.columns:
         raise ValueError(NO_METADATA)
     available = [column for column in metadata.columns if column != "sample_id"]
-    if sensitive_attr is None or (not isinstance(sensitive_attr, str) and not list(sensitive_attr)):
+    if isinstance(sensitive_attr, str):
+        attributes = [sensitive_attr]
+    elif isinstance(sensitive_attr, (list, tuple)) and sensitive_attr:
+        attributes = list(sensitive_attr)
+    else:  # None, an empty list, a number, ...
         raise ValueError(NO_SENSITIVE_ATTR.format(attr=sensitive_attr, available=available))
-    attributes = [sensitive_attr] if isinstance(sensitive_attr, str) else list(sensitive_attr)
     for attribute in attributes or [None]:
         if attribute not in available:
             raise ValueError(UNKNOWN_ATTRIBUTE.format(attr=attribute, available=available))

@@ -37,7 +37,7 @@ def test_a_list_or_a_dataset_instead_of_a_loader_is_a_type_error(model, tiny_syn
     assert "datasets.make_loader(dataset" in str(err.value)
 
 
-@pytest.mark.parametrize("attr", [None, []])
+@pytest.mark.parametrize("attr", [None, [], 5])
 def test_no_sensitive_attribute_is_named_with_the_available_ones(model, test_loader, attr):
     with pytest.raises(ValueError) as err:
         compute_fairness_metrics(model, test_loader, sensitive_attr=attr)
