@@ -321,23 +321,24 @@ def _aligned(reference: pd.DataFrame, pred: pd.DataFrame) -> np.ndarray:
 
 
 def _replicates(rows: pd.DataFrame, metric: str, context: Context):
-    """(REPLICATES, k) shared-resample changes of the rows' units, per dataset (units of
-    different datasets share no samples, so their blocks are drawn independently)."""
+    """(REPLICATES, k) shared-resample changes of the rows' units, one block per test set (units
+    scored on different samples -- another dataset, or a seed that drew another split -- share
+    no test-sampling error, so their blocks are drawn independently)."""
     if len(rows) < 2:
         return None
-    blocks = []
-    for dataset in rows["dataset"].unique():
-        block = rows[rows["dataset"] == dataset]
+    test_sets = np.array([hash(tuple(sorted(context.load(c)["sample_id"])))
+                          for c in rows["config_id"]])
+    out = np.full((REPLICATES, len(rows)), np.nan)
+    for number, test_set in enumerate(dict.fromkeys(test_sets)):
+        members = np.flatnonzero(test_sets == test_set)
+        block = rows.iloc[members]
         first = context.load(block["config_id"].iloc[0])
         units = [(_aligned(context.load(c), first), _aligned(context.load(r), first))
                  for c, r in zip(block["config_id"], block["reference_id"])]
-        blocks.append(us.shared_paired_replicates(
+        out[:, members] = us.shared_paired_replicates(
             first["y_true"].to_numpy(), units, first["group"].to_numpy(), metric,
-            n_resamples=REPLICATES, seed=context.seed))
-    order = np.concatenate([np.flatnonzero((rows["dataset"] == d).to_numpy())
-                            for d in rows["dataset"].unique()])
-    stacked = np.hstack(blocks)
-    return stacked[:, np.argsort(order)]
+            n_resamples=REPLICATES, seed=[context.seed, number])  # independent blocks
+    return out
 
 
 def _fact(fact: Fact, rows: pd.DataFrame) -> dict:
