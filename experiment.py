@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zipfile
 from functools import cached_property
 from pathlib import Path
 
@@ -65,6 +66,8 @@ class Context:
             if not path.is_file():
                 raise FileNotFoundError(f"no FP32 baseline for {arch!r} ({path} is missing): run "
                                         "`python main.py --phase baseline` with the same config first")
+        if not zipfile.is_zipfile(self.checkpoint_path(arch)):  # torch.save writes a zip archive
+            raise ValueError(DAMAGED_CHECKPOINT.format(path=self.checkpoint_path(arch)))
 
     def fp32_model(self, arch: str):
         self.require_baseline(arch)
@@ -124,6 +127,8 @@ class Context:
                        progress=self.cfg.runtime.progress)
 
 
+DAMAGED_CHECKPOINT = ("checkpoint {path} is damaged (not a complete torch archive): train it again "
+                      "with `python main.py --phase baseline --force`")
 UNKNOWN_ARCHITECTURES = ("models.architectures: unknown architecture(s) {unknown}; known: {known}. "
                          "Fix the name in the YAML file or with --set models.architectures=[...]")
 CALIBRATION_TOO_LARGE = ("{key}={size} is larger than the {n_train} training images of {dataset}: "

@@ -177,3 +177,16 @@ def test_a_calibration_size_over_the_train_split_stops_before_training(tmp_path,
                            "mitigation.calibration_size=5000")) == 2
     assert "mitigation.calibration_size=5000 is larger than the" in _error(capsys)
     assert not (tmp_path / "results" / "smoke" / "checkpoints").exists()
+
+
+def test_a_damaged_checkpoint_stops_the_quantization_phase_with_the_way_out(smoke_run, tmp_path, capsys):
+    import shutil
+    first_tmp, first_run = smoke_run
+    run_root = tmp_path / "results"
+    shutil.copytree(first_run, run_root / "smoke")
+    checkpoint = run_root / "smoke" / "checkpoints" / "synthetic" / "tiny_cnn.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    args = ["--config", "configs/smoke.yaml", "--set", f"results_dir={run_root}",
+            "--set", f"data.root={first_tmp / 'data'}", "--phase", "quantization", "--force"]
+    assert main.main(args) == 2
+    assert "tiny_cnn.pt is damaged" in _error(capsys)
