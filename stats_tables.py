@@ -499,7 +499,8 @@ def fairness_verdicts(table: pd.DataFrame, *, margin: float, alpha: float,
 
 
 def recommend(table: pd.DataFrame, load: Callable[[str], pd.DataFrame] | None = None, *,
-              size_budgets_mib: Sequence[float] | None = None, margin: float = 0.02,
+              size_budgets_mib: Sequence[float] | None = None,
+              margin: float = vd.DEFAULT_MARGINS["dp_gap"],
               alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0,
               min_balanced_accuracy: float = vd.DEFAULT_MIN_BALANCED_ACCURACY) -> pd.DataFrame:
     """Which configuration to ship, per dataset, size budget, and deployable-or-not.
