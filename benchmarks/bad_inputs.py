@@ -79,6 +79,12 @@ def cli_cases(tmp: Path) -> dict[str, str]:
         *cli(tmp, "--set", "mitigation.architectures=[resnet50]"))
     out["runtime.latency_warmup=-1"] = cli_outcome(*cli(tmp, "--set", "runtime.latency_warmup=-1"))
     out["quantization.methods=[]"] = cli_outcome(*cli(tmp, "--set", "quantization.methods=[]"))
+    out["quantization.seeds=[] (beyond the issue)"] = cli_outcome(
+        *cli(tmp, "--set", "quantization.seeds=[]"))
+    out["fairness_aware_quantizer unknown option (beyond)"] = cli_outcome(*cli(
+        tmp, "--set", "mitigation.methods=[{method: fairness_aware_quantizer, crit: dp_gap}]"))
+    out["synthetic data.root is a file (beyond)"] = cli_outcome(
+        *cli(tmp, "--phase", "baseline", data_root=tmp / "afile" / "data"))
     out["calibration size > train split"] = cli_outcome(
         *cli(tmp, "--phase", "baseline", "--set", "quantization.calibration_sizes=[5000]"))
     # the synthetic data now exists under tmp/data: derive CelebA-format copies to damage
@@ -127,7 +133,14 @@ def store_cases(tmp: Path) -> dict[str, str]:
         out = "works" if ran == [2] else "unclear"
     except Exception:  # noqa: BLE001
         out = "traceback"
-    return {"truncated quantization_results.json": out}
+    from results import load_predictions, save_predictions
+
+    import pandas as pd
+    save_predictions(run_dir, "p", pd.DataFrame({"sample_id": ["x"] * 500}))
+    damaged = run_dir / "predictions" / "p.csv.gz"
+    damaged.write_bytes(damaged.read_bytes()[:20])
+    return {"truncated quantization_results.json": out,
+            "damaged predictions file (beyond)": api_outcome(lambda: load_predictions(run_dir, "p"))}
 
 
 def api_cases(tmp: Path) -> dict[str, str]:
@@ -169,6 +182,7 @@ def api_cases(tmp: Path) -> dict[str, str]:
         "list instead of a loader": api_outcome(lambda: compute_fairness_metrics(model, [splits.test[0]])),
         "FaceDataset instead of a loader": api_outcome(lambda: compute_fairness_metrics(model, splits.test)),
         "sensitive_attr=None": api_outcome(lambda: compute_fairness_metrics(model, test, sensitive_attr=None)),
+        "sensitive_attr=5 (beyond)": api_outcome(lambda: compute_fairness_metrics(model, test, sensitive_attr=5)),
         "1-channel batch": api_outcome(lambda: compute_fairness_metrics(model, DataLoader(Gray(), 32))),
         "meta-device model": api_outcome(lambda: compute_fairness_metrics(meta_model, test)),
         "caller's model mode restored": "works" if api_outcome(mode_restored, False) == "works" else "silent",
