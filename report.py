@@ -107,7 +107,8 @@ def quantization_table(table: pd.DataFrame) -> pd.DataFrame:
     """Quantized models with their change vs FP32. Latency only where integer kernels ran: a
     simulated (fake-quant) model's speed says nothing about a deployed one."""
     rows = table[table["phase"] == "quantization"].assign(bits=_bits)
-    rows["latency_ms_b1"] = rows["latency_ms_b1"].where(rows["execution"] == "real_int8")
+    rows["latency_ms_b1"] = rows["latency_ms_b1"].where(
+        rows["execution"].isin(DEPLOYABLE_EXECUTIONS))
     columns = ["dataset", "arch", "method", "bits", "calibration", "draw", "seed", "execution",
                "size_mib", "compression", "latency_ms_b1", "cost_s", "accuracy",
                *_with_bounds("delta_accuracy"), "dp_gap", *_with_bounds("delta_dp_gap"),

@@ -39,6 +39,8 @@ DEFAULT_BUDGET_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 SWEET_SPOT_BITS, LOWER_BITS = 8, 4
 """The weight widths the ``int4_vs_int8`` comparison pairs (H5)."""
 DEPLOYABLE_EXECUTIONS = {"real_int8": "integer kernels (PyTorch x86 / fbgemm)",
+                         "onnxruntime_int8": "ONNX Runtime INT8 (static QDQ)",
+                         "openvino_int8": "OpenVINO INT8 (NNCF)",
                          "fp32": "FP32, any runtime"}
 """Executions a model can be shipped with on this machine; ``simulated`` needs kernels it lacks."""
 
@@ -186,8 +188,10 @@ def comparison_pairs(configs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _bit_pairs(configs: pd.DataFrame) -> list[tuple[str, str]]:
-    """(LOWER_BITS id, SWEET_SPOT_BITS id) of quantization-phase models equal in UNIT_KEYS."""
+    """(LOWER_BITS id, SWEET_SPOT_BITS id) of quantization-phase models equal in UNIT_KEYS, run
+    by torch (rows of another runtime repeat a torch model and are not paired)."""
     quantized = configs[configs["phase"] == "quantization"] if "phase" in configs else configs
+    quantized = quantized[quantized["execution"].isin(["real_int8", "simulated", ""])]
     keys = pd.Series(["|".join(map(str, key)) for key in
                       quantized[UNIT_KEYS].itertuples(index=False)], index=quantized.index)
     sweet = dict(zip(keys[quantized["weight_bits"] == SWEET_SPOT_BITS],
