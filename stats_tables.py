@@ -43,6 +43,8 @@ DEPLOYABLE_EXECUTIONS = {"real_int8": "integer kernels (PyTorch x86 / fbgemm)",
                          "openvino_int8": "OpenVINO INT8 (NNCF)",
                          "fp32": "FP32, any runtime"}
 """Executions a model can be shipped with on this machine; ``simulated`` needs kernels it lacks."""
+TORCH_EXECUTIONS = ("real_int8", "simulated", "")
+"""Executions of models torch ran; rows of another runtime repeat one of them."""
 
 
 # ----------------------------------------------------------------------------- number formatting
@@ -191,7 +193,7 @@ def _bit_pairs(configs: pd.DataFrame) -> list[tuple[str, str]]:
     """(LOWER_BITS id, SWEET_SPOT_BITS id) of quantization-phase models equal in UNIT_KEYS, run
     by torch (rows of another runtime repeat a torch model and are not paired)."""
     quantized = configs[configs["phase"] == "quantization"] if "phase" in configs else configs
-    quantized = quantized[quantized["execution"].isin(["real_int8", "simulated", ""])]
+    quantized = quantized[quantized["execution"].isin(TORCH_EXECUTIONS)]
     keys = pd.Series(["|".join(map(str, key)) for key in
                       quantized[UNIT_KEYS].itertuples(index=False)], index=quantized.index)
     sweet = dict(zip(keys[quantized["weight_bits"] == SWEET_SPOT_BITS],
@@ -215,8 +217,10 @@ def _fp32_reference(row, fp32: pd.DataFrame) -> str | None:
 
 
 def _ptq_counterpart(row, configs: pd.DataFrame) -> str | None:
-    """Static PTQ at the same dataset/arch/bits/seed; random calibration first, then by id."""
+    """Static PTQ run by torch at the same dataset/arch/bits/seed; random calibration first, then
+    by id."""
     same = configs[(configs["method"] == "ptq_static") & (configs["dataset"] == row.dataset)
+                   & configs["execution"].isin(TORCH_EXECUTIONS)
                    & (configs["arch"] == row.arch) & (configs["weight_bits"] == row.weight_bits)
                    & (configs["act_bits"] == row.act_bits) & (configs["seed"] == row.seed)]
     if same.empty:

@@ -412,3 +412,21 @@ def test_analysis_never_imports_torch():
             "sys.exit('torch' in sys.modules or 'matplotlib.pyplot' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(analysis.__file__).parent,
                           timeout=120).returncode == 0
+
+
+def test_rows_of_another_runtime_are_deployable_but_never_a_pairing_reference(tmp_path):
+    folder = write_run(tmp_path / "run", WORLDS["supported"])
+    results = pd.read_csv(folder / "quantization_results.csv")
+    torch_row = results[results["config_id"] == CNN_E.replace("w4a8", "w8a8")].iloc[0]
+    ort_id = torch_row["config_id"] + "/backend=onnxruntime"
+    save_predictions(folder, ort_id, damaged(round(CNN_E_K / 40)))
+    results = pd.concat([results, torch_row.to_frame().T.assign(config_id=ort_id,
+                                                                execution="onnxruntime_int8")])
+    results.to_csv(folder / "quantization_results.csv", index=False)
+    result = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False)
+    paired = result.pairs[result.pairs["comparison"].isin(["qat_vs_ptq", "int4_vs_int8"])]
+    assert ort_id not in set(paired["reference_id"]) | set(paired["config_id"])
+    assert ort_id in set(result.pairs.loc[result.pairs["comparison"] == "vs_fp32", "config_id"])
+    chosen = result.recommendation[result.recommendation["config_id"] == ort_id]
+    assert len(chosen) and chosen["deployable"].all()
+    assert set(chosen["runtime"]) == {st.DEPLOYABLE_EXECUTIONS["onnxruntime_int8"]}
