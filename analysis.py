@@ -98,18 +98,7 @@ def analyse(run_dir: str | Path, *, n_resamples: int = 2000, alpha: float = 0.05
     if min_balanced_accuracy is None:
         min_balanced_accuracy = (run.config.get("analysis") or {}).get(
             "min_balanced_accuracy", vd.DEFAULT_MIN_BALANCED_ACCURACY)
-    ok = run.configs[run.configs["status"] == "ok"]
-    has_predictions = ok["config_id"].map(lambda c: predictions_path(run.run_dir, c).is_file())
-    configs = ok[has_predictions].reset_index(drop=True)
-    without = ok.loc[~has_predictions, "config_id"].tolist()
-    failed = run.configs.loc[run.configs["status"] != "ok",
-                             ["phase", "config_id", "status", "error"]]
-    if configs.empty:
-        raise ValueError(NO_CONFIGURATION.format(run_dir=run.run_dir, failed=len(failed),
-                                                 without=len(without)))
-    if without:
-        logger.warning("%d configurations have no prediction table and are left out: %s",
-                       len(without), without[:5])
+    configs, failed, without = _analysable(run)
     settings = {"n_resamples": n_resamples, "ci": ci, "seed": seed, "alpha": alpha,
                 "min_group_size": min_group_size, "size_budgets_mib": size_budgets_mib,
                 "margins": margins, "min_balanced_accuracy": min_balanced_accuracy}
@@ -138,6 +127,23 @@ def analyse(run_dir: str | Path, *, n_resamples: int = 2000, alpha: float = 0.05
                                     n_resamples=n_resamples, seed=seed,
                                     min_balanced_accuracy=min_balanced_accuracy),
         failed=failed, without_predictions=without)
+
+
+def _analysable(run: RunArtifacts):
+    """(configurations that ran and have predictions, failed rows, ids without predictions)."""
+    ok = run.configs[run.configs["status"] == "ok"]
+    has_predictions = ok["config_id"].map(lambda c: predictions_path(run.run_dir, c).is_file())
+    configs = ok[has_predictions].reset_index(drop=True)
+    without = ok.loc[~has_predictions, "config_id"].tolist()
+    failed = run.configs.loc[run.configs["status"] != "ok",
+                             ["phase", "config_id", "status", "error"]]
+    if configs.empty:
+        raise ValueError(NO_CONFIGURATION.format(run_dir=run.run_dir, failed=len(failed),
+                                                 without=len(without)))
+    if without:
+        logger.warning("%d configurations have no prediction table and are left out: %s",
+                       len(without), without[:5])
+    return configs, failed, without
 
 
 def run_analysis(run_dir: str | Path, *, figures: bool = True, **options) -> dict[str, Path]:
