@@ -1,6 +1,6 @@
 """Re-try the bad inputs and faults of issue 11 as a new user would, and count the outcomes.
 
-    python benchmarks/bad_inputs.py            # ~2 minutes on 2 cores; prints one line per case
+    python benchmarks/bad_inputs.py            # 2-4 minutes on 2 cores; one line per case
 
 CLI cases run ``main.py`` as its own process on the smoke config in a temporary folder; notebook
 cases call the API in this process. Outcomes: ``clear`` (refused with a ValueError/TypeError/
