@@ -215,12 +215,14 @@ def _evaluate(spec: Hypothesis, pairs: pd.DataFrame, context: Context) -> dict:
     verdict = vd.combine([c["verdict"] for c in criteria], [c["claims"] for c in criteria])
     holds = vd.holds_count([r["verdict"] for r in per_architecture if r["usable"]])
     equivalence = head["claims"][:1] == [vd.EQUIVALENT]  # the p of the test the claim needs
+    left_out = [r["reason"] for r in per_architecture if not r["usable"]]
     return {**base, "estimate": head["estimate"], "low": head["low"], "high": head["high"],
             "p_value": head["p_equivalent_holm" if equivalence else "p_difference_holm"],
             "p_test": "TOST (Holm)" if equivalence else "difference (Holm)",
             "n": head["n"], "verdict": verdict,
             "holds": holds, "criteria": criteria,
-            "reason": "; ".join(f"{c['name']}: {c['verdict']}" for c in criteria)}
+            "reason": "; ".join([f"{c['name']}: {c['verdict']}" for c in criteria]
+                                + [f"left out, {r}" for r in left_out])}
 
 
 def _usable(rows: dict, context: Context):
@@ -290,7 +292,8 @@ def _evidence(rows: pd.DataFrame, criterion: Criterion, replicates, context: Con
     if len(rows) == 1:
         return _single(rows.iloc[0], criterion.metric, margin, context)
     clusters = list(zip(rows["dataset"], rows["arch"])) if cluster else None
-    if clusters is not None and len(set(clusters)) == 1:
+    single_architecture = clusters is not None and len(set(clusters)) == 1
+    if single_architecture:
         clusters = None  # one architecture: its own units are the evidence
     evidence = us.pooled_interval(rows[f"delta_{criterion.metric}"].to_numpy(dtype=float),
                                   replicates, ci=context.ci, margin=margin,
@@ -299,6 +302,9 @@ def _evidence(rows: pd.DataFrame, criterion: Criterion, replicates, context: Con
     if clusters is not None:
         return replace(evidence, note=evidence.note.replace(
             "units", "architectures (clusters; units of one architecture averaged first)", 1))
+    if single_architecture:
+        return replace(evidence, note=evidence.note + "; one architecture: the claim covers it "
+                                                      "alone")
     return evidence
 
 

@@ -430,3 +430,15 @@ def test_rows_of_another_runtime_are_deployable_but_never_a_pairing_reference(tm
     chosen = result.recommendation[result.recommendation["config_id"] == ort_id]
     assert len(chosen) and chosen["deployable"].all()
     assert set(chosen["runtime"]) == {st.DEPLOYABLE_EXECUTIONS["onnxruntime_int8"]}
+
+
+def test_one_architecture_at_chance_is_left_out_and_named_while_the_others_are_judged(tmp_path):
+    folder = write_run(tmp_path / "run", WORLDS["supported"])
+    rng = np.random.default_rng(1)
+    save_predictions(folder, "synthetic/cnn_e/fp32/seed=0",
+                     fp32_predictions().assign(y_pred=lambda t: rng.integers(0, 2, len(t))))
+    h2 = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False).hypotheses[1]
+    assert h2["verdict"] == SUPPORTED and h2["holds"] == "holds for 6 of 6"
+    assert "left out, cnn_e: no verdict" in h2["reason"]
+    cnn_e = [r for r in h2["per_architecture"] if r["arch"] == "cnn_e"]
+    assert len(cnn_e) == 1 and not cnn_e[0]["usable"] and cnn_e[0]["criteria"] == []
