@@ -545,3 +545,20 @@ def test_dynamic_and_low_bit_activations_record_their_range(trained_cnn, data):
     assert apply_quantization(trained_cnn, "dynamic").quant_info["activation_range"] == "reduced"
     low = ptq(trained_cnn, data, bits="w4a4")
     assert low.quant_info["activation_range"] is None
+
+
+def test_squeeze_excitation_gates_stay_float_in_both_executions():
+    """EfficientNet's SE gates run in float (their rounding flipped 16% of its predictions);
+    their convs are reported in fp32_layers, the convs around them are integer."""
+    from torchvision.ops import SqueezeExcitation
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), SqueezeExcitation(16, 4), nn.Conv2d(16, 4, 3)).eval()
+    images = torch.randn(8, 3, 10, 10)
+    real = apply_quantization(model, calibration_data=[images], observer="minmax")
+    twin = apply_quantization(model, calibration_data=[images], observer="minmax",
+                              execution="simulated")
+    for quantized in (real, twin):
+        assert quantized.quant_info["fp32_layers"] == ["1.fc1", "1.fc2"]
+    assert sum(isinstance(m, nnq.Conv2d) for m in real.modules()) == 2
+    with torch.no_grad():
+        assert (real(images) - twin(images)).abs().max().item() <= 3.01 * real.get_submodule("2").scale
