@@ -99,6 +99,9 @@ def intersectional_labels(sensitive_features) -> np.ndarray:
     ndim = np.ndim(sensitive_features)
     if ndim not in (1, 2):
         raise ValueError(BAD_SENSITIVE_SHAPE.format(ndim=ndim))
+    if ndim == 1 and isinstance(sensitive_features, np.ndarray) \
+            and sensitive_features.dtype.kind == "U":  # already labels: nothing can be missing
+        return sensitive_features
     frame = pd.DataFrame(sensitive_features if ndim == 2 else {"group": sensitive_features})
     missing = int(frame.isna().any(axis=1).sum())
     if missing:

@@ -30,7 +30,8 @@ import verdicts as vd
 from stats_tables import LOWER_BITS, SWEET_SPOT_BITS, format_number
 
 REPLICATES = 400
-"""Shared test-sample bootstrap replicates behind a pooled interval's covariance term."""
+"""Shared test-sample bootstrap replicates behind a pooled interval's covariance term (at most
+the run's n_resamples)."""
 TRANSFORMER_MARKERS = ("vit", "deit", "swin")
 """An architecture is a transformer (H6) when a ``_``-separated part of its name starts with one
 of these (``vit_small``, ``tiny_vit``); the rest are CNNs."""
@@ -327,14 +328,15 @@ def _aligned(reference: pd.DataFrame, pred: pd.DataFrame) -> np.ndarray:
 
 
 def _replicates(rows: pd.DataFrame, metric: str, context: Context):
-    """(REPLICATES, k) shared-resample changes of the rows' units, one block per test set (units
+    """(replicates, k) shared-resample changes of the rows' units, one block per test set (units
     scored on different samples -- another dataset, or a seed that drew another split -- share
     no test-sampling error, so their blocks are drawn independently)."""
     if len(rows) < 2:
         return None
+    n_replicates = min(REPLICATES, context.n_resamples)
     test_sets = np.array([hash(tuple(sorted(context.load(c)["sample_id"])))
                           for c in rows["config_id"]])
-    out = np.full((REPLICATES, len(rows)), np.nan)
+    out = np.full((n_replicates, len(rows)), np.nan)
     for number, test_set in enumerate(dict.fromkeys(test_sets)):
         members = np.flatnonzero(test_sets == test_set)
         block = rows.iloc[members]
@@ -343,7 +345,7 @@ def _replicates(rows: pd.DataFrame, metric: str, context: Context):
                  for c, r in zip(block["config_id"], block["reference_id"])]
         out[:, members] = us.shared_paired_replicates(
             first["y_true"].to_numpy(), units, first["group"].to_numpy(), metric,
-            n_resamples=REPLICATES, seed=[context.seed, number])  # independent blocks
+            n_resamples=n_replicates, seed=[context.seed, number])  # independent blocks
     return out
 
 
