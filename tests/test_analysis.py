@@ -442,3 +442,20 @@ def test_one_architecture_at_chance_is_left_out_and_named_while_the_others_are_j
     assert "left out, cnn_e: no verdict" in h2["reason"]
     cnn_e = [r for r in h2["per_architecture"] if r["arch"] == "cnn_e"]
     assert len(cnn_e) == 1 and not cnn_e[0]["usable"] and cnn_e[0]["criteria"] == []
+
+
+def test_units_on_different_test_sets_get_independent_replicate_blocks():
+    # two seeds drew different test splits: their units share no sample, so no covariance
+    tables = {"a": damaged(40), "a_ref": fp32_predictions(), "b": damaged(80),
+              "b_ref": fp32_predictions()}
+    for name in ("b", "b_ref"):
+        tables[name] = tables[name].assign(sample_id=lambda t: "other-" + t["sample_id"])
+    rows = pd.DataFrame({"config_id": ["a", "b"], "reference_id": ["a_ref", "b_ref"],
+                         "dataset": "synthetic", "arch": ["x", "x"]})
+    context = hy.Context(load=tables.__getitem__, margins=vd.check_margins({}), n_resamples=300)
+    replicates = hy._replicates(rows, "dp_gap", context)
+    assert replicates.shape == (300, 2) and np.isfinite(replicates).all()
+    assert abs(np.corrcoef(replicates.T)[0, 1]) < 0.2  # drawn independently
+    same = hy._replicates(rows.assign(config_id=["a", "a"], reference_id=["a_ref", "a_ref"]),
+                          "dp_gap", context)
+    np.testing.assert_allclose(same[:, 0], same[:, 1])  # one test set: shared resamples
