@@ -197,27 +197,28 @@ class ResultStore:
         if not self.json_path.is_file():
             return
         records, error = _intact_records(self.json_path.read_text(errors="replace"))
-        if error is not None:
-            kept = self.json_path.with_name(f"{self.json_path.name}.damaged")
-            os.replace(self.json_path, kept)
-            log.warning(LEGACY_DAMAGED, self.json_path, error, len(records), kept)
         groups = _legacy_groups(self.groups_path)
-        self.records_dir.mkdir(parents=True, exist_ok=True)
-        for n, record in enumerate(records):
+        staging = self.records_dir.with_name(f".{self.name}.import-{os.getpid()}")
+        for n, record in enumerate(records):  # staged, then renamed: a kill imports all or none
             config_id = record["config_id"]
             entry = {"record": record, "per_group": groups.get(config_id, []),
                      "committed_ns": n, "predictions": None}
             if predictions_path(self.run_dir, config_id).is_file():
                 entry["predictions"] = str(predictions_path(".", config_id))
-            atomic_write_text(self.record_path(config_id), json.dumps(entry, indent=1))
+            atomic_write_text(staging / f"{config_id}.json", json.dumps(entry, indent=1))
+        staging.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, self.records_dir)
         log.info("imported %d record(s) of %s into %s", len(records), self.json_path, self.records_dir)
+        if error is not None:
+            kept = self.json_path.with_name(f"{self.json_path.name}.damaged")
+            os.replace(self.json_path, kept)
+            log.warning(LEGACY_DAMAGED, self.json_path, error, len(records), kept)
 
 
 def refresh_tables(run_dir: str | Path) -> bool:
     """Rebuild every stale derived table of a run folder from its commit files."""
     run_dir, changed = Path(run_dir), False
-    names = {p.name for p in (run_dir / RECORDS_DIR).iterdir() if p.is_dir()} \
-        if (run_dir / RECORDS_DIR).is_dir() else set()
+    names = {p.name for p in _table_folders(run_dir)}
     names |= {p.stem for p in run_dir.glob("*_results.json")}
     for name in sorted(names):
         changed |= ResultStore(run_dir, name).refresh()
@@ -230,6 +231,13 @@ def holds_results(run_dir: str | Path) -> bool:
     if any(run_dir.glob("*_results.json")) or any(run_dir.glob("*_results.csv")):
         return True
     return any(path.is_file() for folder in RESULT_FOLDERS for path in (run_dir / folder).rglob("*"))
+
+
+def _table_folders(run_dir: Path) -> list[Path]:
+    """``records/<table>/`` folders (not the staging folders of an interrupted import)."""
+    records = run_dir / RECORDS_DIR
+    return sorted(p for p in records.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if records.is_dir() else []
 
 
 def _read_entries(folder: Path) -> list[dict]:
@@ -271,8 +279,7 @@ def _sync(path: Path, text: str | None) -> bool:
 def _refresh_groups(run_dir: Path) -> bool:
     for legacy in run_dir.glob("*_results.json"):  # import every old-layout table first, so
         ResultStore(run_dir, legacy.stem).entries()  # its rows in the group table are kept
-    folders = [p for p in (run_dir / RECORDS_DIR).iterdir() if p.is_dir()] \
-        if (run_dir / RECORDS_DIR).is_dir() else []
+    folders = _table_folders(run_dir)
     entries = sorted((e for folder in folders for e in _read_entries(folder)),
                      key=lambda e: (e.get("committed_ns", 0), e["record"]["config_id"]))
     rows = [row for entry in entries for row in entry.get("per_group", [])]

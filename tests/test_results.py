@@ -199,3 +199,16 @@ def test_a_damaged_predictions_file_is_named_with_the_way_out(tmp_path):
     calls = []
     _sweep(tmp_path, ["a/b"], calls)
     assert calls == ["a/b"]
+
+
+def test_an_import_killed_half_way_is_done_again_whole(tmp_path):
+    records = [{"config_id": i, "status": "ok"} for i in ("a", "b")]
+    (tmp_path / "quantization_results.json").write_text(json.dumps(records))
+    staging = tmp_path / "records" / ".quantization_results.import-999"
+    staging.mkdir(parents=True)
+    (staging / "a.json").write_text('{"record": {"config_id": "a", "status": "ok"}}')  # left by a kill
+    calls = []
+    _sweep(tmp_path, ["a", "b", "c"], calls)
+    assert calls == ["c"]
+    assert [r["config_id"] for r in json.loads((tmp_path / "quantization_results.json").read_text())] \
+        == ["a", "b", "c"]
