@@ -19,7 +19,8 @@ from evaluation import fp32_reference_latency, model_size_mib, predict
 from fairness_metrics import summarize_predictions
 from models import (build_model, count_parameters, export_torchscript, list_models,
                     load_model_from_checkpoint, save_checkpoint)
-from quantization import (FairnessAwareQuantizer, apply_quantization, context_keys,
+from mitigation import FairnessAwareQuantizer  # also registers the mitigation methods
+from quantization import (apply_quantization, context_keys,
                           kernel_capability, latency_report, method_config)
 from results import WorkUnit, holds_results, load_predictions, predictions_path
 from runtimes import fp32_runtime_model, get_runtime, quantize_with_runtime

@@ -75,15 +75,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
-import importlib.util
 import logging
 import math
 import re
 import time
 import warnings
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -108,12 +105,15 @@ from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_
                                                prepare_fx, prepare_qat_fx)
 from torchvision.ops import SqueezeExcitation
 
+import evaluation
+import training
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ACTIVATION_RANGES", "DynamicConfig", "PTQStaticConfig", "PercentileObserver", "QATConfig",
-    "QuantConfig", "QuantizationComparison", "SHORT_NAMES", "apply_quantization", "calibrate",
-    "compare_quantization_methods", "context_keys", "convert_quantized",
+    "QuantConfig", "SHORT_NAMES", "apply_quantization", "calibrate",
+    "context_keys", "convert_quantized",
     "default_activation_range", "describe_quantized", "kernel_capability", "latency_report",
     "layer_bit_widths", "list_methods", "method_config", "packed_size_mib", "parse_bits",
     "prediction_agreement", "prepare_quantization", "qconfig_mapping", "quantizable_layers",
@@ -125,7 +125,6 @@ EXECUTIONS = ("auto", "real_int8", "simulated")
 ACTIVATION_RANGES = ("auto", "full", "reduced")
 FLOAT_BITS = 32
 QPARAM_BYTES_PER_CHANNEL = 8  # one float32 scale + one int32 zero point per output channel
-_PLUGIN_MODULE = "mitigation"
 _WEIGHT_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _INT_WEIGHT_LAYER_TYPES = (nnq.Conv1d, nnq.Conv2d, nnq.Conv3d, nnq.Linear, nnqd.Linear)
 _INT_WEIGHT_BITS = {torch.qint8: 8, torch.quint8: 8}
@@ -355,27 +354,22 @@ def register_method(name: str, config_cls: type, handler: Callable | None = None
     return register if handler is None else register(handler)
 
 
-def _load_plugins():
-    """Import ``mitigation`` (which registers its methods) when it exists; returns it or None."""
-    if importlib.util.find_spec(_PLUGIN_MODULE) is None:
-        return None
-    return importlib.import_module(_PLUGIN_MODULE)
-
-
 def list_methods() -> list[str]:
-    """Registered method names (including those ``mitigation`` registers)."""
-    _load_plugins()
+    """Registered method names (the mitigation methods once ``mitigation`` is imported, as
+    ``import bnq`` does)."""
     return sorted(_METHODS)
+
+
+UNKNOWN_METHOD = ("quantization method {name!r} is not registered; known methods: {known}; short "
+                  "names: {short}. The mitigation methods register when `mitigation` is imported "
+                  "(`import bnq` imports everything); register new ones with "
+                  "quantization.register_method")
 
 
 def _lookup(name: str) -> _Method:
     if name not in _METHODS:
-        _load_plugins()
-    if name not in _METHODS:
-        raise ValueError(f"quantization method {name!r} is not registered; known methods: "
-                         f"{', '.join(sorted(_METHODS))}; short names: "
-                         f"{', '.join(SHORT_NAMES)}. Register new ones with "
-                         "quantization.register_method")
+        raise ValueError(UNKNOWN_METHOD.format(name=name, known=", ".join(sorted(_METHODS)),
+                                               short=", ".join(SHORT_NAMES)))
     return _METHODS[name]
 
 
@@ -400,15 +394,6 @@ def method_config(name: str, **options) -> QuantConfig:
     """The config of method ``name`` (a registry or short name) built from ``options``."""
     name, options = resolve_method(name, options)
     return _build_config(_lookup(name).config_cls, options, name)
-
-
-def __getattr__(name: str):
-    """Forward names that ``mitigation`` exports (e.g. ``FairnessAwareQuantizer``) lazily."""
-    if not name.startswith("__"):
-        plugin = _load_plugins()
-        if plugin is not None and name in getattr(plugin, "__all__", ()):
-            return getattr(plugin, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -477,7 +462,6 @@ def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: 
 
 def _full_info(quantized: nn.Module, original: nn.Module, name: str, config: QuantConfig,
                cost_s: float) -> dict:
-    evaluation = importlib.import_module("evaluation")
     info = dict(getattr(quantized, "quant_info", None) or describe_quantized(quantized))
     if info["execution"] == "real_int8":
         size = evaluation.model_size_mib(quantized)
@@ -949,16 +933,12 @@ def _narrow_activation_range(quantizer: nn.Module, quant_max: int) -> None:
             module.dst_nbins = module.quant_max - module.quant_min + 1
 
 
-def _resolve_device(device) -> torch.device:
-    return importlib.import_module("training").resolve_device(device)
-
-
 @torch.no_grad()
 def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor], *, device="cpu",
               progress: bool = False) -> nn.Module:
     """Run image ``batches`` through a prepared model so its observers record activation ranges;
     the model is returned in eval mode on the CPU."""
-    device = _resolve_device(device)
+    device = training.resolve_device(device)
     prepared.eval().to(device)
     for images in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
         prepared(images.to(device))
@@ -1013,8 +993,7 @@ def _qat(model: nn.Module, config: QATConfig, calibration_data, *, train_loader=
     if calibration_data is not None:
         logger.info("qat calibrates its quantizers while training; calibration_data is unused")
     prepared = prepare_quantization(model.cpu(), config, first.cpu(), qat=True)
-    fit = importlib.import_module("training").fit
-    fit(prepared, train_loader, val_loader, epochs=config.epochs, lr=config.lr,
+    training.fit(prepared, train_loader, val_loader, epochs=config.epochs, lr=config.lr,
         weight_decay=config.weight_decay, device=device, seed=seed, loss_hook=loss_hook,
         max_steps=config.max_steps, progress=progress, desc="qat")
     return convert_quantized(prepared, config.resolved_execution)
@@ -1054,7 +1033,6 @@ def latency_report(fp32_model: nn.Module, int8_model: nn.Module, image_size: int
     ``evaluation.measure_latency``. Only meaningful for integer models: a simulated model runs
     fake quantization in float.
     """
-    evaluation = importlib.import_module("evaluation")
     execution = getattr(int8_model, "quant_info", {}).get("execution")
     if execution == "simulated":
         logger.warning("latency_report on a simulated model measures fake quantization in "
@@ -1095,116 +1073,3 @@ def traced_and_frozen(model: nn.Module, image_size: int) -> torch.jit.ScriptModu
         logger.info("traced and frozen form unavailable (%s); timing eager only", error)
         return None
     return frozen if exact else None
-
-
-# --------------------------------------------------------------------------- comparisons
-
-@dataclass
-class QuantizationComparison:
-    """Result of ``compare_quantization_methods``: ``table`` (one row per method, FP32 first),
-    ``group_metrics`` (long: label, group, metric, value) and the prediction tables."""
-    table: "pd.DataFrame"
-    group_metrics: "pd.DataFrame"
-    predictions: dict = field(repr=False, default_factory=dict)
-
-    def save_to_csv(self, path: str | Path) -> Path:
-        """Write ``table`` as CSV; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.table.to_csv(path, index=False)
-        return path
-
-    def plot_comparison(self, path: str | Path | None = None) -> Path:
-        """Accuracy and DP gap per method with their bootstrap intervals, saved as a PNG
-        (default ``quantization_comparison.png``); returns the path."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        path = Path(path or "quantization_comparison.png")
-        figure = Figure(figsize=(max(6.0, 1.2 * len(self.table)), 4.0), layout="constrained")
-        FigureCanvasAgg(figure)
-        positions = range(len(self.table))
-        for axes, metric in zip(figure.subplots(1, 2), ("accuracy", "dp_gap")):
-            values = self.table[metric]
-            errors = [values - self.table[f"{metric}_low"], self.table[f"{metric}_high"] - values]
-            axes.bar(positions, values, yerr=errors, capsize=4, color="tab:blue")
-            axes.set_xticks(list(positions), self.table["label"], rotation=30, ha="right")
-            axes.set_title(metric)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
-        return path
-
-
-def _method_spec(spec) -> tuple[str, str, dict]:
-    """(label, method, options) from ``'PTQ_INT4'``, ``('ptq_static', {...})`` or
-    ``{'method': ..., 'label': ..., **options}``."""
-    if isinstance(spec, str):
-        return spec, spec, {}
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], Mapping):
-        spec = {**spec[1], "method": spec[0]}
-    if not (isinstance(spec, Mapping) and "method" in spec):
-        raise ValueError(f"cannot read method spec {spec!r}; use a name ('PTQ_INT8'), a (name, "
-                         "options) tuple or a dict with 'method' (and optional 'label')")
-    options = {key: value for key, value in spec.items() if key not in ("method", "label")}
-    settings = ", ".join(f"{key}={value}" for key, value in options.items())
-    return spec.get("label", f"{spec['method']}({settings})"), spec["method"], options
-
-
-def _regroup(table: "pd.DataFrame", sensitive_attrs: Sequence[str] | None) -> "pd.DataFrame":
-    """Rebuild ``group`` from ``sensitive_attrs`` (in that order) when they are given."""
-    if not sensitive_attrs:
-        return table
-    missing = [attr for attr in sensitive_attrs if attr not in table.columns]
-    if missing:
-        raise ValueError(f"sensitive_attrs {missing} are not columns of the predictions; the "
-                         f"test set has {[c for c in table.columns if c not in PRED_COLUMNS]}")
-    table = table.copy()
-    table["group"] = table[list(sensitive_attrs)].astype(str).agg("/".join, axis=1)
-    return table
-
-
-PRED_COLUMNS = ("sample_id", "y_true", "y_pred", "score", "group")
-
-
-def compare_quantization_methods(model: nn.Module, methods: Sequence, test_loader, *,
-                                 sensitive_attrs: Sequence[str] | None = None,
-                                 calibration_data=None, n_resamples: int = 1000, seed: int = 0,
-                                 device="cpu", **context) -> QuantizationComparison:
-    """Quantize ``model`` with each method and compare accuracy and fairness on ``test_loader``.
-
-    ``methods`` items: a short or registry name, a ``(name, options)`` tuple, or a dict with
-    ``method`` (and ``label``). ``sensitive_attrs`` picks the attributes whose combination
-    defines the groups (default: the dataset's ``group``). ``context`` (e.g. ``train_loader``)
-    goes to every ``apply_quantization`` call. The table has one row per method, FP32 first,
-    with every metric of ``fairness_metrics.summarize_predictions`` (with ``_low/_high``
-    bootstrap bounds and deltas against FP32) plus execution, bits, sizes and cost.
-    """
-    import pandas as pd
-    evaluation = importlib.import_module("evaluation")
-    summarize = importlib.import_module("fairness_metrics").summarize_predictions
-    specs = [_method_spec(spec) for spec in methods]
-    if not specs:
-        raise ValueError("methods is empty; pass e.g. ['PTQ_INT8', 'PTQ_INT4', 'dynamic']")
-    reference = _regroup(evaluation.predict(model, test_loader, device, progress=False),
-                         sensitive_attrs)
-    fp32_size = evaluation.model_size_mib(model)
-    runs = [("fp32", {"method": "fp32", "weight_bits": FLOAT_BITS, "act_bits": FLOAT_BITS,
-                      "execution": "fp32", "size_mib": fp32_size, "fp32_size_mib": fp32_size,
-                      "compression": 1.0, "cost_s": 0.0}, reference)]
-    for label, method, options in tqdm(specs, desc="methods", leave=False):
-        quantized = apply_quantization(model, method, calibration_data=calibration_data,
-                                       device=device, seed=seed, **{**context, **options})
-        info = {key: value for key, value in quantized.quant_info.items()
-                if key in ("method", "weight_bits", "act_bits", "execution", "observer",
-                           "size_mib", "fp32_size_mib", "compression", "cost_s")}
-        predictions = _regroup(evaluation.predict(quantized, test_loader, device,
-                                                  progress=False), sensitive_attrs)
-        runs.append((label, info, predictions))
-    rows, groups = [], []
-    for label, info, predictions in runs:
-        record, per_group = summarize(predictions, reference=None if label == "fp32"
-                                      else reference, n_resamples=n_resamples, seed=seed)
-        rows.append({"label": label, **info, **record})
-        groups.append(per_group.assign(label=label))
-    return QuantizationComparison(pd.DataFrame(rows), pd.concat(groups, ignore_index=True),
-                                  {label: predictions for label, _, predictions in runs})
