@@ -59,7 +59,8 @@ class RuntimeModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        return torch.from_numpy(np.asarray(self._run(array), dtype=np.float32))
+        logits = torch.from_numpy(np.asarray(self._run(array), dtype=np.float32))
+        return logits.to(images.device)  # the runtime runs on the CPU; the caller's device back
 
     def __deepcopy__(self, memo):  # a compiled artifact is immutable; sessions do not pickle
         return self
