@@ -234,8 +234,8 @@ class PTQStaticConfig(QuantConfig):
     fp32_layers: tuple = ()
     execution: str = "auto"
     activation_range: str = "auto"
-    WEIGHT_BITS: ClassVar[tuple[int, ...]] = (2, 4, 8)
-    ACT_BITS: ClassVar[tuple[int, ...]] = (4, 8)
+    WEIGHT_BITS: ClassVar[tuple[int, ...]] = tuple(range(2, 9))
+    ACT_BITS: ClassVar[tuple[int, ...]] = tuple(range(4, 9))
 
     def __post_init__(self):
         super().__post_init__()
@@ -425,8 +425,9 @@ def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: 
     """Return a quantized copy of ``model``; ``model`` and global torch state are left unchanged.
 
     ``method`` is a registry name (``list_methods()``) or a short name (``SHORT_NAMES``).
-    ``bit_width`` sets weight and activation bits unless ``bits='w4a8'`` or
-    ``weight_bits``/``act_bits`` are given (short names fix their own bits). ``calibration_data``
+    ``bit_width=k`` (an int from 2 to 8) puts weights at ``k`` bits and activations at ``k``
+    bits where the method supports them, else at 8 (``ptq_static``: 4-8 bit activations), unless
+    ``bits='w4a8'`` or ``weight_bits``/``act_bits`` are given (short names fix their own bits). ``calibration_data``
     is a DataLoader of contract batches (images first) or of image tensors. Other options are
     the method's config fields (e.g. ``observer``, ``layer_bits``, ``fp32_layers``) or context
     (``device``, ``seed``, ``progress``, ``threads``, and e.g. ``train_loader`` for ``qat``).
@@ -447,7 +448,7 @@ def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: 
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
     if not {"bits", "weight_bits", "act_bits"} & options.keys():
-        options.update(weight_bits=bit_width, act_bits=bit_width)
+        options.update(_bit_width_options(bit_width, spec.config_cls))
     config = _build_config(spec.config_cls, options, name)
     with _isolated_torch_state(threads):
         start = time.perf_counter()
@@ -458,6 +459,19 @@ def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: 
                 quantized.quant_info["execution"], quantized.quant_info["size_mib"],
                 quantized.quant_info["compression"], cost_s)
     return quantized
+
+
+BAD_BIT_WIDTH = ("bit_width={value!r}: expected an int from 2 to 8 (weights at that many bits; "
+                 "activations too where the method supports it, else 8), or give bits='w4a8'")
+
+
+def _bit_width_options(bit_width, config_cls: type) -> dict:
+    """``bit_width=k``: weights at ``k`` bits, activations at ``k`` bits where the method's config
+    supports them (``ACT_BITS``) and at 8 otherwise (e.g. ``ptq_static`` at 2 or 3 bits)."""
+    if isinstance(bit_width, bool) or not isinstance(bit_width, int) or not 2 <= bit_width <= 8:
+        raise ValueError(BAD_BIT_WIDTH.format(value=bit_width))
+    act_bits = bit_width if bit_width in config_cls.ACT_BITS else 8
+    return {"weight_bits": bit_width, "act_bits": act_bits}
 
 
 def _full_info(quantized: nn.Module, original: nn.Module, name: str, config: QuantConfig,
@@ -730,12 +744,21 @@ def _image_batches(data, name: str, method: str) -> tuple[torch.Tensor, Iterator
                          "64)")
     if isinstance(data, torch.Tensor):
         data = [data]
+    if isinstance(data, torch.utils.data.Dataset):
+        raise ValueError(NOT_A_LOADER.format(name=name, kind=type(data).__name__))
     batches = (_images(batch) for batch in data)
     first = next(batches, None)
     if first is None:
         raise ValueError(f"{name} yielded no batches; pass a DataLoader with at least one batch "
                          "(check the subset size and drop_last)")
+    if first.dim() != 4:
+        raise ValueError(f"{name} yielded images of shape {tuple(first.shape)}; expected batches "
+                         "(N, C, H, W): pass a DataLoader, e.g. datasets.make_loader(data, 64)")
     return first, _chain(first, batches)
+
+
+NOT_A_LOADER = ("{name} is a {kind} (single samples); expected a DataLoader of batches: wrap it, "
+                "e.g. datasets.make_loader(dataset, 64)")
 
 
 def _chain(first, rest: Iterator) -> Iterator:

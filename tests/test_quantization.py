@@ -376,10 +376,11 @@ def test_a_registered_method_gets_a_copy_its_config_and_its_context(monkeypatch,
 
 @pytest.mark.parametrize("method, options, message", [
     ("nope", {}, "'nope' is not registered; known methods: .*ptq_static"),
-    ("ptq_static", {"bit_width": 3}, "weight_bits=3 is not supported by PTQStaticConfig; "
-                                     "supported: 2, 4, 8"),
-    ("ptq_static", {"bit_width": 16}, "weight_bits=16 is not supported .* supported: 2, 4, 8"),
-    ("ptq_static", {"bits": "w8a2"}, "act_bits=2 is not supported .* supported: 4, 8"),
+    ("ptq_static", {"bit_width": 16}, r"bit_width=16: expected an int from 2 to 8"),
+    ("ptq_static", {"bit_width": 8.0}, r"bit_width=8\.0: expected an int from 2 to 8"),
+    ("ptq_static", {"bits": "w9a8"}, "weight_bits=9 is not supported .* supported: 2, 3, 4, 5, 6, "
+                                     "7, 8"),
+    ("ptq_static", {"bits": "w8a2"}, "act_bits=2 is not supported .* supported: 4, 5, 6, 7, 8"),
     ("dynamic", {"bit_width": 4}, "weight_bits=4 is not supported by DynamicConfig; "
                                   "supported: 8"),
     ("ptq_static", {"observr": "minmax"}, "unknown option 'observr' for method 'ptq_static'; "
@@ -390,7 +391,7 @@ def test_a_registered_method_gets_a_copy_its_config_and_its_context(monkeypatch,
     ("ptq_static", {"bits": "w4a8", "weight_bits": 4}, "either bits="),
     ("ptq_static", {"bits": "w4a8", "execution": "real_int8"},
      "execution='real_int8' needs 8-bit weights"),
-    ("ptq_static", {"layer_bits": {"features.0": 3}}, r"layer_bits\['features.0'\]=3 is not "
+    ("ptq_static", {"layer_bits": {"features.0": 9}}, r"layer_bits\['features.0'\]=9 is not "
                                                       "supported"),
     ("ptq_static", {"layer_bits": {"nope": 4}}, r"layer_bits names unknown layers \['nope'\]; "
                                                 r"valid names .*\['features.0', 'features.3'"),
@@ -404,6 +405,23 @@ def test_bad_arguments_raise_errors_that_name_the_problem(trained_cnn, data, met
                                                           message):
     with pytest.raises(ValueError, match=message):
         apply_quantization(trained_cnn, method, calibration_data=loader(data), **options)
+
+
+@pytest.mark.parametrize("bit_width, expected", [(2, (2, 8)), (3, (3, 8)), (4, (4, 4)), (6, (6, 6)),
+                                                  (8, (8, 8))])
+def test_bit_width_k_means_k_bit_weights_and_k_or_8_bit_activations(trained_cnn, data, bit_width,
+                                                                   expected):
+    quantized = apply_quantization(trained_cnn, bit_width=bit_width, observer="minmax",
+                                   calibration_data=loader(data))
+    assert (quantized.quant_info["weight_bits"], quantized.quant_info["act_bits"]) == expected
+    assert max(weight_levels(quantized).values()) <= 2 ** bit_width
+
+
+def test_a_dataset_or_single_images_as_calibration_data_is_named(trained_cnn, data):
+    with pytest.raises(ValueError, match="calibration_data is a TensorDataset .*make_loader"):
+        apply_quantization(trained_cnn, calibration_data=data)
+    with pytest.raises(ValueError, match=r"images of shape \(3, 16, 16\); expected batches"):
+        apply_quantization(trained_cnn, calibration_data=[data.tensors[0][0]])
 
 
 def test_bad_calibration_data_is_named(trained_cnn):
