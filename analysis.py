@@ -69,7 +69,8 @@ class Analysis:
                 "hypotheses": report.hypotheses_table(self.hypotheses),
                 "per_architecture": report.per_architecture_table(self.hypotheses),
                 "group_drop_ratios": self.group_ratios, "recommendation": self.recommendation,
-                "failed": self.failed}
+                "failed": self.failed, "backends": report.backend_table(self.table),
+                "backend_groups": report.backend_group_table(self.table, self.per_group)}
 
 
 def margins_of(run: RunArtifacts, margins: dict | None, fairness_tolerance: float | None) -> dict:

@@ -117,6 +117,43 @@ def quantization_table(table: pd.DataFrame) -> pd.DataFrame:
                                                       "calibration", "draw", "seed"])
 
 
+INTEGER_EXECUTIONS = ("real_int8", "onnxruntime_int8", "openvino_int8")
+"""Integer executions compared side by side when another runtime ran (``runtime.backends``)."""
+
+
+def _backend_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Static w8a8 quantization rows of every integer runtime, for the cells where a runtime
+    besides torch ran; empty when none did."""
+    rows = table[(table["phase"] == "quantization") & (table["method"] == "ptq_static")
+                 & table["execution"].isin(INTEGER_EXECUTIONS)]
+    cells = ["dataset", "arch", "calibration", "seed"]
+    others = rows[rows["execution"] != "real_int8"][cells].drop_duplicates()
+    return rows.merge(others, on=cells)
+
+
+def backend_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, runtime): accuracy and DP-gap change vs FP32 with paired intervals and
+    the verdict, worst-group accuracy, agreement with the torch twin, size and latency against
+    the fastest FP32."""
+    columns = ["dataset", "arch", "calibration", "seed", "execution", "accuracy",
+               *_with_bounds("delta_accuracy"), "worst_group_accuracy",
+               *_with_bounds("delta_dp_gap"), "dp_verdict", "agreement_with_simulated",
+               "size_mib", "latency_ms_b1", "fp32_reference_b1", "speedup_b1"]
+    return _backend_rows(table).reindex(columns=columns).sort_values(
+        ["dataset", "arch", "calibration", "seed", "execution"])
+
+
+def backend_group_table(table: pd.DataFrame, per_group: pd.DataFrame) -> pd.DataFrame:
+    """Per-group accuracy drop vs FP32 (paired interval) of each runtime's model, long."""
+    rows = _backend_rows(table)[["config_id", "execution", "calibration", "seed"]]
+    columns = ["dataset", "arch", "calibration", "seed", "execution", "group", "n", "fp32_accuracy",
+               "accuracy", "accuracy_drop", "accuracy_drop_low", "accuracy_drop_high"]
+    if rows.empty or per_group.empty:
+        return pd.DataFrame(columns=columns)
+    return per_group.merge(rows, on="config_id").reindex(columns=columns).sort_values(
+        ["dataset", "arch", "calibration", "seed", "group", "execution"])
+
+
 def mitigation_table(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """Mitigations: accuracy, DP gap, size, cost, change vs FP32 and vs plain PTQ (``ptq_delta_*``)."""
     rows = table[table["phase"] == "mitigation"].assign(bits=_bits)
@@ -210,6 +247,11 @@ TABLE_CAPTIONS = {
                       "within the margin or BETTER; the most accurate and those tied with it; "
                       "deployable here apart from simulated.",
     "failed": "Configurations that failed (reported, not analysed).",
+    "backends": "The same checkpoint and calibration set quantized to INT8 by each runtime: "
+                "change vs FP32 (paired intervals), agreement with the torch twin, size and "
+                "latency against the fastest FP32.",
+    "backend_groups": "Per-group accuracy drop vs FP32 of each runtime's INT8 model (paired "
+                      "intervals).",
 }
 
 
@@ -219,6 +261,7 @@ def _write_figures(analysis: "Analysis", folder: Path) -> dict[str, Path]:
     jobs = {"pareto": (viz.plot_pareto, analysis.table),
             "heatmaps": (viz.plot_heatmaps, analysis.table[analysis.table["method"] != "fp32"]),
             "group_drops": (viz.plot_group_drops, analysis.per_group),
+            "backends": (viz.plot_backends, tables["backend_groups"]),
             "dp_changes": (viz.plot_dp_changes, _dp_change_table(analysis)),
             "mitigation": (viz.plot_mitigation, _mitigation_figure_table(analysis)),
             "hypotheses": (viz.plot_hypotheses, tables["hypotheses"]),
@@ -288,7 +331,8 @@ def report(analysis: "Analysis", figures: dict[str, Path]) -> str:
         "## FP32 baselines\n\n" + _markdown_or(tables["baseline"], "No baseline results."),
         "## Quantization\n\n" + _markdown_or(tables["quantization"], _missing_phase(summary, "quantization")),
         "## Mitigation\n\n" + _markdown_or(tables["mitigation"], _missing_phase(summary, "mitigation")),
-        _hypotheses_section(analysis, tables["hypotheses"]), _per_group_section(analysis),
+        _backends_section(tables), _hypotheses_section(analysis, tables["hypotheses"]),
+        _per_group_section(analysis),
         _pareto_section(analysis), _figures_section(figures), _recommendation_section(analysis)]
     return "\n\n".join(s for s in sections if s) + "\n"
 
@@ -388,6 +432,22 @@ def _hypotheses_section(analysis: "Analysis", table: pd.DataFrame) -> str:
             lines += ["", "Per architecture:", "", markdown_table(
                 display(arch.drop(columns=["id"])).map(format_number))]
     return "\n".join(lines)
+
+
+def _backends_section(tables: dict[str, pd.DataFrame]) -> str:
+    if tables["backends"].empty:
+        return ""
+    return "\n".join([
+        "## Deployment runtimes", "",
+        "The same FP32 checkpoint and calibration images, quantized to INT8 by PyTorch's x86 "
+        "kernels (`real_int8`), ONNX Runtime (static QDQ) and OpenVINO (NNCF). Changes are "
+        "against FP32 on the same test samples with paired intervals; `agreement_with_simulated` "
+        "is the share of test predictions equal to the torch fake-quantized twin's; "
+        "`speedup_b1` divides the fastest FP32 on this machine (`fp32_reference_b1`) by the "
+        "model's batch-1 latency.", "",
+        markdown_table(display(tables["backends"])), "",
+        "Per group (accuracy drop = FP32 − INT8 accuracy within the group; positive: it lost):",
+        "", markdown_table(display(tables["backend_groups"]))])
 
 
 def _per_group_section(analysis: "Analysis") -> str:

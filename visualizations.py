@@ -163,6 +163,38 @@ def plot_group_drops(per_group: pd.DataFrame, path: str | Path) -> list[Path]:
     return save_figure(figure, path)
 
 
+def plot_backends(groups: pd.DataFrame, path: str | Path) -> list[Path]:
+    """One panel per (dataset, architecture, calibration, seed): each group's accuracy drop vs
+    FP32 under each runtime's INT8 model, with its paired interval; runtimes differ by hatch."""
+    _require(groups, ["dataset", "arch", "calibration", "seed", "execution", "group",
+                      "accuracy_drop", "accuracy_drop_low", "accuracy_drop_high"], "plot_backends")
+    cells = sorted(set(zip(groups["dataset"], groups["arch"], groups["calibration"],
+                           groups["seed"])))
+    executions = sorted(groups["execution"].unique())
+    hatches, greys = _styles(executions, HATCHES), _styles(executions, GREYS)
+    figure = Figure(layout="constrained", figsize=(7, 3.0 * len(cells)))
+    axes = figure.subplots(len(cells), 1, squeeze=False)[:, 0]
+    width = 0.8 / len(executions)
+    for ax, (dataset, arch, calibration, seed) in zip(axes, cells):
+        cell = groups[(groups["dataset"] == dataset) & (groups["arch"] == arch)
+                      & (groups["calibration"] == calibration) & (groups["seed"] == seed)]
+        names = sorted(cell["group"].unique())
+        for k, execution in enumerate(executions):
+            rows = cell[cell["execution"] == execution].set_index("group").reindex(names)
+            drop = rows["accuracy_drop"]
+            error = [drop - rows["accuracy_drop_low"], rows["accuracy_drop_high"] - drop]
+            ax.bar(np.arange(len(names)) + (k - (len(executions) - 1) / 2) * width, drop, width,
+                   yerr=error, capsize=2, label=execution, hatch=hatches[execution],
+                   color=greys[execution], edgecolor="black", error_kw={"elinewidth": 0.8})
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel("accuracy drop vs FP32")
+        ax.set_title(f"{dataset}/{arch} ({calibration}, seed {seed}): per-group accuracy drop "
+                     "of each runtime's INT8 model, paired interval", fontsize=9)
+        ax.legend(fontsize=7)
+    return save_figure(figure, path)
+
+
 CHANGE_MARKERS = {"WORSE": "v", "BETTER": "^", "EQUIVALENT": "o", "INCONCLUSIVE": "s"}
 
 

@@ -86,6 +86,15 @@ def test_the_quantization_phase_writes_a_row_per_backend(tmp_path, monkeypatch, 
         assert row["agreement_with_simulated"] >= 0.9
         assert row["speedup_b1"] == pytest.approx(row["fp32_latency_ms_b1"] / row["latency_ms_b1"])
 
+    # the analysis compares the runtimes: paired changes vs FP32, per group, and a figure panel
+    assert main.main([*args, "--phase", "analysis"]) == 0
+    report = (run_dir / "analysis" / "report.md").read_text()
+    section = report.split("## Deployment runtimes", 1)[1].split("\n## ", 1)[0]
+    assert all(name in section for name in ("real_int8", "onnxruntime_int8", "openvino_int8"))
+    groups = pd.read_csv(run_dir / "analysis" / "tables" / "backend_groups.csv")
+    assert set(groups["execution"]) == set(table.index)
+    assert (groups["accuracy_drop_low"] <= groups["accuracy_drop"]).all()
+    assert (run_dir / "analysis" / "figures" / "backends.png").read_bytes()[:4] == b"\x89PNG"
     # the same folder resumed on the other kind of CPU is refused, not silently mixed
     real = experiment.kernel_capability()
     monkeypatch.setattr(experiment, "kernel_capability",
