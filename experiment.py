@@ -38,6 +38,7 @@ class Context:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         self.run_dir = cfg.run_dir
+        self._fp32_references: dict[str, dict] = {}  # arch -> {batch size: (ms, name)}
 
     @cached_property
     def splits(self):
@@ -103,10 +104,6 @@ class Context:
         runtime = self.cfg.runtime
         return dict(batch_sizes=runtime.latency_batch_sizes, threads=runtime.threads,
                     warmup=runtime.latency_warmup, repeats=runtime.latency_repeats)
-
-    @cached_property
-    def _fp32_references(self) -> dict:
-        return {}
 
     def fp32_reference(self, arch: str, fp32_model) -> dict:
         """{batch size: (ms, name)} of the fastest FP32 of ``arch``: torch eager in both layouts
@@ -332,13 +329,18 @@ def _id_value(value) -> str:
     return "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
+def calibration_label(calibration: tuple[str, int]) -> str:
+    """``('random', 512)`` -> ``'random-512'``; ``('none', 0)`` -> ``'none'``."""
+    kind, n = calibration
+    return "none" if kind == "none" else f"{kind}-{n}"
+
+
 def _quantization_unit(ctx: Context, arch: str, method: str, options: dict,
                        calibration: tuple[str, int], seed: int) -> WorkUnit:
     cfg = ctx.cfg
     if method == "qat":
         options = {**_qat_defaults(cfg), **options}
-    kind, n = calibration
-    label = "none" if kind == "none" else f"{kind}-{n}"
+    label = calibration_label(calibration)
     bits = method_config(method, **options).bits  # also rejects a bad method or option up front
     config_id = configuration_id(cfg.data.dataset, arch, method, bits, options, label, seed)
     fields = {"dataset": cfg.data.dataset, "arch": arch, "method": method, "calibration": label,
@@ -385,11 +387,10 @@ def _runtime_units(ctx: Context, arch: str, method: str, options: dict,
     for backend in ctx.cfg.runtime.backends:
         if backend == "torch":
             continue
-        label = f"{calibration[0]}-{calibration[1]}"
         config_id = configuration_id(ctx.cfg.data.dataset, arch, method, "w8a8",
-                                     {"backend": backend}, label, seed)
+                                     {"backend": backend}, calibration_label(calibration), seed)
         fields = {"dataset": ctx.cfg.data.dataset, "arch": arch, "method": method,
-                  "calibration": label, "seed": seed, "backend": backend,
+                  "calibration": calibration_label(calibration), "seed": seed, "backend": backend,
                   "options": {"backend": backend}}
         units.append(WorkUnit(config_id, fields, lambda backend=backend, config_id=config_id:
                               run_runtime(ctx, arch, backend, calibration, seed, config_id)))
