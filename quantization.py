@@ -427,7 +427,8 @@ def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: 
     ``method`` is a registry name (``list_methods()``) or a short name (``SHORT_NAMES``).
     ``bit_width=k`` (an int from 2 to 8) puts weights at ``k`` bits and activations at ``k``
     bits where the method supports them, else at 8 (``ptq_static``: 4-8 bit activations), unless
-    ``bits='w4a8'`` or ``weight_bits``/``act_bits`` are given (short names fix their own bits). ``calibration_data``
+    ``bits='w4a8'`` or ``weight_bits``/``act_bits`` are given (short names fix their own bits).
+    ``calibration_data``
     is a DataLoader of contract batches (images first) or of image tensors. Other options are
     the method's config fields (e.g. ``observer``, ``layer_bits``, ``fp32_layers``) or context
     (``device``, ``seed``, ``progress``, ``threads``, and e.g. ``train_loader`` for ``qat``).
