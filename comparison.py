@@ -109,9 +109,9 @@ def compare_quantization_methods(model: nn.Module, methods: Sequence, test_loade
     for label, method, options in tqdm(specs, desc="methods", leave=False):
         quantized = apply_quantization(model, method, calibration_data=calibration_data,
                                        device=device, seed=seed, **{**context, **options})
-        info = {key: value for key, value in quantized.quant_info.items()
-                if key in ("method", "weight_bits", "act_bits", "execution", "observer",
-                           "size_mib", "fp32_size_mib", "compression", "cost_s")}
+        info = {key: quantized.quant_info[key]
+                for key in ("method", "weight_bits", "act_bits", "execution", "observer",
+                            "size_mib", "fp32_size_mib", "compression", "cost_s")}
         predictions = _regroup(evaluation.predict(quantized, test_loader, device,
                                                   progress=False), sensitive_attrs)
         runs.append((label, info, predictions))
