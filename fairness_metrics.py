@@ -63,7 +63,8 @@ SAMPLE_MISMATCH = ("reference covers different samples: {only_pred} sample_ids o
 LABEL_MISMATCH = ("y_true differs between pred and reference for {count} samples "
                   "(e.g. {example!r}); both tables must come from the same test set.")
 BAD_CI = "ci must be strictly between 0 and 1, got {ci!r}; e.g. 0.95 for a 95% interval."
-BAD_RESAMPLES = "n_resamples must be a positive integer, got {n!r}; e.g. 2000."
+BAD_RESAMPLES = ("n_resamples must be a positive integer, got {n!r}; e.g. 2000 "
+                 "(summarize_predictions also takes 0: point estimates only).")
 BAD_PERMUTATIONS = "n_permutations must be a positive integer or None, got {n!r}; e.g. 2000."
 BAD_MIN_GROUP_SIZE = "min_group_size must be a non-negative integer, got {n!r}; e.g. 30."
 UNKNOWN_ATTRIBUTE = ("sensitive attribute {attr!r} is not a metadata column; available: "
@@ -477,6 +478,40 @@ def _di_flag(disparate_impact):
     return None if np.isnan(disparate_impact) else bool(disparate_impact < DI_THRESHOLD)
 
 
+def point_estimates(y_true, y_pred, *, sensitive_features, y_pred_reference=None) -> pd.DataFrame:
+    """Every metric, gap and per-group rate without resampling: columns group, metric, estimate
+    (the rows of ``bootstrap_ci``); with ``y_pred_reference`` the changes model - reference
+    instead (columns group, metric, delta: the rows of ``paired_bootstrap``)."""
+    y_true, y_pred, names, codes = _prepare(y_true, y_pred, sensitive_features)
+    if y_pred_reference is None:
+        counts = _cell_counts(codes, len(names), y_true, y_pred)
+        keys, estimate = _metric_matrix(counts, names, GROUP_RATES)
+        return _keyed_frame(keys, estimate=estimate)
+    y_reference = _binary("y_pred_reference", y_pred_reference, len(y_true))
+    keys, delta = _paired_deltas(_cell_counts(codes, len(names), y_true, y_reference, y_pred), names)
+    return _keyed_frame(keys, delta=delta)
+
+
+INTERVAL_SUFFIXES = {"estimate": "", "low": "_low", "high": "_high"}
+POINT_SUFFIXES = {"estimate": ""}
+
+
+def _paired_rows(y_true, y_pred, y_reference, labels, options, margins):
+    """Long rows of the changes against the reference: delta_m (+ _low/_high/_p and
+    _p_equivalent with resamples), flip_rate, and mcnemar_p with resamples."""
+    flips = _series_rows(flip_rates(y_pred, y_reference, sensitive_features=labels), "flip_rate")
+    if not options["n_resamples"]:
+        paired = point_estimates(y_true, y_pred, sensitive_features=labels,
+                                 y_pred_reference=y_reference)
+        return [_stat_rows(paired, {"delta": ""}, prefix="delta_"), flips]
+    paired = paired_bootstrap(y_true, y_pred, y_reference, margins=margins, **options)
+    suffixes = {"delta": "", "low": "_low", "high": "_high", "p": "_p"}
+    if margins:
+        suffixes["p_equivalent"] = "_p_equivalent"
+    return [_stat_rows(paired, suffixes, prefix="delta_"), flips,
+            _series_rows(_by_group(mcnemar_exact, labels, y_true, y_pred, y_reference), "mcnemar_p")]
+
+
 def summarize_predictions(pred: pd.DataFrame, *, reference: pd.DataFrame | None = None,
                           n_resamples=2000, ci=0.95, seed=0, min_group_size=30, margins=None):
     """Every metric with bootstrap intervals from a per-sample prediction table.
@@ -489,27 +524,26 @@ def summarize_predictions(pred: pd.DataFrame, *, reference: pd.DataFrame | None 
     per_group -- long DataFrame (group, metric, value): n, n_pos, n_neg, accuracy,
     selection_rate, tpr, fpr (each rate with _low/_high), small_group (1/0); with a reference
     also delta_accuracy (+ _low/_high/_p), flip_rate and mcnemar_p.
+
+    ``n_resamples=0``: point estimates only, no resampling: the same keys without any
+    ``_low``/``_high``/``_p``/``_p_equivalent`` and without ``mcnemar_p`` (the sweep records these;
+    the analysis computes the intervals and tests once, from the prediction tables).
     """
     _check_table(pred, "pred")
+    if n_resamples != 0:
+        _check_bootstrap_args(n_resamples, ci)
     y_reference = None if reference is None else _aligned_reference(pred, reference)
     y_true, y_pred = pred["y_true"].to_numpy(), pred["y_pred"].to_numpy()
     labels = intersectional_labels(pred["group"])
     table = group_table(y_true, y_pred, sensitive_features=labels, min_group_size=min_group_size)
     options = dict(sensitive_features=labels, n_resamples=n_resamples, ci=ci, seed=seed)
-    rows = [_stat_rows(bootstrap_ci(y_true, y_pred, **options),
-                       {"estimate": "", "low": "_low", "high": "_high"}),
+    estimates = (point_estimates(y_true, y_pred, sensitive_features=labels) if not n_resamples
+                 else bootstrap_ci(y_true, y_pred, **options))
+    rows = [_stat_rows(estimates, INTERVAL_SUFFIXES if n_resamples else POINT_SUFFIXES),
             table[COUNT_COLUMNS].astype(float).reset_index().melt(id_vars="group",
                                                                   var_name="metric")]
     if y_reference is not None:
-        paired = paired_bootstrap(y_true, y_pred, y_reference, margins=margins, **options)
-        suffixes = {"delta": "", "low": "_low", "high": "_high", "p": "_p"}
-        if margins:
-            suffixes["p_equivalent"] = "_p_equivalent"
-        rows += [_stat_rows(paired, suffixes, prefix="delta_"),
-                 _series_rows(flip_rates(y_pred, y_reference, sensitive_features=labels),
-                              "flip_rate"),
-                 _series_rows(_by_group(mcnemar_exact, labels, y_true, y_pred, y_reference),
-                              "mcnemar_p")]
+        rows += _paired_rows(y_true, y_pred, y_reference, labels, options, margins)
     rows = pd.concat(rows, ignore_index=True)
     is_overall = rows["group"] == OVERALL
     record = {metric: float(value) for metric, value in

@@ -561,6 +561,35 @@ def test_summarize_predictions_with_reference_aligns_on_sample_id():
     assert long[("B", "delta_accuracy_p")] < 0.05
 
 
+INTERVAL_KEYS = ("_low", "_high", "_p", "_p_equivalent")
+
+
+def test_summarize_predictions_without_resamples_gives_the_same_point_estimates_only():
+    y_true, model, reference, groups = simulate_pair(seed=4, n=500, harm=0.1)
+    pred, ref = prediction_table(y_true, model, groups), prediction_table(y_true, reference, groups)
+    full, full_groups = fm.summarize_predictions(pred, reference=ref, n_resamples=50,
+                                                 margins={"accuracy": 0.02})
+    point, point_groups = fm.summarize_predictions(pred, reference=ref, n_resamples=0)
+    kept = {k: v for k, v in full.items() if not k.endswith(INTERVAL_KEYS) and k != "mcnemar_p"}
+    assert point.keys() == kept.keys()
+    assert point == pytest.approx(kept, nan_ok=True)
+    assert not any(k.endswith(INTERVAL_KEYS) or k == "mcnemar_p" for k in point)
+    long = full_groups.set_index(["group", "metric"])["value"]
+    metrics = set(point_groups["metric"])
+    assert metrics == {m for m in full_groups["metric"]
+                       if not m.endswith(INTERVAL_KEYS) and m != "mcnemar_p"}
+    assert point_groups.set_index(["group", "metric"])["value"].to_dict() == pytest.approx(
+        long[long.index.get_level_values("metric").isin(metrics)].to_dict(), nan_ok=True)
+
+
+def test_summarize_predictions_rejects_a_negative_or_missing_resample_count():
+    pred = prediction_table(*random_predictions(n=50, seed=0, n_attributes=1)[:2],
+                            np.array(["a", "b"] * 25))
+    for bad in (-1, None):
+        with pytest.raises(ValueError, match="summarize_predictions also takes 0"):
+            fm.summarize_predictions(pred, n_resamples=bad)
+
+
 # ---------------------------------------------------------------- notebook wrapper
 
 class TinyDataset:
