@@ -618,6 +618,7 @@ def stub_evaluation(monkeypatch):
                                  metadata=metadata, calls=calls)
 
 
+@pytest.mark.torch
 def test_compute_fairness_metrics_on_intersectional_attributes(stub_evaluation):
     import torch
     from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
@@ -640,6 +641,7 @@ def test_compute_fairness_metrics_on_intersectional_attributes(stub_evaluation):
         assert 0 <= result[key] <= 1
 
 
+@pytest.mark.torch
 def test_compute_fairness_metrics_rejects_an_unknown_attribute(stub_evaluation):
     with pytest.raises(ValueError) as error:
         fm.compute_fairness_metrics(None, stub_evaluation.loader, sensitive_attr="skin",
