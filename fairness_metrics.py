@@ -40,7 +40,10 @@ METRICS = OVERALL_METRICS + ("dp_gap", "eo_gap", "eop_gap", "pe_gap", "disparate
 PAIRED_GROUP_METRICS = ("accuracy",)
 DI_THRESHOLD = 0.8  # the four-fifths rule
 COUNT_COLUMNS = ["n", "n_pos", "n_neg", "small_group"]  # per-group rows besides the rates
-REQUIRED_COLUMNS = ("sample_id", "y_true", "y_pred", "group")
+PREDICTION_COLUMNS = ("sample_id", "y_true", "y_pred", "score", "group")
+"""The fixed columns of the per-sample prediction table (evaluation.predict writes it); one column
+per sensitive attribute stands between ``score`` and ``group``."""
+REQUIRED_COLUMNS = ("sample_id", "y_true", "y_pred", "group")  # what the metrics read of it
 NOTEBOOK_NAMES = {"dp_gap": "demographic_parity", "eo_gap": "equalized_odds",
                   "eop_gap": "equal_opportunity", "pe_gap": "predictive_equality"}
 
