@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["tests/test_fairness_metrics.py", "tests/test_unit_stats.py", "tests/test_verdicts.py",
-       "tests/test_config.py", "tests/test_results.py"]
+       "tests/test_config.py", "tests/test_results.py", "tests/test_docs.py"]
 """Run in full without torch (their modules: fairness_metrics, resampling, unit_stats, verdicts,
 config, results)."""
 COLLECT = ["tests/test_analysis.py", "tests/test_visualizations.py"]
