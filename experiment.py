@@ -99,9 +99,10 @@ class Context:
         return model.eval()
 
     def score(self, predictions, reference=None):
+        """Point estimates only: the analysis phase computes every interval and test, once."""
         analysis = self.cfg.analysis
         return summarize_predictions(predictions, reference=reference,
-                                     n_resamples=analysis.bootstrap_resamples, ci=analysis.ci,
+                                     n_resamples=0, ci=analysis.ci,
                                      seed=self.cfg.seed, min_group_size=analysis.min_group_size)
 
     def calibration_loader(self, kind: str, n: int, seed: int, draw: int = 0):

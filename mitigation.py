@@ -40,6 +40,7 @@ import datasets
 import evaluation
 import fairness_metrics
 import quantization
+from checks import check_choice
 from quantization import PTQStaticConfig, QATConfig, apply_quantization, quantizable_layers, register_method
 
 logger = logging.getLogger(__name__)
@@ -68,13 +69,6 @@ __all__ = [
     "weight_size_mib",
 ]
 
-
-def _require_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(allowed)}.")
-
-
-# --------------------------------------------------------------------------- fairness penalties
 
 def positive_probability(logits: torch.Tensor) -> torch.Tensor:
     """P(y=1) per sample from logits shaped [N, 2] (softmax) or [N] / [N, 1] (sigmoid)."""
@@ -122,7 +116,7 @@ PENALTIES = {
 
 def fairness_loss_hook(penalty: str = "dp", lam: float = 1.0) -> Callable:
     """`training.fit` loss hook: base loss + lam * penalty(logits, targets, group_codes)."""
-    _require_choice("fairness penalty", penalty, PENALTIES)
+    check_choice("penalty", penalty, PENALTIES)
     if lam < 0:
         raise ValueError(f"fairness penalty weight lam={lam} is negative; use lam >= 0 (0 disables it).")
     surrogate = PENALTIES[penalty]
@@ -137,7 +131,6 @@ def fairness_loss_hook(penalty: str = "dp", lam: float = 1.0) -> Callable:
 
 # --------------------------------------------------------------------------- data and group metrics
 
-PREDICTION_COLUMNS = ("sample_id", "y_true", "y_pred", "score", "group")
 
 
 def _face_dataset(data, what: str) -> datasets.FaceDataset:
@@ -176,7 +169,7 @@ def group_report(predictions: pd.DataFrame, sensitive_attributes: Sequence[str] 
     the groups) and worst-group accuracy come from fairness_metrics.
     """
     if sensitive_attributes:
-        _check_attributes(sensitive_attributes, [c for c in predictions.columns if c not in PREDICTION_COLUMNS])
+        _check_attributes(sensitive_attributes, [c for c in predictions.columns if c not in fairness_metrics.PREDICTION_COLUMNS])
         labels = fairness_metrics.intersectional_labels(predictions[list(sensitive_attributes)])
     else:
         labels = predictions["group"].to_numpy(dtype=str)
@@ -221,7 +214,7 @@ def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5, s
     within each group) or 'random' (uniform, the control). Draw i uses seed + i, so balanced and
     random draws with the same i are paired by seed.
     """
-    _require_choice("calibration kind", kind, CALIBRATION_KINDS)
+    check_choice("calibration", kind, CALIBRATION_KINDS)
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws={draws!r} must be a positive integer (the number of calibration draws), e.g. 5.")
     dataset = _face_dataset(dataset, "the calibration dataset")
@@ -320,7 +313,7 @@ SENSITIVITY_CRITERIA = {
 
 def _sensitivity_scores(sensitivity: pd.DataFrame, criterion: str) -> pd.Series:
     """One score per layer for `criterion`; the largest over bit widths when several were measured."""
-    _require_choice("sensitivity criterion", criterion, SENSITIVITY_CRITERIA)
+    check_choice("criterion", criterion, SENSITIVITY_CRITERIA)
     column = SENSITIVITY_CRITERIA[criterion]
     missing = {"layer", column} - set(sensitivity.columns)
     if missing:
@@ -368,7 +361,7 @@ def allocate_bits(
     before every layer has reached the first. It stops as soon as the budget is met, so the most
     sensitive layers keep the most bits.
     """
-    _require_choice("budget unit", unit, BUDGET_UNITS)
+    check_choice("budget_unit", unit, BUDGET_UNITS)
     levels = sorted({int(b) for b in choices}, reverse=True)
     if not levels or levels[-1] < 1:
         raise ValueError(f"bit choices {tuple(choices)} are invalid; expected positive integers such as (8, 4).")
@@ -433,7 +426,7 @@ class BiasAwareCalibrationConfig(PTQStaticConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _require_choice("calibration", self.calibration, CALIBRATION_KINDS)
+        check_choice("calibration", self.calibration, CALIBRATION_KINDS)
 
 
 @register_method("bias_aware_calibration", BiasAwareCalibrationConfig,
@@ -477,10 +470,10 @@ class MixedPrecisionConfig(PTQStaticConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _require_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
-        _require_choice("budget_unit", self.budget_unit, BUDGET_UNITS)
+        check_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
+        check_choice("budget_unit", self.budget_unit, BUDGET_UNITS)
         for bits in self.bit_choices:
-            _require_choice("bit width in choices", bits, self.WEIGHT_BITS)
+            check_choice("choices", bits, self.WEIGHT_BITS)
         if self.layer_bits:
             raise ValueError("mixed_precision allocates layer_bits itself; use ptq_static with layer_bits "
                              "for a fixed allocation, or fp32_layers to exclude layers.")
@@ -529,7 +522,7 @@ class SensitiveLayerPreservationConfig(PTQStaticConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _require_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
+        check_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
         if self.preserve_count is None and self.preserve_budget_mib is None:
             raise ValueError("sensitive_layer_preservation needs preserve_count or preserve_budget_mib "
                              "(how many layers, or how many extra MiB, may stay FP32), e.g. preserve_count=2.")
@@ -605,8 +598,8 @@ class FairnessAwareConfig(PTQStaticConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _require_choice("calibration", self.calibration, CALIBRATION_KINDS)
-        _require_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
+        check_choice("calibration", self.calibration, CALIBRATION_KINDS)
+        check_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
         if not (isinstance(self.max_dp_gap, (int, float)) and 0 <= self.max_dp_gap <= 1):
             raise ValueError(f"max_dp_gap={self.max_dp_gap!r} must be a number in [0, 1] (a DP gap), e.g. 0.05.")
 
