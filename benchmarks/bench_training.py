@@ -5,6 +5,8 @@ Informs the default config (epochs / batch size per architecture). Run from the 
     python benchmarks/bench_training.py                   # the five study models at 32 px
     python benchmarks/bench_training.py --sizes 32 64 --archs mobilenet_v2 vit_small
     python benchmarks/bench_training.py --contended      # slowdown when a busy loop takes a core
+    python benchmarks/bench_training.py --inference      # prediction time per eval batch size
+    python benchmarks/bench_training.py --compile --archs squeezenet1_1   # torch.compile payback
 
 Training throughput is measured with ``training.fit`` itself on random images (one untimed
 warm-up step first); latency is the faster of the default and channels_last layouts.
@@ -174,7 +176,6 @@ def inference(args) -> None:
     settings = [(b, cl) for b in args.eval_batch_sizes for cl in (False, True)]
     print(f"{args.test_images} images at {args.sizes[0]} px, {torch.get_num_threads()} threads, "
           f"best of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}")
-    rows = []
     for arch in args.archs:
         model = build_model(arch, image_size=args.sizes[0]).eval()
         inference_seconds(model, images[:args.eval_batch_sizes[0]], 64, False)  # warm-up
@@ -184,9 +185,8 @@ def inference(args) -> None:
                 best[batch, channels_last] = min(best[batch, channels_last], inference_seconds(
                     copy.deepcopy(model), images, batch, channels_last))
         reference = best[settings[0]]
-        rows += [{"arch": arch, "batch": b, "layout": "channels_last" if cl else "contiguous",
-                  "seconds": s, "vs_first": s / reference} for (b, cl), s in best.items()]
-    print_table(rows)
+        print_table([{"arch": arch, "batch": b, "layout": "channels_last" if cl else "contiguous",
+                      "seconds": s, "vs_first": s / reference} for (b, cl), s in best.items()])
     print(f"load average {os.getloadavg()[0]:.1f} after the run")
 
 
