@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 import datasets
 import evaluation
 import fairness_metrics
+import profiling
 import quantization
 from checks import check_choice
 from quantization import PTQStaticConfig, QATConfig, apply_quantization, quantizable_layers, register_method
@@ -292,8 +293,9 @@ def layer_sensitivity(model: nn.Module, layers: Sequence[str] | None, low_bits: 
     modules = dict(model.named_modules())
     rows = []
     for layer in tqdm(layers, desc=f"sensitivity w{low_bits}", disable=not progress, leave=False):
-        probe = evaluate_groups(quantize(model, {layer: low_bits}, calibration_data), loader,
-                                sensitive_attributes, device=device)
+        with profiling.step("sensitivity_probe"):
+            probe = evaluate_groups(quantize(model, {layer: low_bits}, calibration_data), loader,
+                                    sensitive_attributes, device=device)
         deltas = {f"delta_{metric}": probe[metric] - reference[metric] for metric in DELTA_METRICS}
         rows.append({"layer": layer, "bits": low_bits, "params": modules[layer].weight.numel(), **probe, **deltas})
     table = pd.DataFrame(rows)

@@ -98,6 +98,7 @@ from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_
 from torchvision.ops import SqueezeExcitation
 
 import evaluation
+import profiling
 import training
 from checks import check_choice, parse_bits
 from int8_kernels import (BACKEND_ENGINE, _clamp_inputs, _isolated_torch_state, _narrow_integer_inputs,
@@ -451,7 +452,7 @@ def apply_quantization(model: nn.Module, method: str | QuantConfig = "ptq_static
     if not {"bits", "weight_bits", "act_bits"} & options.keys():
         options.update(_bit_width_options(bit_width, spec.config_cls))
     config = _build_config(spec.config_cls, options, name)
-    with _isolated_torch_state(threads):
+    with _isolated_torch_state(threads), profiling.step("quantize"):
         start = time.perf_counter()
         quantized = spec.handler(copy.deepcopy(model), config, calibration_data, **context)
         cost_s = time.perf_counter() - start
@@ -708,8 +709,9 @@ def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor], *, device="c
     the model is returned in eval mode on the CPU."""
     device = training.resolve_device(device)
     prepared.eval().to(device)
-    for images in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
-        prepared(images.to(device))
+    with profiling.step("calibration"):
+        for images in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
+            prepared(images.to(device))
     return prepared.cpu()
 
 
