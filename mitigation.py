@@ -24,6 +24,7 @@ constraint. The phase helpers are ``calibration_draws`` (paired balanced/random 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from dataclasses import dataclass, fields
@@ -287,8 +288,13 @@ def layer_sensitivity(model: nn.Module, layers: Sequence[str] | None, low_bits: 
     unknown = [layer for layer in layers if layer not in valid]
     if unknown:
         raise ValueError(f"layers {unknown} are not quantizable layers of the model; valid: {valid}.")
-    quantize = quantize or _probe_quantizer(act_bits, observer, device)
     loader = _as_loader(eval_data, "eval_data")
+    key = None if quantize else _sensitivity_key(model, layers, low_bits, act_bits, observer,
+                                                 calibration_data, loader, sensitive_attributes)
+    if key is not None and key in _SENSITIVITY_CACHE:
+        logger.info("layer sensitivity w%d: reusing the pass already made on these data", low_bits)
+        return _copy_table(_SENSITIVITY_CACHE[key])
+    quantize = quantize or _probe_quantizer(act_bits, observer, device)
     reference = evaluate_groups(model, loader, sensitive_attributes, device=device)
     modules = dict(model.named_modules())
     rows = []
@@ -300,7 +306,42 @@ def layer_sensitivity(model: nn.Module, layers: Sequence[str] | None, low_bits: 
         rows.append({"layer": layer, "bits": low_bits, "params": modules[layer].weight.numel(), **probe, **deltas})
     table = pd.DataFrame(rows)
     table.attrs["reference"] = reference
+    if key is not None:
+        if len(_SENSITIVITY_CACHE) >= 8:  # the oldest goes; a run needs a few at a time
+            _SENSITIVITY_CACHE.pop(next(iter(_SENSITIVITY_CACHE)))
+        _SENSITIVITY_CACHE[key] = _copy_table(table)
     return table
+
+
+_SENSITIVITY_CACHE: dict[tuple, pd.DataFrame] = {}
+"""Sensitivity passes made in this process, keyed by everything they depend on, so that mixed
+precision and sensitive-layer preservation on the same model, bits and data share one pass."""
+
+
+def _sensitivity_key(model, layers, low_bits, act_bits, observer, calibration_data, loader,
+                     sensitive_attributes) -> tuple | None:
+    """What a default-probe sensitivity pass depends on, or None when the data have no sample ids."""
+    ids = [_sample_ids(data) for data in (calibration_data, loader)]
+    if None in ids:
+        return None
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return (digest.hexdigest(), tuple(layers), low_bits, act_bits, observer, *ids,
+            tuple(sensitive_attributes or ()))
+
+
+def _sample_ids(data) -> tuple | None:
+    dataset = getattr(data, "dataset", data)
+    metadata = getattr(dataset, "metadata", None)
+    return None if metadata is None else tuple(metadata["sample_id"])
+
+
+def _copy_table(table: pd.DataFrame) -> pd.DataFrame:
+    copy = table.copy()
+    copy.attrs["reference"] = dict(table.attrs["reference"])
+    return copy
 
 
 # --------------------------------------------------------------------------- sensitivity ranking, bit allocation

@@ -230,6 +230,21 @@ def test_layer_sensitivity_ranks_the_fragile_layer_first(planted, trained, fragi
         mit.layer_sensitivity(fragile, ["features.1"], 4, calibration, evaluated)
 
 
+def test_a_sensitivity_pass_on_the_same_model_and_data_is_made_once(planted, fragile, monkeypatch):
+    evaluated = make_loader(planted.val, 64)
+    calibration = make_loader(datasets.balanced_subset(planted.train, 40, 1), 64)
+    first = mit.layer_sensitivity(fragile, None, 4, calibration, evaluated, progress=False)
+    calls = []
+    real = mit.apply_quantization
+    monkeypatch.setattr(mit, "apply_quantization", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = mit.layer_sensitivity(fragile, None, 4, calibration, evaluated, progress=False)
+    pd.testing.assert_frame_equal(first, again)
+    assert calls == [] and again.attrs["reference"] == first.attrs["reference"]
+    other = make_loader(datasets.balanced_subset(planted.train, 40, 2), 64)  # other calibration data
+    mit.layer_sensitivity(fragile, None, 4, other, evaluated, progress=False)
+    assert len(calls) == len(quantization.quantizable_layers(fragile))
+
+
 def test_mixed_precision_resolves_by_name_meets_budget_and_protects_fragile_layer(planted, fragile):
     calibration = make_loader(datasets.balanced_subset(planted.train, 40, 0), 64)
     quantized = quantization.apply_quantization(fragile, "mixed_precision", bits="w4a8", calibration_data=calibration,
