@@ -14,7 +14,8 @@ Three rooms, imported one way (``analysis`` -> ``report``, ``hypotheses`` -> ``s
 - ``report``: tables (CSV, LaTeX), figures and report.md.
 
 Outputs, in ``<run_dir>/analysis/``: stats.csv, per_group.csv, hypotheses.json, summary.json,
-tables/*.csv + .tex, figures/*.png + .pdf, report.md.
+tables/*.csv + .tex (tables/calibration_study.csv: the calibration composition study of
+``calibration_study``), figures/*.png + .pdf, report.md.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from typing import Sequence
 
 import pandas as pd
 
+import calibration_study as cs
 import hypotheses as hy
 import report
 import stats_tables as st
@@ -60,6 +62,8 @@ class Analysis:
     recommendation: pd.DataFrame
     failed: pd.DataFrame
     without_predictions: list[str] = field(default_factory=list)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The calibration composition study (``calibration_study.study``)."""
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables of the report, by file name (written to tables/<name>.csv and .tex)."""
@@ -70,7 +74,8 @@ class Analysis:
                 "per_architecture": report.per_architecture_table(self.hypotheses),
                 "group_drop_ratios": self.group_ratios, "recommendation": self.recommendation,
                 "failed": self.failed, "backends": report.backend_table(self.table),
-                "backend_groups": report.backend_group_table(self.table, self.per_group)}
+                "backend_groups": report.backend_group_table(self.table, self.per_group),
+                "calibration_study": self.calibration}
 
 
 def margins_of(run: RunArtifacts, margins: dict | None, fairness_tolerance: float | None) -> dict:
@@ -127,7 +132,9 @@ def analyse(run_dir: str | Path, *, n_resamples: int = 2000, alpha: float = 0.05
                                     margin=margins["dp_gap"], alpha=alpha,
                                     n_resamples=n_resamples, seed=seed,
                                     min_balanced_accuracy=min_balanced_accuracy),
-        failed=failed, without_predictions=without)
+        failed=failed, without_predictions=without,
+        calibration=cs.study(configs, load, config=run.config, margins=margins, alpha=alpha,
+                             ci=ci, n_resamples=n_resamples, seed=seed))
 
 
 def _analysable(run: RunArtifacts):

@@ -45,8 +45,8 @@ ARCH_KEYS = ["dataset", "arch", "calibration_kind"]
 ALL = "all"
 """The value of a pooled key in an architecture row."""
 REPLICATES = 400
-COLUMNS = CELL_KEYS + ["scope", "focus_group", "metric", "margin", "n_draws", "estimate", "low",
-                       "high", "p_difference", "p_difference_holm", "p_equivalent",
+COLUMNS = CELL_KEYS + ["scope", "focus_group", "metric", "margin", "n_draws", "change",
+                       "change_low", "change_high", "p_difference", "p_difference_holm", "p_equivalent",
                        "p_equivalent_holm", "verdict", "note", "cost_ratio", "cost_ratio_low",
                        "cost_ratio_high"]
 TOO_FEW_DRAWS = "{n} paired draws, fewer than the {minimum} a verdict needs"
@@ -102,7 +102,7 @@ def _with_kind_and_size(configs: pd.DataFrame) -> pd.DataFrame:
     if "calibration_kind" not in rows:
         rows["calibration_kind"] = label.str[0]
     if "calibration_size" not in rows:
-        rows["calibration_size"] = pd.to_numeric(label.str[1], errors="coerce")
+        rows["calibration_size"] = pd.to_numeric(label.str[1], errors="coerce").astype("Int64")
     for key in CELL_KEYS + ["draw", "compare_to", "cost_s"]:
         if key not in rows:
             rows[key] = np.nan
@@ -126,7 +126,8 @@ def study(configs: pd.DataFrame, load: Callable[[str], pd.DataFrame], *, config:
           margins: dict, alpha: float = 0.05, ci: float = 0.95, n_resamples: int = 2000,
           seed: int = 0) -> pd.DataFrame:
     """The composition study of a run: one row per (cell or architecture, criterion), with the
-    paired per-draw change, its interval, Holm-adjusted p-values, verdict and the cost ratio
+    paired per-draw change (``change`` with ``change_low``/``change_high``), Holm-adjusted
+    p-values, verdict and the cost ratio
     (``COLUMNS``). ``configs``: the run's analysable result rows; ``load(config_id)``: its
     prediction table; ``config``: the run's config.yaml as a dict."""
     units = paired_units(configs)
@@ -188,7 +189,7 @@ def _judge(head: dict, units: pd.DataFrame, deltas: pd.DataFrame, replicates: di
     note = TOO_FEW_DRAWS.format(n=n_draws, minimum=MIN_DRAWS) if n_draws < MIN_DRAWS else ""
     cost = cost_ratio(units)
     return [{**head, "focus_group": focus, "metric": m, "margin": margin_for(m, margins),
-             "n_draws": n_draws, "estimate": e.estimate, "low": e.low, "high": e.high,
+             "n_draws": n_draws, "change": e.estimate, "change_low": e.low, "change_high": e.high,
              "p_difference": e.p_difference, "p_difference_holm": float(d),
              "p_equivalent": e.p_equivalent, "p_equivalent_holm": float(q),
              "verdict": vd.INCONCLUSIVE if note else v, "note": note or e.note, **cost}
@@ -213,11 +214,12 @@ def verdict_table(result: pd.DataFrame, fmt: Callable = str) -> pd.DataFrame:
         return pd.DataFrame()
     keys = ["scope"] + CELL_KEYS + ["focus_group", "n_draws"]
     rows = []
-    for key, frame in result.groupby(keys, sort=False):
+    ordered = result.sort_values("scope", key=lambda s: s != "architecture", kind="stable")
+    for key, frame in ordered.groupby(keys, sort=False):
         row = dict(zip(keys, key))
         for _, r in frame.iterrows():
-            row[f"Δ {r['metric']}"] = (f"{fmt(r['estimate'])} [{fmt(r['low'])}, {fmt(r['high'])}] "
-                                       f"{r['verdict']}")
+            row[f"Δ {r['metric']}"] = (f"{fmt(r['change'])} [{fmt(r['change_low'])}, "
+                                       f"{fmt(r['change_high'])}] {r['verdict']}")
         first = frame.iloc[0]
         row["cost ratio vs random"] = (f"{fmt(first['cost_ratio'])} [{fmt(first['cost_ratio_low'])}, "
                                        f"{fmt(first['cost_ratio_high'])}]")

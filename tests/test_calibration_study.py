@@ -51,8 +51,9 @@ def _run(*, planted: bool, seed: int, draws: int = 6, kinds=("balanced",)):
     return frame, store.__getitem__
 
 
-def _study(frame, load, config=CONFIG):
-    return cs.study(frame, load, config=config, margins=dict(DEFAULT_MARGINS), n_resamples=400)
+def _study(frame, load, config=CONFIG, n_resamples=400):
+    return cs.study(frame, load, config=config, margins=dict(DEFAULT_MARGINS),
+                    n_resamples=n_resamples)
 
 
 def _focus_verdict(result, scope="cell"):
@@ -66,7 +67,7 @@ def test_planted_difference_is_found_better():
     row = _focus_verdict(_study(frame, load))
     assert row["focus_group"] == "Female/Old"
     assert row["verdict"] == vd.BETTER
-    assert row["low"] > 0 and row["n_draws"] == 6
+    assert row["change_low"] > 0 and row["n_draws"] == 6
     assert _focus_verdict(_study(frame, load), "architecture")["verdict"] == vd.BETTER
 
 
@@ -74,7 +75,7 @@ def test_without_a_plant_the_study_stays_quiet():
     better = 0
     for seed in range(20):
         frame, load = _run(planted=False, seed=100 + seed)
-        better += _focus_verdict(_study(frame, load))["verdict"] == vd.BETTER
+        better += _focus_verdict(_study(frame, load, n_resamples=100))["verdict"] == vd.BETTER
     assert better <= 2  # a 5% test on 20 null runs: 1 expected, >= 3 has probability < 8%
 
 
@@ -91,7 +92,7 @@ def test_changes_are_paired_by_draw_and_the_cost_ratio_is_reported():
     deltas = [cs.group_metrics(load(f"balanced/{d}"), "Female/Old")["group_accuracy"]
               - cs.group_metrics(load(f"random/{d}"), "Female/Old")["group_accuracy"]
               for d in range(5)]
-    assert row["estimate"] == pytest.approx(np.mean(deltas))
+    assert row["change"] == pytest.approx(np.mean(deltas))
 
 
 def test_too_few_draws_give_no_verdict():
@@ -139,3 +140,16 @@ def test_shared_replicates_of_one_group_change_only_with_that_group():
     overall = us.shared_paired_replicates(test["y_true"], [(changed, reference)], test["group"],
                                           "accuracy", n_resamples=50)
     assert np.all(overall != 0)
+
+
+def test_report_section_shows_the_verdicts_and_the_cost_ratio():
+    import types
+
+    import report
+    frame, load = _run(planted=True, seed=1)
+    section = report._calibration_section(types.SimpleNamespace(calibration=_study(frame, load)))
+    assert section.startswith("## Calibration composition")
+    assert "**Female/Old**" in section and "cost ratio vs random" in section
+    lines = [line for line in section.splitlines() if line.startswith("| architecture")]
+    assert len(lines) == 1 and vd.BETTER in lines[0]
+    assert report._calibration_section(types.SimpleNamespace(calibration=pd.DataFrame())) == ""
