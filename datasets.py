@@ -1,14 +1,18 @@
 """Face-attribute datasets with group metadata, seeded splits and calibration subsets.
 
+Calibration sets: ``calibration_subset(train, kind, n, seed)`` is the one way they are drawn
+(``CALIBRATION_KINDS``: random, balanced, balanced_by_label, minority_enriched), and draw ``d``
+of a run seeded ``s`` uses ``calibration_seed(s, d)`` for every kind, so kinds pair by draw.
+
 Every dataset yields ``(image, target, group_code, sample_id)`` and carries a per-sample
 ``metadata`` table (``sample_id, split, target, <sensitive columns>, group``) that the rest of
 the framework uses for groups. Supported datasets (``load_dataset(name, root, ...)``):
 
 * ``synthetic`` (the default of the framework): procedurally drawn faces written in CelebA's
   exact file format into ``<root>/synthetic_celeba/`` on first use and read by the CelebA
-  loader, so the real loading code runs on any machine with no download. See
-  ``generate_synthetic_celeba``. It is labelled synthetic everywhere (``dataset.synthetic``,
-  ``info['synthetic']``, the log line).
+  loader, so the real loading code runs on any machine with no download. The generator and
+  its knobs live in ``synthetic.py`` (docs/synthetic.md). It is labelled synthetic
+  everywhere (``dataset.synthetic``, ``info['synthetic']``, the log line).
 * ``celeba``: official files under ``<root>/celeba/``; official train/val/test partition.
   Default target ``Smiling``; default sensitive attributes ``Male`` (column ``gender``:
   ``Male``/``Female``) and ``Young`` (column ``age``: ``Young``/``Old``); the aliases ``gender``
@@ -690,9 +694,9 @@ def load_dataset(name: str, root: str | Path, *, target: str | None = None,
             at load time (decoded in parallel threads; an image whose size and mtime match the
             last good check, kept in ``<dataset folder>/.checked_images.json``, is not decoded
             again).
-        synthetic: options for ``generate_synthetic_celeba`` (``n_images``, ``image_size``,
-            ``seed``, ``group_shares``, ``smiling_rate``, ``cue_strength``); defaults
-            ``SYNTHETIC_DEFAULTS``. Ignored for the real datasets.
+        synthetic: options for ``synthetic.generate_synthetic_celeba`` (``n_images``,
+            ``image_size``, ``seed``, ``group_shares``, ``smiling_rate``, ``cue_strength``,
+            ``exposure``); defaults ``SYNTHETIC_DEFAULTS``. Ignored for the real datasets.
         max_per_split: keep at most this many samples per split (group-stratified), for
             quick runs.
         cache_limit_gib: cache decoded images in memory when they fit in this many GiB.
