@@ -41,8 +41,8 @@ def _sweep(ctx: experiment.Context, table: str, units, force: bool) -> int:
     experiment.check_same_kernels(ctx.run_dir, store.records(), force)
     if force or {unit.config_id for unit in units} - store.done_ids():
         ctx.splits  # load the data first: a missing or malformed dataset stops the phase here
-    counts = run_sweep(store, units, force=force, desc=table.removesuffix("_results"),
-                       progress=ctx.cfg.runtime.progress)
+    counts = run_sweep(store, units, execute=experiment.execute, force=force,
+                       desc=table.removesuffix("_results"), progress=ctx.cfg.runtime.progress)
     if counts["failed"]:
         log.error("%d configuration(s) failed; their errors are in %s (column 'error'); a rerun "
                   "retries them", counts["failed"], store.csv_path)
