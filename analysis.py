@@ -14,7 +14,8 @@ Three rooms, imported one way (``analysis`` -> ``report``, ``hypotheses`` -> ``s
 - ``report``: tables (CSV, LaTeX), figures and report.md.
 
 Outputs, in ``<run_dir>/analysis/``: stats.csv, per_group.csv, hypotheses.json, summary.json,
-tables/*.csv + .tex, figures/*.png + .pdf, report.md.
+tables/*.csv + .tex (tables/calibration_study.csv: the calibration composition study of
+``calibration_study``), figures/*.png + .pdf, report.md.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import calibration_study as cs
 import hypotheses as hy
 import report
 import stats_tables as st
@@ -58,6 +60,8 @@ class Analysis:
     recommendation: pd.DataFrame
     failed: pd.DataFrame
     without_predictions: list[str] = field(default_factory=list)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The calibration composition study (``calibration_study.study``)."""
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables of the report, by file name (written to tables/<name>.csv and .tex)."""
@@ -68,7 +72,8 @@ class Analysis:
                 "per_architecture": report.per_architecture_table(self.hypotheses),
                 "group_drop_ratios": self.group_ratios, "recommendation": self.recommendation,
                 "failed": self.failed, "backends": report.backend_table(self.table),
-                "backend_groups": report.backend_group_table(self.table, self.per_group)}
+                "backend_groups": report.backend_group_table(self.table, self.per_group),
+                "calibration_study": self.calibration}
 
 
 def settings_of(run: RunArtifacts, *, margins: dict | None = None,
@@ -118,7 +123,10 @@ def analyse(run_dir: str | Path, settings: AnalysisSettings | None = None, *,
         stats=st.statistics_table(table, pairs), per_group=per_group, group_means=means,
         group_ratios=st.drop_ratios(means), hypotheses=hy.evaluate_hypotheses(pairs, context),
         recommendation=st.recommend(table, load, settings),
-        failed=failed, without_predictions=without)
+        failed=failed, without_predictions=without,
+        calibration=cs.study(configs, load, config=run.config, margins=settings.margins,
+                             alpha=settings.alpha, ci=settings.ci,
+                             n_resamples=settings.n_resamples, seed=settings.seed))
 
 
 def _analysable(run: RunArtifacts):

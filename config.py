@@ -29,6 +29,8 @@ from checks import parse_bits
 
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("torch", "onnxruntime", "openvino")  # runtimes.RUNTIMES plus the project's own kernels
+CALIBRATION_KINDS = ("random", "balanced", "balanced_by_label", "minority_enriched")
+"""Names of datasets.CALIBRATION_KINDS (kept equal by a test; config imports no torch)."""
 
 BAD_YAML_FILE = ("config file {path!r} is not valid YAML ({where}{problem}): fix that line, e.g. "
                  "close a bracket or quote, or align the indentation with its section")
@@ -50,7 +52,8 @@ class SyntheticConfig:
     """Knobs of the synthetic CelebA-format generator (see datasets.generate_synthetic_celeba).
 
     The mappings are keyed by intersectional group (``Female/Old`` …); ``None`` keeps the
-    generator's documented defaults.
+    generator's documented defaults. ``exposure`` maps groups to a contrast gain applied to
+    their images only (``{}``: off; see docs/synthetic.md), e.g. ``{Female/Old: 1.8}``.
     """
 
     n_images: int = 6000
@@ -58,6 +61,7 @@ class SyntheticConfig:
     group_shares: Optional[dict] = None
     smiling_rate: Optional[dict] = None
     cue_strength: Optional[dict] = None
+    exposure: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _check_positive("data.synthetic.n_images", self.n_images)
@@ -160,7 +164,7 @@ class QuantizationConfig:
         for n in self.calibration_sizes:
             _check_positive("quantization.calibration_sizes", n)
         for kind in self.calibration_kinds:
-            _check_choice("quantization.calibration_kinds", kind, ("random", "balanced"))
+            _check_choice("quantization.calibration_kinds", kind, CALIBRATION_KINDS)
         _check_range("quantization.qat_epochs", self.qat_epochs, 0, 1000)
         _check_positive("quantization.qat_lr", self.qat_lr)
 

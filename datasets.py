@@ -1,14 +1,18 @@
 """Face-attribute datasets with group metadata, seeded splits and calibration subsets.
 
+Calibration sets: ``calibration_subset(train, kind, n, seed)`` is the one way they are drawn
+(``CALIBRATION_KINDS``: random, balanced, balanced_by_label, minority_enriched), and draw ``d``
+of a run seeded ``s`` uses ``calibration_seed(s, d)`` for every kind, so kinds pair by draw.
+
 Every dataset yields ``(image, target, group_code, sample_id)`` and carries a per-sample
 ``metadata`` table (``sample_id, split, target, <sensitive columns>, group``) that the rest of
 the framework uses for groups. Supported datasets (``load_dataset(name, root, ...)``):
 
 * ``synthetic`` (the default of the framework): procedurally drawn faces written in CelebA's
   exact file format into ``<root>/synthetic_celeba/`` on first use and read by the CelebA
-  loader, so the real loading code runs on any machine with no download. See
-  ``generate_synthetic_celeba``. It is labelled synthetic everywhere (``dataset.synthetic``,
-  ``info['synthetic']``, the log line).
+  loader, so the real loading code runs on any machine with no download. The generator and
+  its knobs live in ``synthetic.py`` (docs/synthetic.md). It is labelled synthetic
+  everywhere (``dataset.synthetic``, ``info['synthetic']``, the log line).
 * ``celeba``: official files under ``<root>/celeba/``; official train/val/test partition.
   Default target ``Smiling``; default sensitive attributes ``Male`` (column ``gender``:
   ``Male``/``Female``) and ``Young`` (column ``age``: ``Young``/``Old``); the aliases ``gender``
@@ -50,7 +54,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +65,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from synthetic import (CELEBA_ATTRIBUTES, SYNTHETIC_DEFAULTS, SYNTHETIC_GROUPS,  # noqa: F401
+                       SYNTHETIC_OPTIONS, SYNTHETIC_PARAMS_FILE, check_fractions,
+                       ensure_synthetic_celeba, generate_synthetic_celeba, largest_remainder,
+                       stored_synthetic_params, stratified_parts)
+
 logger = logging.getLogger(__name__)
 
 KNOWN_DATASETS = ("synthetic", "celeba", "utkface", "fairface")
@@ -69,17 +77,6 @@ SPLITS = ("train", "val", "test")
 NORMALIZE_MEAN = (0.5, 0.5, 0.5)
 NORMALIZE_STD = (0.5, 0.5, 0.5)
 
-# The 40 CelebA attributes in the order of the official list_attr_celeba.txt.
-CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
-    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
-    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes",
-    "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
-    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
-    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
-)
-# CelebA attributes with a readable column name and value labels (1 -> first, -1 -> second).
 CELEBA_NAMED_SENSITIVE = {
     "Male": ("gender", "Male", "Female"),
     "Young": ("age", "Young", "Old"),
@@ -91,8 +88,6 @@ DATASET_SOURCES = {
     "utkface": "https://susanqq.github.io/UTKFace/",
     "fairface": "https://github.com/joojs/fairface",
 }
-SYNTHETIC_FOLDER = "synthetic_celeba"
-SYNTHETIC_PARAMS_FILE = "synthetic_params.json"
 IMAGE_CHECK_FILE = ".checked_images.json"
 """Per dataset folder: size and mtime of every image that decoded, so a rerun skips decoding it."""
 
@@ -279,16 +274,62 @@ def balanced_subset(dataset: FaceDataset, n: int, seed: int, by_label: bool = Fa
     Raises ValueError naming any group with no samples in ``dataset``.
     """
     _check_subset_size(dataset, n)
-    empty = [g for g, c in dataset.group_counts().items() if c == 0]
-    if empty:
-        raise ValueError(
-            f"Cannot balance over groups {dataset.group_names}: group(s) {empty} have no "
-            f"samples in this {dataset.name} dataset (n={len(dataset)}). Use a larger split "
-            f"or other sensitive attributes, or random_subset."
-        )
+    _check_no_empty_group(dataset, "balance")
     keys = [dataset.group_codes, dataset.targets] if by_label else [dataset.group_codes]
     chosen = _balanced_draw(np.arange(len(dataset)), keys, n, np.random.default_rng(seed))
     return dataset.subset(np.sort(chosen))
+
+
+def minority_enriched_subset(dataset: FaceDataset, n: int, seed: int) -> FaceDataset:
+    """``n`` samples in which the groups smaller than the equal share are raised to it.
+
+    Composition (``minority_enriched_shares``): a group whose share of ``dataset`` is below the
+    equal share 1/G gets 1/G of ``n``; the other groups share the rest in proportion to their
+    sizes in ``dataset``. Counts are rounded by largest remainder (ties broken by the seeded
+    generator); a group with fewer samples than its count gives all of them and the shortfall
+    goes to the others in proportion to their shares. Within a group the samples are uniform.
+    """
+    _check_subset_size(dataset, n)
+    _check_no_empty_group(dataset, "enrich")
+    available = np.bincount(dataset.group_codes, minlength=len(dataset.group_names))
+    rng = np.random.default_rng(seed)
+    counts = _capped_counts(n, minority_enriched_shares(available), available, rng)
+    chosen = [rng.choice(np.flatnonzero(dataset.group_codes == code), size=count, replace=False)
+              for code, count in enumerate(counts)]
+    return dataset.subset(np.sort(np.concatenate(chosen)))
+
+
+def minority_enriched_shares(group_sizes) -> np.ndarray:
+    """Target shares of ``minority_enriched_subset`` for groups of these sizes: max(natural,
+    1/G) for the groups below 1/G, the remainder split over the rest by their natural shares."""
+    natural = np.asarray(group_sizes, dtype=float) / np.sum(group_sizes)
+    equal = 1.0 / natural.size
+    minority = natural < equal
+    shares = np.where(minority, equal, 0.0)
+    if (~minority).any():
+        shares[~minority] = (1 - shares.sum()) * natural[~minority] / natural[~minority].sum()
+    return shares
+
+
+def _capped_counts(n: int, shares: np.ndarray, available: np.ndarray, rng) -> np.ndarray:
+    """Integer counts summing to ``n`` by ``shares``, none above ``available``; a capped group's
+    shortfall is shared by the open ones in proportion to their shares."""
+    counts = np.zeros(len(shares), dtype=np.int64)
+    while counts.sum() < n:
+        open_shares = np.where(counts < available, shares, 0.0)
+        quota = largest_remainder(n - counts.sum(), open_shares, rng)
+        counts += np.minimum(quota, available - counts)
+    return counts
+
+
+def _check_no_empty_group(dataset: FaceDataset, verb: str) -> None:
+    empty = [g for g, c in dataset.group_counts().items() if c == 0]
+    if empty:
+        raise ValueError(
+            f"Cannot {verb} over groups {dataset.group_names}: group(s) {empty} have no "
+            f"samples in this {dataset.name} dataset (n={len(dataset)}). Use a larger split "
+            f"or other sensitive attributes, or random_subset."
+        )
 
 
 def random_subset(dataset: FaceDataset, n: int, seed: int) -> FaceDataset:
@@ -296,6 +337,33 @@ def random_subset(dataset: FaceDataset, n: int, seed: int) -> FaceDataset:
     _check_subset_size(dataset, n)
     rng = np.random.default_rng(seed)
     return dataset.subset(np.sort(rng.choice(len(dataset), size=n, replace=False)))
+
+
+CALIBRATION_KINDS = {
+    "random": random_subset,
+    "balanced": balanced_subset,
+    "balanced_by_label": lambda dataset, n, seed: balanced_subset(dataset, n, seed, by_label=True),
+    "minority_enriched": minority_enriched_subset,
+}
+"""How a calibration set is composed from the training split, by name (config.CALIBRATION_KINDS
+lists the same names for validation)."""
+UNKNOWN_CALIBRATION_KIND = ("calibration kind {kind!r} is not known: expected one of {kinds} "
+                            "(config: quantization.calibration_kinds or a mitigation spec's "
+                            "calibration)")
+
+
+def calibration_seed(seed: int, draw: int) -> int:
+    """The seed of calibration draw ``draw`` of a run with ``seed``: every kind's draw ``draw``
+    uses it (so kinds are paired by draw), and draws differ from one another."""
+    return int(seed) * 1000 + int(draw)
+
+
+def calibration_subset(dataset: FaceDataset, kind: str, n: int, seed: int) -> FaceDataset:
+    """The ``n``-sample calibration set of ``kind`` (``CALIBRATION_KINDS``) drawn with ``seed``
+    (a draw's seed is ``calibration_seed(run seed, draw)``) from ``dataset``, the train split."""
+    if kind not in CALIBRATION_KINDS:
+        raise ValueError(UNKNOWN_CALIBRATION_KIND.format(kind=kind, kinds=list(CALIBRATION_KINDS)))
+    return CALIBRATION_KINDS[kind](dataset, n, seed)
 
 
 def _check_subset_size(dataset: FaceDataset, n) -> None:
@@ -325,312 +393,6 @@ def _balanced_counts(n: int, available: np.ndarray) -> np.ndarray:
         counts[i] = min(int(available[i]), remaining // (len(available) - k))
         remaining -= counts[i]
     return counts
-
-
-def _largest_remainder(total: int, weights, rng=None) -> np.ndarray:
-    """Integer counts summing to ``total`` in proportion to ``weights``; ties broken by ``rng``."""
-    weights = np.asarray(weights, dtype=float)
-    quotas = total * weights / weights.sum()
-    counts = np.floor(quotas).astype(np.int64)
-    remainders = np.round(quotas - counts, 9)
-    tiebreak = rng.random(len(weights)) if rng is not None else np.zeros(len(weights))
-    order = np.lexsort((tiebreak, -remainders))
-    counts[order[: total - counts.sum()]] += 1
-    return counts
-
-
-def _stratified_parts(strata, fractions, rng) -> np.ndarray:
-    """Part index (0..len(fractions)-1) per row, dividing every stratum by ``fractions``."""
-    codes, _ = pd.factorize(pd.Series(strata), sort=True)
-    parts = np.empty(len(codes), dtype=np.int64)
-    for code in range(codes.max() + 1 if len(codes) else 0):
-        members = rng.permutation(np.flatnonzero(codes == code))
-        counts = _largest_remainder(len(members), fractions, rng)
-        parts[members] = np.repeat(np.arange(len(fractions)), counts)
-    return parts
-
-
-# --------------------------------------------------------------------------- synthetic faces
-#
-# Knobs of the synthetic benchmark. Group shares mimic CelebA (Female/Old smallest). The target
-# (Smiling) is the curvature of the mouth: +cue for smiles, -cue otherwise, times the group's
-# cue strength, plus Gaussian jitter, so a lower strength means overlapping classes (a harder
-# group). Beards (thinner around the lips) partly occlude the mouth and lower its contrast.
-SYNTHETIC_GROUPS = ("Female/Old", "Female/Young", "Male/Old", "Male/Young")
-DEFAULT_GROUP_SHARES = {"Female/Young": 0.49, "Male/Young": 0.29, "Male/Old": 0.13,
-                        "Female/Old": 0.09}
-# Every group smiles at the same rate, so a perfect classifier has a DP gap of about 0 and the
-# weak Female/Old cue shows up as a fairness gap; pass ``smiling_rate`` for a base-rate gap.
-DEFAULT_SMILING_RATE = {"Female/Young": 0.5, "Male/Young": 0.5, "Male/Old": 0.5,
-                        "Female/Old": 0.5}
-DEFAULT_CUE_STRENGTH = {"Female/Young": 1.0, "Male/Young": 1.0, "Male/Old": 0.8,
-                        "Female/Old": 0.6}
-SYNTHETIC_DEFAULTS = {"n_images": 8000, "image_size": 64, "seed": 0}
-SYNTHETIC_OPTIONS = ("n_images", "image_size", "seed", "group_shares", "smiling_rate",
-                     "cue_strength")
-MOUTH_CURVE = 0.10   # corner-to-centre height of a full-strength smile, in face-image units
-MOUTH_JITTER = 0.025  # std of the per-image curvature noise, same units
-GENERATOR_VERSION = 6
-# Rough base rates for attributes the drawing does not show (random, deterministic per seed).
-UNDRAWN_ATTRIBUTE_RATES = {
-    "Arched_Eyebrows": 0.27, "Bangs": 0.15, "Big_Lips": 0.24, "Big_Nose": 0.23, "Blurry": 0.05,
-    "Bushy_Eyebrows": 0.14, "Narrow_Eyes": 0.12, "Oval_Face": 0.28, "Pointy_Nose": 0.28,
-    "Rosy_Cheeks": 0.07, "Straight_Hair": 0.21, "Wavy_Hair": 0.32, "Wearing_Earrings": 0.19,
-    "Wearing_Hat": 0.05, "Wearing_Necklace": 0.12, "Wearing_Necktie": 0.07,
-}
-_HAIR_PALETTE = np.array([[0.10, 0.08, 0.07], [0.40, 0.25, 0.12], [0.85, 0.70, 0.40]])
-_HAIR_NAMES = ("Black_Hair", "Brown_Hair", "Blond_Hair")
-_GRAY = np.array([0.80, 0.80, 0.80])
-_SKIN_LIGHT, _SKIN_DARK = np.array([0.96, 0.82, 0.70]), np.array([0.42, 0.28, 0.18])
-
-
-def generate_synthetic_celeba(out_dir: str | Path, *, n_images: int, image_size: int = 64,
-                              seed: int = 0, group_shares: dict | None = None,
-                              smiling_rate: float | dict | None = None,
-                              cue_strength: float | dict | None = None,
-                              split_fractions=(0.8, 0.1, 0.1)) -> Path:
-    """Write a deterministic synthetic face set in CelebA's file format into ``out_dir``.
-
-    Files: ``img_align_celeba/NNNNNN.jpg``, ``list_attr_celeba.txt`` (all 40 CelebA attributes
-    in the official order, values -1/1), ``list_eval_partition.txt`` (0/1/2 = train/val/test,
-    stratified by group and label) and ``synthetic_params.json`` (the parameters below).
-
-    Args:
-        n_images: number of faces.
-        image_size: side of the square images in pixels (>= 16).
-        seed: the same seed and parameters give byte-identical files.
-        group_shares: relative sizes of the groups ``Female/Young, Male/Young, Male/Old,
-            Female/Old`` (all four, normalised); default ``DEFAULT_GROUP_SHARES``.
-        smiling_rate: share of smiling faces, one float for every group or a dict of groups
-            overriding ``DEFAULT_SMILING_RATE``.
-        cue_strength: visibility of the smile cue in (0, 1]: float or dict of groups overriding
-            ``DEFAULT_CUE_STRENGTH`` (default: weaker for Old groups, weakest for Female/Old).
-        split_fractions: train/val/test shares written to the partition file.
-    """
-    params = synthetic_parameters(n_images=n_images, image_size=image_size, seed=seed,
-                                  group_shares=group_shares, smiling_rate=smiling_rate,
-                                  cue_strength=cue_strength, split_fractions=split_fractions)
-    return _write_synthetic(Path(out_dir), params)
-
-
-def synthetic_parameters(*, n_images: int, image_size: int = 64, seed: int = 0,
-                         group_shares=None, smiling_rate=None, cue_strength=None,
-                         split_fractions=(0.8, 0.1, 0.1)) -> dict:
-    """Validate generator arguments and return them resolved, as stored in the JSON file."""
-    if not isinstance(n_images, (int, np.integer)) or n_images < 1:
-        raise ValueError(f"n_images must be a positive integer, got {n_images!r}.")
-    if not isinstance(image_size, (int, np.integer)) or image_size < 16:
-        raise ValueError(f"Synthetic image_size must be an integer >= 16, got {image_size!r}.")
-    if group_shares is not None and set(group_shares) != set(SYNTHETIC_GROUPS):
-        raise ValueError(
-            f"group_shares must give all of {list(SYNTHETIC_GROUPS)}; got {sorted(group_shares)}."
-        )
-    shares = _group_values("group_shares", DEFAULT_GROUP_SHARES, group_shares, 0.0, np.inf)
-    if sum(shares.values()) <= 0:
-        raise ValueError(f"group_shares must not all be zero, got {group_shares}.")
-    total = sum(shares.values())
-    return {
-        "format": "celeba", "synthetic": True, "generator_version": GENERATOR_VERSION,
-        "n_images": int(n_images), "image_size": int(image_size), "seed": int(seed),
-        "group_shares": {g: v / total for g, v in shares.items()},
-        "smiling_rate": _group_values("smiling_rate", DEFAULT_SMILING_RATE, smiling_rate, 0, 1),
-        "cue_strength": _group_values("cue_strength", DEFAULT_CUE_STRENGTH, cue_strength, 0, 1),
-        "split_fractions": list(_check_fractions(split_fractions)),
-    }
-
-
-def _group_values(knob: str, defaults: dict, given, low: float, high: float) -> dict:
-    """Defaults overridden by ``given`` (a number for all groups or a dict of groups)."""
-    if given is None:
-        values = dict(defaults)
-    elif isinstance(given, dict):
-        unknown = sorted(set(given) - set(SYNTHETIC_GROUPS))
-        if unknown:
-            raise ValueError(f"{knob}: unknown group(s) {unknown}; "
-                             f"expected keys from {list(SYNTHETIC_GROUPS)}.")
-        values = {**defaults, **given}
-    else:
-        values = {g: given for g in SYNTHETIC_GROUPS}
-    for group, value in values.items():
-        if not isinstance(value, (int, float)) or not low <= value <= high:
-            raise ValueError(f"{knob} for '{group}' must be a number in [{low}, {high}], "
-                             f"got {value!r}.")
-    return {g: float(values[g]) for g in SYNTHETIC_GROUPS}
-
-
-def _check_fractions(fractions) -> tuple[float, float, float]:
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6 \
-            or fractions[0] == 0:
-        raise ValueError(f"split_fractions must be three non-negative numbers (train, val, "
-                         f"test) summing to 1 with train > 0, got {fractions}.")
-    return fractions
-
-
-def ensure_synthetic_celeba(root: str | Path, **options) -> Path:
-    """``<root>/synthetic_celeba`` generated with ``options`` (reused when parameters match)."""
-    folder = Path(root) / SYNTHETIC_FOLDER
-    params = synthetic_parameters(**options)
-    if _stored_synthetic_params(folder) == params:
-        logger.info("Reusing SYNTHETIC CelebA-format data in %s", folder)
-        return folder
-    return _write_synthetic(folder, params)
-
-
-def _stored_synthetic_params(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / SYNTHETIC_PARAMS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_synthetic(folder: Path, params: dict) -> Path:
-    if folder.exists() and any(folder.iterdir()) and _stored_synthetic_params(folder) is None:
-        raise ValueError(f"Refusing to write synthetic data into '{folder}': it holds other "
-                         f"files. Choose an empty folder or one made by this generator.")
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "img_align_celeba").mkdir(parents=True)
-    rng = np.random.default_rng(params["seed"])
-    faces = _sample_faces(params, rng)
-    size, n = params["image_size"], params["n_images"]
-    names = [f"{i + 1:06d}.jpg" for i in range(n)]
-    chunk = max(1, 2 ** 21 // (size * size))
-    for start in tqdm(range(0, n, chunk), desc="drawing synthetic faces", leave=False):
-        stop = min(start + chunk, n)
-        images = _draw_faces({k: v[start:stop] for k, v in faces.items()}, size, rng)
-        for name, pixels in zip(names[start:stop], images):
-            Image.fromarray(pixels).save(staging / "img_align_celeba" / name, quality=95)
-    attributes = _synthetic_attribute_table(faces, rng)
-    _write_celeba_attr_file(staging / "list_attr_celeba.txt", names, attributes)
-    strata = faces["group"] * 2 + faces["smiling"]
-    parts = _stratified_parts(strata, params["split_fractions"], rng)
-    (staging / "list_eval_partition.txt").write_text(
-        "".join(f"{name} {part}\n" for name, part in zip(names, parts)))
-    (staging / SYNTHETIC_PARAMS_FILE).write_text(json.dumps(params, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
-    logger.info("Generated %d SYNTHETIC CelebA-format faces (%d px) in %s", n, size, folder)
-    return folder
-
-
-def _write_celeba_attr_file(path: Path, names: list[str], attributes: np.ndarray) -> None:
-    rows = (f"{name} " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, attributes))
-    path.write_text(f"{len(names)}\n{' '.join(CELEBA_ATTRIBUTES)}\n" + "\n".join(rows) + "\n")
-
-
-def _sample_faces(params: dict, rng) -> dict[str, np.ndarray]:
-    """Per-face labels and appearance parameters, as arrays of length n_images."""
-    n = params["n_images"]
-    shares = [params["group_shares"][g] for g in SYNTHETIC_GROUPS]
-    group = rng.permutation(np.repeat(np.arange(len(SYNTHETIC_GROUPS)),
-                                      _largest_remainder(n, shares, rng)))
-    male = np.array([g.startswith("Male") for g in SYNTHETIC_GROUPS])[group]
-    old = np.array([g.endswith("Old") for g in SYNTHETIC_GROUPS])[group]
-    smiling = np.zeros(n, dtype=np.int64)
-    for code, name in enumerate(SYNTHETIC_GROUPS):
-        members = rng.permutation(np.flatnonzero(group == code))
-        smiling[members[: round(params["smiling_rate"][name] * len(members))]] = 1
-    strength = np.array([params["cue_strength"][g] for g in SYNTHETIC_GROUPS])[group]
-    curve = (2 * smiling - 1) * MOUTH_CURVE * strength + rng.normal(0, MOUTH_JITTER, n)
-    hair_kind = rng.choice(len(_HAIR_PALETTE), size=n, p=[0.45, 0.35, 0.20])
-    gray = np.where(old, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 0.1, n))
-    return {
-        "group": group, "male": male, "old": old, "smiling": smiling, "curve": curve,
-        "hair_kind": hair_kind, "gray": gray,
-        "bald": male & (rng.random(n) < np.where(old, 0.3, 0.03)),
-        "beard": male & (rng.random(n) < np.where(old, 0.45, 0.25)),
-        "lipstick": ~male & (rng.random(n) < np.where(old, 0.35, 0.6)),
-        "glasses": rng.random(n) < np.where(old, 0.15, 0.05),
-        "skin": rng.beta(2.0, 2.5, n),
-        "cx": 0.5 + rng.normal(0, 0.02, n), "cy": 0.5 + rng.normal(0, 0.02, n),
-        "scale": rng.uniform(0.92, 1.08, n),
-        "background": rng.uniform(0.15, 0.9, (n, 3)),
-    }
-
-
-def _draw_faces(faces: dict, size: int, rng) -> np.ndarray:
-    """Vectorised drawing of a batch of faces -> uint8 [B, size, size, 3]."""
-    b = len(faces["group"])
-    col = lambda v: np.asarray(v, dtype=np.float32).reshape(b, 1, 1)  # noqa: E731
-    grid = (np.arange(size, dtype=np.float32) + 0.5) / size
-    x, y = grid.reshape(1, 1, size), grid.reshape(1, size, 1)
-    s = col(faces["scale"])
-    dx, dy = x - col(faces["cx"]), y - col(faces["cy"])
-    male = col(faces["male"])
-    rx, ry = s * (0.22 + 0.03 * male), s * 0.29
-    soft = lambda d: np.clip(d * size + 0.5, 0.0, 1.0)  # noqa: E731  (anti-aliased edges)
-
-    skin = (1 - faces["skin"][:, None]) * _SKIN_LIGHT + faces["skin"][:, None] * _SKIN_DARK
-    hair = _HAIR_PALETTE[faces["hair_kind"]]
-    hair = hair + faces["gray"][:, None] * (_GRAY - hair)
-    background = faces["background"].astype(np.float32)[:, None, None, :]
-    img = np.broadcast_to(background, (b, size, size, 3)).copy()
-
-    def paint(mask, color, alpha=1.0):
-        change = np.asarray(color, dtype=np.float32)[:, None, None, :] - img
-        change *= (alpha * mask)[..., None]
-        img[...] += change
-
-    has_hair = col(~faces["bald"])
-    hair_outline = soft((1 - np.hypot(dx / (rx * 1.3), (dy + 0.03) / (ry * 1.15))) * rx)
-    long_hair = (1 - male) * soft(np.minimum(rx * 1.25 - np.abs(dx), 0.33 * s - dy))
-    paint(has_hair * np.maximum(hair_outline, long_hair), hair)
-    exponent = 2.0 + 0.8 * male  # squarer male faces
-    radius = (np.abs(dx / rx) ** exponent + np.abs(dy / ry) ** exponent) ** (1 / exponent)
-    face = soft((1 - radius) * rx)
-    paint(face, skin)
-    hairline = ry * (0.5 + 0.1 * (1 - male))
-    paint(has_hair * hair_outline * soft(-hairline - dy), hair)
-    forehead = face * soft(0.55 * rx - np.abs(dx)) * soft(-0.18 * ry - dy) * soft(dy + hairline)
-    wrinkles = np.clip(np.sin(2 * np.pi * dy / (0.035 * s)) - 0.3, 0, 1)
-    paint(col(faces["old"]) * forehead * wrinkles, skin * 0.65, alpha=0.6)
-    lips = soft((1 - np.hypot(dx / (0.12 * s), (dy - 0.15 * s) / (0.075 * s))) * 0.05 * s)
-    beard = col(faces["beard"]) * face * soft(dy - 0.3 * ry) * (1 - 0.85 * lips)
-    paint(beard, hair * 0.8, alpha=0.85)  # thinner around the lips: a partial occlusion
-    eye_dx, eye_dy = np.abs(dx) - 0.09 * s, dy + 0.05 * s  # both eyes at once (symmetry)
-    eyes = soft((1 - np.hypot(eye_dx / (0.028 * s), eye_dy / (0.018 * s))) * 0.018 * s)
-    rims = col(faces["glasses"]) * soft(0.008 * s - np.abs(np.hypot(eye_dx, eye_dy) - 0.045 * s))
-    paint(np.maximum(eyes, rims), np.full((b, 3), 0.07))
-    half_width, curve = 0.12 * s, col(faces["curve"])
-    u = dx / half_width
-    mouth_y = 0.15 * s + curve * (0.5 - u ** 2)  # corners rise by `curve` above the centre
-    mouth = soft(0.025 * s - np.abs(dy - mouth_y)) * soft((1 - np.abs(u)) * half_width)
-    lip_color = np.where(faces["lipstick"][:, None], [[0.70, 0.08, 0.15]], skin * 0.4)
-    paint(mouth, lip_color)
-    # An open smile shows teeth, as bright as the smile is curved (so a weak cue stays faint).
-    teeth = soft((1 - np.hypot(dx / (0.7 * half_width), (dy - 0.15 * s + 0.01 * s) / (0.03 * s))) * 0.03 * s)
-    paint(teeth * np.clip(curve / MOUTH_CURVE, 0, 1), np.full((b, 3), 0.95))
-    img *= rng.uniform(0.85, 1.15, (b, 1, 1, 1)).astype(np.float32)
-    img += 0.02 * rng.standard_normal((b, size, size, 1), dtype=np.float32)  # sensor noise
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def _synthetic_attribute_table(faces: dict, rng) -> np.ndarray:
-    """The 40 CelebA attributes (-1/1) consistent with what was drawn."""
-    n = len(faces["group"])
-    male, old, smiling = faces["male"], faces["old"], faces["smiling"].astype(bool)
-    chance = lambda p: rng.random(n) < p  # noqa: E731
-    gray_hair = (faces["gray"] > 0.7) & ~faces["bald"]
-    values = {name: chance(rate) for name, rate in UNDRAWN_ATTRIBUTE_RATES.items()}
-    values.update({
-        "Male": male, "Young": ~old, "Smiling": smiling, "Bald": faces["bald"],
-        "No_Beard": ~faces["beard"], "Goatee": faces["beard"] & chance(0.5),
-        "Mustache": faces["beard"] & chance(0.6), "Sideburns": faces["beard"] & chance(0.3),
-        "5_o_Clock_Shadow": male & ~faces["beard"] & chance(0.25), "Gray_Hair": gray_hair,
-        "Eyeglasses": faces["glasses"], "Wearing_Lipstick": faces["lipstick"],
-        "Heavy_Makeup": faces["lipstick"] & chance(0.7), "Pale_Skin": faces["skin"] < 0.06,
-        "High_Cheekbones": chance(np.where(smiling, 0.8, 0.15)),
-        "Mouth_Slightly_Open": chance(np.where(smiling, 0.6, 0.3)),
-        "Bags_Under_Eyes": chance(np.where(old, 0.45, 0.12)),
-        "Receding_Hairline": chance(np.where(old & male, 0.35, 0.03)),
-        "Chubby": chance(np.where(old, 0.12, 0.04)),
-        "Double_Chin": chance(np.where(old, 0.12, 0.03)),
-        "Attractive": chance(np.where(old, 0.2, np.where(male, 0.45, 0.7))),
-    })
-    for kind, name in enumerate(_HAIR_NAMES):
-        values[name] = (faces["hair_kind"] == kind) & ~gray_hair & ~faces["bald"]
-    return np.stack([np.where(values[a], 1, -1) for a in CELEBA_ATTRIBUTES], axis=1)
 
 
 # --------------------------------------------------------------------------- CelebA files
@@ -932,9 +694,9 @@ def load_dataset(name: str, root: str | Path, *, target: str | None = None,
             at load time (decoded in parallel threads; an image whose size and mtime match the
             last good check, kept in ``<dataset folder>/.checked_images.json``, is not decoded
             again).
-        synthetic: options for ``generate_synthetic_celeba`` (``n_images``, ``image_size``,
-            ``seed``, ``group_shares``, ``smiling_rate``, ``cue_strength``); defaults
-            ``SYNTHETIC_DEFAULTS``. Ignored for the real datasets.
+        synthetic: options for ``synthetic.generate_synthetic_celeba`` (``n_images``,
+            ``image_size``, ``seed``, ``group_shares``, ``smiling_rate``, ``cue_strength``,
+            ``exposure``); defaults ``SYNTHETIC_DEFAULTS``. Ignored for the real datasets.
         max_per_split: keep at most this many samples per split (group-stratified), for
             quick runs.
         cache_limit_gib: cache decoded images in memory when they fit in this many GiB.
@@ -951,7 +713,7 @@ def load_dataset(name: str, root: str | Path, *, target: str | None = None,
     if max_per_split is not None and (not isinstance(max_per_split, int) or max_per_split < 1):
         raise ValueError(f"max_per_split must be a positive integer or None, got "
                          f"{max_per_split!r}.")
-    fractions = _check_fractions(split_fractions)
+    fractions = check_fractions(split_fractions)
     frame, schema, folder, is_synthetic = _read_raw(name, Path(root), fractions, synthetic)
     metadata, target, columns = _derive_columns(frame, schema, name, target, sensitive)
     group_names = sorted(metadata["group"].unique())
@@ -1012,7 +774,7 @@ def _assign_splits(metadata: pd.DataFrame, fractions, rng) -> np.ndarray:
         rows = np.flatnonzero(split == pool)
         if len(rows):
             shares = np.asarray(fractions[: len(parts)])
-            split[rows] = np.asarray(parts)[_stratified_parts(strata[rows], shares, rng)]
+            split[rows] = np.asarray(parts)[stratified_parts(strata[rows], shares, rng)]
     return split
 
 
@@ -1026,7 +788,7 @@ def _cap_splits(metadata: pd.DataFrame, cap: int, rng) -> np.ndarray:
             continue
         groups = metadata["group"].to_numpy()[rows]
         names, sizes = np.unique(groups, return_counts=True)
-        for group, count in zip(names, _largest_remainder(cap, sizes, rng)):
+        for group, count in zip(names, largest_remainder(cap, sizes, rng)):
             keep.append(rng.choice(rows[groups == group], size=count, replace=False))
     return np.sort(np.concatenate(keep))
 
@@ -1149,5 +911,5 @@ def _describe(name, folder, is_synthetic, target, columns, group_names, datasets
         **extra,
     }
     if is_synthetic:
-        info["generator"] = _stored_synthetic_params(Path(folder))
+        info["generator"] = stored_synthetic_params(Path(folder))
     return info

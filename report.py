@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+import calibration_study as cs
 import verdicts as vd
 from verdicts import VERDICT_RULES
 from results import atomic_write_frame, atomic_write_text
@@ -253,6 +254,10 @@ TABLE_CAPTIONS = {
                 "latency against the fastest FP32.",
     "backend_groups": "Per-group accuracy drop vs FP32 of each runtime's INT8 model (paired "
                       "intervals).",
+    "calibration_study": "Calibration composition: per cell and per architecture, the paired "
+                         "per-draw change (kind minus random calibration) of each criterion with "
+                         "its interval, Holm-adjusted p-values, verdict, and the measured "
+                         "calibration cost ratio.",
 }
 
 
@@ -332,7 +337,7 @@ def report(analysis: "Analysis", figures: dict[str, Path]) -> str:
         "## FP32 baselines\n\n" + _markdown_or(tables["baseline"], "No baseline results."),
         "## Quantization\n\n" + _markdown_or(tables["quantization"], _missing_phase(summary, "quantization")),
         "## Mitigation\n\n" + _markdown_or(tables["mitigation"], _missing_phase(summary, "mitigation")),
-        _backends_section(tables), _hypotheses_section(analysis, tables["hypotheses"]),
+        _calibration_section(analysis), _backends_section(tables), _hypotheses_section(analysis, tables["hypotheses"]),
         _per_group_section(analysis),
         _pareto_section(analysis), _figures_section(figures), _recommendation_section(analysis)]
     return "\n\n".join(s for s in sections if s) + "\n"
@@ -433,6 +438,28 @@ def _hypotheses_section(analysis: "Analysis", table: pd.DataFrame) -> str:
             lines += ["", "Per architecture:", "", markdown_table(
                 display(arch.drop(columns=["id"])).map(format_number))]
     return "\n".join(lines)
+
+
+def _calibration_section(analysis: "Analysis") -> str:
+    study = analysis.calibration
+    if study.empty:
+        return ""
+    focus = study["focus_group"].iloc[0]
+    return "\n".join([
+        "## Calibration composition", "",
+        "Each composed calibration set (balanced, minority-enriched, ...) against random "
+        "calibration of the same architecture, bits, observer and size. Draw *d* of every kind "
+        "uses the same seed, so each draw is one paired unit and the draws are the units of "
+        f"replication (at least {cs.MIN_DRAWS} for a verdict). Each criterion's change (kind − "
+        "random) has a t-interval over the draws that includes the test-sample error they share, "
+        "TOST at its margin, and Holm across the criteria of a row; verdicts follow the rules "
+        f"of the Hypotheses section. Focus group: **{focus}** (the planted group of "
+        "`data.synthetic.exposure`, else the smallest). An architecture row pools its cells: "
+        "each draw's change is averaged over its bits, observers and sizes of that kind. The "
+        "cost ratio (calibration seconds of the kind / of random, median [min, max] over the "
+        "draws) is measured and reported beside the verdict, never a criterion. Full table: "
+        "`tables/calibration_study.csv`.", "",
+        markdown_table(cs.verdict_table(study, format_number))])
 
 
 def _backends_section(tables: dict[str, pd.DataFrame]) -> str:

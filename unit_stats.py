@@ -156,13 +156,14 @@ def _covariances(replicates) -> tuple[float, float]:
 
 
 def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_resamples=400,
-                             seed=0) -> np.ndarray:
+                             seed=0, group=fm.OVERALL) -> np.ndarray:
     """Bootstrap changes of ``metric`` for several paired units on the same test samples.
 
     ``units``: a list of (y_pred, y_pred_reference) arrays, all in the row order of ``y_true``.
     Every replicate draws one group x label stratified resample of the test samples (as
     multiplicities) and scores every unit on it, so the columns share the test-sampling error
-    the way the real units do. Returns (n_resamples, k) overall changes (model - reference).
+    the way the real units do. Returns (n_resamples, k) changes (model - reference) of the
+    overall ``metric``, or with ``group`` (a group label) of that group's ``metric`` (accuracy).
     """
     y_true = fm._binary("y_true", y_true)
     labels = fm.intersectional_labels(sensitive_features)
@@ -171,7 +172,7 @@ def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_res
         if len(pred) != y_true.size or len(ref) != y_true.size:
             raise ValueError(UNEQUAL_UNITS.format(index=index, got=len(pred),
                                                   expected=y_true.size))
-    n_groups, key = len(names), (fm.OVERALL, metric)
+    n_groups, key = len(names), (group, metric)
     onehots = []
     for pred, ref in units:
         pred = fm._binary("y_pred", pred, y_true.size)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datasets import generate_synthetic_celeba, load_dataset, make_loader  # noqa: E402
+from datasets import load_dataset, make_loader  # noqa: E402
+from synthetic import generate_synthetic_celeba  # noqa: E402
 
 
 def bench_generation(folder: Path, n_images: int, image_size: int) -> None:

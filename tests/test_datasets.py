@@ -7,9 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import (CELEBA_ATTRIBUTES, FAIRFACE_RACES, UTK_RACES, balanced_subset,
-                      ensure_synthetic_celeba, generate_synthetic_celeba, load_dataset,
-                      make_loader, random_subset, read_celeba_attributes)
+import config
+import synthetic
+from datasets import (CALIBRATION_KINDS, CELEBA_ATTRIBUTES, FAIRFACE_RACES, UTK_RACES,
+                      UNKNOWN_CALIBRATION_KIND, balanced_subset, calibration_seed,
+                      calibration_subset, load_dataset, make_loader, minority_enriched_shares,
+                      random_subset, read_celeba_attributes)
+from synthetic import (BAD_EXPOSURE, BAD_EXPOSURE_GAIN, BAD_EXPOSURE_GROUP, apply_exposure,
+                       ensure_synthetic_celeba, generate_synthetic_celeba)
 
 # ----------------------------------------------------------------------------- fixture writers
 
@@ -508,3 +513,126 @@ def test_a_synthetic_root_that_cannot_be_written_is_named(tmp_path, root):
     root = tmp_path / root if not root.startswith("/") else Path(root)
     with pytest.raises(ValueError, match=r"Cannot write the synthetic dataset under .*data\.root"):
         load_dataset("synthetic", root, synthetic={"n_images": 40, "image_size": 16})
+
+
+# ----------------------------------------------------------------------------- exposure knob
+
+def _images_by_group(folder: Path) -> tuple[dict, np.ndarray]:
+    attributes = read_celeba_attributes(folder / "list_attr_celeba.txt")
+    gender = np.where(attributes["Male"] == 1, "Male", "Female")
+    age = np.where(attributes["Young"] == 1, "Young", "Old")
+    pixels = {name: np.asarray(Image.open(folder / "img_align_celeba" / name), dtype=float) / 255
+              for name in attributes.index}
+    return pixels, np.char.add(np.char.add(gender, "/"), age)
+
+
+def test_apply_exposure_scales_deviations_from_the_image_mean_then_clips():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.3, 0.7, (2, 8, 8, 3)).astype(np.float32)
+    out = apply_exposure(images, [1.5, 0.5])
+    mean = images.mean(axis=(1, 2, 3), keepdims=True)
+    assert np.allclose(out[0], mean[0] + 1.5 * (images[0] - mean[0]), atol=1e-6)  # no clipping
+    assert np.allclose(out[1], mean[1] + 0.5 * (images[1] - mean[1]), atol=1e-6)
+    assert np.allclose(out.std(axis=(1, 2, 3)), [1.5, 0.5] * images.std(axis=(1, 2, 3)), rtol=1e-4)
+    assert apply_exposure(images, 10.0).min() == 0.0 and apply_exposure(images, 10.0).max() == 1.0
+
+
+def test_exposure_changes_only_the_named_group_by_the_gain(tmp_path):
+    options = dict(n_images=60, image_size=32, seed=3)
+    plain = generate_synthetic_celeba(tmp_path / "plain", **options)
+    lit = generate_synthetic_celeba(tmp_path / "lit", **options, exposure={"Female/Old": 0.5})
+    before, groups = _images_by_group(plain)
+    after, _ = _images_by_group(lit)
+    names = sorted(before)
+    planted = [n for n, g in zip(names, groups) if g == "Female/Old"]
+    assert planted
+    for name, group in zip(names, groups):
+        if group != "Female/Old":  # the other images are the same bytes
+            assert (plain / "img_align_celeba" / name).read_bytes() == \
+                (lit / "img_align_celeba" / name).read_bytes()
+    for name in planted:  # a gain below 1 never clips: std halves, mean stays (JPEG rounding aside)
+        assert after[name].std() == pytest.approx(0.5 * before[name].std(), rel=0.08)
+        assert after[name].mean() == pytest.approx(before[name].mean(), abs=0.01)
+    assert (plain / "list_attr_celeba.txt").read_bytes() == (lit / "list_attr_celeba.txt").read_bytes()
+
+
+def test_a_changed_exposure_regenerates_the_cached_set(tmp_path):
+    folder = ensure_synthetic_celeba(tmp_path, n_images=20, image_size=16)
+    stamp = (folder / "synthetic_params.json").read_text()
+    ensure_synthetic_celeba(tmp_path, n_images=20, image_size=16, exposure={"Male/Old": 1.5})
+    assert (folder / "synthetic_params.json").read_text() != stamp
+    assert synthetic.stored_synthetic_params(folder)["exposure"] == {"Male/Old": 1.5}
+
+
+@pytest.mark.parametrize("exposure, message", [
+    ({"Female/Elder": 1.8}, BAD_EXPOSURE_GROUP.format(group="Female/Elder",
+                                                       groups=list(synthetic.SYNTHETIC_GROUPS))),
+    ({"Female/Old": 0}, BAD_EXPOSURE_GAIN.format(group="Female/Old", gain=0)),
+    ({"Female/Old": -1.0}, BAD_EXPOSURE_GAIN.format(group="Female/Old", gain=-1.0)),
+    ({"Female/Old": "high"}, BAD_EXPOSURE_GAIN.format(group="Female/Old", gain="high")),
+    (1.8, BAD_EXPOSURE.format(given=1.8)),
+])
+def test_bad_exposure_is_named(tmp_path, exposure, message):
+    with pytest.raises(ValueError) as error:
+        load_dataset("synthetic", tmp_path, synthetic={"n_images": 20, "exposure": exposure})
+    assert str(error.value) == message
+
+
+def test_config_carries_the_exposure_knob():
+    cfg = config.load_config(None, ["data.synthetic.exposure={Female/Old: 1.8}"])
+    assert cfg.data.synthetic.exposure == {"Female/Old": 1.8}
+    assert config.load_config(None).data.synthetic.exposure == {}
+
+
+# ----------------------------------------------------------------------------- calibration sets
+
+def test_calibration_kind_names_are_the_config_choices():
+    assert tuple(CALIBRATION_KINDS) == config.CALIBRATION_KINDS
+
+
+def test_minority_enriched_raises_small_groups_to_the_equal_share():
+    assert np.allclose(minority_enriched_shares([49, 29, 13, 9]),
+                       [0.5 * 49 / 78, 0.5 * 29 / 78, 0.25, 0.25])
+    assert np.allclose(minority_enriched_shares([25, 25, 25, 25]), 0.25)
+
+
+def test_minority_enriched_subset_has_the_documented_composition(tiny_synthetic_splits):
+    train = tiny_synthetic_splits.train
+    sizes = np.array([train.group_counts()[g] for g in train.group_names])
+    n = 60
+    counts = calibration_subset(train, "minority_enriched", n, seed=0).group_counts()
+    expected = n * minority_enriched_shares(sizes)
+    for group, target in zip(train.group_names, expected):
+        assert abs(counts[group] - target) < 1  # largest-remainder rounding of the shares
+    assert sum(counts.values()) == n
+    smallest = train.group_names[int(np.argmin(sizes))]
+    assert counts[smallest] == pytest.approx(n / 4, abs=1)  # raised to the equal share
+
+
+def test_minority_enriched_gives_a_short_group_all_it_has(tiny_synthetic_splits):
+    train = tiny_synthetic_splits.train
+    sizes = train.group_counts()
+    smallest = min(sizes, key=sizes.get)
+    n = 5 * sizes[smallest]  # its share n/4 is more than it has
+    counts = calibration_subset(train, "minority_enriched", n, seed=0).group_counts()
+    assert counts[smallest] == sizes[smallest] and sum(counts.values()) == n
+
+
+def test_paired_draws_share_the_seed_across_kinds(tiny_synthetic_splits):
+    train = tiny_synthetic_splits.train
+    ids = lambda d: list(d.metadata["sample_id"])  # noqa: E731
+    seeds = {kind: [calibration_seed(7, draw) for draw in range(5)] for kind in CALIBRATION_KINDS}
+    assert all(s == seeds["random"] for s in seeds.values())
+    assert seeds["random"] == [7000, 7001, 7002, 7003, 7004]
+    for kind in CALIBRATION_KINDS:  # the same seed redraws the same set; the next draw differs
+        first = calibration_subset(train, kind, 40, calibration_seed(7, 0))
+        assert ids(first) == ids(calibration_subset(train, kind, 40, calibration_seed(7, 0)))
+        assert ids(first) != ids(calibration_subset(train, kind, 40, calibration_seed(7, 1)))
+    assert ids(calibration_subset(train, "random", 40, 7000)) == ids(random_subset(train, 40, 7000))
+
+
+def test_unknown_calibration_kind_lists_the_kinds(tiny_synthetic_splits):
+    with pytest.raises(ValueError) as error:
+        calibration_subset(tiny_synthetic_splits.train, "stratified", 10, 0)
+    assert str(error.value) == UNKNOWN_CALIBRATION_KIND.format(kind="stratified",
+                                                               kinds=list(CALIBRATION_KINDS))
