@@ -16,13 +16,14 @@ from functools import cached_property
 from pathlib import Path
 
 import datasets
-from config import ExperimentConfig, config_to_dict, expand_method_specs, load_config, save_config
+import mitigation  # registers the mitigation methods
 import profiling
+from config import ExperimentConfig, config_to_dict, expand_method_specs, load_config, save_config
+from datasets import calibration_seed
 from evaluation import cpu_load, fp32_reference_latency, model_size_mib, predict
 from fairness_metrics import summarize_predictions
 from models import (build_model, count_parameters, export_torchscript, list_models,
                     load_model_from_checkpoint, save_checkpoint)
-import mitigation  # registers the mitigation methods
 from quantization import (apply_quantization, context_keys, kernel_capability, latency_report,
                           method_config, method_traits)
 from results import WorkUnit, holds_results, load_predictions, predictions_path
@@ -112,7 +113,7 @@ class Context:
         """A loader over ``n`` training images of calibration kind ``kind``, draw ``draw``."""
         if kind == "none":
             return None
-        subset = mitigation.CALIBRATION_KINDS[kind](self.splits.train, n, calibration_seed(seed, draw))
+        subset = datasets.calibration_subset(self.splits.train, kind, n, calibration_seed(seed, draw))
         return self.loader(subset)
 
     def context(self, method: str, seed: int) -> dict:
@@ -240,11 +241,6 @@ def _calibration_sizes_in_use(cfg: ExperimentConfig) -> list[tuple[str, int]]:
     sizes += [("mitigation.methods calibration_size", spec["calibration_size"])
               for spec in expand_method_specs(cfg.mitigation.methods) if "calibration_size" in spec]
     return sizes + [("mitigation.calibration_size", cfg.mitigation.calibration_size)]
-
-
-def calibration_seed(seed: int, draw: int) -> int:
-    """The seed of calibration draw ``draw``: paired methods share it, draws differ."""
-    return seed * 1000 + draw
 
 
 def run_defaults(cfg: ExperimentConfig) -> dict:

@@ -202,25 +202,23 @@ def evaluate_groups(model: nn.Module, data, sensitive_attributes: Sequence[str] 
 
 # --------------------------------------------------------------------------- calibration sets
 
-CALIBRATION_KINDS = {
-    "balanced": lambda dataset, n, seed: datasets.balanced_subset(dataset, n, seed),
-    "balanced_by_label": lambda dataset, n, seed: datasets.balanced_subset(dataset, n, seed, by_label=True),
-    "random": datasets.random_subset,
-}
+CALIBRATION_KINDS = datasets.CALIBRATION_KINDS
+"""The calibration kinds (random, balanced, balanced_by_label, minority_enriched): one source,
+``datasets.CALIBRATION_KINDS``."""
 
 
 def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5, seed: int = 0) -> list:
-    """`draws` calibration subsets of `n` samples of `dataset`.
+    """`draws` calibration subsets of `n` samples of `dataset` of one kind (`CALIBRATION_KINDS`).
 
-    `kind`: 'balanced' (even over the intersectional groups), 'balanced_by_label' (and over labels
-    within each group) or 'random' (uniform, the control). Draw i uses seed + i, so balanced and
-    random draws with the same i are paired by seed.
+    Draw i uses `datasets.calibration_seed(seed, i)`, the seed every kind's draw i uses, so
+    balanced and random draws with the same i are paired by seed.
     """
     check_choice("calibration", kind, CALIBRATION_KINDS)
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws={draws!r} must be a positive integer (the number of calibration draws), e.g. 5.")
     dataset = _face_dataset(dataset, "the calibration dataset")
-    return [CALIBRATION_KINDS[kind](dataset, n, seed + i) for i in range(draws)]
+    return [datasets.calibration_subset(dataset, kind, n, datasets.calibration_seed(seed, i))
+            for i in range(draws)]
 
 
 DEFAULT_CALIBRATION_SIZE = 512
@@ -244,7 +242,7 @@ def _calibration_loader(calibration_data, kind: str, n: int | None, seed: int, b
     elif isinstance(n, int) and not isinstance(n, bool) and n > len(dataset):
         raise ValueError(CALIBRATION_SIZE_TOO_LARGE.format(n=n, available=len(dataset),
                                                            default=DEFAULT_CALIBRATION_SIZE))
-    subset = CALIBRATION_KINDS[kind](dataset, n, seed)
+    subset = datasets.calibration_subset(dataset, kind, n, seed)
     logger.info("%s calibration set of %d: %s", kind, len(subset), subset.group_counts())
     return datasets.make_loader(subset, getattr(calibration_data, "batch_size", None) or batch_size)
 
