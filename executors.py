@@ -27,12 +27,13 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm.auto import tqdm
 
+from quantization import method_config
 from results import ResultStore, WorkUnit, commit_result, predictions_path
 
 log = logging.getLogger(__name__)
 
 TIMING_RUNNERS = ("baseline", "quantization", "runtime")
-"""Runners whose records hold latency measured in the task (FP32, INT8, other runtimes)."""
+"""Runners whose records may hold latency measured in the task (FP32, INT8, other runtimes)."""
 
 NODE_CANNOT_SEE = ("Ray node {host} ({node}) cannot see {what} {path}: the results folder, the "
                    "dataset and this checkout must be on storage every node mounts at the same "
@@ -181,8 +182,16 @@ def _picklable(value) -> bool:
 
 
 def times_latency(unit: WorkUnit) -> bool:
-    """Whether the unit's record holds latency it measures (so it must run alone on a node)."""
-    return unit.runner in TIMING_RUNNERS
+    """Whether the unit measures latency, so it must run alone on a node: a baseline (FP32), a
+    model of another runtime, or a quantization whose model runs on integer kernels (a simulated
+    one is never timed)."""
+    if unit.runner != "quantization":
+        return unit.runner in TIMING_RUNNERS
+    try:
+        config = method_config(unit.args["method"], **unit.args["options"])
+    except ValueError:  # the unit fails on its worker, where its error is recorded
+        return True
+    return getattr(config, "resolved_execution", "real_int8") == "real_int8"
 
 
 def _task_options(resources: dict) -> dict:

@@ -2,6 +2,10 @@
 
 import pytest
 
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ray: starts a local Ray instance (deselect: -m 'not ray')")
+
 from datasets import load_dataset
 from evaluation import torch_threads
 
