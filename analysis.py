@@ -22,7 +22,6 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -31,14 +30,13 @@ import report
 import stats_tables as st
 import verdicts as vd
 from results import predictions_path
-from stats_tables import RunArtifacts, load_run, pareto_front  # noqa: F401  (public API)
+from stats_tables import AnalysisSettings, RunArtifacts, load_run, pareto_front  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 NO_CONFIGURATION = ("{run_dir}: no configuration can be analysed ({failed} failed, {without} "
                     "without predictions under predictions/): fix the errors recorded in the "
                     "result tables' `error` column and rerun those phases")
-BAD_ALPHA = "alpha={alpha!r} must lie strictly between 0 and 1, e.g. 0.05"
 TOLERANCE_DEPRECATED = ("fairness_tolerance is deprecated: the DP-gap margin is "
                         "analysis.margins.dp_gap; using fairness_tolerance={value} as that margin")
 
@@ -48,7 +46,7 @@ class Analysis:
     """Every table the analysis phase computes, before anything is written."""
 
     run: RunArtifacts
-    settings: dict
+    settings: AnalysisSettings
     table: pd.DataFrame
     """Analysable configurations with recomputed metrics and the ``pareto`` flag."""
     pairs: pd.DataFrame
@@ -73,60 +71,53 @@ class Analysis:
                 "backend_groups": report.backend_group_table(self.table, self.per_group)}
 
 
-def margins_of(run: RunArtifacts, margins: dict | None, fairness_tolerance: float | None) -> dict:
-    """The margins set before the run: ``margins`` if given, else the run's config.yaml
-    ``analysis.margins``, over ``verdicts.DEFAULT_MARGINS``; a (deprecated) fairness_tolerance
-    sets the dp_gap margin."""
-    configured = (run.config.get("analysis") or {}).get("margins") or {}
-    chosen = dict(margins if margins is not None else configured)
+def settings_of(run: RunArtifacts, *, margins: dict | None = None,
+                min_balanced_accuracy: float | None = None,
+                fairness_tolerance: float | None = None, **options) -> AnalysisSettings:
+    """The settings of one analysis: ``options`` (``AnalysisSettings`` fields), with the margins
+    and the chance threshold set before the run -- those given, else the run's config.yaml
+    ``analysis`` section, else the defaults. A (deprecated) fairness_tolerance sets the dp_gap
+    margin when no margin names it."""
+    configured = run.config.get("analysis") or {}
+    chosen = dict(margins if margins is not None else configured.get("margins") or {})
     if fairness_tolerance is not None and "dp_gap" not in chosen:
         warnings.warn(TOLERANCE_DEPRECATED.format(value=fairness_tolerance), DeprecationWarning,
                       stacklevel=3)
         chosen["dp_gap"] = fairness_tolerance
-    return vd.check_margins(chosen)
-
-
-def analyse(run_dir: str | Path, *, n_resamples: int = 2000, alpha: float = 0.05, seed: int = 0,
-            size_budgets_mib: Sequence[float] | None = None, ci: float = 0.95,
-            min_group_size: int = 30, margins: dict | None = None,
-            min_balanced_accuracy: float | None = None, fairness_tolerance: float | None = None,
-            progress: bool = True) -> Analysis:
-    """Compute every analysis table of a run folder (``run_analysis`` also writes them)."""
-    if not 0 < alpha < 1:
-        raise ValueError(BAD_ALPHA.format(alpha=alpha))
-    run = load_run(run_dir)
-    margins = margins_of(run, margins, fairness_tolerance)
     if min_balanced_accuracy is None:
-        min_balanced_accuracy = (run.config.get("analysis") or {}).get(
-            "min_balanced_accuracy", vd.DEFAULT_MIN_BALANCED_ACCURACY)
+        min_balanced_accuracy = configured.get("min_balanced_accuracy",
+                                               vd.DEFAULT_MIN_BALANCED_ACCURACY)
+    return AnalysisSettings(margins=chosen, min_balanced_accuracy=min_balanced_accuracy,
+                            **options)
+
+
+def analyse(run_dir: str | Path, settings: AnalysisSettings | None = None, *,
+            progress: bool = True, **options) -> Analysis:
+    """Compute every analysis table of a run folder (``run_analysis`` also writes them).
+
+    ``settings``: one ``AnalysisSettings``; without it, ``settings_of(run, **options)`` builds
+    it from keyword options (n_resamples, alpha, seed, ci, min_group_size, margins,
+    min_balanced_accuracy, size_budgets_mib, the deprecated fairness_tolerance)."""
+    run = load_run(run_dir)
+    settings = settings_of(run, **options) if settings is None else settings
     configs, failed, without = _analysable(run)
-    settings = {"n_resamples": n_resamples, "ci": ci, "seed": seed, "alpha": alpha,
-                "min_group_size": min_group_size, "size_budgets_mib": size_budgets_mib,
-                "margins": margins, "min_balanced_accuracy": min_balanced_accuracy}
     load = st._prediction_loader(run.run_dir)
     pairs = st.comparison_pairs(configs)
-    summaries = st.summarize_all(configs, pairs, load, n_resamples=n_resamples, ci=ci, seed=seed,
-                                 min_group_size=min_group_size, margins=margins,
-                                 progress=progress)
+    summaries = st.summarize_all(configs, pairs, load, settings, progress=progress)
     table = st.with_pareto(st.configuration_table(configs, pairs, summaries))
-    table["dp_verdict"] = st.fairness_verdicts(table, margin=margins["dp_gap"], alpha=alpha,
-                                               min_balanced_accuracy=min_balanced_accuracy)
+    table["dp_verdict"] = st.fairness_verdicts(table, settings)
     pairs = st.pair_table(pairs, table, summaries)
     per_group = st.per_group_table(pairs, summaries)
     means = st.group_drop_means(per_group)
     fp32 = table[table["method"] == "fp32"]
-    context = hy.Context(load=load, margins=margins, alpha=alpha, ci=ci, n_resamples=n_resamples,
-                         seed=seed, min_balanced_accuracy=min_balanced_accuracy,
+    context = hy.Context(load=load, settings=settings,
                          fp32_balanced_accuracy_low=dict(zip(zip(fp32["dataset"], fp32["arch"]),
                                                              fp32["balanced_accuracy_low"])))
     return Analysis(
         run=run, settings=settings, table=table, pairs=pairs,
         stats=st.statistics_table(table, pairs), per_group=per_group, group_means=means,
         group_ratios=st.drop_ratios(means), hypotheses=hy.evaluate_hypotheses(pairs, context),
-        recommendation=st.recommend(table, load, size_budgets_mib=size_budgets_mib,
-                                    margin=margins["dp_gap"], alpha=alpha,
-                                    n_resamples=n_resamples, seed=seed,
-                                    min_balanced_accuracy=min_balanced_accuracy),
+        recommendation=st.recommend(table, load, settings),
         failed=failed, without_predictions=without)
 
 
@@ -151,8 +142,8 @@ def run_analysis(run_dir: str | Path, *, figures: bool = True, **options) -> dic
     """The analysis phase: read ``run_dir``, write ``<run_dir>/analysis/``, return the written
     files keyed by their path relative to that folder (``"stats.csv"``, ``"report.md"``, ...).
 
-    ``options`` go to ``analyse`` (n_resamples, alpha, seed, size_budgets_mib, ci,
-    min_group_size, margins, min_balanced_accuracy, progress); ``figures=False`` skips the
-    figures (and the report then links none).
+    ``options`` go to ``analyse`` (an ``AnalysisSettings`` as ``settings``, or its fields as
+    keywords, and ``progress``); ``figures=False`` skips the figures (and the report then links
+    none).
     """
     return report.write_outputs(analyse(run_dir, **options), figures=figures)

@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import evaluation
-from fairness_metrics import summarize_predictions
+from fairness_metrics import PREDICTION_COLUMNS, summarize_predictions
 from quantization import FLOAT_BITS, apply_quantization
 
 __all__ = ["QuantizationComparison", "compare_quantization_methods"]
@@ -74,14 +74,12 @@ def _regroup(table: pd.DataFrame, sensitive_attrs: Sequence[str] | None) -> pd.D
         return table
     missing = [attr for attr in sensitive_attrs if attr not in table.columns]
     if missing:
+        available = [c for c in table.columns if c not in PREDICTION_COLUMNS]
         raise ValueError(f"sensitive_attrs {missing} are not columns of the predictions; the "
-                         f"test set has {[c for c in table.columns if c not in PRED_COLUMNS]}")
+                         f"test set has {available}")
     table = table.copy()
     table["group"] = table[list(sensitive_attrs)].astype(str).agg("/".join, axis=1)
     return table
-
-
-PRED_COLUMNS = ("sample_id", "y_true", "y_pred", "score", "group")
 
 
 def compare_quantization_methods(model: nn.Module, methods: Sequence, test_loader, *,
@@ -109,9 +107,9 @@ def compare_quantization_methods(model: nn.Module, methods: Sequence, test_loade
     for label, method, options in tqdm(specs, desc="methods", leave=False):
         quantized = apply_quantization(model, method, calibration_data=calibration_data,
                                        device=device, seed=seed, **{**context, **options})
-        info = {key: value for key, value in quantized.quant_info.items()
-                if key in ("method", "weight_bits", "act_bits", "execution", "observer",
-                           "size_mib", "fp32_size_mib", "compression", "cost_s")}
+        info = {key: quantized.quant_info[key]
+                for key in ("method", "weight_bits", "act_bits", "execution", "observer",
+                            "size_mib", "fp32_size_mib", "compression", "cost_s")}
         predictions = _regroup(evaluation.predict(quantized, test_loader, device,
                                                   progress=False), sensitive_attrs)
         runs.append((label, info, predictions))

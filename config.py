@@ -24,9 +24,11 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from checks import check_choice as _check_choice
+from checks import parse_bits
+
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("torch", "onnxruntime", "openvino")  # runtimes.RUNTIMES plus the project's own kernels
-BITS_PATTERN = re.compile(r"^w(\d+)a(\d+)$")
 EXECUTORS = ("local", "ray")
 RAY_ADDRESS = re.compile(r"^(auto|ray://[^\s:/]+:\d+)$")
 SWEEP_PHASES = ("baseline", "quantization", "mitigation")
@@ -378,15 +380,6 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
     return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def parse_bits(bits: str) -> tuple[int, int]:
-    """``'w4a8'`` → ``(4, 8)``: weight and activation bit widths."""
-    match = BITS_PATTERN.match(str(bits))
-    if not match:
-        raise ValueError(f"bits={bits!r}: expected 'w<weight bits>a<activation bits>', e.g. "
-                         "'w8a8' or 'w4a8'")
-    return int(match.group(1)), int(match.group(2))
-
-
 def expand_method_specs(specs: typing.Iterable[Mapping]) -> list[dict]:
     """Expand sweep lists: ``{method: m, bits: [w8a8, w4a8]}`` → two single-valued specs."""
     expanded = []
@@ -485,11 +478,6 @@ def _check_positive(key, value) -> None:
 def _check_range(key, value, low, high) -> None:
     if not low <= value <= high:
         raise ValueError(f"{key}={value!r}: expected a value between {low} and {high}")
-
-
-def _check_choice(key, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
 
 
 def _plain(obj):

@@ -1,27 +1,29 @@
 """Units of work for the phases: one configuration → (record, predictions, per-group table).
 
-Each unit is a function of (config, checkpoint, id) and nothing else, so a sweep can be spread over
-machines without changing the phases. ``main.py`` lists the units and hands them to
-``results.run_sweep``; this module knows how to run each one.
+A unit (``results.WorkUnit``) is plain data: a runner name from ``RUNNERS``, its plain arguments
+and the run folder. ``execute(unit)`` rebuilds what the runner needs from the run folder's
+``config.yaml`` and checkpoints, so a unit runs the same in this process, in a fresh one or on
+another machine. ``main.py`` lists the units and hands them to an executor. No method is named
+here: what a sweep must know of a method comes from its registered ``MethodTraits``.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import zipfile
 from functools import cached_property
 from pathlib import Path
 
 import datasets
-from config import (ExperimentConfig, config_to_dict, expand_method_specs, load_config,
-                    parse_bits, save_config)
+from config import ExperimentConfig, config_to_dict, expand_method_specs, load_config, save_config
 from evaluation import fp32_reference_latency, model_size_mib, predict
 from fairness_metrics import summarize_predictions
 from models import (build_model, count_parameters, export_torchscript, list_models,
                     load_model_from_checkpoint, save_checkpoint)
-from mitigation import FairnessAwareQuantizer  # also registers the mitigation methods
-from quantization import (apply_quantization, context_keys,
-                          kernel_capability, latency_report, method_config)
+import mitigation  # registers the mitigation methods
+from quantization import (apply_quantization, context_keys, kernel_capability, latency_report,
+                          method_config, method_traits)
 from results import WorkUnit, holds_results, load_predictions, predictions_path
 from runtimes import fp32_runtime_model, get_runtime, quantize_with_runtime
 from training import fit, resolve_device, seed_everything
@@ -33,12 +35,27 @@ class Context:
     """What every unit of one run shares: the config, the data splits and their loaders.
 
     Splits are loaded on first use, so listing the units (to skip finished ones) costs nothing.
+    ``Context.for_run(run_dir)`` gives this process's context of a run folder.
     """
 
-    def __init__(self, cfg: ExperimentConfig):
+    _open: dict[str, "Context"] = {}
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path | None = None):
         self.cfg = cfg
-        self.run_dir = cfg.run_dir
+        self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
         self._fp32_references: dict[str, dict] = {}  # arch -> {batch size: (ms, name)}
+        Context._open[_key(self.run_dir)] = self
+
+    @classmethod
+    def for_run(cls, run_dir: str | Path) -> "Context":
+        """The context of ``run_dir`` in this process, built from its ``config.yaml`` once."""
+        context = cls._open.get(_key(run_dir))
+        if context is None:
+            path = Path(run_dir) / "config.yaml"
+            if not path.is_file():
+                raise FileNotFoundError(NO_RUN_CONFIG.format(path=path))
+            context = cls(load_config(path), run_dir)
+        return context
 
     @cached_property
     def splits(self):
@@ -60,7 +77,7 @@ class Context:
         return resolve_device(self.cfg.runtime.device)
 
     def checkpoint_path(self, arch: str) -> Path:
-        return self.run_dir / "checkpoints" / self.cfg.data.dataset / f"{arch}.pt"
+        return self.run_dir / checkpoint_file(self.cfg, arch)
 
     def require_baseline(self, arch: str) -> None:
         """Stop before a sweep starts when the FP32 model or its predictions are missing."""
@@ -70,6 +87,11 @@ class Context:
                                         "`python main.py --phase baseline` with the same config first")
         if not zipfile.is_zipfile(self.checkpoint_path(arch)):  # torch.save writes a zip archive
             raise ValueError(DAMAGED_CHECKPOINT.format(path=self.checkpoint_path(arch)))
+
+    def baseline_needs(self, arch: str) -> tuple[str, str]:
+        """The files (relative to the run folder) a unit quantizing ``arch`` needs."""
+        predictions = predictions_path(self.run_dir, baseline_id(self.cfg, arch))
+        return (str(checkpoint_file(self.cfg, arch)), str(predictions.relative_to(self.run_dir)))
 
     def fp32_model(self, arch: str):
         self.require_baseline(arch)
@@ -83,11 +105,20 @@ class Context:
                                      seed=self.cfg.seed, min_group_size=analysis.min_group_size)
 
     def calibration_loader(self, kind: str, n: int, seed: int, draw: int = 0):
-        """A loader over ``n`` training images drawn at random or balanced over groups."""
+        """A loader over ``n`` training images of calibration kind ``kind``, draw ``draw``."""
         if kind == "none":
             return None
-        draw_subset = {"random": datasets.random_subset, "balanced": datasets.balanced_subset}[kind]
-        return self.loader(draw_subset(self.splits.train, n, seed=calibration_seed(seed, draw)))
+        subset = mitigation.CALIBRATION_KINDS[kind](self.splits.train, n, calibration_seed(seed, draw))
+        return self.loader(subset)
+
+    def context(self, method: str, seed: int) -> dict:
+        """The non-config arguments ``method`` accepts (its registered context keys)."""
+        available = {"device": self.device, "seed": seed, "progress": self.cfg.runtime.progress,
+                     "train_loader": lambda: self.loader(self.splits.train, shuffle=True),
+                     "val_loader": lambda: self.loader(self.splits.val),
+                     "eval_data": lambda: self.loader(self.splits.val)}
+        return {key: value() if callable(value) else value
+                for key, value in available.items() if key in context_keys(method)}
 
     def fp32_predictions(self, arch: str):
         return load_predictions(self.run_dir, baseline_id(self.cfg, arch))
@@ -124,7 +155,24 @@ class Context:
         return predict(model, self.loader(self.splits.test), device=self.device,
                        progress=self.cfg.runtime.progress)
 
+    def unit(self, config_id: str, fields: dict, runner: str, args: dict, phase: str,
+             needs: tuple = ()) -> WorkUnit:
+        return WorkUnit(config_id, fields, runner, args, str(self.run_dir), phase, needs)
 
+
+def _key(run_dir) -> str:
+    return str(Path(run_dir).resolve())
+
+
+def execute(unit: WorkUnit):
+    """Run one unit: ``(record, predictions, per_group)``. Works in any process that sees the
+    run folder."""
+    return RUNNERS[unit.runner](Context.for_run(unit.run_dir), **unit.args)
+
+
+NO_RUN_CONFIG = ("{path} is missing: a work unit rebuilds its run from the run folder's config, "
+                 "which `python main.py` writes before any unit runs; check that this machine "
+                 "sees the run folder (shared storage) at the same path")
 DAMAGED_CHECKPOINT = ("checkpoint {path} is damaged (not a complete torch archive): train it again "
                       "with `python main.py --phase baseline --force`")
 UNKNOWN_ARCHITECTURES = ("models.architectures: unknown architecture(s) {unknown}; known: {known}. "
@@ -132,13 +180,11 @@ UNKNOWN_ARCHITECTURES = ("models.architectures: unknown architecture(s) {unknown
 CALIBRATION_TOO_LARGE = ("{key}={size} is larger than the {n_train} training images of {dataset}: "
                          "calibration draws from the training split, so ask for at most "
                          "{n_train} (--set {key}=...) or use more data")
-FAIRNESS_AWARE_OPTIONS = ("criterion", "calibration", "observer")
-"""The options a fairness_aware_quantizer spec may set (the run sets the others)."""
-UNKNOWN_FAIRNESS_AWARE_OPTION = ("mitigation.methods: fairness_aware_quantizer has no option(s) "
-                                 "{unknown}; it takes bits and {valid}")
 CALIBRATION_OVER_CAP = ("{key}={size} is larger than data.max_per_split={cap}, which caps the "
                         "training split: ask for at most {cap} calibration samples or raise "
                         "data.max_per_split")
+NOT_A_MITIGATION = ("mitigation.methods: {name!r} has no control method to be compared with "
+                    "(its MethodTraits.control is None); mitigations: {known}")
 
 
 def check_config(cfg: ExperimentConfig) -> None:
@@ -154,15 +200,20 @@ def check_config(cfg: ExperimentConfig) -> None:
             get_runtime(backend).check_installed()
     for arch in cfg.models.architectures:
         for name, options in methods_for(arch, cfg.quantization.methods):
-            method_config(name, **({**_qat_defaults(cfg), **options} if name == "qat" else options))
+            method_config(name, **with_run_defaults(cfg, name, options))
         for name, options in methods_for(arch, cfg.mitigation.methods):
-            _bits_label(name, options)
-            if name == "fairness_aware_quantizer":
-                _check_fairness_aware(options)
+            method_config(name, **with_run_defaults(cfg, name, options))
+            if method_traits(name).control is None:
+                raise ValueError(NOT_A_MITIGATION.format(name=name, known=_mitigations()))
     cap = cfg.data.max_per_split
     for key, size in _calibration_sizes_in_use(cfg):
         if cap is not None and size > cap:
             raise ValueError(CALIBRATION_OVER_CAP.format(key=key, size=size, cap=cap))
+
+
+def _mitigations() -> list[str]:
+    from quantization import list_methods
+    return [name for name in list_methods() if method_traits(name).control is not None]
 
 
 def check_calibration_sizes(cfg: ExperimentConfig, n_train: int) -> None:
@@ -173,21 +224,14 @@ def check_calibration_sizes(cfg: ExperimentConfig, n_train: int) -> None:
                                                           dataset=cfg.data.dataset))
 
 
-def _check_fairness_aware(options: dict) -> None:
-    extra = {k: v for k, v in options.items() if k != "bits"}
-    unknown = sorted(set(extra) - set(FAIRNESS_AWARE_OPTIONS))
-    if unknown:
-        raise ValueError(UNKNOWN_FAIRNESS_AWARE_OPTION.format(unknown=unknown,
-                                                              valid=list(FAIRNESS_AWARE_OPTIONS)))
-    weight_bits, act_bits = parse_bits(options.get("bits", "w8a8"))
-    FairnessAwareQuantizer(bit_width=weight_bits, act_bits=act_bits, progress=False, **extra)
-
-
 def _calibration_sizes_in_use(cfg: ExperimentConfig) -> list[tuple[str, int]]:
     """(config key, size) of every calibration size some configured method draws."""
-    calibrated = any(spec["method"] in CALIBRATED_METHODS for spec in cfg.quantization.methods)
+    calibrated = any(method_traits(spec["method"]).calibration != "none"
+                     for spec in cfg.quantization.methods)
     sizes = [("quantization.calibration_sizes", n) for n in cfg.quantization.calibration_sizes
              if calibrated]
+    sizes += [("mitigation.methods calibration_size", spec["calibration_size"])
+              for spec in expand_method_specs(cfg.mitigation.methods) if "calibration_size" in spec]
     return sizes + [("mitigation.calibration_size", cfg.mitigation.calibration_size)]
 
 
@@ -196,24 +240,37 @@ def calibration_seed(seed: int, draw: int) -> int:
     return seed * 1000 + draw
 
 
-def _qat_defaults(cfg: ExperimentConfig) -> dict:
-    q = cfg.quantization
-    return {"epochs": q.qat_epochs, "lr": q.qat_lr, "max_steps": q.qat_max_steps_per_epoch}
+def run_defaults(cfg: ExperimentConfig) -> dict:
+    """Method options the run sets for every method whose config has them."""
+    q, m = cfg.quantization, cfg.mitigation
+    return {"epochs": q.qat_epochs, "lr": q.qat_lr, "max_steps": q.qat_max_steps_per_epoch,
+            "max_dp_gap": m.max_dp_gap}
+
+
+def with_run_defaults(cfg: ExperimentConfig, name: str, options: dict) -> dict:
+    """``options`` with the run's defaults for the fields of ``name``'s config it does not set."""
+    known = {item.name for item in dataclasses.fields(method_config(name))}
+    return {**{k: v for k, v in run_defaults(cfg).items() if k in known}, **options}
 
 
 def baseline_id(cfg: ExperimentConfig, arch: str) -> str:
     return f"{cfg.data.dataset}/{arch}/fp32/seed={cfg.seed}"
 
 
+def checkpoint_file(cfg: ExperimentConfig, arch: str) -> Path:
+    """The FP32 checkpoint of ``arch``, relative to the run folder."""
+    return Path("checkpoints") / cfg.data.dataset / f"{arch}.pt"
+
+
 # ----------------------------------------------------------------------------- baseline
 
 def baseline_units(ctx: Context, force: bool = False) -> list[WorkUnit]:
     cfg = ctx.cfg
-    return [WorkUnit(baseline_id(cfg, arch),
+    return [ctx.unit(baseline_id(cfg, arch),
                      {"dataset": cfg.data.dataset, "arch": arch, "method": "fp32",
                       "weight_bits": 32, "act_bits": 32, "calibration": "none", "seed": cfg.seed,
                       "execution": "fp32", "synthetic": cfg.data.dataset == "synthetic"},
-                     lambda arch=arch: run_baseline(ctx, arch, retrain=force))
+                     "baseline", {"arch": arch, "retrain": force}, "baseline")
             for arch in cfg.models.architectures]
 
 
@@ -283,26 +340,24 @@ def methods_for(arch: str, specs) -> list[tuple[str, dict]]:
     return chosen
 
 
-CALIBRATED_METHODS = ("ptq_static",)
-"""Methods whose result depends on a calibration set (the others get ``calibration='none'``)."""
-
-
-def quantization_units(ctx: Context) -> list[WorkUnit]:
-    """The configured grid: architectures × methods × options × calibration × seeds."""
+def quantization_units(ctx: Context, check: bool = True) -> list[WorkUnit]:
+    """The configured grid: architectures × methods × options × calibration × seeds.
+    ``check``: stop here when a baseline is missing (not when a schedule makes them first)."""
     cfg, units = ctx.cfg, []
     for arch in cfg.models.architectures:
         for name, options in methods_for(arch, cfg.quantization.methods):
+            options = with_run_defaults(cfg, name, options)
             for seed in cfg.quantization.seeds:
                 for calibration in _calibrations(cfg, name):
                     units.append(_quantization_unit(ctx, arch, name, options, calibration, seed))
                     units += _runtime_units(ctx, arch, name, options, calibration, seed)
-    for arch in cfg.models.architectures:  # after the grid, so a bad method name is named first
+    for arch in cfg.models.architectures if check else ():  # after the grid: a bad method name first
         ctx.require_baseline(arch)
     return units
 
 
 def _calibrations(cfg: ExperimentConfig, method: str) -> list[tuple[str, int]]:
-    if method not in CALIBRATED_METHODS:
+    if method_traits(method).calibration == "none":
         return [("none", 0)]
     q = cfg.quantization
     return [(kind, n) for kind in q.calibration_kinds for n in q.calibration_sizes]
@@ -338,50 +393,60 @@ def calibration_label(calibration: tuple[str, int]) -> str:
 def _quantization_unit(ctx: Context, arch: str, method: str, options: dict,
                        calibration: tuple[str, int], seed: int) -> WorkUnit:
     cfg = ctx.cfg
-    if method == "qat":
-        options = {**_qat_defaults(cfg), **options}
     label = calibration_label(calibration)
     bits = method_config(method, **options).bits  # also rejects a bad method or option up front
     config_id = configuration_id(cfg.data.dataset, arch, method, bits, options, label, seed)
     fields = {"dataset": cfg.data.dataset, "arch": arch, "method": method, "calibration": label,
               "seed": seed, "options": {k: v for k, v in options.items() if k != "bits"}}
-    return WorkUnit(config_id, fields,
-                    lambda: run_quantization(ctx, arch, method, options, calibration, seed))
+    return ctx.unit(config_id, fields, "quantization",
+                    {"arch": arch, "method": method, "options": options,
+                     "calibration": list(calibration), "seed": seed},
+                    "quantization", ctx.baseline_needs(arch))
 
 
-def run_quantization(ctx: Context, arch: str, method: str, options: dict,
-                     calibration: tuple[str, int], seed: int):
+def _quantize(ctx: Context, model, method: str, options: dict, calibration, seed: int,
+              draw: int = 0, **overrides):
+    """``model`` quantized by ``method`` with the calibration its traits ask for: none, a loader
+    of draw ``draw`` (seed ``calibration_seed(seed, draw)``) or the training split, from which
+    the method draws its own subset with that seed. Also returns the seconds spent drawing a
+    subset here."""
+    start, need = time.perf_counter(), method_traits(method).calibration
+    if need == "loader":
+        data = ctx.calibration_loader(*calibration, seed=seed, draw=draw)
+    else:
+        data = ctx.splits.train if need == "dataset" else None
+    draw_s = time.perf_counter() - start
+    context = ctx.context(method, calibration_seed(seed, draw) if need == "dataset" else seed)
+    return apply_quantization(model, method, calibration_data=data, **options, **overrides,
+                              **context), draw_s
+
+
+def run_quantization(ctx: Context, arch: str, method: str, options: dict, calibration, seed: int):
     """Quantize one FP32 checkpoint, evaluate it and compare it with its FP32 predictions."""
     model = ctx.fp32_model(arch)
-    calibration_loader = ctx.calibration_loader(*calibration, seed=seed)
-    context = {"device": ctx.device, "seed": seed, "progress": ctx.cfg.runtime.progress}
-    if method == "qat":
-        context.update(train_loader=ctx.loader(ctx.splits.train, shuffle=True),
-                       val_loader=ctx.loader(ctx.splits.val))
-    quantized = apply_quantization(model, method, calibration_data=calibration_loader,
-                                   **options, **context)
+    quantized, _ = _quantize(ctx, model, method, options, calibration, seed)
     predictions = ctx.predict(quantized)
     record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
-    record.update(quant_fields(quantized.quant_info))
-    if quantized.quant_info["execution"] == "real_int8":
+    record.update(quantized.quant_info.record())
+    if quantized.quant_info.execution == "real_int8":
         record.update(ctx.latency_comparison(arch, model, quantized))
-        if method in CALIBRATED_METHODS and ctx.cfg.quantization.check_agreement:
-            twin = apply_quantization(model, method, calibration_data=calibration_loader,
-                                      execution="simulated", **options, **context)
-            record["agreement_with_simulated"] = float(
-                (ctx.predict(twin)["y_pred"].values == predictions["y_pred"].values).mean())
+        if method_traits(method).twin and ctx.cfg.quantization.check_agreement:
+            twin, _ = _quantize(ctx, model, method, options, calibration, seed,
+                                execution="simulated")
+            record["agreement_with_simulated"] = _agreement(ctx, twin, predictions)
     return record, predictions, per_group
 
 
-RUNTIME_COUNTERPART = ("ptq_static", "w8a8")
-"""The torch configuration that each other runtime's INT8 model is built beside."""
+def _agreement(ctx: Context, twin, predictions) -> float:
+    return float((ctx.predict(twin)["y_pred"].values == predictions["y_pred"].values).mean())
 
 
 def _runtime_units(ctx: Context, arch: str, method: str, options: dict,
                    calibration: tuple[str, int], seed: int) -> list[WorkUnit]:
-    """One unit per configured runtime besides torch, for a plain static w8a8 configuration:
-    the same checkpoint and calibration images, quantized by that runtime."""
-    if (method, options.get("bits")) != RUNTIME_COUNTERPART or set(options) != {"bits"}:
+    """One unit per configured runtime besides torch, for the plain w8a8 configuration of the
+    method they stand beside: the same checkpoint and calibration images, quantized by that
+    runtime."""
+    if not method_traits(method).runtime_counterpart or options != {"bits": "w8a8"}:
         return []
     units = []
     for backend in ctx.cfg.runtime.backends:
@@ -392,12 +457,15 @@ def _runtime_units(ctx: Context, arch: str, method: str, options: dict,
         fields = {"dataset": ctx.cfg.data.dataset, "arch": arch, "method": method,
                   "calibration": calibration_label(calibration), "seed": seed, "backend": backend,
                   "options": {"backend": backend}}
-        units.append(WorkUnit(config_id, fields, lambda backend=backend, config_id=config_id:
-                              run_runtime(ctx, arch, backend, calibration, seed, config_id)))
+        units.append(ctx.unit(config_id, fields, "runtime",
+                              {"arch": arch, "backend": backend, "method": method,
+                               "calibration": list(calibration), "seed": seed,
+                               "config_id": config_id},
+                              "quantization", ctx.baseline_needs(arch)))
     return units
 
 
-def run_runtime(ctx: Context, arch: str, backend: str, calibration: tuple[str, int], seed: int,
+def run_runtime(ctx: Context, arch: str, backend: str, method: str, calibration, seed: int,
                 config_id: str):
     """Quantize one FP32 checkpoint with another runtime (artifact under ``models/<config_id>``),
     evaluate it, and compare it with its FP32 predictions and with the torch twin."""
@@ -408,14 +476,12 @@ def run_runtime(ctx: Context, arch: str, backend: str, calibration: tuple[str, i
                                       threads=ctx.cfg.runtime.threads)
     predictions = ctx.predict(quantized)
     record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
-    record.update(quant_fields(quantized.quant_info))
+    record.update(quantized.quant_info.record())
     record["artifact"] = str(quantized.files[0].relative_to(ctx.run_dir))
     record.update(ctx.latency_comparison(arch, model, quantized))
-    twin = apply_quantization(model, "ptq_static", calibration_data=calibration_loader,
-                              execution="simulated", device=ctx.device, seed=seed,
-                              progress=ctx.cfg.runtime.progress)
-    record["agreement_with_simulated"] = float(
-        (ctx.predict(twin)["y_pred"].values == predictions["y_pred"].values).mean())
+    twin, _ = _quantize(ctx, model, method, {"bits": "w8a8"}, calibration, seed,
+                        execution="simulated")
+    record["agreement_with_simulated"] = _agreement(ctx, twin, predictions)
     return record, predictions, per_group
 
 
@@ -439,130 +505,89 @@ def check_same_kernels(run_dir, records, force: bool = False) -> None:
             cpu=other[0].get("cpu_capability"), other=kinds[0], this=kinds[1]))
 
 
-def quant_fields(info: dict) -> dict:
-    """The columns of a result row that come from a quantized model's ``quant_info``."""
-    keys = ("weight_bits", "act_bits", "execution", "observer", "size_mib", "fp32_size_mib",
-            "compression", "fp32_layers", "layer_bits", "activation_range", "cpu_capability",
-            "vnni")
-    fields = {key: info.get(key) for key in keys}
-    fields["cost_s"] = round(info["cost_s"], 3)
-    return fields
-
-
 # ----------------------------------------------------------------------------- mitigation
 
-def mitigation_units(ctx: Context) -> list[WorkUnit]:
-    """Each configured mitigation, plus the plain-PTQ controls it is compared with.
+def mitigation_units(ctx: Context, check: bool = True) -> list[WorkUnit]:
+    """Each configured mitigation, plus the control it is compared with.
 
-    ``bias_aware_calibration`` runs balanced and random calibration over ``calibration_draws``
-    paired draws (draw ``d`` of both uses the same seed); every other method is compared with
-    plain PTQ on random draw 0 at the same bit width.
+    A mitigation is compared with its registered control method (``MethodTraits.control``) at
+    the same bits, observer and calibration size on random calibration: draw by draw over
+    ``calibration_draws`` paired draws (draw ``d`` of every kind uses the same seed) when its
+    traits say ``paired_draws``, else on draw 0.
     """
     cfg, units = ctx.cfg, {}
     architectures = cfg.mitigation.architectures or cfg.models.architectures
     for arch in architectures:
         for name, options in methods_for(arch, cfg.mitigation.methods):
-            for unit in _mitigation_units_of(ctx, arch, name, options):
+            for unit in _mitigation_units_of(ctx, arch, name, with_run_defaults(cfg, name, options)):
                 units.setdefault(unit.config_id, unit)
-    for arch in architectures:
+    for arch in architectures if check else ():
         ctx.require_baseline(arch)
     return list(units.values())
 
 
 def _mitigation_units_of(ctx: Context, arch: str, name: str, options: dict) -> list[WorkUnit]:
-    bits = options.get("bits", "w8a8")
-    if name != "bias_aware_calibration":
-        control = _mitigation_unit(ctx, arch, "ptq_static", {"bits": bits}, "random", 0)
-        return [control, _mitigation_unit(ctx, arch, name, options, "balanced" if name ==
-                                          "fairness_aware_quantizer" else "random", 0,
-                                          compare_to=control.config_id)]
+    traits, config = method_traits(name), method_config(name, **options)
+    size = getattr(config, "calibration_size", None) or ctx.cfg.mitigation.calibration_size
+    kind = {"none": "none", "loader": "random",
+            "dataset": getattr(config, "calibration", "random")}[traits.calibration]
+    if traits.calibration == "dataset":
+        options = {**options, "calibration": kind, "calibration_size": size}
+    control_options = {"bits": config.bits, **({"observer": options["observer"]}
+                                              if "observer" in options else {})}
+    draws = range(ctx.cfg.mitigation.calibration_draws) if traits.paired_draws else [0]
     units = []
-    for draw in range(ctx.cfg.mitigation.calibration_draws):
-        control = _mitigation_unit(ctx, arch, "ptq_static", {"bits": bits}, "random", draw)
-        units += [control, _mitigation_unit(ctx, arch, name, options, "balanced", draw,
+    for draw in draws:
+        control = _mitigation_unit(ctx, arch, traits.control, control_options, "random", size,
+                                   draw, control=True)
+        units += [control, _mitigation_unit(ctx, arch, name, options, kind, size, draw,
                                             compare_to=control.config_id)]
     return units
 
 
-def _mitigation_unit(ctx: Context, arch: str, name: str, options: dict, kind: str, draw: int,
-                     compare_to: str | None = None) -> WorkUnit:
+def _mitigation_unit(ctx: Context, arch: str, name: str, options: dict, kind: str, size: int,
+                     draw: int, compare_to: str | None = None, control: bool = False) -> WorkUnit:
     cfg = ctx.cfg
-    calibration = f"{kind}-{cfg.mitigation.calibration_size}"
-    config_id = configuration_id(cfg.data.dataset, arch, name, _bits_label(name, options), options,
-                                 calibration, cfg.seed, draw)
+    calibration = calibration_label((kind, size))
+    config_id = configuration_id(cfg.data.dataset, arch, name, method_config(name, **options).bits,
+                                 options, calibration, cfg.seed, draw)
     fields = {"dataset": cfg.data.dataset, "arch": arch, "method": name,
-              "calibration": calibration, "draw": draw, "seed": cfg.seed,
+              "calibration": calibration, "calibration_kind": kind,
+              "calibration_size": 0 if kind == "none" else size, "draw": draw, "seed": cfg.seed,
               "compare_to": compare_to, "variant": _options_label(options, sep=",")}
-    return WorkUnit(config_id, fields,
-                    lambda: run_mitigation(ctx, arch, name, options, kind, draw, config_id))
+    return ctx.unit(config_id, fields, "mitigation",
+                    {"arch": arch, "name": name, "options": options, "kind": kind, "size": size,
+                     "draw": draw, "config_id": config_id, "control": control},
+                    "mitigation", ctx.baseline_needs(arch))
 
 
-def _bits_label(name: str, options: dict) -> str:
-    if name == "fairness_aware_quantizer":  # a search over registered methods, not one itself
-        weight_bits, act_bits = parse_bits(options.get("bits", "w8a8"))
-        return f"w{weight_bits}a{act_bits}"
-    return method_config(name, **options).bits
-
-
-def run_mitigation(ctx: Context, arch: str, name: str, options: dict, kind: str, draw: int,
-                   config_id: str):
-    """Run one mitigation (or its plain-PTQ control) and compare it with the FP32 predictions."""
+def run_mitigation(ctx: Context, arch: str, name: str, options: dict, kind: str, size: int,
+                   draw: int, config_id: str, control: bool = False):
+    """Run one mitigation (or its control) and compare it with the FP32 predictions."""
     model = ctx.fp32_model(arch)
-    if name == "fairness_aware_quantizer":
-        quantized, extra = _fairness_aware(ctx, model, options, draw)
-    else:
-        quantized, extra = _registered_mitigation(ctx, model, name, options, kind, draw), {}
+    quantized, draw_s = _quantize(ctx, model, name, options, (kind, size), ctx.cfg.seed, draw)
     predictions = ctx.predict(quantized)
     record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
-    record.update(quant_fields(quantized.quant_info), **extra)
-    record["epochs"] = quantized.quant_info.get("config", {}).get("epochs", 0)
-    record["model_path"] = _save_deployable(ctx, quantized, name, config_id)
+    info = quantized.quant_info
+    record.update(info.record(), calibration_cost_s=round(info.cost_s + draw_s, 3),
+                  epochs=info.config.get("epochs", 0))
+    record["model_path"] = "" if control else _save_deployable(ctx, quantized, name, config_id)
     return record, predictions, per_group
 
 
 def _save_deployable(ctx: Context, quantized, name: str, config_id: str) -> str:
     """Save a mitigated real INT8 model as TorchScript; a simulated one cannot be deployed as it
-    is (its record keeps the bit allocation that rebuilds it), and the PTQ controls are not kept."""
-    if name == "ptq_static" or quantized.quant_info["execution"] != "real_int8":
+    is (its record keeps the bit allocation that rebuilds it), and controls are not kept."""
+    if not method_traits(name).deployable or quantized.quant_info.execution != "real_int8":
         return ""
     path = ctx.run_dir / "models" / f"{config_id}.pt"
     export_torchscript(quantized, path, ctx.cfg.data.image_size)
     return str(path.relative_to(ctx.run_dir))
 
 
-def _registered_mitigation(ctx: Context, model, name: str, options: dict, kind: str, draw: int):
-    cfg, n = ctx.cfg, ctx.cfg.mitigation.calibration_size
-    seed = calibration_seed(cfg.seed, draw)
-    if name == "fairness_finetune":
-        options = {**_qat_defaults(cfg), **options}
-    if name == "bias_aware_calibration":  # draws its own subset with the same seed as the control
-        options = {"calibration": kind, "calibration_size": n, **options}
-        calibration = ctx.splits.train
-    else:
-        calibration = ctx.calibration_loader(kind, n, cfg.seed, draw)
-    available = {"device": ctx.device, "seed": seed, "progress": cfg.runtime.progress,
-                 "eval_data": ctx.loader(ctx.splits.val), "val_loader": ctx.loader(ctx.splits.val),
-                 "train_loader": ctx.loader(ctx.splits.train, shuffle=True)}
-    accepted = context_keys(name)
-    return apply_quantization(model, name, calibration_data=calibration, **options,
-                              **{k: v for k, v in available.items() if k in accepted})
-
-
-def _fairness_aware(ctx: Context, model, options: dict, draw: int):
-    """``FairnessAwareQuantizer``: constraint checked on validation data, reported on test."""
-    cfg = ctx.cfg
-    weight_bits, act_bits = parse_bits(options.get("bits", "w8a8"))
-    extra = {k: v for k, v in options.items() if k != "bits"}
-    quantizer = FairnessAwareQuantizer(
-        bit_width=weight_bits, act_bits=act_bits, max_dp_gap=cfg.mitigation.max_dp_gap,
-        sensitive_attributes=ctx.splits.train.sensitive_attrs,
-        calibration_size=cfg.mitigation.calibration_size, device=ctx.device,
-        seed=calibration_seed(cfg.seed, draw), progress=cfg.runtime.progress, **extra)
-    quantized = quantizer.quantize(model, calibration_data=ctx.splits.train,
-                                   validation_data=ctx.loader(ctx.splits.val))
-    return quantized, {"constraint_met": quantizer.constraint_met, "max_dp_gap": quantizer.max_dp_gap,
-                       "val_dp_gap": quantizer.final_dp_gap, "search_steps": len(quantizer.history),
-                       "history": quantizer.history}
+RUNNERS = {"baseline": run_baseline, "quantization": run_quantization, "runtime": run_runtime,
+           "mitigation": run_mitigation}
+"""The functions a ``WorkUnit`` can name, each ``runner(ctx, **unit.args)``."""
 
 # ----------------------------------------------------------------------------- run folder
 

@@ -4,7 +4,8 @@ Everything here works on arrays or on the per-sample prediction table
 (`sample_id, y_true, y_pred, score, <sensitive attrs>, group`). Only the notebook wrapper
 `compute_fairness_metrics` runs a model, and it imports torch lazily. Every metric is a function of
 per-group confusion counts, which is what lets the bootstrap run without loops over resamples.
-Definitions and sign conventions: docs/metrics.md.
+Definitions and sign conventions: docs/metrics.md. The array statistics underneath (resampling
+counts, intervals, TOST, swap p-values, effect sizes, Holm/BH) live in ``resampling``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import stats
+
+from resampling import _resample, _resample_by_label, _swap, bootstrap_interval, bootstrap_tost, swap_p
+from resampling import (BAD_P_VALUES, TOO_FEW_RUNS, benjamini_hochberg, cohens_d,  # noqa: F401
+                        hedges_g, holm)  # public names of this module since before the split
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +40,10 @@ METRICS = OVERALL_METRICS + ("dp_gap", "eo_gap", "eop_gap", "pe_gap", "disparate
 PAIRED_GROUP_METRICS = ("accuracy",)
 DI_THRESHOLD = 0.8  # the four-fifths rule
 COUNT_COLUMNS = ["n", "n_pos", "n_neg", "small_group"]  # per-group rows besides the rates
-REQUIRED_COLUMNS = ("sample_id", "y_true", "y_pred", "group")
+PREDICTION_COLUMNS = ("sample_id", "y_true", "y_pred", "score", "group")
+"""The fixed columns of the per-sample prediction table (evaluation.predict writes it); one column
+per sensitive attribute stands between ``score`` and ``group``."""
+REQUIRED_COLUMNS = ("sample_id", "y_true", "y_pred", "group")  # what the metrics read of it
 NOTEBOOK_NAMES = {"dp_gap": "demographic_parity", "eo_gap": "equalized_odds",
                   "eop_gap": "equal_opportunity", "pe_gap": "predictive_equality"}
 
@@ -58,12 +66,10 @@ SAMPLE_MISMATCH = ("reference covers different samples: {only_pred} sample_ids o
 LABEL_MISMATCH = ("y_true differs between pred and reference for {count} samples "
                   "(e.g. {example!r}); both tables must come from the same test set.")
 BAD_CI = "ci must be strictly between 0 and 1, got {ci!r}; e.g. 0.95 for a 95% interval."
-BAD_RESAMPLES = "n_resamples must be a positive integer, got {n!r}; e.g. 2000."
+BAD_RESAMPLES = ("n_resamples must be a positive integer, got {n!r}; e.g. 2000 "
+                 "(summarize_predictions also takes 0: point estimates only).")
 BAD_PERMUTATIONS = "n_permutations must be a positive integer or None, got {n!r}; e.g. 2000."
 BAD_MIN_GROUP_SIZE = "min_group_size must be a non-negative integer, got {n!r}; e.g. 30."
-BAD_P_VALUES = "p-values must lie in [0, 1] (NaN allowed); got {values}."
-TOO_FEW_RUNS = ("{name} has {n} finite values; effect sizes need at least 2 runs per side "
-                "(e.g. one metric value per seed).")
 UNKNOWN_ATTRIBUTE = ("sensitive attribute {attr!r} is not a metadata column; available: "
                      "{available}. Pass one of them, or a list of them for intersectional groups.")
 NO_METADATA = ("loader.dataset has no `metadata` DataFrame with a sample_id column; expected a "
@@ -317,17 +323,6 @@ def between_group_entropy_index(y_true, y_pred, *, sensitive_features, alpha=2) 
 
 # ---------------------------------------------------------------- bootstrap
 
-def _resample(counts, n_resamples, rng):
-    """Stratified bootstrap of per-group cell counts (G, C) -> (B, G, C).
-
-    Drawing a group's n rows with replacement and counting cells is exactly one multinomial draw
-    of size n over the group's cell frequencies, so resamples need no per-sample index arrays.
-    """
-    sizes = counts.sum(axis=1)
-    return np.stack([rng.multinomial(n, row / n, size=n_resamples)
-                     for n, row in zip(sizes, counts)], axis=1)
-
-
 def _keyed_frame(keys, **columns):
     groups, metrics = zip(*keys)
     return pd.DataFrame({"group": groups, "metric": metrics, **columns})
@@ -358,112 +353,6 @@ def _paired_deltas(joint, names):
     reference = cells.sum(axis=-1).reshape(joint.shape[:-1] + (4,))
     keys, new = _metric_matrix(model, names, PAIRED_GROUP_METRICS)
     return keys, new - _metric_matrix(reference, names, PAIRED_GROUP_METRICS)[1]
-
-
-def _resample_by_label(joint, n_resamples, rng):
-    """Bootstrap of joint counts (G, 8) stratified by group x label: each resample keeps every
-    group's numbers of positives and of negatives. -> (B, G, 8)."""
-    strata = joint.reshape(-1, 4)  # rows: (group, y_true); cells: (reference, model)
-    sizes = strata.sum(axis=1)
-    draws = [rng.multinomial(n, row / n, size=n_resamples) if n else
-             np.zeros((n_resamples, 4), dtype=np.int64) for n, row in zip(sizes, strata)]
-    return np.stack(draws, axis=1).reshape(n_resamples, *joint.shape)
-
-
-DISCORDANT_CELLS = (1, 2)  # within a (group, label) stratum: (ref 0, model 1), (ref 1, model 0)
-
-
-def _swap(joint, n_permutations, rng):
-    """Within-pair swap permutations of joint counts (G, 8) -> (P, G, 8).
-
-    Swapping the two models' predictions on a sample only matters where they disagree, and a
-    random swap of every sample of a (group, label) stratum leaves (ref 0, model 1) with a
-    Binomial(d, 1/2) share of its d discordant samples: the whole permutation is one binomial
-    draw per stratum, exact in distribution, with no per-sample arrays.
-    """
-    strata = joint.reshape(-1, 4)
-    discordant = strata[:, DISCORDANT_CELLS[0]] + strata[:, DISCORDANT_CELLS[1]]
-    up = rng.binomial(discordant, 0.5, size=(n_permutations, discordant.size))
-    permuted = np.broadcast_to(strata, (n_permutations, *strata.shape)).copy()
-    permuted[..., DISCORDANT_CELLS[0]] = up
-    permuted[..., DISCORDANT_CELLS[1]] = discordant - up
-    return permuted.reshape(n_permutations, *joint.shape)
-
-
-def swap_p(null, observed):
-    """Two-sided Monte Carlo permutation p = (1 + #{|d*| >= |d|}) / (1 + P) per column, over the
-    finite permuted deltas d* (the swap distribution is symmetric about 0); NaN when d is."""
-    null, observed = np.asarray(null, dtype=float), np.asarray(observed, dtype=float)
-    tolerance = 1e-12 * np.maximum(1.0, np.abs(observed))
-    with np.errstate(invalid="ignore"):
-        hits = (np.abs(null) >= np.abs(observed) - tolerance).sum(axis=0)
-    used = np.isfinite(null).sum(axis=0)
-    p = (1 + hits) / (1 + used)
-    return np.where(np.isfinite(observed) & (used > 0), np.minimum(p, 1.0), np.nan)
-
-
-def _mid_cdf(samples, values):
-    """Share of the finite samples below ``values`` plus half the share equal, per column."""
-    with np.errstate(invalid="ignore"):
-        below = (samples < values).sum(axis=0) + 0.5 * (samples == values).sum(axis=0)
-    used = np.isfinite(samples).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return below / used, used
-
-
-def _bias(samples, estimate, bias_corrected):
-    """z0 = Phi^-1(mid-share of resamples below the estimate) for a BC interval, else 0."""
-    if not bias_corrected:
-        return np.zeros(np.shape(estimate))
-    share, used = _mid_cdf(samples, estimate)
-    floor = 0.5 / np.maximum(used, 1)
-    return stats.norm.ppf(np.clip(share, floor, 1 - floor))
-
-
-def _column_quantiles(samples, q):
-    """Linear-interpolated quantile q[j] of column j over its finite values (NaN if none)."""
-    ordered = np.sort(samples, axis=0)  # NaN sort last
-    used = np.isfinite(samples).sum(axis=0)
-    position = np.clip(np.nan_to_num(q), 0, 1) * np.maximum(used - 1, 0)
-    below = np.floor(position).astype(int)
-    above = np.minimum(below + 1, np.maximum(used - 1, 0))
-    lower = np.take_along_axis(ordered, below[None], axis=0)[0]
-    upper = np.take_along_axis(ordered, above[None], axis=0)[0]
-    value = lower + (position - below) * (upper - lower)
-    return np.where((used > 0) & np.isfinite(q), value, np.nan)
-
-
-def bootstrap_interval(samples, estimate, ci, *, bias_corrected=False):
-    """Percentile bootstrap interval per column of ``samples`` (B, K); NaN where the estimate is.
-
-    ``bias_corrected``: the BC variant, percentile levels Phi(2 z0 -+ z) with z0 = Phi^-1(share
-    of resamples below the estimate). benchmarks/bench_stats.py measures both for the DP-gap
-    change; the plain percentile interval is the default because it held its coverage there
-    (BC under-covered near a zero change, where max - min is least regular).
-    """
-    z0, z = _bias(samples, estimate, bias_corrected), stats.norm.ppf((1 + ci) / 2)
-    low = _column_quantiles(samples, stats.norm.cdf(z0 * 2 - z))
-    high = _column_quantiles(samples, stats.norm.cdf(z0 * 2 + z))
-    bad = ~np.isfinite(np.asarray(estimate, dtype=float))
-    return np.where(bad, np.nan, low), np.where(bad, np.nan, high)
-
-
-def bootstrap_tost(samples, estimate, margin, *, bias_corrected=False):
-    """TOST p-value for |change| < ``margin`` read off the same bootstrap: the larger of the
-    one-sided p-values of H0 change >= margin and H0 change <= -margin, i.e. the smallest a at
-    which the (1 - 2a) interval of ``bootstrap_interval`` lies inside (-margin, margin).
-    Percentile: p = max(G(-margin), 1 - G(margin)), G the resamples' mid-CDF."""
-    z0 = _bias(samples, estimate, bias_corrected)
-    margin = np.broadcast_to(np.asarray(margin, dtype=float), np.shape(estimate))
-
-    def confidence(t):
-        share, used = _mid_cdf(samples, t)
-        floor = 0.5 / np.maximum(used, 1)
-        return stats.norm.cdf(stats.norm.ppf(np.clip(share, floor, 1 - floor)) - 2 * z0)
-
-    p = np.maximum(confidence(-margin), 1 - confidence(margin))
-    return np.where(np.isfinite(np.asarray(estimate, dtype=float)) & np.isfinite(margin), p,
-                    np.nan)
 
 
 def paired_bootstrap(y_true, y_pred, y_pred_reference, *, sensitive_features, n_resamples=2000,
@@ -542,59 +431,6 @@ def flip_rates(y_pred, y_pred_reference, *, sensitive_features) -> pd.Series:
     return _by_group(_flip_rate, labels, y_pred, y_reference)
 
 
-def _runs(name, values):
-    array = np.asarray(values, dtype=float).ravel()
-    array = array[np.isfinite(array)]
-    if array.size < 2:
-        raise ValueError(TOO_FEW_RUNS.format(name=name, n=array.size))
-    return array
-
-
-def cohens_d(a, b) -> float:
-    """Cohen's d = (mean(a) - mean(b)) / pooled SD (ddof=1) across repeated runs (seeds, draws).
-
-    Positive when `a` (e.g. the quantized runs) is larger; +-inf when both sides are constant
-    and differ, NaN when they are constant and equal.
-    """
-    a, b = _runs("a", a), _runs("b", b)
-    dof = a.size + b.size - 2
-    pooled = np.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / dof)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.float64(a.mean() - b.mean()) / pooled)
-
-
-def hedges_g(a, b) -> float:
-    """Hedges' g: Cohen's d times the exact small-sample correction
-    J = Gamma(df/2) / (sqrt(df/2) Gamma((df-1)/2)), df = len(a) + len(b) - 2."""
-    half_dof = (_runs("a", a).size + _runs("b", b).size - 2) / 2
-    correction = np.exp(special.gammaln(half_dof) - special.gammaln(half_dof - 0.5)) / np.sqrt(
-        half_dof)
-    return float(cohens_d(a, b) * correction)
-
-
-def _adjust(p_values, step):
-    p = np.asarray(p_values, dtype=float).ravel()
-    if np.any((p < 0) | (p > 1)):
-        raise ValueError(BAD_P_VALUES.format(values=p[(p < 0) | (p > 1)][:5].tolist()))
-    adjusted = np.full_like(p, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    ranks = np.arange(1, order.size + 1)
-    adjusted[order] = np.minimum(1.0, step(p[order], ranks, order.size))
-    return adjusted
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm step-down adjusted p-values (family-wise error); NaN entries pass through uncounted."""
-    return _adjust(p_values, lambda p, rank, m: np.maximum.accumulate((m - rank + 1) * p))
-
-
-def benjamini_hochberg(p_values) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (false discovery rate); NaN entries pass through."""
-    return _adjust(p_values,
-                   lambda p, rank, m: np.minimum.accumulate((m / rank * p)[::-1])[::-1])
-
-
 # ---------------------------------------------------------------- prediction tables
 
 def _check_table(table, name):
@@ -645,6 +481,40 @@ def _di_flag(disparate_impact):
     return None if np.isnan(disparate_impact) else bool(disparate_impact < DI_THRESHOLD)
 
 
+def point_estimates(y_true, y_pred, *, sensitive_features, y_pred_reference=None) -> pd.DataFrame:
+    """Every metric, gap and per-group rate without resampling: columns group, metric, estimate
+    (the rows of ``bootstrap_ci``); with ``y_pred_reference`` the changes model - reference
+    instead (columns group, metric, delta: the rows of ``paired_bootstrap``)."""
+    y_true, y_pred, names, codes = _prepare(y_true, y_pred, sensitive_features)
+    if y_pred_reference is None:
+        counts = _cell_counts(codes, len(names), y_true, y_pred)
+        keys, estimate = _metric_matrix(counts, names, GROUP_RATES)
+        return _keyed_frame(keys, estimate=estimate)
+    y_reference = _binary("y_pred_reference", y_pred_reference, len(y_true))
+    keys, delta = _paired_deltas(_cell_counts(codes, len(names), y_true, y_reference, y_pred), names)
+    return _keyed_frame(keys, delta=delta)
+
+
+INTERVAL_SUFFIXES = {"estimate": "", "low": "_low", "high": "_high"}
+POINT_SUFFIXES = {"estimate": ""}
+
+
+def _paired_rows(y_true, y_pred, y_reference, labels, options, margins):
+    """Long rows of the changes against the reference: delta_m (+ _low/_high/_p and
+    _p_equivalent with resamples), flip_rate, and mcnemar_p with resamples."""
+    flips = _series_rows(flip_rates(y_pred, y_reference, sensitive_features=labels), "flip_rate")
+    if not options["n_resamples"]:
+        paired = point_estimates(y_true, y_pred, sensitive_features=labels,
+                                 y_pred_reference=y_reference)
+        return [_stat_rows(paired, {"delta": ""}, prefix="delta_"), flips]
+    paired = paired_bootstrap(y_true, y_pred, y_reference, margins=margins, **options)
+    suffixes = {"delta": "", "low": "_low", "high": "_high", "p": "_p"}
+    if margins:
+        suffixes["p_equivalent"] = "_p_equivalent"
+    return [_stat_rows(paired, suffixes, prefix="delta_"), flips,
+            _series_rows(_by_group(mcnemar_exact, labels, y_true, y_pred, y_reference), "mcnemar_p")]
+
+
 def summarize_predictions(pred: pd.DataFrame, *, reference: pd.DataFrame | None = None,
                           n_resamples=2000, ci=0.95, seed=0, min_group_size=30, margins=None):
     """Every metric with bootstrap intervals from a per-sample prediction table.
@@ -657,27 +527,26 @@ def summarize_predictions(pred: pd.DataFrame, *, reference: pd.DataFrame | None 
     per_group -- long DataFrame (group, metric, value): n, n_pos, n_neg, accuracy,
     selection_rate, tpr, fpr (each rate with _low/_high), small_group (1/0); with a reference
     also delta_accuracy (+ _low/_high/_p), flip_rate and mcnemar_p.
+
+    ``n_resamples=0``: point estimates only, no resampling: the same keys without any
+    ``_low``/``_high``/``_p``/``_p_equivalent`` and without ``mcnemar_p`` (the sweep records these;
+    the analysis computes the intervals and tests once, from the prediction tables).
     """
     _check_table(pred, "pred")
+    if n_resamples != 0:
+        _check_bootstrap_args(n_resamples, ci)
     y_reference = None if reference is None else _aligned_reference(pred, reference)
     y_true, y_pred = pred["y_true"].to_numpy(), pred["y_pred"].to_numpy()
     labels = intersectional_labels(pred["group"])
     table = group_table(y_true, y_pred, sensitive_features=labels, min_group_size=min_group_size)
     options = dict(sensitive_features=labels, n_resamples=n_resamples, ci=ci, seed=seed)
-    rows = [_stat_rows(bootstrap_ci(y_true, y_pred, **options),
-                       {"estimate": "", "low": "_low", "high": "_high"}),
+    estimates = (point_estimates(y_true, y_pred, sensitive_features=labels) if not n_resamples
+                 else bootstrap_ci(y_true, y_pred, **options))
+    rows = [_stat_rows(estimates, INTERVAL_SUFFIXES if n_resamples else POINT_SUFFIXES),
             table[COUNT_COLUMNS].astype(float).reset_index().melt(id_vars="group",
                                                                   var_name="metric")]
     if y_reference is not None:
-        paired = paired_bootstrap(y_true, y_pred, y_reference, margins=margins, **options)
-        suffixes = {"delta": "", "low": "_low", "high": "_high", "p": "_p"}
-        if margins:
-            suffixes["p_equivalent"] = "_p_equivalent"
-        rows += [_stat_rows(paired, suffixes, prefix="delta_"),
-                 _series_rows(flip_rates(y_pred, y_reference, sensitive_features=labels),
-                              "flip_rate"),
-                 _series_rows(_by_group(mcnemar_exact, labels, y_true, y_pred, y_reference),
-                              "mcnemar_p")]
+        rows += _paired_rows(y_true, y_pred, y_reference, labels, options, margins)
     rows = pd.concat(rows, ignore_index=True)
     is_overall = rows["group"] == OVERALL
     record = {metric: float(value) for metric, value in

@@ -27,7 +27,7 @@ import pandas as pd
 import fairness_metrics as fm
 import unit_stats as us
 import verdicts as vd
-from stats_tables import LOWER_BITS, SWEET_SPOT_BITS, format_number
+from stats_tables import LOWER_BITS, SWEET_SPOT_BITS, AnalysisSettings, format_number
 
 REPLICATES = 400
 """Shared test-sample bootstrap replicates behind a pooled interval's covariance term (at most
@@ -170,12 +170,7 @@ class Context:
     """What evaluating the hypotheses needs besides the comparison table."""
 
     load: Callable[[str], pd.DataFrame]
-    margins: dict
-    alpha: float = 0.05
-    ci: float = 0.95
-    n_resamples: int = 2000
-    seed: int = 0
-    min_balanced_accuracy: float = vd.DEFAULT_MIN_BALANCED_ACCURACY
+    settings: AnalysisSettings = AnalysisSettings()
     fp32_balanced_accuracy_low: dict = field(default_factory=dict)
     """(dataset, arch) -> lower bound of the FP32 model's balanced accuracy."""
 
@@ -193,7 +188,7 @@ def _evaluate(spec: Hypothesis, pairs: pd.DataFrame, context: Context) -> dict:
             "statistic": spec.statistic, "estimate": math.nan, "low": math.nan,
             "high": math.nan, "p_value": math.nan, "p_test": "", "n": 0, "verdict": vd.INCONCLUSIVE,
             "holds": "", "criteria": [], "per_architecture": [], "facts": [], "details": {},
-            "margins": {c.margin: context.margins[c.margin] for c in spec.criteria}}
+            "margins": {c.margin: context.settings.margins[c.margin] for c in spec.criteria}}
     if all(frame.empty for frame in rows.values()):
         return {**base, "reason": "no data: no " + " and no ".join(
             SELECTIONS[c.selection][0] for c in spec.criteria)}
@@ -240,12 +235,13 @@ def _usable(rows: dict, context: Context):
 
 def _above_chance(key, context: Context) -> bool:
     return vd.is_above_chance(context.fp32_balanced_accuracy_low.get(key, math.nan),
-                              context.min_balanced_accuracy)
+                              context.settings.min_balanced_accuracy)
 
 
 def _chance_reason(key, context: Context) -> str:
     low = context.fp32_balanced_accuracy_low.get(key, math.nan)
-    return f"{key[1]}: " + vd.at_chance_reason(low, context.min_balanced_accuracy, format_number)
+    threshold = context.settings.min_balanced_accuracy
+    return f"{key[1]}: " + vd.at_chance_reason(low, threshold, format_number)
 
 
 def _arch_result(spec, rows, usable, replicates, key, context) -> dict:
@@ -273,10 +269,10 @@ def _criteria(spec, rows, replicates, context, *, cluster: bool) -> list[dict]:
     verdicts, p_difference, p_equivalent = vd.holm_verdicts(
         [e.estimate for e in evidence], [e.p_difference for e in evidence],
         [e.p_equivalent for e in evidence],
-        [vd.higher_is_better(c.metric) for c in spec.criteria], alpha=context.alpha)
+        [vd.higher_is_better(c.metric) for c in spec.criteria], alpha=context.settings.alpha)
     return [{"name": c.name, "metric": c.metric, "margin_key": c.margin,
-             "margin": context.margins[c.margin], "claims": list(c.claims or []),
-             "rule": c.rule.text(context.margins, context.alpha, format_number),
+             "margin": context.settings.margins[c.margin], "claims": list(c.claims or []),
+             "rule": c.rule.text(context.settings.margins, context.settings.alpha, format_number),
              "estimate": e.estimate, "low": e.low, "high": e.high,
              "p_difference": e.p_difference, "p_difference_holm": float(d),
              "p_equivalent": e.p_equivalent, "p_equivalent_holm": float(q), "n": e.n,
@@ -287,7 +283,7 @@ def _criteria(spec, rows, replicates, context, *, cluster: bool) -> list[dict]:
 
 def _evidence(rows: pd.DataFrame, criterion: Criterion, replicates, context: Context,
               cluster: bool) -> us.Evidence:
-    margin = context.margins[criterion.margin]
+    margin = context.settings.margins[criterion.margin]
     if rows.empty:
         return us.Evidence(math.nan, math.nan, math.nan, math.nan, math.nan, 0, "", "no units")
     if len(rows) == 1:
@@ -297,7 +293,7 @@ def _evidence(rows: pd.DataFrame, criterion: Criterion, replicates, context: Con
     if single_architecture:
         clusters = None  # one architecture: its own units are the evidence
     evidence = us.pooled_interval(rows[f"delta_{criterion.metric}"].to_numpy(dtype=float),
-                                  replicates, ci=context.ci, margin=margin,
+                                  replicates, ci=context.settings.ci, margin=margin,
                                   clusters=None if clusters is None else
                                   ["/".join(map(str, k)) for k in clusters])
     if clusters is not None:
@@ -315,8 +311,8 @@ def _single(row, metric: str, margin: float, context: Context) -> us.Evidence:
                                                                context.load(row["config_id"]))
     frame = fm.paired_bootstrap(pred["y_true"].to_numpy(), pred["y_pred"].to_numpy(), reference,
                                 sensitive_features=pred["group"].to_numpy(),
-                                n_resamples=context.n_resamples, ci=context.ci,
-                                seed=context.seed, margins={metric: margin})
+                                n_resamples=context.settings.n_resamples, ci=context.settings.ci,
+                                seed=context.settings.seed, margins={metric: margin})
     r = frame.set_index(["group", "metric"]).loc[(fm.OVERALL, metric)]
     return us.Evidence(float(r["delta"]), float(r["low"]), float(r["high"]), float(r["p"]),
                        float(r["p_equivalent"]), 1, "paired comparison (swap test, "
@@ -333,7 +329,7 @@ def _replicates(rows: pd.DataFrame, metric: str, context: Context):
     no test-sampling error, so their blocks are drawn independently)."""
     if len(rows) < 2:
         return None
-    n_replicates = min(REPLICATES, context.n_resamples)
+    n_replicates = min(REPLICATES, context.settings.n_resamples)
     test_sets = np.array([hash(tuple(sorted(context.load(c)["sample_id"])))
                           for c in rows["config_id"]])
     out = np.full((n_replicates, len(rows)), np.nan)
@@ -345,7 +341,7 @@ def _replicates(rows: pd.DataFrame, metric: str, context: Context):
                  for c, r in zip(block["config_id"], block["reference_id"])]
         out[:, members] = us.shared_paired_replicates(
             first["y_true"].to_numpy(), units, first["group"].to_numpy(), metric,
-            n_resamples=n_replicates, seed=[context.seed, number])  # independent blocks
+            n_resamples=n_replicates, seed=[context.settings.seed, number])  # independent blocks
     return out
 
 
@@ -388,7 +384,8 @@ def _across(spec: Hypothesis, quantized: pd.DataFrame, context: Context) -> dict
                               f"{MIN_ARCHITECTURES} architectures with parameter counts in a "
                               "common (dataset, method, bits) cell"}
         test = us.permutation_spearman(np.log(params[cells.columns].to_numpy()), cells.to_numpy(),
-                                       n_resamples=context.n_resamples, seed=context.seed)
+                                       n_resamples=context.settings.n_resamples,
+                                       seed=context.settings.seed)
         name, sign, what = "exact permutation test of the correlation", -1, "orderings"
         details = {"per_cell_correlation": dict(zip(cells.index, test["per_row"]))}
     else:
@@ -398,13 +395,13 @@ def _across(spec: Hypothesis, quantized: pd.DataFrame, context: Context) -> dict
             return {"reason": "no data: needs quantized-vs-FP32 DP-gap changes of at least one "
                               "transformer and two CNNs in a common (dataset, method, bits) cell"}
         test = us.permutation_family_difference(cells.to_numpy(), member,
-                                                n_resamples=context.n_resamples,
-                                                seed=context.seed)
+                                                n_resamples=context.settings.n_resamples,
+                                                seed=context.settings.seed)
         name, sign, what = "exact permutation test of the transformer label", None, "labellings"
         details = {"transformers": list(cells.columns[member]),
                    "cnns": list(cells.columns[~member])}
     verdict = vd.permutation_verdict(test["statistic"], test["p_value"], test["min_p"],
-                                     alpha=context.alpha, claimed_sign=sign)
+                                     alpha=context.settings.alpha, claimed_sign=sign)
     n = cells.shape[1]
     details.update(architectures=list(cells.columns), n_cells=int(cells.shape[0]),
                    n_orderings=test["n_orderings"], exact=test["exact"],
@@ -412,9 +409,9 @@ def _across(spec: Hypothesis, quantized: pd.DataFrame, context: Context) -> dict
                    limitation=f"With {n} architectures the test has {test['n_orderings']} "
                               f"{what}, so its p-value cannot go below "
                               f"{test['min_p_fraction']} (= {format_number(test['min_p'])}).")
-    if not test["min_p"] <= context.alpha:
-        reason = vd.p_floor_reason(name, test["min_p_fraction"], test["min_p"], context.alpha,
-                                   format_number)
+    if not test["min_p"] <= context.settings.alpha:
+        reason = vd.p_floor_reason(name, test["min_p_fraction"], test["min_p"],
+                                   context.settings.alpha, format_number)
     else:
         reason = (f"{name}: p = {format_number(test['p_value'])} "
                   f"(p-floor {test['min_p_fraction']}), statistic "

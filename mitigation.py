@@ -25,7 +25,6 @@ constraint. The phase helpers are ``calibration_draws`` (paired balanced/random 
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping, Sequence
@@ -48,6 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BiasAwareCalibrationConfig",
     "CALIBRATION_KINDS",
+    "FairnessAwareConfig",
     "FairnessAwareQuantizer",
     "FairnessFinetuneConfig",
     "MixedPrecisionConfig",
@@ -436,7 +436,9 @@ class BiasAwareCalibrationConfig(PTQStaticConfig):
         _require_choice("calibration", self.calibration, CALIBRATION_KINDS)
 
 
-@register_method("bias_aware_calibration", BiasAwareCalibrationConfig)
+@register_method("bias_aware_calibration", BiasAwareCalibrationConfig,
+                 traits=quantization.MethodTraits(calibration="dataset", deployable=True, control="ptq_static",
+                                                  paired_draws=True))
 def _bias_aware_calibration(model, config, calibration_data, *, device="cpu", seed=0, progress=False, **_):
     loader = _calibration_loader(calibration_data, config.calibration, config.calibration_size, seed,
                                  config.batch_size)
@@ -495,7 +497,8 @@ class MixedPrecisionConfig(PTQStaticConfig):
         return (self.bit_choices[0] + self.bit_choices[-1]) / 2
 
 
-@register_method("mixed_precision", MixedPrecisionConfig, context_keys=("eval_data",))
+@register_method("mixed_precision", MixedPrecisionConfig, context_keys=("eval_data",),
+                 traits=quantization.MethodTraits(layer_search=True, deployable=True, control="ptq_static"))
 def _mixed_precision(model, config, calibration_data, *, eval_data=None, device="cpu", seed=0, progress=False, **_):
     layers = quantizable_layers(model)
     fp32_layers = [*config.fp32_layers, *(layers[-1:] if config.fp32_head else [])]
@@ -534,7 +537,8 @@ class SensitiveLayerPreservationConfig(PTQStaticConfig):
             raise ValueError(f"preserve_count={self.preserve_count} must be >= 0.")
 
 
-@register_method("sensitive_layer_preservation", SensitiveLayerPreservationConfig, context_keys=("eval_data",))
+@register_method("sensitive_layer_preservation", SensitiveLayerPreservationConfig, context_keys=("eval_data",),
+                 traits=quantization.MethodTraits(layer_search=True, deployable=True, control="ptq_static"))
 def _sensitive_layer_preservation(model, config, calibration_data, *, eval_data=None, device="cpu", seed=0,
                                   progress=False, **_):
     candidates = [layer for layer in quantizable_layers(model)
@@ -560,7 +564,8 @@ class FairnessFinetuneConfig(QATConfig):
         fairness_loss_hook(self.penalty, self.lam)  # validates both
 
 
-@register_method("fairness_finetune", FairnessFinetuneConfig, context_keys=("train_loader", "val_loader"))
+@register_method("fairness_finetune", FairnessFinetuneConfig, context_keys=("train_loader", "val_loader"),
+                 traits=quantization.MethodTraits(calibration="none", deployable=True, control="ptq_static"))
 def _fairness_finetune(model, config, calibration_data, *, train_loader=None, val_loader=None, device="auto", seed=0,
                        progress=True, **_):
     return apply_quantization(model, "qat", calibration_data=calibration_data, train_loader=train_loader,
@@ -583,83 +588,94 @@ def _precision_ladder(ranked: Sequence[str], bit_width: int):
                    [name for name, b in bits.items() if b == quantization.FLOAT_BITS])
 
 
-class FairnessAwareQuantizer:
-    """Static PTQ with balanced calibration that raises precision until a DP-gap constraint holds.
+@dataclass(frozen=True)
+class FairnessAwareConfig(PTQStaticConfig):
+    """Static PTQ with `calibration` calibration ('balanced' by default) that raises precision until
+    the DP gap (max - min selection rate over the intersectional groups of `sensitive_attributes`;
+    empty: the dataset's) is at most `max_dp_gap` on the validation data: the layers ranked by
+    `layer_sensitivity` under `criterion` are raised one step at a time, most sensitive first, to
+    8 bits, then to FP32, until the constraint holds or every layer is FP32 (then the lowest-gap
+    model is returned and `constraint_met` is False). `fairness_constraint=False` only calibrates."""
+    max_dp_gap: float = 0.01
+    criterion: str = "dp_gap"
+    calibration: str = "balanced"
+    calibration_size: int | None = None
+    sensitive_attributes: tuple = ()
+    fairness_constraint: bool = True
 
-    `quantize` calibrates on a group-balanced subset of `calibration_data` (`calibration_size`
-    samples; None: 512, or all of a smaller set) at `bit_width` weights
-    (`act_bits` activations) and measures the DP gap (max - min selection rate over the
-    intersectional groups of `sensitive_attributes`, via fairness_metrics) on `validation_data`
-    (without it, on the calibration data, which `gap_measured_on` records). While the gap exceeds
-    `max_dp_gap`, the layers ranked by `layer_sensitivity` under `criterion` (default 'dp_gap') are
-    raised one step at a time, most sensitive first: to 8 bits, then to FP32, until the constraint
-    holds or every layer is FP32. After `quantize`: `history` (one dict per step: change, dp_gap,
-    accuracy, worst_group_loss, size_mib, layer_bits, fp32_layers), `final_dp_gap`,
-    `constraint_met` (False comes with a logged warning; the lowest-gap model is then returned),
-    `fp32_metrics` (the FP32 model on the same data) and `model`. Report on test data with
-    `evaluate(test_data)`.
-    """
+    def __post_init__(self):
+        super().__post_init__()
+        _require_choice("calibration", self.calibration, CALIBRATION_KINDS)
+        _require_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
+        if not (isinstance(self.max_dp_gap, (int, float)) and 0 <= self.max_dp_gap <= 1):
+            raise ValueError(f"max_dp_gap={self.max_dp_gap!r} must be a number in [0, 1] (a DP gap), e.g. 0.05.")
 
-    def __init__(self, bit_width: int = 8, max_dp_gap: float = 0.01,
-                 sensitive_attributes: Sequence[str] | None = ("gender", "age"), *, act_bits: int = 8,
-                 calibration_size: int | None = None, calibration: str = "balanced", criterion: str = "dp_gap",
-                 observer: str = "histogram", device="auto", seed: int = 0, progress: bool = True):
-        quantization.method_config("ptq_static", weight_bits=bit_width, act_bits=act_bits, observer=observer)
-        _require_choice("calibration", calibration, CALIBRATION_KINDS)
-        _require_choice("criterion", criterion, SENSITIVITY_CRITERIA)
-        if not (isinstance(max_dp_gap, (int, float)) and 0 <= max_dp_gap <= 1):
-            raise ValueError(f"max_dp_gap={max_dp_gap!r} must be a number in [0, 1] (a DP gap), e.g. 0.05.")
-        self.bit_width, self.act_bits, self.max_dp_gap = bit_width, act_bits, float(max_dp_gap)
-        self.sensitive_attributes = list(sensitive_attributes or [])
-        self.calibration_size, self.calibration, self.criterion = calibration_size, calibration, criterion
-        self.observer, self.device, self.seed, self.progress = observer, device, seed, progress
+
+@register_method("fairness_aware_quantizer", FairnessAwareConfig, context_keys=("val_loader",),
+                 traits=quantization.MethodTraits(calibration="dataset", layer_search=True, deployable=True,
+                                                  control="ptq_static"))
+def _fairness_aware(model, config, calibration_data, *, val_loader=None, device="cpu", seed=0, progress=False, **_):
+    return _FairnessSearch(config, device, seed, progress).run(model, calibration_data, val_loader)
+
+
+class _FairnessSearch:
+    """One run of the fairness-aware precision search (see `FairnessAwareConfig`)."""
+
+    def __init__(self, config: FairnessAwareConfig, device, seed: int, progress: bool):
+        self.config, self.device, self.seed, self.progress = config, device, seed, progress
         self.history: list[dict] = []
-        self.final_dp_gap = self.constraint_met = self.model = self.fp32_metrics = self.gap_measured_on = None
 
-    def quantize(self, model: nn.Module, calibration_data, fairness_constraint: bool = True,
-                 validation_data=None) -> nn.Module:
-        """The quantized model (see the class docstring); the weights of `model` are not modified."""
-        start = time.perf_counter()
+    def run(self, model: nn.Module, calibration_data, validation_data) -> nn.Module:
+        config = self.config
         dataset = _face_dataset(calibration_data, "calibration_data")
-        _check_attributes(self.sensitive_attributes, dataset.sensitive_attrs)
+        self.attributes = list(config.sensitive_attributes or dataset.sensitive_attrs)
+        _check_attributes(self.attributes, dataset.sensitive_attrs)
         if validation_data is None:
             logger.warning("FairnessAwareQuantizer: no validation_data; the DP gap constraint is checked on the "
                            "calibration data (optimistic). Pass validation_data for an honest check.")
-        self.gap_measured_on = "calibration" if validation_data is None else "validation"
+        measured_on = "calibration" if validation_data is None else "validation"
         check_loader = _as_loader(calibration_data if validation_data is None else validation_data, "validation_data")
-        calibration_loader = _calibration_loader(calibration_data, self.calibration, self.calibration_size,
+        calibration_loader = _calibration_loader(calibration_data, config.calibration, config.calibration_size,
                                                  self.seed, batch_size=64)
-        self.fp32_metrics = evaluate_groups(model, check_loader, self.sensitive_attributes, device=self.device)
-        self.history = []
-        best = current = self._step(model, calibration_loader, check_loader, "initial: balanced calibration", {}, [])
-        if fairness_constraint and not self._meets(current):
-            ranked = rank_layers(self._sensitivity(model, calibration_loader, check_loader), self.criterion)
-            for change, layer_bits, fp32_layers in _precision_ladder(ranked, self.bit_width):
+        fp32_metrics = evaluate_groups(model, check_loader, self.attributes, device=self.device)
+        best = current = self._step(model, calibration_loader, check_loader, f"initial: {config.calibration} calibration",
+                                    {}, [])
+        if config.fairness_constraint and not self._meets(current):
+            ranked = rank_layers(self._sensitivity(model, calibration_loader, check_loader), config.criterion)
+            for change, layer_bits, fp32_layers in _precision_ladder(ranked, config.weight_bits):
                 current = self._step(model, calibration_loader, check_loader, change, layer_bits, fp32_layers)
-                best = min(best, current, key=lambda quantized: quantized.quant_info["dp_gap"])
+                best = min(best, current, key=lambda quantized: quantized.quant_info["val_dp_gap"])
                 if self._meets(current):
                     break
-        self.constraint_met = self._meets(current) if fairness_constraint else None
-        self.model = current if self.constraint_met is not False else best
-        self._finish(len(calibration_loader.dataset), time.perf_counter() - start)
-        return self.model
+        met = self._meets(current) if config.fairness_constraint else None
+        chosen = current if met is not False else best
+        if met is False:
+            logger.warning(
+                "FairnessAwareQuantizer: DP gap <= %.4f cannot be met on the %s data: every layer was raised to FP32 "
+                "(FP32 model gap %.4f); returning the lowest-gap model found (gap %.4f).", config.max_dp_gap,
+                measured_on, fp32_metrics["dp_gap"], chosen.quant_info["val_dp_gap"])
+        chosen.quant_info = chosen.quant_info.replace(
+            calibration=f"{config.calibration}-{len(calibration_loader.dataset)}", max_dp_gap=config.max_dp_gap,
+            constraint_met=met, gap_measured_on=measured_on, fp32_dp_gap=fp32_metrics["dp_gap"], search_steps=len(self.history), history=self.history)
+        return chosen
 
     def _meets(self, quantized: nn.Module) -> bool:
-        return quantized.quant_info["dp_gap"] <= self.max_dp_gap + 1e-12
+        return quantized.quant_info["val_dp_gap"] <= self.config.max_dp_gap + 1e-12
 
     def _sensitivity(self, model, calibration_loader, check_loader) -> pd.DataFrame:
-        return layer_sensitivity(model, None, self.bit_width, calibration_loader, check_loader,
-                                 sensitive_attributes=self.sensitive_attributes, act_bits=self.act_bits,
-                                 observer=self.observer, device=self.device, progress=self.progress)
+        return layer_sensitivity(model, None, self.config.weight_bits, calibration_loader, check_loader,
+                                 sensitive_attributes=self.attributes, act_bits=self.config.act_bits,
+                                 observer=self.config.observer, device=self.device, progress=self.progress)
 
     def _step(self, model, calibration_loader, check_loader, change: str, layer_bits: dict, fp32_layers: list):
         """Quantize with this precision, measure it on the check data and append it to `history`."""
+        config = self.config
         quantized = apply_quantization(model, "ptq_static", calibration_data=calibration_loader,
-                                       weight_bits=self.bit_width, act_bits=self.act_bits, observer=self.observer,
-                                       layer_bits=layer_bits, fp32_layers=fp32_layers, device=self.device,
-                                       seed=self.seed, progress=False)
-        metrics = evaluate_groups(quantized, check_loader, self.sensitive_attributes, device=self.device)
-        quantized.quant_info["dp_gap"] = metrics["dp_gap"]
+                                       weight_bits=config.weight_bits, act_bits=config.act_bits,
+                                       observer=config.observer, layer_bits=layer_bits, fp32_layers=fp32_layers,
+                                       device=self.device, seed=self.seed, progress=False)
+        metrics = evaluate_groups(quantized, check_loader, self.attributes, device=self.device)
+        quantized.quant_info = quantized.quant_info.replace(val_dp_gap=metrics["dp_gap"])
         self.history.append({"step": len(self.history), "change": change, "dp_gap": metrics["dp_gap"],
                              "accuracy": metrics["accuracy"], "worst_group_loss": metrics["worst_group_loss"],
                              "size_mib": quantized.quant_info["size_mib"], "layer_bits": dict(layer_bits),
@@ -669,17 +685,45 @@ class FairnessAwareQuantizer:
                     quantized.quant_info["size_mib"])
         return quantized
 
-    def _finish(self, calibration_size: int, cost_s: float) -> None:
-        self.final_dp_gap = self.model.quant_info["dp_gap"]
-        if self.constraint_met is False:
-            logger.warning(
-                "FairnessAwareQuantizer: DP gap <= %.4f cannot be met on the %s data: every layer was raised to FP32 "
-                "(FP32 model gap %.4f); returning the lowest-gap model found (gap %.4f).", self.max_dp_gap,
-                self.gap_measured_on, self.fp32_metrics["dp_gap"], self.final_dp_gap)
-        self.model.quant_info.update(
-            method="fairness_aware", calibration=f"{self.calibration}-{calibration_size}", max_dp_gap=self.max_dp_gap,
-            constraint_met=self.constraint_met, gap_measured_on=self.gap_measured_on, steps=len(self.history),
-            cost_s=cost_s)
+
+class FairnessAwareQuantizer:
+    """Notebook wrapper of the registered method ``fairness_aware_quantizer`` (``FairnessAwareConfig``).
+
+    `quantize` calibrates on a `calibration` (default group-balanced) subset of `calibration_data`
+    (`calibration_size` samples; None: 512, or all of a smaller set) at `bit_width` weights
+    (`act_bits` activations) and raises precision until the DP gap on `validation_data` (without it,
+    on the calibration data, which `gap_measured_on` records) is at most `max_dp_gap`. After
+    `quantize`: `history` (one dict per step: change, dp_gap, accuracy, worst_group_loss, size_mib,
+    layer_bits, fp32_layers), `final_dp_gap`, `constraint_met` (False comes with a logged warning; the
+    lowest-gap model is then returned), `fp32_metrics` (the FP32 model on the same data) and `model`.
+    Report on test data with `evaluate(test_data)`.
+    """
+
+    def __init__(self, bit_width: int = 8, max_dp_gap: float = 0.01,
+                 sensitive_attributes: Sequence[str] | None = ("gender", "age"), *, act_bits: int = 8,
+                 calibration_size: int | None = None, calibration: str = "balanced", criterion: str = "dp_gap",
+                 observer: str = "histogram", device="auto", seed: int = 0, progress: bool = True):
+        self.config = FairnessAwareConfig(
+            weight_bits=bit_width, act_bits=act_bits, observer=observer, max_dp_gap=max_dp_gap,
+            criterion=criterion, calibration=calibration, calibration_size=calibration_size,
+            sensitive_attributes=tuple(sensitive_attributes or ()))
+        self.max_dp_gap, self.sensitive_attributes = float(max_dp_gap), list(sensitive_attributes or [])
+        self.device, self.seed, self.progress = device, seed, progress
+        self.history: list[dict] = []
+        self.final_dp_gap = self.constraint_met = self.model = self.fp32_metrics = self.gap_measured_on = None
+
+    def quantize(self, model: nn.Module, calibration_data, fairness_constraint: bool = True,
+                 validation_data=None) -> nn.Module:
+        """The quantized model (see the class docstring); the weights of `model` are not modified."""
+        self.model = apply_quantization(model, self.config, calibration_data=calibration_data,
+                                        fairness_constraint=fairness_constraint, val_loader=validation_data,
+                                        device=self.device, seed=self.seed, progress=self.progress)
+        info = self.model.quant_info
+        self.history, self.constraint_met = info["history"], info["constraint_met"]
+        self.final_dp_gap, self.gap_measured_on = info["val_dp_gap"], info["gap_measured_on"]
+        check = calibration_data if validation_data is None else validation_data
+        self.fp32_metrics = evaluate_groups(model, check, self.sensitive_attributes, device=self.device)
+        return self.model
 
     def evaluate(self, test_data) -> dict:
         """`evaluate_groups` of the quantized model on `test_data`, with its size_mib and constraint_met."""

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import re
@@ -112,10 +113,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ACTIVATION_RANGES", "DynamicConfig", "PTQStaticConfig", "PercentileObserver", "QATConfig",
-    "QuantConfig", "SHORT_NAMES", "apply_quantization", "calibrate",
+    "MethodTraits", "QuantConfig", "QuantInfo", "SHORT_NAMES", "apply_quantization", "calibrate",
     "context_keys", "convert_quantized",
     "default_activation_range", "describe_quantized", "kernel_capability", "latency_report",
-    "layer_bit_widths", "list_methods", "method_config", "packed_size_mib", "parse_bits",
+    "layer_bit_widths", "list_methods", "method_config", "method_traits", "packed_size_mib", "parse_bits",
     "prediction_agreement", "prepare_quantization", "qconfig_mapping", "quantizable_layers",
     "register_method", "resolve_method", "traced_and_frozen", "weight_levels",
 ]
@@ -166,8 +167,22 @@ def _check_choice(name: str, value, choices: Sequence, owner: str) -> None:
                          f"{', '.join(map(str, choices))}")
 
 
+BITS_AND_WIDTHS = "give either bits='w<W>a<A>' or weight_bits/act_bits, not both"
+
+
+class _TakesBits(type):
+    """Lets every config take ``bits='w4a8'`` in place of ``weight_bits``/``act_bits``."""
+
+    def __call__(cls, *args, bits=None, **options):
+        if bits is not None:
+            if {"weight_bits", "act_bits"} & options.keys():
+                raise ValueError(BITS_AND_WIDTHS)
+            options["weight_bits"], options["act_bits"] = parse_bits(bits)
+        return super().__call__(*args, **options)
+
+
 @dataclass(frozen=True)
-class QuantConfig:
+class QuantConfig(metaclass=_TakesBits):
     """Base of every method config: bit widths, validation and a dict/JSON round trip.
 
     Fields whose metadata has ``mapping=True`` are stored as sorted ``(key, value)`` tuples (so
@@ -297,14 +312,9 @@ class DynamicConfig(QuantConfig):
 
 
 def _build_config(config_cls: type, options: Mapping, method: str) -> QuantConfig:
-    options = dict(options)
-    if "bits" in options:
-        if {"weight_bits", "act_bits"} & options.keys():
-            raise ValueError("give either bits='w<W>a<A>' or weight_bits/act_bits, not both")
-        options["weight_bits"], options["act_bits"] = parse_bits(options.pop("bits"))
     valid = [item.name for item in fields(config_cls)]
     for name in options:
-        if name not in valid:
+        if name not in valid + ["bits"]:
             raise ValueError(f"unknown option {name!r} for method {method!r}; valid options: "
                              f"{', '.join(valid + ['bits'])}")
     return config_cls(**options)
@@ -321,6 +331,38 @@ SHORT_NAMES: dict[str, tuple[str, dict]] = {
     "bias_aware": ("bias_aware_calibration", {"bits": "w8a8"}),
 }
 _BASE_CONTEXT = frozenset({"device", "seed", "progress"})
+UNREGISTERED_CONFIG = ("{cls} is not the config of a registered method; registered: {known}. "
+                       "Register it with quantization.register_method(name, {cls})")
+
+
+CALIBRATION_NEEDS = ("none", "loader", "dataset")
+
+
+@dataclass(frozen=True)
+class MethodTraits:
+    """What a sweep must know about a method to run it, so that it never branches on names.
+
+    ``calibration``: ``'none'`` (calibration_data unused), ``'loader'`` (the sweep draws a
+    subset and passes a loader of it) or ``'dataset'`` (the method draws its own subset of the
+    training split, e.g. a balanced one; the config's ``calibration`` field names the kind).
+    ``twin``: a real INT8 result can be rebuilt with ``execution='simulated'`` to check that
+    the integer kernels compute what the quantizer meant. ``runtime_counterpart``: other
+    runtimes (ONNX Runtime, OpenVINO) build their INT8 model beside this method's plain w8a8
+    configuration. ``layer_search``: quantizes once per layer (costly). ``deployable``: a real
+    INT8 result is saved as TorchScript. ``control``: the method a mitigation is compared with
+    (None: it is not a mitigation); ``paired_draws``: compared with its control draw by draw
+    over ``calibration_draws`` calibration draws, else on draw 0 only.
+    """
+    calibration: str = "loader"
+    twin: bool = False
+    runtime_counterpart: bool = False
+    layer_search: bool = False
+    deployable: bool = False
+    control: str | None = None
+    paired_draws: bool = False
+
+    def __post_init__(self):
+        _check_choice("calibration", self.calibration, CALIBRATION_NEEDS, "MethodTraits")
 
 
 @dataclass(frozen=True)
@@ -328,17 +370,21 @@ class _Method:
     config_cls: type
     handler: Callable[..., nn.Module]
     context_keys: frozenset
+    traits: MethodTraits
 
 
 _METHODS: dict[str, _Method] = {}
 
 
 def register_method(name: str, config_cls: type, handler: Callable | None = None, *,
-                    context_keys: Iterable[str] = (), overwrite: bool = False):
+                    context_keys: Iterable[str] = (), traits: MethodTraits | None = None,
+                    overwrite: bool = False):
     """Register ``handler(model, config, calibration_data, **context) -> nn.Module`` as ``name``.
 
     Use as a decorator (``@register_method(name, Config)``) or call with ``handler``.
-    ``context_keys`` are the extra non-config arguments the handler accepts (e.g. loaders).
+    ``context_keys`` are the extra non-config arguments the handler accepts (e.g. loaders; a
+    sweep hands over ``train_loader``, ``val_loader`` and ``eval_data``, the validation loader);
+    ``traits`` (``MethodTraits``) tell a sweep how to run it.
     """
     if not (isinstance(config_cls, type) and issubclass(config_cls, QuantConfig)):
         raise TypeError(f"config_cls for {name!r} must be a QuantConfig subclass, got "
@@ -348,10 +394,25 @@ def register_method(name: str, config_cls: type, handler: Callable | None = None
         if name in _METHODS and not overwrite:
             raise ValueError(f"quantization method {name!r} is already registered; pick another "
                              "name or pass overwrite=True")
-        _METHODS[name] = _Method(config_cls, function, frozenset(context_keys))
+        _METHODS[name] = _Method(config_cls, function, frozenset(context_keys),
+                                 traits or MethodTraits())
         return function
 
     return register if handler is None else register(handler)
+
+
+def method_traits(method: str) -> MethodTraits:
+    """The ``MethodTraits`` of a registered (or short) method name."""
+    return _lookup(resolve_method(method)[0]).traits
+
+
+def config_name(config: QuantConfig) -> str:
+    """The registered name of a config instance's method (the first registered for its class)."""
+    for name, spec in _METHODS.items():
+        if type(config) is spec.config_cls:
+            return name
+    raise ValueError(UNREGISTERED_CONFIG.format(cls=type(config).__name__,
+                                                known=", ".join(sorted(_METHODS))))
 
 
 def list_methods() -> list[str]:
@@ -420,11 +481,12 @@ def _isolated_torch_state(threads: int | None = None):
         torch.set_num_threads(num_threads)
 
 
-def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: int = 8,
-                       calibration_data=None, **options) -> nn.Module:
+def apply_quantization(model: nn.Module, method: str | QuantConfig = "ptq_static",
+                       bit_width: int = 8, calibration_data=None, **options) -> nn.Module:
     """Return a quantized copy of ``model``; ``model`` and global torch state are left unchanged.
 
-    ``method`` is a registry name (``list_methods()``) or a short name (``SHORT_NAMES``).
+    ``method`` is a registry name (``list_methods()``), a short name (``SHORT_NAMES``) or a
+    method's config instance (``PTQStaticConfig(bits="w4a8")``; other options override it).
     ``bit_width=k`` (an int from 2 to 8) puts weights at ``k`` bits and activations at ``k``
     bits where the method supports them, else at 8 (``ptq_static``: 4-8 bit activations), unless
     ``bits='w4a8'`` or ``weight_bits``/``act_bits`` are given (short names fix their own bits).
@@ -441,6 +503,8 @@ def apply_quantization(model: nn.Module, method: str = "ptq_static", bit_width: 
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(method, QuantConfig):
+        method, options = config_name(method), {**method.to_dict(), **options}
     name, options = resolve_method(method, options)
     spec = _lookup(name)
     accepted = context_keys(name)
@@ -476,20 +540,77 @@ def _bit_width_options(bit_width, config_cls: type) -> dict:
 
 
 def _full_info(quantized: nn.Module, original: nn.Module, name: str, config: QuantConfig,
-               cost_s: float) -> dict:
-    info = dict(getattr(quantized, "quant_info", None) or describe_quantized(quantized))
+               cost_s: float) -> "QuantInfo":
+    info = getattr(quantized, "quant_info", None) or describe_quantized(quantized)
     if info["execution"] == "real_int8":
         size = evaluation.model_size_mib(quantized)
     else:
         size = packed_size_mib(quantized, weight_bits=FLOAT_BITS, layer_bits=info["layer_bits"])
     fp32_size = evaluation.model_size_mib(original)
-    return {"method": name, "weight_bits": config.weight_bits, "act_bits": config.act_bits,
-            "execution": info["execution"], "observer": getattr(config, "observer", None),
-            "size_mib": size, "fp32_size_mib": fp32_size, "compression": fp32_size / size,
-            "cost_s": cost_s, "fp32_layers": info["fp32_layers"],
-            "layer_bits": info["layer_bits"], "float_ops": info.get("float_ops"),
-            "activation_range": _activation_range(config),
-            **kernel_capability(), "config": config.to_dict()}
+    return QuantInfo(method=name, weight_bits=config.weight_bits, act_bits=config.act_bits,
+                     execution=info["execution"], observer=getattr(config, "observer", None),
+                     size_mib=size, fp32_size_mib=fp32_size, compression=fp32_size / size,
+                     cost_s=cost_s, fp32_layers=list(info["fp32_layers"]),
+                     layer_bits=dict(info["layer_bits"]), float_ops=info.get("float_ops"),
+                     activation_range=_activation_range(config), config=config.to_dict(),
+                     extra=dict(info.get("extra") or {}), **kernel_capability())
+
+
+@dataclass(frozen=True)
+class QuantInfo:
+    """What a quantized model is, read back from it: ``model.quant_info``.
+
+    ``extra`` holds a method's own facts for its result row (e.g. the FairnessAwareQuantizer's
+    ``constraint_met``); ``record()`` is the row's quantization columns. Read it as attributes
+    or, like the dict it replaces, by key; change it with ``replace``.
+    """
+    method: str
+    weight_bits: int
+    act_bits: int
+    execution: str
+    size_mib: float
+    fp32_size_mib: float
+    compression: float
+    cost_s: float
+    observer: str | None = None
+    fp32_layers: list = field(default_factory=list)
+    layer_bits: dict = field(default_factory=dict)
+    float_ops: list | None = None
+    activation_range: str | None = None
+    cpu_capability: str | None = None
+    vnni: bool | None = None
+    config: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    RECORD_KEYS: ClassVar[tuple[str, ...]] = (
+        "weight_bits", "act_bits", "execution", "observer", "size_mib", "fp32_size_mib",
+        "compression", "fp32_layers", "layer_bits", "activation_range", "cpu_capability", "vnni")
+
+    def __getitem__(self, key: str):
+        if key in self.extra:
+            return self.extra[key]
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def replace(self, **changes) -> "QuantInfo":
+        """A copy with ``changes``; keys that are not fields go to ``extra``."""
+        names = {item.name for item in fields(self)}
+        extra = {**self.extra, **{k: v for k, v in changes.items() if k not in names}}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in names},
+                                   extra=extra)
+
+    def record(self) -> dict:
+        """The columns of a result row that come from the quantized model."""
+        return {**{key: getattr(self, key) for key in self.RECORD_KEYS},
+                "cost_s": round(self.cost_s, 3), **self.extra}
 
 
 def _activation_range(config: QuantConfig) -> str | None:
@@ -987,7 +1108,8 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
 
 # --------------------------------------------------------------------------- built-in methods
 
-@register_method("ptq_static", PTQStaticConfig)
+@register_method("ptq_static", PTQStaticConfig,
+                 traits=MethodTraits(twin=True, runtime_counterpart=True, deployable=True))
 def _ptq_static(model: nn.Module, config: PTQStaticConfig, calibration_data, *, device="cpu",
                 progress: bool = False, **_) -> nn.Module:
     first, batches = _image_batches(calibration_data, "calibration_data", "ptq_static")
@@ -996,7 +1118,7 @@ def _ptq_static(model: nn.Module, config: PTQStaticConfig, calibration_data, *, 
     return convert_quantized(prepared, config.resolved_execution)
 
 
-@register_method("ptq_dynamic", DynamicConfig)
+@register_method("ptq_dynamic", DynamicConfig, traits=MethodTraits(calibration="none"))
 def _ptq_dynamic(model: nn.Module, config: DynamicConfig, calibration_data, **_) -> nn.Module:
     if calibration_data is not None:
         logger.info("ptq_dynamic quantizes activations at run time; calibration_data is unused")
@@ -1009,7 +1131,8 @@ def _ptq_dynamic(model: nn.Module, config: DynamicConfig, calibration_data, **_)
     return model
 
 
-@register_method("qat", QATConfig, context_keys=("train_loader", "val_loader", "loss_hook"))
+@register_method("qat", QATConfig, context_keys=("train_loader", "val_loader", "loss_hook"),
+                 traits=MethodTraits(calibration="none", deployable=True))
 def _qat(model: nn.Module, config: QATConfig, calibration_data, *, train_loader=None,
          val_loader=None, loss_hook=None, device="auto", seed: int = 0, progress: bool = True,
          **_) -> nn.Module:

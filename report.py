@@ -7,6 +7,7 @@ what ``stats_tables`` and ``hypotheses`` computed (the ``Analysis`` object of ``
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -213,8 +214,8 @@ def write_outputs(analysis: "Analysis", *, figures: bool = True) -> dict[str, Pa
     out = analysis.run.run_dir / "analysis"
     written = {"stats.csv": write_csv(analysis.stats, out / "stats.csv"),
                "per_group.csv": write_csv(analysis.per_group, out / "per_group.csv"),
-               "hypotheses.json": write_json({"margins": analysis.settings["margins"],
-                                              "alpha": analysis.settings["alpha"],
+               "hypotheses.json": write_json({"margins": analysis.settings.margins,
+                                              "alpha": analysis.settings.alpha,
                                               "rules": VERDICT_RULES,
                                               "hypotheses": analysis.hypotheses},
                                              out / "hypotheses.json"),
@@ -281,7 +282,7 @@ def _dp_change_table(analysis: "Analysis") -> pd.DataFrame:
     versus = analysis.pairs[analysis.pairs["comparison"] == "vs_fp32"]
     verdicts = analysis.table.set_index("config_id")["dp_verdict"] \
         if "dp_verdict" in analysis.table else None
-    frame = versus.assign(margin=analysis.settings["margins"]["dp_gap"])
+    frame = versus.assign(margin=analysis.settings.margins["dp_gap"])
     if verdicts is not None:
         frame = frame.assign(verdict=frame["config_id"].map(verdicts))
     return frame
@@ -307,7 +308,7 @@ def run_summary(analysis: "Analysis") -> dict:
             "n_configurations": len(table), "n_comparisons": len(analysis.pairs),
             "n_failed": len(analysis.failed),
             "n_without_predictions": len(analysis.without_predictions),
-            "without_predictions": analysis.without_predictions, **analysis.settings,
+            "without_predictions": analysis.without_predictions, **dataclasses.asdict(analysis.settings),
             "comparisons": COMPARISONS,
             "families": "Holm and Benjamini-Hochberg adjust the p-values of one comparison kind "
                         "and one metric together (e.g. every vs_fp32 change of dp_gap)."}
@@ -395,10 +396,10 @@ def _what_ran(analysis: "Analysis", summary: dict) -> str:
 
 def _hypotheses_section(analysis: "Analysis", table: pd.DataFrame) -> str:
     settings = analysis.settings
-    margins = ", ".join(f"{k} {format_number(v)}" for k, v in settings["margins"].items())
+    margins = ", ".join(f"{k} {format_number(v)}" for k, v in settings.margins.items())
     lines = ["## Hypotheses", "",
              "Each criterion of a hypothesis compares a change with a margin fixed before the run "
-             f"(`analysis.margins`: {margins}; alpha {format_number(settings['alpha'])}) and "
+             f"(`analysis.margins`: {margins}; alpha {format_number(settings.alpha)}) and "
              "ends in one of four verdicts, each from a test, never from a point estimate:", ""]
     lines += [f"- **{name}**: {VERDICT_RULES[name]}." for name in vd.VERDICTS]
     lines += ["", f"Holm: {VERDICT_RULES['holm']}. A hypothesis is {VERDICT_RULES['hypothesis']}. "
@@ -407,7 +408,7 @@ def _hypotheses_section(analysis: "Analysis", table: pd.DataFrame) -> str:
               "the interval). Costs and sizes that the design fixes are reported as facts beside "
               "the verdict and decide nothing. No architecture whose FP32 model has a "
               "balanced-accuracy lower bound at or below "
-              f"{format_number(settings['min_balanced_accuracy'])} takes part.", "",
+              f"{format_number(settings.min_balanced_accuracy)} takes part.", "",
               markdown_table(display(table.drop(columns=["reason"])))]
     for h in analysis.hypotheses:
         lines += ["", f"### {h['id']}: {h['claim']}", "", f"- Test: {h['test']}",
@@ -491,7 +492,7 @@ def _figures_section(figures: dict[str, Path]) -> str:
 
 
 def _recommendation_section(analysis: "Analysis") -> str:
-    rows, margin = analysis.recommendation, analysis.settings["margins"]["dp_gap"]
+    rows, margin = analysis.recommendation, analysis.settings.margins["dp_gap"]
     lines = ["## Production recommendation", "",
              "Rule: within each size budget, a configuration qualifies when its paired DP-gap "
              f"change against FP32 is EQUIVALENT within the dp_gap margin ({format_number(margin)}"

@@ -402,19 +402,32 @@ def _holder(fd: int) -> dict:
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """One configuration: its id, the static fields of its record, and the work to run it.
+    """One configuration as plain, picklable data: what to run, never the objects it runs on.
 
-    ``run()`` returns ``(record, predictions, per_group)``; the record is merged over ``fields``.
+    ``runner`` names a function of ``experiment.RUNNERS`` and ``args`` are its plain keyword
+    arguments; it rebuilds the model and data it needs from ``run_dir`` (whose ``config.yaml``
+    holds the run's config), so a unit can run in another process or on another machine.
+    ``fields`` are the static fields of its record; ``needs`` the files (relative to
+    ``run_dir``) that must exist before it can run.
     """
 
     config_id: str
     fields: dict
-    run: Callable[[], tuple[dict, pd.DataFrame | None, pd.DataFrame | None]]
+    runner: str
+    args: dict
+    run_dir: str
+    phase: str
+    needs: tuple = ()
 
 
-def run_sweep(store: ResultStore, units: Iterable[WorkUnit], *, force: bool = False,
-              desc: str = "configurations", progress: bool = True) -> dict:
-    """Run every unit not yet done, committing each result as soon as it finishes.
+Outcome = tuple  # (record, predictions or None, per_group or None) of one unit
+Execute = Callable[[WorkUnit], Outcome]
+
+
+def run_sweep(store: ResultStore, units: Iterable[WorkUnit], *, execute: Execute,
+              force: bool = False, desc: str = "configurations", progress: bool = True) -> dict:
+    """Run every unit not yet done with ``execute(unit)``, committing each result as soon as it
+    finishes.
 
     First the derived tables are brought up to date and failed records of configurations no
     longer in ``units`` are dropped. A unit that raises is recorded with ``status='failed'`` and
@@ -431,29 +444,39 @@ def run_sweep(store: ResultStore, units: Iterable[WorkUnit], *, force: bool = Fa
             counts["skipped"] += 1
             continue
         bar.set_postfix_str(unit.config_id, refresh=True)
-        counts["ran" if _run_unit(store, unit) else "failed"] += 1
+        counts["ran" if _run_unit(store, unit, execute) else "failed"] += 1
     log.info("%s: %d ran, %d skipped (already done), %d failed", desc, counts["ran"],
              counts["skipped"], counts["failed"])
     return counts
 
 
-def _run_unit(store: ResultStore, unit: WorkUnit) -> bool:
+def _run_unit(store: ResultStore, unit: WorkUnit, execute: Execute) -> bool:
     start = time.perf_counter()
     try:
-        record, predictions, per_group = unit.run()
+        outcome = execute(unit)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # a failing configuration must not stop the sweep
-        log.error("configuration %s failed: %s", unit.config_id, error)
         log.debug("%s", traceback.format_exc())
+        return commit_result(store, unit, error)
+    return commit_result(store, unit, outcome, time.perf_counter() - start)
+
+
+def commit_result(store: ResultStore, unit: WorkUnit, outcome: Outcome | BaseException,
+                  wall_s: float = 0.0) -> bool:
+    """The one way a unit's result enters the store: its predictions first, then its record
+    (so a commit implies its predictions), or a ``failed`` record with the error. Returns
+    whether the unit succeeded."""
+    if isinstance(outcome, BaseException):
+        log.error("configuration %s failed: %s", unit.config_id, outcome)
         store.add({"config_id": unit.config_id, **unit.fields, "status": "failed",
-                   "error": f"{type(error).__name__}: {error}"})
+                   "error": f"{type(outcome).__name__}: {outcome}"})
         return False
-    if predictions is not None:  # written before the commit, so a commit implies its predictions
+    record, predictions, per_group = outcome
+    if predictions is not None:
         save_predictions(store.run_dir, unit.config_id, predictions)
     store.add({"config_id": unit.config_id, **unit.fields, **record, "status": "ok", "error": "",
-               "wall_s": round(time.perf_counter() - start, 3)}, per_group,
-              predictions=predictions is not None)
+               "wall_s": round(wall_s, 3)}, per_group, predictions=predictions is not None)
     return True
 
 

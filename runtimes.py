@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from evaluation import model_size_mib
-from quantization import kernel_capability
+from quantization import QuantInfo, kernel_capability
 
 logger = logging.getLogger(__name__)
 
@@ -247,13 +247,11 @@ def quantize_with_runtime(name: str, model: nn.Module, calibration_data, image_s
     quantized = runtime.int8(model, calibration_data, image_size, Path(folder), threads)
     cost_s = time.perf_counter() - start
     size, fp32_size = quantized.size_mib(), model_size_mib(model)  # FP32 as torch rows count it
-    quantized.quant_info = {
-        "method": "ptq_static", "weight_bits": 8, "act_bits": 8, "execution": runtime.execution,
-        "observer": "minmax" if name == "onnxruntime" else "nncf_default",
-        "size_mib": size, "fp32_size_mib": fp32_size,
-        "compression": fp32_size / size, "cost_s": cost_s, "fp32_layers": [],
-        "layer_bits": {}, "float_ops": None, "activation_range": _runtime_range(name),
-        **kernel_capability()}
+    quantized.quant_info = QuantInfo(
+        method="ptq_static", weight_bits=8, act_bits=8, execution=runtime.execution,
+        observer="minmax" if name == "onnxruntime" else "nncf_default", size_mib=size,
+        fp32_size_mib=fp32_size, compression=fp32_size / size, cost_s=cost_s,
+        activation_range=_runtime_range(name), **kernel_capability())
     logger.info("%s INT8: %.3f MiB (x%.2f), %.1f s", name, size, fp32_size / size, cost_s)
     return quantized
 

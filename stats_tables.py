@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,6 +45,35 @@ DEPLOYABLE_EXECUTIONS = {"real_int8": "integer kernels (PyTorch x86 / fbgemm)",
 """Executions a model can be shipped with on this machine; ``simulated`` needs kernels it lacks."""
 TORCH_EXECUTIONS = ("real_int8", "simulated", "")
 """Executions of models torch ran; rows of another runtime repeat one of them."""
+
+
+# ----------------------------------------------------------------------------- settings
+
+BAD_ALPHA = "alpha={alpha!r} must lie strictly between 0 and 1, e.g. 0.05"
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Every option of the analysis, in one object that travels to each room.
+
+    ``margins``: set before the run (``verdicts.check_margins`` fills in the defaults);
+    ``size_budgets_mib``: ``None`` for fractions of the largest FP32 model."""
+
+    n_resamples: int = 2000
+    ci: float = 0.95
+    seed: int = 0
+    alpha: float = 0.05
+    min_group_size: int = 30
+    size_budgets_mib: tuple[float, ...] | None = None
+    margins: dict = field(default_factory=dict)
+    min_balanced_accuracy: float = vd.DEFAULT_MIN_BALANCED_ACCURACY
+
+    def __post_init__(self):
+        if not 0 < self.alpha < 1:
+            raise ValueError(BAD_ALPHA.format(alpha=self.alpha))
+        object.__setattr__(self, "margins", vd.check_margins(self.margins))
+        if self.size_budgets_mib is not None:
+            object.__setattr__(self, "size_budgets_mib", tuple(self.size_budgets_mib))
 
 
 # ----------------------------------------------------------------------------- number formatting
@@ -235,8 +264,7 @@ Summaries = dict  # (config_id, reference_id or None) -> (record, per_group) of 
 
 
 def summarize_all(configs: pd.DataFrame, pairs: pd.DataFrame, load: Callable[[str], pd.DataFrame],
-                  *, n_resamples: int, ci: float, seed: int, min_group_size: int,
-                  margins: dict | None = None, progress: bool = True) -> Summaries:
+                  settings: AnalysisSettings, *, progress: bool = True) -> Summaries:
     """``fairness_metrics.summarize_predictions`` for every configuration (against its FP32
     baseline when it has one) and for every other comparison pair, keyed (config_id, reference_id)."""
     fp32_of = _fp32_of(pairs)
@@ -248,8 +276,9 @@ def summarize_all(configs: pd.DataFrame, pairs: pd.DataFrame, load: Callable[[st
                                         disable=not progress):
         reference = load(reference_id) if reference_id else None
         summaries[(config_id, reference_id)] = fm.summarize_predictions(
-            load(config_id), reference=reference, n_resamples=n_resamples, ci=ci, seed=seed,
-            min_group_size=min_group_size, margins=margins)
+            load(config_id), reference=reference, n_resamples=settings.n_resamples,
+            ci=settings.ci, seed=settings.seed, min_group_size=settings.min_group_size,
+            margins=settings.margins)
     return summaries
 
 
@@ -490,39 +519,37 @@ RECOMMENDATION_COLUMNS = ["dataset", "size_budget_mib", "deployable", "rank", "c
                           "n_candidates"]
 
 
-def fairness_verdicts(table: pd.DataFrame, *, margin: float, alpha: float,
-                      min_balanced_accuracy: float = vd.DEFAULT_MIN_BALANCED_ACCURACY) -> pd.Series:
+def fairness_verdicts(table: pd.DataFrame, settings: AnalysisSettings) -> pd.Series:
     """Each configuration's verdict on its paired DP-gap change against its FP32 baseline
-    (``verdicts.verdict`` with the dp_gap margin); FP32 rows are the reference (EQUIVALENT).
-    INCONCLUSIVE wherever the FP32 baseline is not clearly above chance."""
+    (``verdicts.verdict``; the dp_gap margin entered through the TOST p-values the settings'
+    margins gave); FP32 rows are the reference (EQUIVALENT). INCONCLUSIVE wherever the FP32
+    baseline is not clearly above chance."""
     low = table.set_index("config_id")["balanced_accuracy_low"]
     baseline = table["reference_id"].where(table["method"] != "fp32", table["config_id"])
-    above = [vd.is_above_chance(low.get(b, math.nan), min_balanced_accuracy) for b in baseline]
+    above = [vd.is_above_chance(low.get(b, math.nan), settings.min_balanced_accuracy)
+             for b in baseline]
     verdict = [vd.INCONCLUSIVE if not ok else vd.EQUIVALENT if row.method == "fp32" else
                vd.verdict(row.delta_dp_gap, row.delta_dp_gap_p,
-                          getattr(row, "delta_dp_gap_p_equivalent", math.nan), alpha=alpha,
+                          getattr(row, "delta_dp_gap_p_equivalent", math.nan), alpha=settings.alpha,
                           better_when_higher=vd.higher_is_better("dp_gap"))
                for row, ok in zip(table.itertuples(), above)]
     return pd.Series(verdict, index=table.index, dtype=object)
 
 
-def recommend(table: pd.DataFrame, load: Callable[[str], pd.DataFrame] | None = None, *,
-              size_budgets_mib: Sequence[float] | None = None,
-              margin: float = vd.DEFAULT_MARGINS["dp_gap"],
-              alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0,
-              min_balanced_accuracy: float = vd.DEFAULT_MIN_BALANCED_ACCURACY) -> pd.DataFrame:
+def recommend(table: pd.DataFrame, load: Callable[[str], pd.DataFrame] | None = None,
+              settings: AnalysisSettings = AnalysisSettings()) -> pd.DataFrame:
     """Which configuration to ship, per dataset, size budget, and deployable-or-not.
 
     Rule: a configuration qualifies when its size is within the budget and its paired DP-gap
-    change against FP32 is EQUIVALENT within ``margin`` or BETTER (``fairness_verdicts``; none
-    where the FP32 model is not clearly above chance); FP32 models qualify as they are. Among the qualifying ones of each list -- deployable here
+    change against FP32 is EQUIVALENT within the dp_gap margin or BETTER
+    (``fairness_verdicts``; none where the FP32 model is not clearly above chance); FP32 models
+    qualify as they are. Among the qualifying ones of each list -- deployable here
     (``DEPLOYABLE_EXECUTIONS``) and simulated -- the most accurate ranks 1, and every other whose
     accuracy the paired swap test cannot tell from it (p > alpha, on the same test samples;
     ``load`` gives the prediction tables) ties with rank 1 too: ties are reported as ties. A row
     with an empty ``config_id`` means nothing qualifies.
     """
-    table = table.assign(dp_verdict=fairness_verdicts(table, margin=margin, alpha=alpha,
-                                                      min_balanced_accuracy=min_balanced_accuracy),
+    table = table.assign(dp_verdict=fairness_verdicts(table, settings),
                          deployable=table["execution"].isin(DEPLOYABLE_EXECUTIONS)
                          | (table["method"] == "fp32"))
     table["runtime"] = table["execution"].map(DEPLOYABLE_EXECUTIONS).fillna(
@@ -530,19 +557,18 @@ def recommend(table: pd.DataFrame, load: Callable[[str], pd.DataFrame] | None = 
     qualifies = table["dp_verdict"].isin([vd.EQUIVALENT, vd.BETTER])
     rows = []
     for dataset, models in table.groupby("dataset", sort=True):
-        for budget in size_budgets(models, size_budgets_mib):
+        for budget in size_budgets(models, settings.size_budgets_mib):
             within = models[(models["size_mib"] <= budget) & qualifies.loc[models.index]]
             for deployable in (True, False):  # what runs here first
                 candidates = within[within["deployable"] == deployable]
                 base = {"dataset": dataset, "size_budget_mib": budget, "deployable": deployable,
                         "n_candidates": len(candidates)}
-                ranked = _ranked(candidates, load, alpha=alpha, n_resamples=n_resamples, seed=seed)
+                ranked = _ranked(candidates, load, settings)
                 rows += [{**row, **base} for row in ranked] or [{**base, "config_id": ""}]
     return pd.DataFrame(rows).reindex(columns=RECOMMENDATION_COLUMNS)
 
 
-def _ranked(candidates: pd.DataFrame, load, *, alpha: float, n_resamples: int,
-            seed: int) -> list[dict]:
+def _ranked(candidates: pd.DataFrame, load, settings: AnalysisSettings) -> list[dict]:
     """The most accurate candidate (rank 1) and those tied with it (paired accuracy p > alpha)."""
     if candidates.empty:
         return []
@@ -551,13 +577,13 @@ def _ranked(candidates: pd.DataFrame, load, *, alpha: float, n_resamples: int,
     best = ordered.iloc[0]
     rows = [{**best.to_dict(), "rank": 1, "p_vs_best": math.nan}]
     for _, row in ordered.iloc[1:].iterrows():
-        p = _paired_accuracy_p(load, row["config_id"], best["config_id"], n_resamples, seed)
-        if not p <= alpha:  # NaN: no test tells them apart
+        p = _paired_accuracy_p(load, row["config_id"], best["config_id"], settings)
+        if not p <= settings.alpha:  # NaN: no test tells them apart
             rows.append({**row.to_dict(), "rank": 1, "p_vs_best": p})
     return rows
 
 
-def _paired_accuracy_p(load, config_id: str, best_id: str, n_resamples: int, seed: int) -> float:
+def _paired_accuracy_p(load, config_id: str, best_id: str, settings: AnalysisSettings) -> float:
     """Swap-test p of the accuracy difference between two models on the same samples (NaN
     without prediction tables, which then counts as a tie: no test says otherwise)."""
     if load is None:
@@ -566,5 +592,5 @@ def _paired_accuracy_p(load, config_id: str, best_id: str, n_resamples: int, see
     y_reference = reference.loc[pred["sample_id"], "y_pred"].to_numpy()
     frame = fm.paired_bootstrap(pred["y_true"].to_numpy(), pred["y_pred"].to_numpy(), y_reference,
                                 sensitive_features=pred["group"].to_numpy(),
-                                n_resamples=n_resamples, seed=seed)
+                                n_resamples=settings.n_resamples, seed=settings.seed)
     return float(frame.set_index(["group", "metric"]).loc[(fm.OVERALL, "accuracy"), "p"])

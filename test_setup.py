@@ -12,7 +12,7 @@ from pathlib import Path
 CORE = ["torch", "torchvision", "timm", "numpy", "pandas", "scipy", "yaml", "tqdm",
         "fairlearn", "matplotlib"]
 OPTIONAL = {"aif360": "AIF360 cross-checks and the generalized entropy index",
-            "seaborn": "figure styling", "pytest": "running the test suite",
+            "pytest": "running the test suite",
             "onnxruntime": "the onnxruntime backend (runtime.backends)",
             "openvino": "the openvino backend (runtime.backends)",
             "nncf": "OpenVINO's INT8 quantizer for the openvino backend"}

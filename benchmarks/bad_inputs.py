@@ -127,9 +127,10 @@ def store_cases(tmp: Path) -> dict[str, str]:
     text = json.dumps(records, indent=1)
     (run_dir / "quantization_results.json").write_text(text[: text.index('"c2"')])
     ran = []
-    units = [WorkUnit(f"c{i}", {}, lambda i=i: ran.append(i) or ({}, None, None)) for i in range(3)]
+    units = [WorkUnit(f"c{i}", {}, "fake", {"i": i}, str(run_dir), "quantization") for i in range(3)]
     try:
-        run_sweep(ResultStore(run_dir, "quantization_results"), units, progress=False)
+        run_sweep(ResultStore(run_dir, "quantization_results"), units, progress=False,
+                  execute=lambda unit: ran.append(unit.args["i"]) or ({}, None, None))
         out = "works" if ran == [2] else "unclear"
     except Exception:  # noqa: BLE001
         out = "traceback"

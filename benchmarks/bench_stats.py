@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import fairness_metrics as fm  # noqa: E402
+import resampling  # noqa: E402
 import unit_stats  # noqa: E402
 
 ALPHA = 0.05
@@ -89,7 +90,7 @@ def percentile_bootstrap_p(y, model, reference, codes, resamples, rng):
     """The old rule: p = 2 min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B + 1) over group-stratified
     bootstrap DP-gap changes d*."""
     joint = fm._cell_counts(codes, len(GROUPS), y, reference, model)
-    keys, deltas = fm._paired_deltas(fm._resample(joint, resamples, rng), GROUPS)
+    keys, deltas = fm._paired_deltas(resampling._resample(joint, resamples, rng), GROUPS)
     d = deltas[:, keys.index((fm.OVERALL, "dp_gap"))]
     return min(1.0, 2 * (min((d <= 0).sum(), (d >= 0).sum()) + 1) / (resamples + 1))
 
@@ -182,7 +183,7 @@ def paired_coverage(n_sims, resamples, drop):
             names, codes = np.unique(labels, return_inverse=True)
             joint = fm._cell_counts(codes, len(names), y, reference, model)
             keys, delta = fm._paired_deltas(joint, names)
-            samples = fm._paired_deltas(fm._resample_by_label(
+            samples = fm._paired_deltas(resampling._resample_by_label(
                 joint, resamples, np.random.default_rng(sim)), names)[1]
             column = keys.index((fm.OVERALL, "dp_gap"))
             lo, hi = fm.bootstrap_interval(samples[:, [column]], delta[[column]], 0.95,

@@ -18,18 +18,21 @@ FAKE_IDS = ("d/a/m/w8a8/seed=0", "d/a/m/w4a8/seed=0", "d/a/m/w2a8/seed=0")
 
 
 def fake_units():
-    import pandas as pd
-
     from results import WorkUnit
 
-    def run(config_id):
-        table = pd.DataFrame({"sample_id": ["a", "b"], "y_true": [0, 1], "y_pred": [0, 1]})
-        per_group = pd.DataFrame({"group": ["F", "M"], "metric": ["accuracy"] * 2, "value": [1.0, 0.5]})
-        with open(os.environ["RUN_LOG"], "a") as log:  # which process ran which configuration
-            log.write(f"{os.getpid()} {config_id}\n")
-        time.sleep(float(os.environ.get("UNIT_SLEEP", 0)))
-        return {"accuracy": 1.0}, table, per_group
-    return [WorkUnit(i, {"arch": "a"}, lambda i=i: run(i)) for i in FAKE_IDS]
+    return [WorkUnit(i, {"arch": "a"}, "fake", {}, "", "quantization") for i in FAKE_IDS]
+
+
+def execute_fake(unit):
+    """Run a fake unit: log which process ran it, wait UNIT_SLEEP seconds, return a record."""
+    import pandas as pd
+
+    table = pd.DataFrame({"sample_id": ["a", "b"], "y_true": [0, 1], "y_pred": [0, 1]})
+    per_group = pd.DataFrame({"group": ["F", "M"], "metric": ["accuracy"] * 2, "value": [1.0, 0.5]})
+    with open(os.environ["RUN_LOG"], "a") as log:  # which process ran which configuration
+        log.write(f"{os.getpid()} {unit.config_id}\n")
+    time.sleep(float(os.environ.get("UNIT_SLEEP", 0)))
+    return {"accuracy": 1.0}, table, per_group
 
 
 def main():
@@ -47,7 +50,8 @@ def main():
         from results import ResultStore, RunFolderBusy, RunLock, run_sweep
         try:
             with RunLock(rest[0]):
-                run_sweep(ResultStore(rest[0], "quantization_results"), fake_units(), progress=False)
+                run_sweep(ResultStore(rest[0], "quantization_results"), fake_units(),
+                          execute=execute_fake, progress=False)
         except RunFolderBusy as error:
             print(f"error: {error}", file=sys.stderr)
             return 3

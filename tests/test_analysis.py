@@ -5,6 +5,7 @@ exactly: the FP32 model of every architecture makes the same predictions, and a 
 differs from it only by `k` negatives of the Female/Old group predicted positive. That raises the
 DP gap by k / GROUP_SIZE and lowers accuracy by k / N, so every hypothesis's verdict is known.
 """
+import dataclasses
 import json
 import math
 import re
@@ -345,7 +346,7 @@ def test_recommendation_rests_on_verdicts_lists_deployable_apart_and_reports_tie
     assert len(deployable) == 7 and deployable["config_id"].str.endswith("/fp32/seed=0").all()
     assert (deployable["p_vs_best"].iloc[1:].astype(float) > 0.05).all()
     assert (full.loc[full["deployable"].astype(str) == "False", "execution"] == "simulated").all()
-    small = st.recommend(table, size_budgets_mib=[1e-6])
+    small = st.recommend(table, settings=st.AnalysisSettings(size_budgets_mib=[1e-6]))
     assert small["config_id"].tolist() == ["", ""] and small["n_candidates"].tolist() == [0, 0]
 
 
@@ -407,6 +408,22 @@ def test_bad_input_gives_clear_errors(tmp_path):
                      n_resamples=RESAMPLES)
 
 
+def test_settings_travel_as_one_object_and_keywords_build_the_same(tmp_path):
+    folder = write_run(tmp_path / "run", WORLDS["supported"])
+    settings = st.AnalysisSettings(n_resamples=RESAMPLES, seed=3, margins={"dp_gap": 0.05})
+    assert settings.margins == vd.check_margins({"dp_gap": 0.05})  # defaults filled in
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.alpha = 0.1
+    run = analysis.load_run(folder)
+    assert analysis.settings_of(run, n_resamples=RESAMPLES, seed=3,
+                                margins={"dp_gap": 0.05}) == settings
+    with pytest.warns(DeprecationWarning):
+        assert analysis.settings_of(run, fairness_tolerance=0.05).margins["dp_gap"] == 0.05
+    with pytest.raises(ValueError) as error:
+        st.AnalysisSettings(alpha=0)
+    assert str(error.value) == st.BAD_ALPHA.format(alpha=0)
+
+
 def test_analysis_never_imports_torch():
     code = ("import sys, analysis, visualizations; "
             "sys.exit('torch' in sys.modules or 'matplotlib.pyplot' in sys.modules)")
@@ -452,7 +469,7 @@ def test_units_on_different_test_sets_get_independent_replicate_blocks():
         tables[name] = tables[name].assign(sample_id=lambda t: "other-" + t["sample_id"])
     rows = pd.DataFrame({"config_id": ["a", "b"], "reference_id": ["a_ref", "b_ref"],
                          "dataset": "synthetic", "arch": ["x", "x"]})
-    context = hy.Context(load=tables.__getitem__, margins=vd.check_margins({}), n_resamples=300)
+    context = hy.Context(load=tables.__getitem__, settings=st.AnalysisSettings(n_resamples=300))
     replicates = hy._replicates(rows, "dp_gap", context)
     assert replicates.shape == (300, 2) and np.isfinite(replicates).all()
     assert abs(np.corrcoef(replicates.T)[0, 1]) < 0.2  # drawn independently

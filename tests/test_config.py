@@ -3,6 +3,8 @@ import dataclasses
 import pytest
 import yaml
 
+from checks import BAD_BITS, NOT_A_CHOICE, check_choice
+
 from config import (ExperimentConfig, config_to_dict, expand_method_specs, load_config,
                     parse_bits, save_config)
 
@@ -38,7 +40,8 @@ def test_wrong_type_names_key_and_expected_type():
 @pytest.mark.parametrize("override, fragment", [
     ("data.split_fractions=[0.5, 0.5, 0.5]", "sum to 1"),
     ("quantization.methods=[{method: ptq_static, bits: w3}]", "bits='w3'"),
-    ("quantization.calibration_kinds=[stratified]", "expected one of"),
+    ("quantization.calibration_kinds=[stratified]",
+     "calibration_kinds='stratified' is not supported; supported: random, balanced"),
     ("runtime.device=tpu", "runtime.device='tpu'"),
     ("analysis.ci=1.5", "analysis.ci=1.5"),
     ("run_name=a/b", "run_name='a/b'"),
@@ -89,8 +92,24 @@ def test_method_specs_expand_lists_into_a_product():
 
 def test_parse_bits():
     assert parse_bits("w4a8") == (4, 8)
-    with pytest.raises(ValueError, match="expected 'w<weight bits>a<activation bits>'"):
+    assert parse_bits(" W4A4 ") == (4, 4) and parse_bits(8) == (8, 8)
+    with pytest.raises(ValueError) as error:
         parse_bits("int4")
+    assert str(error.value) == BAD_BITS.format(bits="int4")
+    with pytest.raises(ValueError) as error:
+        parse_bits("w4a8x")
+    assert str(error.value) == BAD_BITS.format(bits="w4a8x")
+
+
+def test_check_choice_names_the_value_the_choices_and_the_owner():
+    check_choice("observer", "minmax", ("minmax", "histogram"))
+    with pytest.raises(ValueError) as error:
+        check_choice("observer", "kl", ("minmax", "histogram"), owner="PTQStaticConfig")
+    assert str(error.value) == NOT_A_CHOICE.format(name="observer", value="kl",
+                                                   by=" by PTQStaticConfig",
+                                                   choices="minmax, histogram")
+    assert str(error.value) == ("observer='kl' is not supported by PTQStaticConfig; "
+                                "supported: minmax, histogram")
 
 
 def test_config_is_frozen():

@@ -11,6 +11,7 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 import fairness_metrics as fm
+import resampling
 
 TOL = 1e-9
 
@@ -280,7 +281,7 @@ def test_resampling_keeps_group_sizes_and_matches_index_resampling():
     y_true, y_pred, attributes = random_predictions(n=400, seed=5, n_attributes=2)
     _, _, names, codes = fm._prepare(y_true, y_pred, attributes)
     counts = fm._cell_counts(codes, len(names), y_true, y_pred)
-    resampled = fm._resample(counts, 3000, np.random.default_rng(0))
+    resampled = resampling._resample(counts, 3000, np.random.default_rng(0))
     assert (resampled.sum(axis=2) == counts.sum(axis=1)).all()
 
     # the multinomial shortcut must give the distribution of explicit per-group index resampling
@@ -423,12 +424,12 @@ def test_swap_shortcut_matches_explicit_per_sample_swaps():
     joint = fm._cell_counts(codes, len(names), y_true, reference, model)
     keys, _ = fm._paired_deltas(joint, names)
     column = keys.index((fm.OVERALL, "dp_gap"))
-    shortcut = fm._paired_deltas(fm._swap(joint, 4000, np.random.default_rng(0)), names)[1]
+    shortcut = fm._paired_deltas(resampling._swap(joint, 4000, np.random.default_rng(0)), names)[1]
     onehot = np.eye(len(names))[codes] / np.bincount(codes)  # per-group selection-rate weights
     swap = np.random.default_rng(1).random((4000, y_true.size)) < 0.5
     m, r = np.where(swap, reference, model), np.where(swap, model, reference)
     explicit = np.ptp(m @ onehot, axis=1) - np.ptp(r @ onehot, axis=1)
-    swapped = fm._swap(joint, 50, np.random.default_rng(2))
+    swapped = resampling._swap(joint, 50, np.random.default_rng(2))
     assert (swapped.reshape(50, -1, 4).sum(axis=2) == joint.reshape(-1, 4).sum(axis=1)).all()
     assert np.mean(shortcut[:, column]) == pytest.approx(np.mean(explicit), abs=0.002)
     assert np.std(shortcut[:, column]) == pytest.approx(np.std(explicit), rel=0.08)
@@ -560,6 +561,35 @@ def test_summarize_predictions_with_reference_aligns_on_sample_id():
     assert long[("B", "delta_accuracy_p")] < 0.05
 
 
+INTERVAL_KEYS = ("_low", "_high", "_p", "_p_equivalent")
+
+
+def test_summarize_predictions_without_resamples_gives_the_same_point_estimates_only():
+    y_true, model, reference, groups = simulate_pair(seed=4, n=500, harm=0.1)
+    pred, ref = prediction_table(y_true, model, groups), prediction_table(y_true, reference, groups)
+    full, full_groups = fm.summarize_predictions(pred, reference=ref, n_resamples=50,
+                                                 margins={"accuracy": 0.02})
+    point, point_groups = fm.summarize_predictions(pred, reference=ref, n_resamples=0)
+    kept = {k: v for k, v in full.items() if not k.endswith(INTERVAL_KEYS) and k != "mcnemar_p"}
+    assert point.keys() == kept.keys()
+    assert point == pytest.approx(kept, nan_ok=True)
+    assert not any(k.endswith(INTERVAL_KEYS) or k == "mcnemar_p" for k in point)
+    long = full_groups.set_index(["group", "metric"])["value"]
+    metrics = set(point_groups["metric"])
+    assert metrics == {m for m in full_groups["metric"]
+                       if not m.endswith(INTERVAL_KEYS) and m != "mcnemar_p"}
+    assert point_groups.set_index(["group", "metric"])["value"].to_dict() == pytest.approx(
+        long[long.index.get_level_values("metric").isin(metrics)].to_dict(), nan_ok=True)
+
+
+def test_summarize_predictions_rejects_a_negative_or_missing_resample_count():
+    pred = prediction_table(*random_predictions(n=50, seed=0, n_attributes=1)[:2],
+                            np.array(["a", "b"] * 25))
+    for bad in (-1, None):
+        with pytest.raises(ValueError, match="summarize_predictions also takes 0"):
+            fm.summarize_predictions(pred, n_resamples=bad)
+
+
 # ---------------------------------------------------------------- notebook wrapper
 
 class TinyDataset:
@@ -588,6 +618,7 @@ def stub_evaluation(monkeypatch):
                                  metadata=metadata, calls=calls)
 
 
+@pytest.mark.torch
 def test_compute_fairness_metrics_on_intersectional_attributes(stub_evaluation):
     import torch
     from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
@@ -610,6 +641,7 @@ def test_compute_fairness_metrics_on_intersectional_attributes(stub_evaluation):
         assert 0 <= result[key] <= 1
 
 
+@pytest.mark.torch
 def test_compute_fairness_metrics_rejects_an_unknown_attribute(stub_evaluation):
     with pytest.raises(ValueError) as error:
         fm.compute_fairness_metrics(None, stub_evaluation.loader, sensitive_attr="skin",

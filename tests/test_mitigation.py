@@ -289,7 +289,7 @@ def test_fairness_aware_quantizer_meets_a_generous_constraint(planted, trained):
     quantizer = mit.FairnessAwareQuantizer(bit_width=4, max_dp_gap=1.0, calibration_size=40, progress=False)
     model = quantizer.quantize(model=trained, calibration_data=planted.train, validation_data=planted.val)
     assert quantizer.constraint_met is True and len(quantizer.history) == 1
-    assert quantizer.final_dp_gap == quantizer.history[0]["dp_gap"] == model.quant_info["dp_gap"]
+    assert quantizer.final_dp_gap == quantizer.history[0]["dp_gap"] == model.quant_info["val_dp_gap"]
     assert quantizer.gap_measured_on == "validation" and model.quant_info["calibration"] == "balanced-40"
     report = quantizer.evaluate(make_loader(planted.test, 64))
     assert 0 <= report["dp_gap"] <= 1 and report["constraint_met"] is True

@@ -574,3 +574,28 @@ def test_squeeze_excitation_gates_stay_float_in_both_executions():
     assert sum(isinstance(m, nnq.Conv2d) for m in real.modules()) == 2
     with torch.no_grad():
         assert (real(images) - twin(images)).abs().max().item() <= 3.01 * real.get_submodule("2").scale
+
+
+def test_a_config_instance_names_its_method_and_options_override_it(trained_cnn, data):
+    by_name = apply_quantization(trained_cnn, "ptq_static", bits="w4a8", observer="minmax",
+                                 calibration_data=loader(data))
+    by_config = apply_quantization(trained_cnn, PTQStaticConfig(bits="w4a8", observer="minmax"),
+                                   calibration_data=loader(data))
+    assert by_config.quant_info.method == "ptq_static"
+    assert by_config.quant_info.config == by_name.quant_info.config
+    images = next(iter(loader(data)))[0]
+    assert torch.equal(by_config(images), by_name(images))
+    overridden = apply_quantization(trained_cnn, PTQStaticConfig(bits="w4a8"), weight_bits=8,
+                                    act_bits=8, calibration_data=loader(data))
+    assert (overridden.quant_info.weight_bits, overridden.quant_info.act_bits) == (8, 8)
+
+
+def test_quant_info_is_read_only_and_replace_keeps_method_facts_apart(trained_cnn, data):
+    info = apply_quantization(trained_cnn, calibration_data=loader(data), execution="simulated").quant_info
+    with pytest.raises(AttributeError):
+        info.size_mib = 0.0
+    changed = info.replace(size_mib=1.5, val_dp_gap=0.1)
+    assert (changed.size_mib, changed["val_dp_gap"], info.extra) == (1.5, 0.1, {})
+    assert changed.record()["val_dp_gap"] == 0.1 and "config" not in changed.record()
+    with pytest.raises(KeyError):
+        info["no_such_fact"]

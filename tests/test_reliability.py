@@ -83,7 +83,8 @@ def test_a_kill_right_after_each_write_of_a_commit_loses_nothing(tmp_path, monke
         assert _writes(killed.stdout)[-1] == writes[kill_at - 1].replace("listing", f"kill{kill_at}")
         monkeypatch.setenv("RUN_LOG", str(log))
         with RunLock(run_dir):  # the killed holder's lock is taken over
-            run_sweep(ResultStore(run_dir, "quantization_results"), helper.fake_units(), progress=False)
+            run_sweep(ResultStore(run_dir, "quantization_results"), helper.fake_units(),
+                      execute=helper.execute_fake, progress=False)
         _assert_each_once(run_dir, "quantization_results", FAKE_IDS)
         ran = _ran(log)
         committed = kill_at > points[0]  # the commit file is the second write
@@ -177,7 +178,8 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, caplog, monkeyp
     holder.wait(timeout=30)
     monkeypatch.setenv("RUN_LOG", str(log))
     with RunLock(run_dir):
-        run_sweep(ResultStore(run_dir, "quantization_results"), helper.fake_units(), progress=False)
+        run_sweep(ResultStore(run_dir, "quantization_results"), helper.fake_units(),
+                      execute=helper.execute_fake, progress=False)
     assert f"took over the lock left by process {holder.pid}" in caplog.text
     _assert_each_once(run_dir, "quantization_results", FAKE_IDS)
     assert (run_dir / LOCK_FILE).read_text() == ""  # released cleanly: nothing to take over

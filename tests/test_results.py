@@ -14,14 +14,18 @@ def _unit(config_id, calls, fail=False):
         table = pd.DataFrame({"sample_id": ["a", "b"], "y_true": [0, 1], "y_pred": [0, 0]})
         per_group = pd.DataFrame({"group": ["g"], "metric": ["accuracy"], "value": [0.5]})
         return {"accuracy": 0.5, "dp_gap": float("nan")}, table, per_group
-    return WorkUnit(config_id, {"arch": "tiny"}, run)
+    return WorkUnit(config_id, {"arch": "tiny"}, "fake", {"run": run}, "", "quantization")
+
+
+def _call(unit):
+    return unit.args["run"]()
 
 
 def test_sweep_stores_each_config_and_a_rerun_skips_finished_ones(tmp_path):
     store = ResultStore(tmp_path, "quantization_results")
     calls = []
     counts = run_sweep(store, [_unit("d/a/m/w8a8/seed=0", calls), _unit("d/a/m/w4a8/seed=0", calls)],
-                       progress=False)
+                       progress=False, execute=_call)
     assert counts == {"ran": 2, "skipped": 0, "failed": 0}
     records = json.loads(store.json_path.read_text())
     assert [r["config_id"] for r in records] == ["d/a/m/w8a8/seed=0", "d/a/m/w4a8/seed=0"]
@@ -32,12 +36,12 @@ def test_sweep_stores_each_config_and_a_rerun_skips_finished_ones(tmp_path):
 
     calls.clear()
     counts = run_sweep(store, [_unit("d/a/m/w8a8/seed=0", calls), _unit("d/a/m/w2a8/seed=0", calls)],
-                       progress=False)
+                       progress=False, execute=_call)
     assert calls == ["d/a/m/w2a8/seed=0"]
     assert counts == {"ran": 1, "skipped": 1, "failed": 0}
 
     calls.clear()
-    run_sweep(store, [_unit("d/a/m/w8a8/seed=0", calls)], force=True, progress=False)
+    run_sweep(store, [_unit("d/a/m/w8a8/seed=0", calls)], force=True, progress=False, execute=_call)
     assert calls == ["d/a/m/w8a8/seed=0"]
     assert len(store.records()) == 3  # forced rerun replaced its record, did not duplicate it
 
@@ -45,12 +49,12 @@ def test_sweep_stores_each_config_and_a_rerun_skips_finished_ones(tmp_path):
 def test_a_failing_config_is_recorded_and_the_sweep_goes_on_and_retries_later(tmp_path):
     store = ResultStore(tmp_path, "r")
     calls = []
-    counts = run_sweep(store, [_unit("bad", calls, fail=True), _unit("good", calls)], progress=False)
+    counts = run_sweep(store, [_unit("bad", calls, fail=True), _unit("good", calls)], progress=False, execute=_call)
     assert counts == {"ran": 1, "skipped": 0, "failed": 1}
     bad = next(r for r in store.records() if r["config_id"] == "bad")
     assert bad["status"] == "failed" and "RuntimeError: boom" in bad["error"]
     calls.clear()
-    run_sweep(store, [_unit("bad", calls), _unit("good", calls)], progress=False)
+    run_sweep(store, [_unit("bad", calls), _unit("good", calls)], progress=False, execute=_call)
     assert calls == ["bad"]
     assert {r["status"] for r in store.records()} == {"ok"}
 
@@ -62,7 +66,7 @@ def test_interrupt_keeps_finished_configurations(tmp_path):
     def interrupted():
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(store, [_unit("first", calls), WorkUnit("second", {}, interrupted)], progress=False)
+        run_sweep(store, [_unit("first", calls), WorkUnit("second", {}, "fake", {"run": interrupted}, "", "quantization")], progress=False, execute=_call)
     assert store.done_ids() == {"first"}
     assert not list(tmp_path.glob("**/*.tmp"))
 
@@ -88,7 +92,7 @@ def test_result_files_are_readable_by_others(tmp_path):
 # ----------------------------------------------------------------------------- commits and recovery
 
 def _sweep(run_dir, ids, calls, name="quantization_results", **kwargs):
-    return run_sweep(ResultStore(run_dir, name), [_unit(i, calls) for i in ids], progress=False,
+    return run_sweep(ResultStore(run_dir, name), [_unit(i, calls) for i in ids], progress=False, execute=_call,
                      **kwargs)
 
 
@@ -133,9 +137,9 @@ def test_a_damaged_commit_file_is_named_set_aside_and_its_configuration_redone(t
 def test_a_failed_record_goes_once_its_configuration_is_fixed(tmp_path):
     calls = []
     run_sweep(ResultStore(tmp_path, "r"), [_unit("bad/fp32_layers=typo", calls, fail=True)],
-              progress=False)
+              progress=False, execute=_call)
     assert ResultStore(tmp_path, "r").records()[0]["status"] == "failed"
-    run_sweep(ResultStore(tmp_path, "r"), [_unit("bad/fp32_layers=fc", calls)], progress=False)
+    run_sweep(ResultStore(tmp_path, "r"), [_unit("bad/fp32_layers=fc", calls)], progress=False, execute=_call)
     assert [r["config_id"] for r in ResultStore(tmp_path, "r").records()] == ["bad/fp32_layers=fc"]
     assert pd.read_csv(tmp_path / "r.csv")["status"].tolist() == ["ok"]
 
