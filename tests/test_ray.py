@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,10 +19,10 @@ import ray
 
 import experiment
 import main
-from executors import FAILED_ON, run_on_ray
+from config import BAD_RAY_ADDRESS, BAD_RAY_RESOURCE, DEFAULT_RAY_RESOURCES, load_config
+from executors import FAILED_ON, NODE_CANNOT_SEE, check_nodes_see, run_on_ray
 from results import ResultStore
 
-pytestmark = pytest.mark.ray
 
 TIMING = re.compile(r"^(wall_s|cost_s|train_time_s|calibration_cost_s|node|fp32_latency_ms_b\d+|"
                     r"latency_ms_b\d+|latency_layout_b\d+|fp32_reference_b\d+|int8_form_b\d+|"
@@ -37,6 +38,22 @@ NO_RAY_AFTER_LOCAL_RUN = ("import sys, main; rc = main.main(sys.argv[1:]); "
 def _args(results_dir, *extra):
     return ["--phase", "all", "--config", "configs/smoke.yaml", "--log-level", "WARNING",
             "--set", f"results_dir={results_dir}", *extra]
+
+
+def test_ray_settings_are_checked_and_merged_over_the_defaults():
+    runtime = load_config(None, ["runtime.executor=ray", "runtime.ray_address=ray://head:10001",
+                                 "runtime.ray_resources.quantization.num_cpus=4"]).runtime
+    assert runtime.ray_resources == {**DEFAULT_RAY_RESOURCES,
+                                     "quantization": {"num_cpus": 4, "num_gpus": 0}}
+    assert load_config(None).runtime.executor == "local"
+    with pytest.raises(ValueError, match=re.escape(BAD_RAY_ADDRESS.format(value="head:10001"))):
+        load_config(None, ["runtime.ray_address=head:10001"])
+    bad_gpus = BAD_RAY_RESOURCE.split("{expected}")[0].format(phase="baseline", key="num_gpus",
+                                                              value=-1)
+    with pytest.raises(ValueError, match=re.escape(bad_gpus)):
+        load_config(None, ["runtime.ray_resources.baseline.num_gpus=-1"])
+    with pytest.raises(ValueError, match="unknown key.*'memory'.*num_cpus"):
+        load_config(None, ["runtime.ray_resources.mitigation.memory=2"])
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +85,17 @@ def _untimed(path):
     return table.sort_values(key).reset_index(drop=True)
 
 
+@pytest.mark.ray
+def test_a_node_that_cannot_see_the_run_folder_stops_the_run(ray_instance, tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        check_nodes_see(tmp_path / "elsewhere")
+    [node] = ray.nodes()
+    assert str(error.value) == NODE_CANNOT_SEE.format(host=socket.gethostname(),
+                                                      node=node["NodeID"][:8], what="the run folder",
+                                                      path=tmp_path / "elsewhere")
+
+
+@pytest.mark.ray
 def test_ray_gives_every_configuration_and_the_local_tables(runs):
     local, on_ray = runs
     for name in TABLES:
@@ -89,6 +117,7 @@ def _fresh_quantization(run_dir, tmp_path):
     return copy
 
 
+@pytest.mark.ray
 def test_killing_the_driver_loses_and_duplicates_nothing(runs, tmp_path):
     copy = _fresh_quantization(runs[1], tmp_path)
     records = copy / "records" / "quantization_results"
@@ -111,6 +140,7 @@ def test_killing_the_driver_loses_and_duplicates_nothing(runs, tmp_path):
     assert sorted(table["config_id"]) == sorted(expected)  # each once
 
 
+@pytest.mark.ray
 def test_a_failing_unit_is_recorded_and_the_rest_finish(runs, tmp_path, caplog):
     copy = _fresh_quantization(runs[1], tmp_path)
     ctx = experiment.Context.for_run(str(copy))
