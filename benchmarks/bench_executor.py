@@ -4,10 +4,11 @@
     python benchmarks/bench_executor.py --estimate results/default --config configs/celeba_full.yaml
 
 The first form trains the smoke baseline once in a temporary folder, then times the smoke
-quantization phase (``--force``, in this process) three ways: locally; on a local Ray instance of
-2 CPUs, 1 CPU and 1 torch thread per unit (first run: cold workers that import torch; second:
-warm); and on Ray with 1 CPU, where units run one at a time like the local loop, so
-(Ray 1 CPU, warm − local) / units is what Ray adds per unit. Run it on an otherwise idle machine.
+quantization phase (``--force``, in this process) three ways, each twice (cold: the first run
+loads the data, imports torch in new workers and times each architecture's FP32 once; warm: the
+second): locally; on a local Ray instance of 2 CPUs, 1 CPU and 1 torch thread per unit; and on
+Ray with 1 CPU, where units run one at a time like the local loop, so (Ray 1 CPU warm − local
+warm) / units is what Ray adds per unit. Run it on an otherwise idle machine.
 
 The second form lists the units of ``--config`` (e.g. the full study), gives each the mean
 ``wall_s`` that the run in ``--estimate`` measured for the same (phase, architecture, method)
@@ -40,10 +41,13 @@ def _smoke(results_dir: str, *extra: str) -> list[str]:
             *extra]
 
 
-def timed_quantization(results_dir: str, *extra: str) -> float:
+def timed_quantization(results_dir: str, *extra: str) -> tuple[float, float]:
+    """Seconds of the phase, and the sum of its units' own ``wall_s``."""
     start = time.perf_counter()
     assert cli.main(_smoke(results_dir, "--phase", "quantization", "--force", *extra)) == 0
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    records = ResultStore(Path(results_dir) / "smoke", "quantization_results").records()
+    return seconds, sum(record["wall_s"] for record in records)
 
 
 def compare_executors() -> None:
@@ -51,23 +55,26 @@ def compare_executors() -> None:
 
     with tempfile.TemporaryDirectory() as results_dir:
         assert cli.main(_smoke(results_dir, "--phase", "baseline")) == 0
-        local = timed_quantization(results_dir)
+        rows = [(f"local, 1 process, {state}", timed_quantization(results_dir))
+                for state in ("cold", "warm")]
+        local = rows[-1][1][0]
         n = len(ResultStore(Path(results_dir) / "smoke", "quantization_results").records())
-        rows = [("local, 1 process", local)]
         for cpus in (2, 1):
             start = time.perf_counter()
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-            rows.append((f"ray.init(num_cpus={cpus})", time.perf_counter() - start))
+            rows.append((f"ray.init(num_cpus={cpus})", (time.perf_counter() - start, None)))
             for state in ("cold", "warm"):
                 rows.append((f"Ray {cpus} CPU x 1 thread, {state}",
                              timed_quantization(results_dir, "--set", "runtime.executor=ray")))
             ray.shutdown()
-    for name, seconds in rows:
-        print(f"{name:32s} {seconds:7.2f} s")
-    warm = {name: s for name, s in rows if name.endswith("warm")}
-    print(f"{'Ray 2 CPU warm / local':32s} {warm['Ray 2 CPU x 1 thread, warm'] / local:7.2f}")
+    print(f"{'':32s} {'wall':>7s}   {'units':>7s} (sum of the units' own wall_s)")
+    for name, (seconds, units) in rows:
+        print(f"{name:32s} {seconds:7.2f} s" + ("" if units is None else f" {units:7.2f} s"))
+    warm = {name: s for name, (s, _) in rows if name.endswith("warm")}
+    print(f"{'Ray 2 CPU warm / local warm':32s} {warm['Ray 2 CPU x 1 thread, warm'] / local:7.2f}")
     overhead = (warm["Ray 1 CPU x 1 thread, warm"] - local) / n
-    print(f"{'Ray overhead per unit':32s} {overhead:7.2f} s  ((Ray 1 CPU warm - local) / {n} units)")
+    print(f"{'Ray overhead per unit':32s} {overhead:7.2f} s  ((Ray 1 CPU warm - local warm) / {n} "
+          "units)")
 
 
 # ----------------------------------------------------------------------------- estimate
