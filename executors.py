@@ -80,7 +80,23 @@ class _Job:
 
 def _schedule(sweeps, runtime, *, force, desc, progress) -> list[dict]:
     counts = [{"ran": 0, "skipped": 0, "failed": 0} for _ in sweeps]
-    pending: list[_Job] = []
+    pending = _pending(sweeps, counts, force)
+    total = sum(len(units) for _, units in sweeps)
+    bar = tqdm(total=total, desc=desc, unit="config", disable=not progress)
+    bar.update(total - len(pending))
+    if pending:
+        check_nodes_see(Path(pending[0].unit.run_dir))
+        _run(pending, _task_options(runtime.ray_resources), bar)
+    bar.close()
+    for (store, _), count in zip(sweeps, counts):
+        log.info("%s: %d ran, %d skipped (already done), %d failed", store.name, count["ran"],
+                 count["skipped"], count["failed"])
+    return counts
+
+
+def _pending(sweeps, counts, force: bool) -> list[_Job]:
+    """The units not done yet (tables brought up to date first, as the local loop does)."""
+    pending = []
     for (store, units), count in zip(sweeps, counts):
         store.forget_failed_except({unit.config_id for unit in units})
         store.refresh()
@@ -90,31 +106,25 @@ def _schedule(sweeps, runtime, *, force, desc, progress) -> list[dict]:
                 count["skipped"] += 1
             else:
                 pending.append(_Job(store, _absolute(unit), count))
-    total = sum(len(units) for _, units in sweeps)
-    bar = tqdm(total=total, desc=desc, unit="config", disable=not progress)
-    bar.update(total - len(pending))
-    if pending:
-        check_nodes_see(Path(pending[0].unit.run_dir))
-        options = _task_options(runtime.ray_resources)
-        in_flight: dict = {}
-        while pending or in_flight:
-            for job in _ready(pending, in_flight):
-                pending.remove(job)
-                phase = options[job.unit.phase]
-                task = _execute.options(**phase[times_latency(job.unit)])
-                in_flight[task.remote(job.unit, phase["threads"])] = job
-            if not in_flight:  # nothing can run: what the rest needs will never appear
-                _fail_stuck(pending)
-                bar.update(len(pending))
-                break
-            [ref], _ = ray.wait(list(in_flight), num_returns=1)
-            _commit(in_flight.pop(ref), ref)
-            bar.update(1)
-    bar.close()
-    for (store, _), count in zip(sweeps, counts):
-        log.info("%s: %d ran, %d skipped (already done), %d failed", store.name, count["ran"],
-                 count["skipped"], count["failed"])
-    return counts
+    return pending
+
+
+def _run(pending: list[_Job], options: dict, bar) -> None:
+    """Submit every ready unit, commit whichever finishes first, repeat."""
+    in_flight: dict = {}
+    while pending or in_flight:
+        for job in _ready(pending, in_flight):
+            pending.remove(job)
+            phase = options[job.unit.phase]
+            task = _execute.options(**phase[times_latency(job.unit)])
+            in_flight[task.remote(job.unit, phase["threads"])] = job
+        if not in_flight:  # nothing can run: what the rest needs will never appear
+            _fail_stuck(pending)
+            bar.update(len(pending))
+            return
+        [ref], _ = ray.wait(list(in_flight), num_returns=1)
+        _commit(in_flight.pop(ref), ref)
+        bar.update(1)
 
 
 def _absolute(unit: WorkUnit) -> WorkUnit:

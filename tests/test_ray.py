@@ -20,7 +20,7 @@ import ray
 import experiment
 import main
 from config import BAD_RAY_ADDRESS, BAD_RAY_RESOURCE, DEFAULT_RAY_RESOURCES, load_config
-from executors import FAILED_ON, NODE_CANNOT_SEE, check_nodes_see, run_on_ray
+from executors import FAILED_ON, NEEDS_MISSING, NODE_CANNOT_SEE, check_nodes_see, run_on_ray
 from results import ResultStore
 
 
@@ -147,12 +147,15 @@ def test_a_failing_unit_is_recorded_and_the_rest_finish(runs, tmp_path, caplog):
     units = experiment.quantization_units(ctx)
     broken = dataclasses.replace(units[0], args={**units[0].args, "options": {
         **units[0].args["options"], "observer": "no_such_observer"}})  # raises on the worker
+    stuck = dataclasses.replace(units[1], needs=("checkpoints/gone.pt",))  # never runs
     store = ResultStore(copy, "quantization_results")
-    [counts] = run_on_ray([(store, [broken, *units[1:]])], ctx.cfg.runtime, progress=False)
-    assert counts == {"ran": len(units) - 1, "skipped": 0, "failed": 1}
+    [counts] = run_on_ray([(store, [broken, stuck, *units[2:]])], ctx.cfg.runtime, progress=False)
+    assert counts == {"ran": len(units) - 2, "skipped": 0, "failed": 2}
     by_id = {r["config_id"]: r for r in store.records()}
     assert by_id[broken.config_id]["status"] == "failed"
     assert "no_such_observer" in by_id[broken.config_id]["error"]
     assert by_id[broken.config_id]["node"]
-    assert all(by_id[u.config_id]["status"] == "ok" for u in units[1:])
+    assert by_id[stuck.config_id]["error"] == "FileNotFoundError: " + NEEDS_MISSING.format(
+        config_id=stuck.config_id, missing=["checkpoints/gone.pt"])
+    assert all(by_id[u.config_id]["status"] == "ok" for u in units[2:])
     assert FAILED_ON.split(" %s")[0] in caplog.text and broken.config_id in caplog.text
