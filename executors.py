@@ -15,6 +15,8 @@ it measures. Only this module imports ray (docs/cluster.md).
 """
 from __future__ import annotations
 
+import cpu_policy  # noqa: F401  (first, as in main.py: a worker's OpenMP reads it when torch loads)
+
 import dataclasses
 import logging
 import os

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import datasets
 from config import ExperimentConfig, config_to_dict, expand_method_specs, load_config, save_config
-from evaluation import fp32_reference_latency, model_size_mib, predict
+import profiling
+from evaluation import cpu_load, fp32_reference_latency, model_size_mib, predict
 from fairness_metrics import summarize_predictions
 from models import (build_model, count_parameters, export_torchscript, list_models,
                     load_model_from_checkpoint, save_checkpoint)
@@ -60,11 +61,12 @@ class Context:
     @cached_property
     def splits(self):
         data = self.cfg.data
-        splits = datasets.load_dataset(
-            data.dataset, data.root, target=data.target, sensitive=data.sensitive,
-            image_size=data.image_size, seed=self.cfg.seed, split_fractions=data.split_fractions,
-            skip_bad_images=data.skip_bad_images, max_per_split=data.max_per_split,
-            synthetic=dataclasses.asdict(data.synthetic))
+        with profiling.step("data_loading"):
+            splits = datasets.load_dataset(
+                data.dataset, data.root, target=data.target, sensitive=data.sensitive,
+                image_size=data.image_size, seed=self.cfg.seed,
+                split_fractions=data.split_fractions, skip_bad_images=data.skip_bad_images,
+                max_per_split=data.max_per_split, synthetic=dataclasses.asdict(data.synthetic))
         check_calibration_sizes(self.cfg, len(splits.train))
         return splits
 
@@ -99,10 +101,12 @@ class Context:
         return model.eval()
 
     def score(self, predictions, reference=None):
+        """Point estimates only: the analysis phase computes every interval and test, once."""
         analysis = self.cfg.analysis
-        return summarize_predictions(predictions, reference=reference,
-                                     n_resamples=analysis.bootstrap_resamples, ci=analysis.ci,
-                                     seed=self.cfg.seed, min_group_size=analysis.min_group_size)
+        with profiling.step("scoring"):
+            return summarize_predictions(predictions, reference=reference, n_resamples=0,
+                                         ci=analysis.ci, seed=self.cfg.seed,
+                                         min_group_size=analysis.min_group_size)
 
     def calibration_loader(self, kind: str, n: int, seed: int, draw: int = 0):
         """A loader over ``n`` training images of calibration kind ``kind``, draw ``draw``."""
@@ -126,9 +130,11 @@ class Context:
     def latency_comparison(self, arch: str, fp32_model, int8_model) -> dict:
         """An integer model vs the fastest FP32 of ``arch`` on this machine (timed once per
         architecture), same process, at the configured batch sizes."""
-        return latency_report(fp32_model, int8_model, self.cfg.data.image_size,
-                              reference=self.fp32_reference(arch, fp32_model),
-                              **self._latency_options)
+        with profiling.step("latency"):
+            report = latency_report(fp32_model, int8_model, self.cfg.data.image_size,
+                                    reference=self.fp32_reference(arch, fp32_model),
+                                    **self._latency_options)
+        return {**report, **cpu_load()}
 
     @property
     def _latency_options(self) -> dict:
@@ -152,8 +158,9 @@ class Context:
         return self._fp32_references[arch]
 
     def predict(self, model):
-        return predict(model, self.loader(self.splits.test), device=self.device,
-                       progress=self.cfg.runtime.progress)
+        with profiling.step("prediction"):
+            return predict(model, self.loader(self.splits.test), device=self.device,
+                           progress=self.cfg.runtime.progress)
 
     def unit(self, config_id: str, fields: dict, runner: str, args: dict, phase: str,
              needs: tuple = ()) -> WorkUnit:
@@ -280,7 +287,7 @@ def run_baseline(ctx: Context, arch: str, retrain: bool = False):
     predictions = ctx.predict(model)
     record, per_group = ctx.score(predictions)
     record.update(training, params=count_parameters(model), size_mib=model_size_mib(model),
-                  **_fp32_latency(ctx, model))
+                  **_fp32_latency(ctx, model), **cpu_load())
     return record, predictions, per_group
 
 
@@ -316,11 +323,13 @@ def _weights_path(cfg: ExperimentConfig, arch: str):
 def _fp32_latency(ctx: Context, model) -> dict:
     """FP32 latency at each configured batch size, in its fastest eager layout."""
     runtime, fields = ctx.cfg.runtime, {}
-    for n in runtime.latency_batch_sizes:
-        ms, layout = fp32_reference_latency(model.cpu(), ctx.cfg.data.image_size, n,
-                                            threads=runtime.threads, warmup=runtime.latency_warmup,
-                                            repeats=runtime.latency_repeats)
-        fields.update({f"latency_ms_b{n}": round(ms, 4), f"latency_layout_b{n}": layout})
+    with profiling.step("latency"):
+        for n in runtime.latency_batch_sizes:
+            ms, layout = fp32_reference_latency(model.cpu(), ctx.cfg.data.image_size, n,
+                                                threads=runtime.threads,
+                                                warmup=runtime.latency_warmup,
+                                                repeats=runtime.latency_repeats)
+            fields.update({f"latency_ms_b{n}": round(ms, 4), f"latency_layout_b{n}": layout})
     return fields
 
 

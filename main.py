@@ -11,12 +11,15 @@ message says which and how to fix it), 3 the run folder is in use by another pro
 """
 from __future__ import annotations
 
+import cpu_policy  # noqa: F401  (first: libgomp reads OMP_WAIT_POLICY once, when torch loads)
+
 import argparse
 import logging
 import sys
 
 import config as config_module
 import experiment
+import profiling
 from results import ResultStore, RunFolderBusy, RunLock, refresh_tables, run_sweep
 
 PHASES = ("baseline", "quantization", "mitigation", "analysis")
@@ -131,6 +134,7 @@ def main(argv=None) -> int:
             experiment.save_run_config(cfg)
             ctx = experiment.Context(cfg)
             failed = run_phases(ctx, PHASES if args.phase == "all" else (args.phase,), args.force)
+            profiling.log_table()
     except RunFolderBusy as error:
         print(f"error: {error}", file=sys.stderr)
         return 3

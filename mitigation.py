@@ -24,6 +24,7 @@ constraint. The phase helpers are ``calibration_draws`` (paired balanced/random 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from dataclasses import dataclass, fields
@@ -39,7 +40,9 @@ from tqdm.auto import tqdm
 import datasets
 import evaluation
 import fairness_metrics
+import profiling
 import quantization
+from checks import check_choice
 from quantization import PTQStaticConfig, QATConfig, apply_quantization, quantizable_layers, register_method
 
 logger = logging.getLogger(__name__)
@@ -68,13 +71,6 @@ __all__ = [
     "weight_size_mib",
 ]
 
-
-def _require_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(allowed)}.")
-
-
-# --------------------------------------------------------------------------- fairness penalties
 
 def positive_probability(logits: torch.Tensor) -> torch.Tensor:
     """P(y=1) per sample from logits shaped [N, 2] (softmax) or [N] / [N, 1] (sigmoid)."""
@@ -122,7 +118,7 @@ PENALTIES = {
 
 def fairness_loss_hook(penalty: str = "dp", lam: float = 1.0) -> Callable:
     """`training.fit` loss hook: base loss + lam * penalty(logits, targets, group_codes)."""
-    _require_choice("fairness penalty", penalty, PENALTIES)
+    check_choice("penalty", penalty, PENALTIES)
     if lam < 0:
         raise ValueError(f"fairness penalty weight lam={lam} is negative; use lam >= 0 (0 disables it).")
     surrogate = PENALTIES[penalty]
@@ -137,7 +133,6 @@ def fairness_loss_hook(penalty: str = "dp", lam: float = 1.0) -> Callable:
 
 # --------------------------------------------------------------------------- data and group metrics
 
-PREDICTION_COLUMNS = ("sample_id", "y_true", "y_pred", "score", "group")
 
 
 def _face_dataset(data, what: str) -> datasets.FaceDataset:
@@ -176,7 +171,7 @@ def group_report(predictions: pd.DataFrame, sensitive_attributes: Sequence[str] 
     the groups) and worst-group accuracy come from fairness_metrics.
     """
     if sensitive_attributes:
-        _check_attributes(sensitive_attributes, [c for c in predictions.columns if c not in PREDICTION_COLUMNS])
+        _check_attributes(sensitive_attributes, [c for c in predictions.columns if c not in fairness_metrics.PREDICTION_COLUMNS])
         labels = fairness_metrics.intersectional_labels(predictions[list(sensitive_attributes)])
     else:
         labels = predictions["group"].to_numpy(dtype=str)
@@ -221,7 +216,7 @@ def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5, s
     within each group) or 'random' (uniform, the control). Draw i uses seed + i, so balanced and
     random draws with the same i are paired by seed.
     """
-    _require_choice("calibration kind", kind, CALIBRATION_KINDS)
+    check_choice("calibration", kind, CALIBRATION_KINDS)
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws={draws!r} must be a positive integer (the number of calibration draws), e.g. 5.")
     dataset = _face_dataset(dataset, "the calibration dataset")
@@ -293,19 +288,60 @@ def layer_sensitivity(model: nn.Module, layers: Sequence[str] | None, low_bits: 
     unknown = [layer for layer in layers if layer not in valid]
     if unknown:
         raise ValueError(f"layers {unknown} are not quantizable layers of the model; valid: {valid}.")
-    quantize = quantize or _probe_quantizer(act_bits, observer, device)
     loader = _as_loader(eval_data, "eval_data")
+    key = None if quantize else _sensitivity_key(model, layers, low_bits, act_bits, observer,
+                                                 calibration_data, loader, sensitive_attributes)
+    if key is not None and key in _SENSITIVITY_CACHE:
+        logger.info("layer sensitivity w%d: reusing the pass already made on these data", low_bits)
+        return _copy_table(_SENSITIVITY_CACHE[key])
+    quantize = quantize or _probe_quantizer(act_bits, observer, device)
     reference = evaluate_groups(model, loader, sensitive_attributes, device=device)
     modules = dict(model.named_modules())
     rows = []
     for layer in tqdm(layers, desc=f"sensitivity w{low_bits}", disable=not progress, leave=False):
-        probe = evaluate_groups(quantize(model, {layer: low_bits}, calibration_data), loader,
-                                sensitive_attributes, device=device)
+        with profiling.step("sensitivity_probe"):
+            probe = evaluate_groups(quantize(model, {layer: low_bits}, calibration_data), loader,
+                                    sensitive_attributes, device=device)
         deltas = {f"delta_{metric}": probe[metric] - reference[metric] for metric in DELTA_METRICS}
         rows.append({"layer": layer, "bits": low_bits, "params": modules[layer].weight.numel(), **probe, **deltas})
     table = pd.DataFrame(rows)
     table.attrs["reference"] = reference
+    if key is not None:
+        if len(_SENSITIVITY_CACHE) >= 8:  # the oldest goes; a run needs a few at a time
+            _SENSITIVITY_CACHE.pop(next(iter(_SENSITIVITY_CACHE)))
+        _SENSITIVITY_CACHE[key] = _copy_table(table)
     return table
+
+
+_SENSITIVITY_CACHE: dict[tuple, pd.DataFrame] = {}
+"""Sensitivity passes made in this process, keyed by everything they depend on, so that mixed
+precision and sensitive-layer preservation on the same model, bits and data share one pass."""
+
+
+def _sensitivity_key(model, layers, low_bits, act_bits, observer, calibration_data, loader,
+                     sensitive_attributes) -> tuple | None:
+    """What a default-probe sensitivity pass depends on, or None when the data have no sample ids."""
+    ids = [_sample_ids(data) for data in (calibration_data, loader)]
+    if None in ids:
+        return None
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return (digest.hexdigest(), tuple(layers), low_bits, act_bits, observer, *ids,
+            tuple(sensitive_attributes or ()))
+
+
+def _sample_ids(data) -> tuple | None:
+    dataset = getattr(data, "dataset", data)
+    metadata = getattr(dataset, "metadata", None)
+    return None if metadata is None else tuple(metadata["sample_id"])
+
+
+def _copy_table(table: pd.DataFrame) -> pd.DataFrame:
+    copy = table.copy()
+    copy.attrs["reference"] = dict(table.attrs["reference"])
+    return copy
 
 
 # --------------------------------------------------------------------------- sensitivity ranking, bit allocation
@@ -320,7 +356,7 @@ SENSITIVITY_CRITERIA = {
 
 def _sensitivity_scores(sensitivity: pd.DataFrame, criterion: str) -> pd.Series:
     """One score per layer for `criterion`; the largest over bit widths when several were measured."""
-    _require_choice("sensitivity criterion", criterion, SENSITIVITY_CRITERIA)
+    check_choice("criterion", criterion, SENSITIVITY_CRITERIA)
     column = SENSITIVITY_CRITERIA[criterion]
     missing = {"layer", column} - set(sensitivity.columns)
     if missing:
@@ -368,7 +404,7 @@ def allocate_bits(
     before every layer has reached the first. It stops as soon as the budget is met, so the most
     sensitive layers keep the most bits.
     """
-    _require_choice("budget unit", unit, BUDGET_UNITS)
+    check_choice("budget_unit", unit, BUDGET_UNITS)
     levels = sorted({int(b) for b in choices}, reverse=True)
     if not levels or levels[-1] < 1:
         raise ValueError(f"bit choices {tuple(choices)} are invalid; expected positive integers such as (8, 4).")
@@ -433,7 +469,7 @@ class BiasAwareCalibrationConfig(PTQStaticConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _require_choice("calibration", self.calibration, CALIBRATION_KINDS)
+        check_choice("calibration", self.calibration, CALIBRATION_KINDS)
 
 
 @register_method("bias_aware_calibration", BiasAwareCalibrationConfig,
@@ -477,10 +513,10 @@ class MixedPrecisionConfig(PTQStaticConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _require_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
-        _require_choice("budget_unit", self.budget_unit, BUDGET_UNITS)
+        check_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
+        check_choice("budget_unit", self.budget_unit, BUDGET_UNITS)
         for bits in self.bit_choices:
-            _require_choice("bit width in choices", bits, self.WEIGHT_BITS)
+            check_choice("choices", bits, self.WEIGHT_BITS)
         if self.layer_bits:
             raise ValueError("mixed_precision allocates layer_bits itself; use ptq_static with layer_bits "
                              "for a fixed allocation, or fp32_layers to exclude layers.")
@@ -529,7 +565,7 @@ class SensitiveLayerPreservationConfig(PTQStaticConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _require_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
+        check_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
         if self.preserve_count is None and self.preserve_budget_mib is None:
             raise ValueError("sensitive_layer_preservation needs preserve_count or preserve_budget_mib "
                              "(how many layers, or how many extra MiB, may stay FP32), e.g. preserve_count=2.")
@@ -605,8 +641,8 @@ class FairnessAwareConfig(PTQStaticConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _require_choice("calibration", self.calibration, CALIBRATION_KINDS)
-        _require_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
+        check_choice("calibration", self.calibration, CALIBRATION_KINDS)
+        check_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
         if not (isinstance(self.max_dp_gap, (int, float)) and 0 <= self.max_dp_gap <= 1):
             raise ValueError(f"max_dp_gap={self.max_dp_gap!r} must be a number in [0, 1] (a DP gap), e.g. 0.05.")
 

@@ -73,41 +73,39 @@ correctly). For EfficientNet: SiLU (also inside squeeze-excitation) and stochast
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
-import math
-import re
 import time
-import warnings
 from dataclasses import dataclass, field, fields
-from typing import Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from torch.ao.nn.intrinsic import _FusedModule
-from torch.ao.nn import quantized as nnq
-from torch.ao.nn.quantized import dynamic as nnqd
-from torch.ao.nn.quantized.modules.conv import _ConvNd as _QuantizedConvNd
 from torch.ao.quantization import (QConfig, QConfigMapping, disable_observer,
                                    get_default_qat_qconfig_mapping, get_default_qconfig_mapping,
                                    per_channel_dynamic_qconfig, quantize_dynamic)
-from torch.ao.quantization.fake_quantize import (FakeQuantize, FakeQuantizeBase,
-                                                 FixedQParamsFakeQuantize)
+from torch.ao.quantization.fake_quantize import FakeQuantize, FixedQParamsFakeQuantize
 from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObserver,
                                             MinMaxObserver, MovingAverageMinMaxObserver,
                                             MovingAveragePerChannelMinMaxObserver,
-                                            ObserverBase, PerChannelMinMaxObserver,
+                                            PerChannelMinMaxObserver,
                                             ReuseInputObserver)
 from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_fx, convert_fx,
                                                prepare_fx, prepare_qat_fx)
 from torchvision.ops import SqueezeExcitation
 
 import evaluation
+import profiling
 import training
+from checks import check_choice, parse_bits
+from int8_kernels import (BACKEND_ENGINE, _clamp_inputs, _isolated_torch_state, _narrow_integer_inputs,
+                          _share_dropout_quantizers, default_activation_range, kernel_capability)
+from quant_inspect import (FLOAT_BITS, _check_layer_names, _images, describe_quantized, layer_bit_widths, latency_report,
+                           packed_size_mib, prediction_agreement, quantizable_layers,
+                           traced_and_frozen, weight_levels)
 
 logger = logging.getLogger(__name__)
 
@@ -121,51 +119,12 @@ __all__ = [
     "register_method", "resolve_method", "traced_and_frozen", "weight_levels",
 ]
 
-BACKEND_ENGINE = "x86"
 EXECUTIONS = ("auto", "real_int8", "simulated")
 ACTIVATION_RANGES = ("auto", "full", "reduced")
-FLOAT_BITS = 32
-QPARAM_BYTES_PER_CHANNEL = 8  # one float32 scale + one int32 zero point per output channel
-_WEIGHT_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_INT_WEIGHT_LAYER_TYPES = (nnq.Conv1d, nnq.Conv2d, nnq.Conv3d, nnq.Linear, nnqd.Linear)
-_INT_WEIGHT_BITS = {torch.qint8: 8, torch.quint8: 8}
+
 
 
 # --------------------------------------------------------------------------- configs
-
-_BITS_PATTERN = re.compile(r"w(\d+)a(\d+)")
-
-
-def parse_bits(bits: str | int) -> tuple[int, int]:
-    """``'w4a8'`` -> (4, 8); an int ``b`` -> (b, b)."""
-    if isinstance(bits, int) and not isinstance(bits, bool):
-        return bits, bits
-    match = _BITS_PATTERN.fullmatch(str(bits).strip().lower())
-    if match is None:
-        raise ValueError(f"bits={bits!r} is not of the form 'w<weight bits>a<activation bits>'; "
-                         "use e.g. 'w8a8', 'w4a8' or 'w4a4'")
-    return int(match[1]), int(match[2])
-
-
-def kernel_capability() -> dict:
-    """What the x86 integer kernels of this CPU can do: torch's ``cpu_capability`` (e.g.
-    ``AVX2``, ``AVX512``) and whether AVX-512 VNNI is present (``vnni``), which fbgemm's GEMM and
-    oneDNN's convs need to accumulate u8 x s8 products in int32 instead of int16 pairs."""
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "vnni": bool(torch.cpu._is_vnni_supported())}
-
-
-def default_activation_range() -> str:
-    """``'full'`` (0..255 activations) where VNNI kernels cannot saturate, else ``'reduced'``
-    (0..127 at the inputs of every integer conv and linear)."""
-    return "full" if kernel_capability()["vnni"] else "reduced"
-
-
-def _check_choice(name: str, value, choices: Sequence, owner: str) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported by {owner}; supported: "
-                         f"{', '.join(map(str, choices))}")
-
 
 BITS_AND_WIDTHS = "give either bits='w<W>a<A>' or weight_bits/act_bits, not both"
 
@@ -202,8 +161,8 @@ class QuantConfig(metaclass=_TakesBits):
             elif isinstance(value, list):
                 object.__setattr__(self, item.name, tuple(value))
         owner = type(self).__name__
-        _check_choice("weight_bits", self.weight_bits, self.WEIGHT_BITS, owner)
-        _check_choice("act_bits", self.act_bits, self.ACT_BITS, owner)
+        check_choice("weight_bits", self.weight_bits, self.WEIGHT_BITS, owner)
+        check_choice("act_bits", self.act_bits, self.ACT_BITS, owner)
 
     @property
     def bits(self) -> str:
@@ -255,13 +214,13 @@ class PTQStaticConfig(QuantConfig):
     def __post_init__(self):
         super().__post_init__()
         owner = type(self).__name__
-        _check_choice("observer", self.observer, OBSERVERS, owner)
-        _check_choice("execution", self.execution, EXECUTIONS, owner)
-        _check_choice("activation_range", self.activation_range, ACTIVATION_RANGES, owner)
+        check_choice("observer", self.observer, OBSERVERS, owner)
+        check_choice("execution", self.execution, EXECUTIONS, owner)
+        check_choice("activation_range", self.activation_range, ACTIVATION_RANGES, owner)
         if not 50 < self.percentile <= 100:
             raise ValueError(f"percentile={self.percentile!r} must be in (50, 100], e.g. 99.99")
         for name, bits in self.layer_bits:
-            _check_choice(f"layer_bits[{name!r}]", bits, self.WEIGHT_BITS, owner)
+            check_choice(f"layer_bits[{name!r}]", bits, self.WEIGHT_BITS, owner)
         both = sorted(set(dict(self.layer_bits)) & set(self.fp32_layers))
         if both:
             raise ValueError(f"layers {both} are in both layer_bits and fp32_layers; keep each "
@@ -362,7 +321,7 @@ class MethodTraits:
     paired_draws: bool = False
 
     def __post_init__(self):
-        _check_choice("calibration", self.calibration, CALIBRATION_NEEDS, "MethodTraits")
+        check_choice("calibration", self.calibration, CALIBRATION_NEEDS, "MethodTraits")
 
 
 @dataclass(frozen=True)
@@ -459,28 +418,6 @@ def method_config(name: str, **options) -> QuantConfig:
 
 # --------------------------------------------------------------------------- the entry point
 
-# torch.ao still works in this torch; its deprecation notices would drown the log.
-_DEPRECATION_NOTICES = (".*torch.ao.quantization is deprecated",
-                        ".*quantized tensor creation functions .* are deprecated")
-
-
-@contextlib.contextmanager
-def _isolated_torch_state(threads: int | None = None):
-    """Run with the x86 engine (and ``threads``), restoring engine and thread count after."""
-    engine, num_threads = torch.backends.quantized.engine, torch.get_num_threads()
-    try:
-        torch.backends.quantized.engine = BACKEND_ENGINE
-        if threads:
-            torch.set_num_threads(threads)
-        with warnings.catch_warnings():
-            for message in _DEPRECATION_NOTICES:
-                warnings.filterwarnings("ignore", message=message)
-            yield
-    finally:
-        torch.backends.quantized.engine = engine
-        torch.set_num_threads(num_threads)
-
-
 def apply_quantization(model: nn.Module, method: str | QuantConfig = "ptq_static",
                        bit_width: int = 8, calibration_data=None, **options) -> nn.Module:
     """Return a quantized copy of ``model``; ``model`` and global torch state are left unchanged.
@@ -515,7 +452,7 @@ def apply_quantization(model: nn.Module, method: str | QuantConfig = "ptq_static
     if not {"bits", "weight_bits", "act_bits"} & options.keys():
         options.update(_bit_width_options(bit_width, spec.config_cls))
     config = _build_config(spec.config_cls, options, name)
-    with _isolated_torch_state(threads):
+    with _isolated_torch_state(threads), profiling.step("quantize"):
         start = time.perf_counter()
         quantized = spec.handler(copy.deepcopy(model), config, calibration_data, **context)
         cost_s = time.perf_counter() - start
@@ -625,137 +562,6 @@ def _activation_range(config: QuantConfig) -> str | None:
 
 # --------------------------------------------------------------------------- layers and bits
 
-def _weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(name, module) of every conv/linear layer; a fused module counts once, under its name."""
-    fused_prefix = None
-    for name, module in model.named_modules():
-        if fused_prefix is not None and name.startswith(fused_prefix):
-            continue
-        if isinstance(module, _FusedModule):
-            fused_prefix, module = name + ".", module[0]
-        if isinstance(module, _WEIGHT_LAYER_TYPES + _INT_WEIGHT_LAYER_TYPES):
-            yield name, module
-
-
-def quantizable_layers(model: nn.Module) -> list[str]:
-    """Names of the conv and linear modules, in definition order (keys for ``layer_bits`` and
-    ``fp32_layers``)."""
-    return [name for name, _ in _weight_layers(model)]
-
-
-def _check_layer_names(model: nn.Module, names: Iterable[str], option: str) -> None:
-    valid = quantizable_layers(model)
-    unknown = [name for name in names if name not in valid]
-    if unknown:
-        raise ValueError(f"{option} names unknown layers {unknown}; valid names (conv/linear "
-                         f"modules from quantizable_layers(model)): {valid}")
-
-
-def _module_bits(module: nn.Module) -> int:
-    """Weight bit width of one layer: read from its quantized weight or its quantizer."""
-    if isinstance(module, _INT_WEIGHT_LAYER_TYPES):
-        return _INT_WEIGHT_BITS[module.weight().dtype]
-    quant_range = None
-    if getattr(module, "weight_quant_min", None) is not None:  # reference (simulated) module
-        quant_range = module.weight_quant_max - module.weight_quant_min + 1
-    elif isinstance(getattr(module, "weight_fake_quant", None), FakeQuantizeBase):  # QAT module
-        quant_range = module.weight_fake_quant.quant_max - module.weight_fake_quant.quant_min + 1
-    return FLOAT_BITS if quant_range is None else int(math.log2(quant_range))
-
-
-def layer_bit_widths(model: nn.Module) -> dict[str, int]:
-    """Weight bit width of every conv/linear layer of ``model`` (32 for float layers)."""
-    return {name: _module_bits(module) for name, module in _weight_layers(model)}
-
-
-def weight_levels(model: nn.Module) -> dict[str, int]:
-    """For each quantized layer, the largest number of distinct weight values in one output
-    channel (real INT8: of the stored integers; simulated: of the fake-quantized weights)."""
-    levels = {}
-    for name, module in _weight_layers(model):
-        if isinstance(module, _INT_WEIGHT_LAYER_TYPES):
-            weight = module.weight().int_repr()
-        elif hasattr(module, "get_weight"):  # reference module: quantize-dequantize on the fly
-            weight = module.get_weight()
-        else:
-            continue
-        levels[name] = max(channel.unique().numel() for channel in weight.flatten(1))
-    return levels
-
-
-def _float_ops(model: nn.Module) -> list[str]:
-    """Ops of a converted FX graph that run in float on dequantized inputs (first use each)."""
-    graph = getattr(model, "graph", None)
-    if graph is None:
-        return []
-    ops = []
-    for node in graph.nodes:
-        if node.op not in ("call_module", "call_function", "call_method"):
-            continue
-        label = node.target if isinstance(node.target, str) else node.target.__name__
-        fed_by_dequantize = any(arg.op == "call_method" and arg.target == "dequantize"
-                                for arg in node.all_input_nodes)
-        if fed_by_dequantize and "quantize" not in label and label not in ops:
-            ops.append(label)
-    return ops
-
-
-def describe_quantized(model: nn.Module, execution: str | None = None) -> dict:
-    """``execution``, ``fp32_layers``, ``layer_bits`` and ``float_ops`` of a quantized model,
-    read from the model itself. ``execution`` defaults to ``real_int8`` when integer modules are
-    present, else ``simulated``."""
-    bits = layer_bit_widths(model)
-    if execution is None:
-        is_int = any(isinstance(m, _INT_WEIGHT_LAYER_TYPES) for _, m in _weight_layers(model))
-        execution = "real_int8" if is_int else "simulated"
-    return {"execution": execution,
-            "fp32_layers": [name for name, b in bits.items() if b == FLOAT_BITS],
-            "layer_bits": {name: b for name, b in bits.items() if b != FLOAT_BITS},
-            "float_ops": _float_ops(model) if execution == "real_int8" else None}
-
-
-def _quantizer_tensor_ids(model: nn.Module) -> set[int]:
-    """Tensors that belong to quantizers (observers, fake-quant, reference weight qparams)."""
-    ids = set()
-    for module in model.modules():
-        if isinstance(module, (ObserverBase, FakeQuantizeBase)):
-            ids.update(id(t) for t in [*module.parameters(), *module.buffers()])
-        ids.update(id(getattr(module, key)) for key in ("weight_scale", "weight_zero_point",
-                                                         "weight_axis") if hasattr(module, key))
-    return ids
-
-
-def packed_size_mib(model: nn.Module, weight_bits: int = 8,
-                    layer_bits: Mapping[str, int] | None = None,
-                    fp32_layers: Iterable[str] = ()) -> float:
-    """Size in MiB (2**20 bytes) that the bit widths imply.
-
-    Each conv/linear weight is stored at ``layer_bits.get(name, weight_bits)`` bits (32 or a
-    name in ``fp32_layers``: float32) plus one float32 scale and one int32 zero point per output
-    channel when quantized; every other parameter and buffer counts at its own element size
-    (4 bytes for float32). Quantizer bookkeeping (observers, reference-module qparam buffers) is
-    not counted twice; per-tensor activation qparams (8 bytes each) are left out.
-    """
-    if any(isinstance(m, _INT_WEIGHT_LAYER_TYPES) for _, m in _weight_layers(model)):
-        raise ValueError("packed_size_mib is for float or simulated models; the size of a model "
-                         "with integer modules is its serialized bytes: "
-                         "evaluation.model_size_mib(model)")
-    layer_bits, fp32_layers = dict(layer_bits or {}), set(fp32_layers)
-    _check_layer_names(model, [*layer_bits, *fp32_layers], "packed_size_mib")
-    skip = _quantizer_tensor_ids(model)
-    total_bytes = 0.0
-    for name, module in _weight_layers(model):
-        bits = FLOAT_BITS if name in fp32_layers else layer_bits.get(name, weight_bits)
-        if bits < FLOAT_BITS:
-            total_bytes += math.ceil(module.weight.numel() * bits / 8)
-            total_bytes += module.weight.shape[0] * QPARAM_BYTES_PER_CHANNEL
-            skip.add(id(module.weight))
-    for tensor in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values():
-        if id(tensor) not in skip:
-            total_bytes += tensor.numel() * tensor.element_size()
-    return total_bytes / 2**20
-
-
 # --------------------------------------------------------------------------- observers, qconfigs
 
 class PercentileObserver(HistogramObserver):
@@ -847,16 +653,6 @@ def qconfig_mapping(model: nn.Module, config: PTQStaticConfig, *, qat: bool = Fa
 
 # --------------------------------------------------------------------------- building blocks
 
-def _images(batch) -> torch.Tensor:
-    if isinstance(batch, (list, tuple)) and batch:
-        batch = batch[0]
-    if not isinstance(batch, torch.Tensor):
-        raise ValueError(f"a batch must be an image tensor or a tuple with the images first, got "
-                         f"{type(batch).__name__}; use datasets.make_loader or a DataLoader of "
-                         "tensors")
-    return batch
-
-
 def _image_batches(data, name: str, method: str) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
     """(first image batch, iterator over all image batches) of a loader; refuses empty data."""
     if data is None:
@@ -906,178 +702,6 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
     return prepared
 
 
-def _share_dropout_quantizers(prepared: torch.fx.GraphModule) -> None:
-    """Give each dropout's output the quantizer of its input.
-
-    The backend observes a dropout's output separately, but the integer model runs eval-mode
-    dropout as the identity and keeps its input's scale; after pooling the two ranges differ
-    (MobileNet's and EfficientNet's heads), and the twin would quantize on a finer grid than the
-    deployed model. Sharing the quantizer makes both use the input's."""
-    replaced = {}  # id(dropout's own quantizer) -> its input's quantizer
-    for node in prepared.graph.nodes:
-        if not _is_quantizer(prepared, node):
-            continue
-        quantizer = prepared.get_submodule(node.target)
-        op = node.args[0] if node.args else None
-        if isinstance(op, torch.fx.Node) and _is_dropout(prepared, op) and op.args:
-            source = op.args[0]
-            if isinstance(source, torch.fx.Node) and _is_quantizer(prepared, source):
-                replaced[id(quantizer)] = prepared.get_submodule(source.target)
-        if id(quantizer) in replaced:  # also where a later op shares the dropout's quantizer
-            prepared.add_submodule(str(node.target), replaced[id(quantizer)])
-
-
-def _is_dropout(model: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
-    if node.op == "call_module":
-        return isinstance(model.get_submodule(node.target), (nn.Dropout, nnq.Dropout))
-    return node.op == "call_function" and node.target is nn.functional.dropout
-
-
-FBGEMM_MIN_GROUPS = 101  # the x86 engine hands convs with more groups than 100 to fbgemm
-NARROW_QUANT_MAX = 127  # 7-bit u8 inputs: 2 * 127 * 128 <= 32767, so int16 pair sums cannot saturate
-_FLOAT_WEIGHT_OPS = (nn.modules.conv._ConvNd, nn.Linear)
-_INT_WEIGHT_OPS = (_QuantizedConvNd, nnq.Linear)
-
-
-def _takes_narrow_input(module: nn.Module, activation_range: str) -> bool:
-    """Whether the input of ``module`` (float, fused or quantized) gets the 7-bit range: every
-    conv/linear under ``'reduced'``, only fbgemm's depthwise convs under ``'full'``."""
-    if isinstance(module, _FusedModule):
-        module = module[0]
-    if not isinstance(module, _FLOAT_WEIGHT_OPS + _INT_WEIGHT_OPS):
-        return False
-    return activation_range == "reduced" or getattr(module, "groups", 1) >= FBGEMM_MIN_GROUPS
-
-
-# Ops whose integer version keeps its input's scale and zero point and never raises its maximum:
-# the 7-bit range of a conv/linear input is set where the chain through them starts.
-_PASS_THROUGH_MODULES = (nn.Identity, nn.Dropout, nnq.Dropout, nn.Flatten, nn.ReLU, nn.ReLU6,
-                         nn.Hardtanh, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-                         nn.modules.pooling._AdaptiveAvgPoolNd)
-_PASS_THROUGH_FUNCTIONS = (torch.flatten, torch.reshape, torch.transpose, torch.squeeze,
-                           torch.unsqueeze, torch.mean, torch.relu, nn.functional.relu,
-                           nn.functional.relu6, nn.functional.hardtanh, nn.functional.dropout,
-                           nn.functional.max_pool2d, nn.functional.avg_pool2d,
-                           nn.functional.adaptive_avg_pool2d)
-_PASS_THROUGH_METHODS = ("flatten", "reshape", "view", "transpose", "permute", "contiguous",
-                         "squeeze", "unsqueeze", "mean", "relu", "relu_", "detach")
-
-
-def _is_pass_through(model: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
-    if node.op == "call_module":
-        return isinstance(model.get_submodule(node.target), _PASS_THROUGH_MODULES)
-    if node.op == "call_function":
-        return node.target in _PASS_THROUGH_FUNCTIONS
-    return node.op == "call_method" and node.target in _PASS_THROUGH_METHODS
-
-
-def _is_quantizer(model: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
-    return node.op == "call_module" and isinstance(model.get_submodule(node.target),
-                                                   (ObserverBase, FakeQuantizeBase))
-
-
-def _input_chain(model: torch.fx.GraphModule, node: torch.fx.Node) -> list[torch.fx.Node]:
-    """The first argument of ``node``, then back through quantizers and pass-through ops to
-    (and including) the op that produced the tensor."""
-    chain, current = [], node.args[0] if node.args else None
-    while isinstance(current, torch.fx.Node):
-        chain.append(current)
-        if not (_is_quantizer(model, current) or _is_pass_through(model, current)):
-            break
-        current = current.args[0] if current.args else None
-    return chain
-
-
-def _narrow_integer_inputs(prepared: torch.fx.GraphModule, activation_range: str) -> list[str]:
-    """Give the input of every conv/linear that ``activation_range`` names (see
-    ``_takes_narrow_input``) the range 0..127; returns those layers' names.
-
-    fbgemm's depthwise kernels add pairs of u8 x s8 products in int16 (``vpmaddubsw``) on every
-    CPU; without VNNI so do oneDNN's convs and fbgemm's GEMM. 2 * 255 * 127 > 32767 saturates;
-    2 * 127 * 128 cannot. Every quantizer on the input's chain back to its producer is narrowed
-    (the integer model keeps the producer's scale through dropout, pooling, reshapes), so both
-    executions, which come from this prepared graph, use the same levels; a shared quantizer
-    narrows that tensor for every consumer, as ``convert_quantized``'s clamp does.
-    """
-    narrowed = []
-    for node in prepared.graph.nodes:
-        if node.op != "call_module" or not node.args:
-            continue
-        if not _takes_narrow_input(prepared.get_submodule(node.target), activation_range):
-            continue
-        quantizers = [item for item in _input_chain(prepared, node)
-                      if _is_quantizer(prepared, item)]
-        for item in quantizers:
-            _narrow_activation_range(prepared.get_submodule(item.target), NARROW_QUANT_MAX)
-        if quantizers:
-            narrowed.append(str(node.target))
-    return narrowed
-
-
-class QuantizedRangeClamp(nn.Module):
-    """Clamp a quint8 tensor to the integer levels 0..``quant_max`` (same scale and zero point).
-
-    ``convert_fx`` turns an observer narrowed to 0..127 into scale/zero point only: its
-    ``quantize_per_tensor`` and the integer ops that produce the tensor clamp to 0..255, so
-    values above the calibrated maximum reach 128..255, which the reference twin clamps to 127
-    (and which the int16 pair sums could saturate on). This module restores the range."""
-
-    def __init__(self, quant_max: int = NARROW_QUANT_MAX):
-        super().__init__()
-        self.quant_max = quant_max
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (isinstance(x, torch.Tensor) and x.is_quantized):
-            return x
-        return torch.clamp(x, max=(self.quant_max - x.q_zero_point()) * x.q_scale())
-
-    def extra_repr(self) -> str:
-        return f"quant_max={self.quant_max}"
-
-
-def _clamp_inputs(model: torch.fx.GraphModule, layers: Iterable[str]) -> list[str]:
-    """In a ``convert_fx`` model, clamp the quantized input of each of ``layers`` (the names
-    ``_narrow_integer_inputs`` returned) to 0..127. The clamp follows the op that produced the
-    tensor (before any pass-through op) and replaces all its uses, as the twin's narrowed
-    quantizers do for every consumer.
-    Returns the names of the inserted clamps."""
-    layers, graph = set(layers), getattr(model, "graph", None)
-    if graph is None or not layers:
-        return []
-    clamped, names = set(), []
-    for node in list(graph.nodes):
-        if node.op != "call_module" or str(node.target) not in layers or not node.args:
-            continue
-        chain = _input_chain(model, node)
-        source = chain[-1] if chain else None
-        if source is None or source in clamped:
-            continue
-        name = f"{str(node.target).replace('.', '_')}_input_clamp"
-        model.add_submodule(name, QuantizedRangeClamp())
-        with graph.inserting_after(source):
-            clamp = graph.call_module(name, (source,))
-        source.replace_all_uses_with(clamp, delete_user_cb=lambda user: user is not clamp)
-        clamped.add(source)
-        names.append(name)
-    if names:
-        graph.lint()
-        model.recompile()
-    return names
-
-
-def _narrow_activation_range(quantizer: nn.Module, quant_max: int) -> None:
-    """Set an activation observer's (and its fake quantizer's) quant_max; a histogram observer's
-    error search then aims at that many levels."""
-    for module in (quantizer, getattr(quantizer, "activation_post_process", None)):
-        if module is None or not hasattr(module, "quant_max"):
-            continue
-        module.quant_max = min(int(module.quant_max), quant_max)
-        if hasattr(module, "has_customized_qrange"):
-            module.has_customized_qrange = True
-        if isinstance(module, HistogramObserver):
-            module.dst_nbins = module.quant_max - module.quant_min + 1
-
-
 @torch.no_grad()
 def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor], *, device="cpu",
               progress: bool = False) -> nn.Module:
@@ -1085,8 +709,9 @@ def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor], *, device="c
     the model is returned in eval mode on the CPU."""
     device = training.resolve_device(device)
     prepared.eval().to(device)
-    for images in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
-        prepared(images.to(device))
+    with profiling.step("calibration"):
+        for images in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
+            prepared(images.to(device))
     return prepared.cpu()
 
 
@@ -1094,7 +719,7 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
     """Freeze a calibrated/trained prepared model: ``'real_int8'`` -> x86 integer modules
     (``convert_fx``), ``'simulated'`` -> reference quantize/dequantize graph. Returns it with
     ``quant_info`` from ``describe_quantized``."""
-    _check_choice("execution", execution, EXECUTIONS[1:], "convert_quantized")
+    check_choice("execution", execution, EXECUTIONS[1:], "convert_quantized")
     prepared = prepared.cpu().eval()
     prepared.apply(disable_observer)
     narrowed = getattr(prepared, "narrowed_inputs", [])
@@ -1146,77 +771,3 @@ def _qat(model: nn.Module, config: QATConfig, calibration_data, *, train_loader=
     return convert_quantized(prepared, config.resolved_execution)
 
 
-# --------------------------------------------------------------------------- measurements
-
-@torch.no_grad()
-def prediction_agreement(model_a: nn.Module, model_b: nn.Module, loader) -> float:
-    """Fraction of samples on which the two models' argmax predictions agree. Both models are
-    moved to the CPU (integer kernels run there) and put in eval mode."""
-    model_a, model_b = model_a.cpu().eval(), model_b.cpu().eval()
-    agree = total = 0
-    for batch in loader:
-        images = _images(batch).cpu()
-        agree += (model_a(images).argmax(1) == model_b(images).argmax(1)).sum().item()
-        total += len(images)
-    if total == 0:
-        raise ValueError("loader yielded no samples; prediction_agreement needs at least one")
-    return agree / total
-
-
-def latency_report(fp32_model: nn.Module, int8_model: nn.Module, image_size: int,
-                   batch_sizes: Sequence[int] = (1, 32), threads: int = 2, *,
-                   fp32_models: Mapping[str, nn.Module] | None = None,
-                   reference: Mapping[int, tuple[float, str]] | None = None, **options) -> dict:
-    """Quantized CPU latency against the fastest FP32 on this machine, same process and threads.
-
-    The FP32 candidates are ``fp32_model`` in both eager layouts plus ``fp32_models`` (e.g. the
-    ONNX Runtime and OpenVINO FP32 models of ``runtimes``); ``reference`` ({batch size: (ms,
-    name)}) gives measurements already made, so FP32 is timed once per architecture. A torch
-    integer model is also timed traced and frozen when that form gives identical logits.
-
-    Per batch size ``n``: ``fp32_latency_ms_b{n}``, ``fp32_reference_b{n}`` (which FP32 was
-    fastest), ``latency_ms_b{n}``, ``int8_form_b{n}`` (``eager`` or ``traced_frozen``) and
-    ``speedup_b{n}`` (FP32 ms / quantized ms). ``options`` (warmup, repeats) go to
-    ``evaluation.measure_latency``. Only meaningful for integer models: a simulated model runs
-    fake quantization in float.
-    """
-    execution = getattr(int8_model, "quant_info", {}).get("execution")
-    if execution == "simulated":
-        logger.warning("latency_report on a simulated model measures fake quantization in "
-                       "float, not a deployed integer model")
-    forms = {"eager": int8_model}
-    if execution == "real_int8":
-        frozen = traced_and_frozen(int8_model, image_size)
-        if frozen is not None:
-            forms["traced_frozen"] = frozen
-    candidates = {"torch": fp32_model, **(fp32_models or {})}
-    report = {"threads": threads, "image_size": image_size, "execution": execution}
-    with _isolated_torch_state():
-        for n in batch_sizes:
-            fp32_ms, fp32_name = (reference or {}).get(n) or evaluation.fastest_latency(
-                candidates, image_size, n, threads=threads, **options)
-            quantized_ms, form = evaluation.fastest_latency(forms, image_size, n,
-                                                            threads=threads, **options)
-            report.update({f"fp32_latency_ms_b{n}": fp32_ms, f"fp32_reference_b{n}": fp32_name,
-                           f"latency_ms_b{n}": quantized_ms,
-                           f"int8_form_b{n}": form.removesuffix("_contiguous"),
-                           f"speedup_b{n}": fp32_ms / quantized_ms})
-    return report
-
-
-@torch.no_grad()
-def traced_and_frozen(model: nn.Module, image_size: int) -> torch.jit.ScriptModule | None:
-    """``model`` traced and frozen (TorchScript), or None when tracing fails or the frozen
-    module's logits differ in any bit from the eager model's on a random batch."""
-    generator = torch.Generator().manual_seed(0)
-    example, check = (torch.randn(n, 3, image_size, image_size, generator=generator)
-                      for n in (2, 4))
-    try:
-        with _isolated_torch_state(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            frozen = torch.jit.freeze(torch.jit.trace(model.cpu().eval(), example).eval())
-            exact = torch.equal(frozen(check), model(check))
-    except (RuntimeError, TypeError, ValueError) as error:
-        logger.info("traced and frozen form unavailable (%s); timing eager only", error)
-        return None
-    return frozen if exact else None

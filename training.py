@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+import profiling
+
 logger = logging.getLogger(__name__)
 
 LossHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -80,7 +82,8 @@ def seed_everything(seed: int) -> None:
 def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: float,
         weight_decay: float = 0.0, optimizer: str = "adamw", scheduler: str = "cosine",
         device: str | torch.device = "auto", seed: int = 0, loss_hook: LossHook | None = None,
-        max_steps: int | None = None, progress: bool = True, desc: str = "train") -> FitResult:
+        max_steps: int | None = None, progress: bool = True, desc: str = "train",
+        channels_last: bool = False) -> FitResult:
     """Train ``model`` in place with cross-entropy (plus ``loss_hook``) and return a FitResult.
 
     The optimizer is ``'adamw'`` or ``'sgd'`` (momentum 0.9); ``scheduler='cosine'`` anneals the
@@ -89,11 +92,14 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     torch random state is seeded with ``seed`` inside the call and restored afterwards, so the
     same seed, model and loader give identical weights on CPU. When ``val_loader`` is given, the
     model ends holding the weights of the epoch with the best validation accuracy; it is left in
-    eval mode on ``device``.
+    eval mode on ``device``. ``channels_last`` trains with the model and images in that memory
+    format (the model keeps it afterwards). Each step is timed as ``profiling`` step
+    ``training_step``, each validation pass as ``validation``.
     """
     steps_per_epoch = _check_fit_args(train_loader, epochs, lr, optimizer, scheduler, max_steps)
     device = resolve_device(device)
-    model.to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     optim = OPTIMIZERS[optimizer](model.parameters(), lr, weight_decay)
     total_steps = epochs * steps_per_epoch
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=total_steps)
@@ -107,8 +113,10 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
         for epoch in range(1, epochs + 1):
             train_loss, train_acc = _train_epoch(model, train_loader, optim, schedule, scaler,
                                                  device, loss_hook, steps_per_epoch,
-                                                 progress, f"{desc} {epoch}/{epochs}")
-            val_acc = accuracy(model, val_loader, device) if val_loader is not None else None
+                                                 progress, f"{desc} {epoch}/{epochs}",
+                                                 memory_format)
+            with profiling.step("validation"):
+                val_acc = accuracy(model, val_loader, device) if val_loader is not None else None
             logger.info("%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %s", desc, epoch,
                         epochs, train_loss, train_acc, "-" if val_acc is None else f"{val_acc:.4f}")
             if result.record({"epoch": epoch, "train_loss": train_loss,
@@ -142,18 +150,20 @@ def _check_fit_args(train_loader, epochs, lr, optimizer, scheduler, max_steps) -
     return min(len(train_loader), max_steps or len(train_loader))
 
 
-def _unpack(batch, device: torch.device):
-    """Images, targets and group codes of a contract batch, on ``device``."""
+def _unpack(batch, device: torch.device, memory_format=torch.contiguous_format):
+    """Images (in ``memory_format``), targets and group codes of a contract batch, on ``device``."""
     if not isinstance(batch, (list, tuple)) or len(batch) < 3:
         raise ValueError("batches must be (images, targets, group_codes, sample_ids) tuples, "
                          f"got {type(batch).__name__}; build loaders with datasets.make_loader")
     images, targets, group_codes = batch[0], batch[1], batch[2]
+    if images.ndim == 4:
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
     return (images.to(device, non_blocking=True), targets.to(device, non_blocking=True),
             torch.as_tensor(group_codes).to(device, non_blocking=True))
 
 
 def _train_epoch(model, loader, optim, schedule, scaler, device, loss_hook, steps, progress,
-                 desc) -> tuple[float, float]:
+                 desc, memory_format=torch.contiguous_format) -> tuple[float, float]:
     """One pass over at most ``steps`` batches; returns (mean loss, accuracy)."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
@@ -161,26 +171,34 @@ def _train_epoch(model, loader, optim, schedule, scaler, device, loss_hook, step
     for step, batch in enumerate(bar):
         if step == steps:
             break
-        images, targets, group_codes = _unpack(batch, device)
-        with torch.autocast(device_type=device.type, dtype=torch.float16,
-                            enabled=device.type == "cuda"):
-            logits = model(images)
-        base_loss = nn.functional.cross_entropy(logits.float(), targets)
-        loss = loss_hook(logits, targets, group_codes, base_loss) if loss_hook else base_loss
-        if loss.ndim != 0 or not math.isfinite(loss.item()):
-            raise FloatingPointError(f"{desc} step {step}: loss is {loss.detach()} (expected a "
-                                     "finite scalar); lower lr or check loss_hook")
-        optim.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optim)
-        scaler.update()
-        if schedule is not None:
-            schedule.step()
-        total_loss += loss.item() * len(targets)
+        with profiling.step("training_step"):
+            loss, logits, targets = _train_step(model, batch, optim, schedule, scaler, device,
+                                                loss_hook, memory_format, f"{desc} step {step}")
+        total_loss += loss * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
     return total_loss / seen, correct / seen
+
+
+def _train_step(model, batch, optim, schedule, scaler, device, loss_hook, memory_format, where):
+    """One optimizer step on ``batch``; returns (loss value, logits, targets)."""
+    images, targets, group_codes = _unpack(batch, device, memory_format)
+    with torch.autocast(device_type=device.type, dtype=torch.float16,
+                        enabled=device.type == "cuda"):
+        logits = model(images)
+    base_loss = nn.functional.cross_entropy(logits.float(), targets)
+    loss = loss_hook(logits, targets, group_codes, base_loss) if loss_hook else base_loss
+    if loss.ndim != 0 or not math.isfinite(loss.item()):
+        raise FloatingPointError(f"{where}: loss is {loss.detach()} (expected a finite scalar); "
+                                 "lower lr or check loss_hook")
+    optim.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optim)
+    scaler.update()
+    if schedule is not None:
+        schedule.step()
+    return loss.item(), logits.detach(), targets
 
 
 @torch.inference_mode()

@@ -1,3 +1,6 @@
+import itertools
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -141,3 +144,45 @@ def test_predict_needs_two_class_logits(faces):
     one_logit = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 1))
     with pytest.raises(ValueError, match=r"classes >= 2\) logits, got shape \(4, 1\)"):
         evaluation.predict(one_logit, make_loader(faces.subset(range(4)), 4), progress=False)
+
+
+def test_median_interval_uses_order_statistics_at_95_percent():
+    assert evaluation.median_interval(range(5)) is None  # 5 values cannot give 95%
+    assert evaluation.median_interval([3, 1, 2, 6, 5, 4]) == (1, 6)
+    # n = 20: P(Binomial(20, 1/2) <= 5) = 0.021 <= 0.025 < P(<= 6), so x(6) .. x(15)
+    assert evaluation.median_interval(range(1, 21)) == (6, 15)
+
+
+def fake_clock(monkeypatch, increments):
+    """time.perf_counter advancing by ``increments`` (cycled) at each call."""
+    ticks = itertools.accumulate(itertools.cycle(increments))
+    monkeypatch.setattr(evaluation.time, "perf_counter", lambda: next(ticks))
+
+
+def test_latency_repeats_stop_once_the_median_is_stable(monkeypatch):
+    fake_clock(monkeypatch, [0.001])  # every run takes 1 ms
+    stats = evaluation.latency_stats(models.build_model("tiny_cnn", image_size=16), 16,
+                                     warmup=0, repeats=30)
+    assert stats["repeats"] == evaluation.MIN_REPEATS and stats["stable"]
+    assert stats["ci_low_ms"] == pytest.approx(1) and stats["ci_high_ms"] == pytest.approx(1)
+    assert stats["latency_ms"] == pytest.approx(1)
+
+
+def test_latency_repeats_stop_at_the_maximum_when_the_median_is_not_stable(monkeypatch):
+    fake_clock(monkeypatch, [0.001, 0.002, 0.007])  # runs of 7, 2, 1, 7, 2, 1 ... ms
+    model = models.build_model("tiny_cnn", image_size=16)
+    unstable = evaluation.latency_stats(model, 16, warmup=0, repeats=9)
+    assert unstable["repeats"] == 9 and not unstable["stable"]
+    assert unstable["ci_low_ms"] == pytest.approx(1) and unstable["ci_high_ms"] == pytest.approx(7)
+    few = evaluation.latency_stats(model, 16, warmup=0, repeats=3)
+    assert few["repeats"] == 3 and math.isnan(few["ci_low_ms"]) and not few["stable"]
+    with pytest.raises(ValueError, match="tolerance must be a fraction in \\(0, 1\\), got 3"):
+        evaluation.latency_stats(model, 16, tolerance=3)
+
+
+def test_cpu_load_says_how_busy_the_cpu_is():
+    load = evaluation.cpu_load(sample_s=0.05)
+    assert set(load) == {"load_avg_1m", "other_cores", "cpu_shared"}
+    assert isinstance(load["cpu_shared"], bool) and load["load_avg_1m"] >= 0
+    if not math.isnan(load["other_cores"]):
+        assert load["cpu_shared"] == (load["other_cores"] >= evaluation.SHARED_CORES)

@@ -39,7 +39,7 @@ def test_penalty_rejects_multiclass_logits():
 
 
 def test_loss_hook_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="unknown fairness penalty 'xx'"):
+    with pytest.raises(ValueError, match="penalty='xx' is not supported; supported: "):
         mit.fairness_loss_hook("xx", 1.0)
     with pytest.raises(ValueError, match="negative"):
         mit.fairness_loss_hook("dp", -1.0)
@@ -93,7 +93,7 @@ def test_rank_layers_by_criterion():
     table = _sensitivity({"a": 0.1, "b": 0.5, "c": 0.3})
     assert mit.rank_layers(table, "overall") == ["b", "c", "a"]
     assert mit.rank_layers(table, "worst_group") == ["a", "c", "b"]
-    with pytest.raises(ValueError, match="unknown sensitivity criterion 'loss'"):
+    with pytest.raises(ValueError, match="criterion='loss' is not supported; supported: "):
         mit.rank_layers(table, "loss")
 
 
@@ -129,7 +129,7 @@ def test_allocate_bits_impossible_budget_is_clear():
         mit.allocate_bits(table, {"a": 100}, 2.0, choices=(8, 4))
     with pytest.raises(ValueError, match="no size"):
         mit.allocate_bits(table, {}, 8.0)
-    with pytest.raises(ValueError, match="unknown budget unit"):
+    with pytest.raises(ValueError, match="budget_unit='bytes' is not supported"):
         mit.allocate_bits(table, {"a": 100}, 8.0, unit="bytes")
 
 
@@ -211,7 +211,7 @@ def test_bias_aware_calibration_needs_group_metadata(trained):
     tensors = torch.utils.data.DataLoader(torch.randn(8, 3, 32, 32), batch_size=4)
     with pytest.raises(ValueError, match="must be a datasets.FaceDataset"):
         quantization.apply_quantization(trained, "bias_aware_calibration", 8, tensors)
-    with pytest.raises(ValueError, match="unknown calibration 'stratified'"):
+    with pytest.raises(ValueError, match="calibration='stratified' is not supported"):
         quantization.apply_quantization(trained, "bias_aware_calibration", 8, tensors, calibration="stratified")
 
 
@@ -228,6 +228,21 @@ def test_layer_sensitivity_ranks_the_fragile_layer_first(planted, trained, fragi
     assert table.drop(index="features.3")["delta_loss"].abs().max() < 0.05
     with pytest.raises(ValueError, match="not quantizable layers"):
         mit.layer_sensitivity(fragile, ["features.1"], 4, calibration, evaluated)
+
+
+def test_a_sensitivity_pass_on_the_same_model_and_data_is_made_once(planted, fragile, monkeypatch):
+    evaluated = make_loader(planted.val, 64)
+    calibration = make_loader(datasets.balanced_subset(planted.train, 40, 1), 64)
+    first = mit.layer_sensitivity(fragile, None, 4, calibration, evaluated, progress=False)
+    calls = []
+    real = mit.apply_quantization
+    monkeypatch.setattr(mit, "apply_quantization", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = mit.layer_sensitivity(fragile, None, 4, calibration, evaluated, progress=False)
+    pd.testing.assert_frame_equal(first, again)
+    assert calls == [] and again.attrs["reference"] == first.attrs["reference"]
+    other = make_loader(datasets.balanced_subset(planted.train, 40, 2), 64)  # other calibration data
+    mit.layer_sensitivity(fragile, None, 4, other, evaluated, progress=False)
+    assert len(calls) == len(quantization.quantizable_layers(fragile))
 
 
 def test_mixed_precision_resolves_by_name_meets_budget_and_protects_fragile_layer(planted, fragile):
@@ -249,7 +264,7 @@ def test_mixed_precision_fp32_head_keeps_only_the_classifier_float(planted, trai
                                                 fp32_head=True, choices=[4])
     assert quantized.quant_info["fp32_layers"] == ["classifier"]
     assert set(quantized.quant_info["layer_bits"].values()) == {4}
-    with pytest.raises(ValueError, match="bit width in choices 9"):
+    with pytest.raises(ValueError, match="choices=9 is not supported"):
         quantization.method_config("mixed_precision", choices=[8, 9])
 
 

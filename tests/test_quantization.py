@@ -10,6 +10,7 @@ from torch.ao.nn import quantized as nnq
 from torch.ao.nn.quantized import dynamic as nnqd
 from torch.utils.data import DataLoader, TensorDataset
 
+import int8_kernels
 import quantization
 from models import build_model
 from quantization import (PTQStaticConfig, PercentileObserver, apply_quantization,
@@ -490,8 +491,9 @@ def _conv_stack():
 def test_auto_activation_range_follows_the_kernels_of_the_cpu(monkeypatch, vnni, expected):
     """Without VNNI the int16 pair sums of u8 x s8 kernels saturate on 0..255 inputs, so 'auto'
     narrows every conv/linear input to 0..127; with VNNI it keeps 0..255. The twin follows."""
-    monkeypatch.setattr(quantization, "kernel_capability",
-                        lambda: {"cpu_capability": "TEST", "vnni": vnni})
+    for module in (quantization, int8_kernels):
+        monkeypatch.setattr(module, "kernel_capability",
+                            lambda: {"cpu_capability": "TEST", "vnni": vnni})
     model, images = _conv_stack(), torch.rand(8, 16, 8, 8) * 4
     twin = apply_quantization(model, calibration_data=[images], observer="minmax",
                               execution="simulated")

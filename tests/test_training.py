@@ -157,3 +157,17 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_channels_last_trains_the_same_model_and_keeps_the_layout():
+    import profiling
+    profiling.reset()
+    plain, last = fresh_model(), fresh_model()
+    fit(plain, loader(separable()), epochs=1, lr=0.05, progress=False)
+    fit(last, loader(separable()), epochs=1, lr=0.05, progress=False, channels_last=True)
+    weight = last.features[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    for a, b in zip(plain.state_dict().values(), last.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4)
+    steps = {row["step"]: row["count"] for row in profiling.table()}
+    assert steps["training_step"] == 2 * len(loader(separable()))
