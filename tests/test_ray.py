@@ -24,10 +24,12 @@ from executors import FAILED_ON, NEEDS_MISSING, NODE_CANNOT_SEE, check_nodes_see
 from results import ResultStore
 
 
-TIMING = re.compile(r"^(wall_s|cost_s|train_time_s|calibration_cost_s|node|fp32_latency_ms_b\d+|"
+TIMING = re.compile(r"^(wall_s|cost_s|train_time_s|calibration_cost_s|node|load_avg_1m|other_cores|"
+                    r"cpu_shared|fp32_latency_ms_b\d+|"
                     r"latency_ms_b\d+|latency_layout_b\d+|fp32_reference_b\d+|int8_form_b\d+|"
                     r"speedup_b\d+)$")
-"""Columns that time something (or name where it was timed): the only ones allowed to differ."""
+"""Columns that time something (or name where and under what load it was timed): the only ones
+allowed to differ."""
 TABLES = ("baseline_results.csv", "quantization_results.csv", "mitigation_results.csv",
           "group_metrics.csv", "analysis/stats.csv")
 NO_RAY_AFTER_LOCAL_RUN = ("import sys, main; rc = main.main(sys.argv[1:]); "
