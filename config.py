@@ -31,6 +31,15 @@ DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("torch", "onnxruntime", "openvino")  # runtimes.RUNTIMES plus the project's own kernels
 CALIBRATION_KINDS = ("random", "balanced", "balanced_by_label", "minority_enriched")
 """Names of datasets.CALIBRATION_KINDS (kept equal by a test; config imports no torch)."""
+EXECUTORS = ("local", "ray")
+RAY_ADDRESS = re.compile(r"^(auto|ray://[^\s:/]+:\d+)$")
+SWEEP_PHASES = ("baseline", "quantization", "mitigation")
+RAY_RESOURCE_KEYS = ("num_cpus", "num_gpus")
+DEFAULT_RAY_RESOURCES = {"baseline": {"num_cpus": 1, "num_gpus": "auto"},
+                         "quantization": {"num_cpus": 1, "num_gpus": 0},
+                         "mitigation": {"num_cpus": 1, "num_gpus": 0}}
+"""What one Ray task of each phase asks for. ``num_gpus: auto``: one GPU when the cluster has
+one (baseline training), none otherwise; calibration and evaluation run on CPUs."""
 
 BAD_YAML_FILE = ("config file {path!r} is not valid YAML ({where}{problem}): fix that line, e.g. "
                  "close a bracket or quote, or align the indentation with its section")
@@ -42,6 +51,11 @@ NO_METHODS = ("{key} is empty, so that phase would run nothing: name at least on
               "[{{method: {example}}}]; to skip the phase, run the others with --phase")
 EMPTY_LIST = ("{key}=[] would leave the quantization grid empty: give at least one value, e.g. "
               "--set {key}={example}")
+BAD_RAY_ADDRESS = ("runtime.ray_address={value!r}: expected null (start a local Ray instance sized "
+                   "to this machine), 'auto' (join the cluster started with `ray start`) or "
+                   "'ray://HOST:PORT' (a Ray client address), e.g. --set runtime.ray_address=auto")
+BAD_RAY_RESOURCE = ("runtime.ray_resources.{phase}.{key}={value!r}: expected {expected}, e.g. "
+                    "--set runtime.ray_resources.{phase}.{key}={example}")
 MITIGATE_UNKNOWN_ARCH = ("mitigation.architectures={given}: {unknown} not in models.architectures="
                          "{known}; mitigate only architectures that the baseline trains (add them "
                          "to models.architectures or drop them here)")
@@ -243,8 +257,19 @@ class RuntimeConfig:
     latency_repeats: int = 10
     progress: bool = True
     backends: tuple[str, ...] = ("torch",)
+    executor: str = "local"
+    """``local`` runs the units one after another in this process; ``ray`` spreads them over a
+    Ray cluster (docs/cluster.md)."""
+    ray_address: Optional[str] = None
+    ray_resources: dict = field(default_factory=lambda: {p: dict(r) for p, r in
+                                                         DEFAULT_RAY_RESOURCES.items()})
+    """Per phase, what one Ray task asks for; keys not given keep ``DEFAULT_RAY_RESOURCES``."""
 
     def __post_init__(self):
+        _check_choice("runtime.executor", self.executor, EXECUTORS)
+        if self.ray_address is not None and not RAY_ADDRESS.match(str(self.ray_address)):
+            raise ValueError(BAD_RAY_ADDRESS.format(value=self.ray_address))
+        object.__setattr__(self, "ray_resources", _ray_resources(self.ray_resources))
         _check_choice("runtime.device", self.device, DEVICES)
         for backend in self.backends:
             _check_choice("runtime.backends", backend, BACKENDS)
@@ -257,6 +282,30 @@ class RuntimeConfig:
             _check_positive("runtime.latency_batch_sizes", b)
         _check_positive("runtime.latency_repeats", self.latency_repeats)
         _check_range("runtime.latency_warmup", self.latency_warmup, 0, 10**6)
+
+
+def _ray_resources(given: Mapping) -> dict:
+    """``given`` merged over the defaults, phase by phase, each value checked."""
+    _check_known_keys("runtime.ray_resources", given, SWEEP_PHASES)
+    merged = {}
+    for phase in SWEEP_PHASES:
+        asked = given.get(phase) or {}
+        if not isinstance(asked, Mapping):
+            raise _type_error(f"runtime.ray_resources.{phase}", asked, "a mapping such as "
+                              "{num_cpus: 2, num_gpus: 0.5}")
+        _check_known_keys(f"runtime.ray_resources.{phase}", asked, RAY_RESOURCE_KEYS)
+        merged[phase] = {**DEFAULT_RAY_RESOURCES[phase], **asked}
+        cpus, gpus = merged[phase]["num_cpus"], merged[phase]["num_gpus"]
+        if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= 1024:
+            raise ValueError(BAD_RAY_RESOURCE.format(phase=phase, key="num_cpus", value=cpus,
+                                                     expected="a whole number of CPUs from 1 "
+                                                     "(also the task's torch threads)", example=2))
+        if gpus != "auto" and (isinstance(gpus, bool) or not isinstance(gpus, (int, float))
+                               or not 0 <= gpus <= 64):
+            raise ValueError(BAD_RAY_RESOURCE.format(phase=phase, key="num_gpus", value=gpus,
+                                                     expected="'auto' or a number of GPUs from 0 "
+                                                     "(a fraction shares one)", example=0.5))
+    return merged
 
 
 @dataclass(frozen=True)

@@ -345,8 +345,9 @@ def methods_for(arch: str, specs) -> list[tuple[str, dict]]:
     return chosen
 
 
-def quantization_units(ctx: Context) -> list[WorkUnit]:
-    """The configured grid: architectures × methods × options × calibration × seeds."""
+def quantization_units(ctx: Context, check: bool = True) -> list[WorkUnit]:
+    """The configured grid: architectures × methods × options × calibration × seeds.
+    ``check``: stop here when a baseline is missing (not when a schedule makes them first)."""
     cfg, units = ctx.cfg, []
     for arch in cfg.models.architectures:
         for name, options in methods_for(arch, cfg.quantization.methods):
@@ -355,7 +356,7 @@ def quantization_units(ctx: Context) -> list[WorkUnit]:
                 for calibration in _calibrations(cfg, name):
                     units.append(_quantization_unit(ctx, arch, name, options, calibration, seed))
                     units += _runtime_units(ctx, arch, name, options, calibration, seed)
-    for arch in cfg.models.architectures:  # after the grid, so a bad method name is named first
+    for arch in cfg.models.architectures if check else ():  # after the grid: a bad method name first
         ctx.require_baseline(arch)
     return units
 
@@ -511,7 +512,7 @@ def check_same_kernels(run_dir, records, force: bool = False) -> None:
 
 # ----------------------------------------------------------------------------- mitigation
 
-def mitigation_units(ctx: Context) -> list[WorkUnit]:
+def mitigation_units(ctx: Context, check: bool = True) -> list[WorkUnit]:
     """Each configured mitigation, plus the control it is compared with.
 
     A mitigation is compared with its registered control method (``MethodTraits.control``) at
@@ -525,7 +526,7 @@ def mitigation_units(ctx: Context) -> list[WorkUnit]:
         for name, options in methods_for(arch, cfg.mitigation.methods):
             for unit in _mitigation_units_of(ctx, arch, name, with_run_defaults(cfg, name, options)):
                 units.setdefault(unit.config_id, unit)
-    for arch in architectures:
+    for arch in architectures if check else ():
         ctx.require_baseline(arch)
     return list(units.values())
 

@@ -27,29 +27,58 @@ log = logging.getLogger("main")
 
 
 def run_baseline(ctx: experiment.Context, force: bool) -> int:
-    return _sweep(ctx, "baseline_results", experiment.baseline_units(ctx, force), force)
+    return _sweep(ctx, "baseline", experiment.baseline_units(ctx, force), force)
 
 
 def run_quantization(ctx: experiment.Context, force: bool) -> int:
-    return _sweep(ctx, "quantization_results", experiment.quantization_units(ctx), force)
+    return _sweep(ctx, "quantization", experiment.quantization_units(ctx), force)
 
 
 def run_mitigation(ctx: experiment.Context, force: bool) -> int:
-    return _sweep(ctx, "mitigation_results", experiment.mitigation_units(ctx), force)
+    return _sweep(ctx, "mitigation", experiment.mitigation_units(ctx), force)
 
 
-def _sweep(ctx: experiment.Context, table: str, units, force: bool) -> int:
+def _sweep(ctx: experiment.Context, phase: str, units, force: bool) -> int:
     """Run the units not done yet; returns how many failed (each is recorded with its error)."""
-    store = ResultStore(ctx.run_dir, table)
+    store = _store(ctx, phase, units, force)
+    counts = run_sweep(store, units, execute=experiment.execute, force=force, desc=phase,
+                       progress=ctx.cfg.runtime.progress)
+    return _report(store, counts)
+
+
+def _store(ctx: experiment.Context, phase: str, units, force: bool) -> ResultStore:
+    """The phase's result store, after the checks that stop it before any unit runs."""
+    store = ResultStore(ctx.run_dir, f"{phase}_results")
     experiment.check_same_kernels(ctx.run_dir, store.records(), force)
     if force or {unit.config_id for unit in units} - store.done_ids():
         ctx.splits  # load the data first: a missing or malformed dataset stops the phase here
-    counts = run_sweep(store, units, execute=experiment.execute, force=force,
-                       desc=table.removesuffix("_results"), progress=ctx.cfg.runtime.progress)
+    return store
+
+
+def _report(store: ResultStore, counts: dict) -> int:
     if counts["failed"]:
         log.error("%d configuration(s) failed; their errors are in %s (column 'error'); a rerun "
                   "retries them", counts["failed"], store.csv_path)
     return counts["failed"]
+
+
+SWEEP_UNITS = {"baseline": experiment.baseline_units, "quantization": experiment.quantization_units,
+               "mitigation": experiment.mitigation_units}
+
+
+def _sweep_on_ray(ctx: experiment.Context, phases: list[str], force: bool) -> int:
+    """The sweep phases as one Ray schedule: a unit starts as soon as what it needs exists."""
+    import executors  # the only path that imports ray
+
+    log.info("phases %s on Ray → %s", "+".join(phases), ctx.run_dir)
+    sweeps, check = [], "baseline" not in phases  # else the baselines come in this schedule
+    for phase in phases:
+        listed = SWEEP_UNITS[phase]
+        units = listed(ctx, force) if phase == "baseline" else listed(ctx, check=check)
+        sweeps.append((_store(ctx, phase, units, force), units))
+    counts = executors.run_on_ray(sweeps, ctx.cfg.runtime, force=force, desc="+".join(phases),
+                                  progress=ctx.cfg.runtime.progress)
+    return sum(_report(store, count) for (store, _), count in zip(sweeps, counts))
 
 
 def run_analysis(ctx: experiment.Context, force: bool) -> int:
@@ -69,6 +98,18 @@ def run_analysis(ctx: experiment.Context, force: bool) -> int:
 
 PHASE_FUNCTIONS = {"baseline": run_baseline, "quantization": run_quantization,
                    "mitigation": run_mitigation, "analysis": run_analysis}
+
+
+def run_phases(ctx: experiment.Context, phases, force: bool) -> int:
+    """Run ``phases`` in order; returns how many configurations failed. With
+    ``runtime.executor: ray`` the sweep phases run together on Ray, then analysis here."""
+    on_ray = [p for p in phases if p in SWEEP_UNITS] if ctx.cfg.runtime.executor == "ray" else []
+    failed = _sweep_on_ray(ctx, on_ray, force) if on_ray else 0
+    for phase in phases:
+        if phase not in on_ray:
+            log.info("phase %s → %s", phase, ctx.run_dir)
+            failed += PHASE_FUNCTIONS[phase](ctx, force)
+    return failed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,10 +133,7 @@ def main(argv=None) -> int:
         with RunLock(cfg.run_dir):
             experiment.save_run_config(cfg)
             ctx = experiment.Context(cfg)
-            failed = 0
-            for phase in PHASES if args.phase == "all" else (args.phase,):
-                log.info("phase %s → %s", phase, cfg.run_dir)
-                failed += PHASE_FUNCTIONS[phase](ctx, args.force)
+            failed = run_phases(ctx, PHASES if args.phase == "all" else (args.phase,), args.force)
             profiling.log_table()
     except RunFolderBusy as error:
         print(f"error: {error}", file=sys.stderr)

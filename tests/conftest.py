@@ -11,6 +11,7 @@ import pytest
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "torch: needs torch (left out of the torch-free run)")
+    config.addinivalue_line("markers", "ray: starts a local Ray instance (deselect: -m 'not ray')")
 
 
 @pytest.fixture(autouse=True, scope="session")
