@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import pytest
 import torch
 from torch import nn
 
@@ -19,22 +18,12 @@ import experiment
 import main
 from quantization import MethodTraits, QuantConfig, describe_quantized, register_method
 from results import ResultStore, _json_safe
+from test_main import _args, smoke_run  # noqa: F401  (the smoke run, as a fixture of this module)
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = re.compile(r"wall_s|cost_s|latency|speedup|reference_b|form_b|layout_b|train_time")
-"""Record columns that measure time, which no rerun reproduces."""
-
-
-def _args(tmp_path, *extra):
-    return ["--config", "configs/smoke.yaml", "--set", f"results_dir={tmp_path / 'results'}",
-            "--set", f"data.root={tmp_path / 'data'}", *extra]
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("units")
-    assert main.main(_args(tmp_path, "--phase", "all")) == 0
-    return tmp_path, tmp_path / "results" / "smoke"
+TIMING = re.compile(r"wall_s|cost_s|latency|speedup|reference_b|form_b|layout_b|train_time"
+                    r"|load_avg|other_cores|cpu_shared")
+"""Record columns that measure time or the CPU load beside it, which no rerun reproduces."""
 
 
 def _units(run_dir):
@@ -55,8 +44,8 @@ def _run_fresh(unit, out: Path) -> dict:
     return pickle.loads(out.read_bytes())
 
 
-def test_every_smoke_unit_runs_the_same_in_a_fresh_process(smoke, tmp_path):
-    _, run_dir = smoke
+def test_every_smoke_unit_runs_the_same_in_a_fresh_process(smoke_run, tmp_path):
+    _, run_dir = smoke_run
     units = _units(run_dir)
     stored = {}
     for table in ("baseline_results", "quantization_results", "mitigation_results"):
@@ -97,8 +86,8 @@ def _round_weights(model, config, calibration_data, **_):
     return model
 
 
-def test_a_method_defined_in_this_file_alone_is_swept(smoke, tmp_path):
-    source, _ = smoke
+def test_a_method_defined_in_this_file_alone_is_swept(smoke_run, tmp_path):
+    source, _ = smoke_run
     shutil.copytree(source / "results", tmp_path / "results")
     methods = "quantization.methods=[{method: round_weights_test, bits: [w2a8, w8a8]}]"
     args = _args(tmp_path, "--phase", "quantization", "--set", methods,
