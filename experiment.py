@@ -25,7 +25,7 @@ from fairness_metrics import summarize_predictions
 from models import (build_model, count_parameters, export_torchscript, list_models,
                     load_model_from_checkpoint, save_checkpoint)
 from quantization import (apply_quantization, context_keys, kernel_capability, latency_report,
-                          method_config, method_traits)
+                          list_methods, method_config, method_traits)
 from results import WorkUnit, holds_results, load_predictions, predictions_path
 from runtimes import fp32_runtime_model, get_runtime, quantize_with_runtime
 from training import fit, resolve_device, seed_everything
@@ -220,7 +220,6 @@ def check_config(cfg: ExperimentConfig) -> None:
 
 
 def _mitigations() -> list[str]:
-    from quantization import list_methods
     return [name for name in list_methods() if method_traits(name).control is not None]
 
 
