@@ -77,6 +77,7 @@ import copy
 import dataclasses
 import logging
 import time
+import types
 from dataclasses import dataclass, field, fields
 from typing import Callable, ClassVar, Iterable, Iterator, Mapping
 
@@ -96,6 +97,8 @@ from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObser
 from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_fx, convert_fx,
                                                prepare_fx, prepare_qat_fx)
 from torchvision.ops import SqueezeExcitation
+
+from torch.ao.nn.quantized.reference.modules.utils import ReferenceQuantizedModule
 
 import evaluation
 import profiling
@@ -585,6 +588,40 @@ class PercentileObserver(HistogramObserver):
         return self._calculate_qparams(edges[low_bin], edges[high_bin + 1])
 
 
+class _StraightThrough(torch.autograd.Function):
+    """``fake_quantize`` of an activation with the straight-through gradient of
+    ``torch.fake_quantize_per_tensor_affine`` (passed where the rounded value is in range, zero
+    where it is clamped); tensor ``scale``/``zero_point`` as FakeQuantize holds them."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, low: int, high: int):
+        levels = torch.mul(x, 1.0 / scale).round_().add_(zero_point)
+        ctx.save_for_backward((levels >= low) & (levels <= high))
+        return levels.clamp_(low, high).sub_(zero_point).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
+class StraightThroughFakeQuantize(FakeQuantize):
+    """``FakeQuantize`` whose per-tensor fake quantization runs as ``_StraightThrough``: the
+    same values and gradients as torch's kernel, which takes about a third of a QAT step of
+    ViT-Small (2-core AMD EPYC AVX2). Observer updates are FakeQuantize's own."""
+
+    def forward(self, X):
+        if self.is_per_channel or not self.fake_quant_enabled[0]:
+            return super().forward(X)
+        if self.observer_enabled[0]:
+            self.activation_post_process(X.detach())
+            scale, zero_point = self.calculate_qparams()
+            self.scale.resize_(scale.shape).copy_(scale)
+            self.zero_point.resize_(zero_point.shape).copy_(zero_point)
+        return _StraightThrough.apply(X, self.scale, self.zero_point, self.quant_min,
+                                      self.quant_max)
+
+
 _OBSERVER_CLASSES = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver,
                      "histogram": HistogramObserver, "percentile": PercentileObserver}
 
@@ -602,7 +639,7 @@ def _qconfig(weight_bits: int, act_bits: int, observer: str, percentile: float,
                   qscheme=torch.per_channel_symmetric, quant_min=-2**(weight_bits - 1),
                   quant_max=2**(weight_bits - 1) - 1)
     if qat:
-        return QConfig(activation=FakeQuantize.with_args(**activation),
+        return QConfig(activation=StraightThroughFakeQuantize.with_args(**activation),
                        weight=FakeQuantize.with_args(**weight))
     return QConfig(activation=activation.pop("observer").with_args(**activation),
                    weight=weight.pop("observer").with_args(**weight))
@@ -727,8 +764,67 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
     model = convert(prepared).eval()
     if execution == "real_int8":
         _clamp_inputs(model, narrowed)
+    else:
+        _fuse_fake_quantize_pairs(model)
+        _reuse_fake_quantized_weights(model)
     model.quant_info = describe_quantized(model, execution)
     return model
+
+
+_QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
+_DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+
+
+def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, low: int, high: int) -> torch.Tensor:
+    """The decomposed reference's quantize -> dequantize of an activation, op for op (the same
+    float32 results: round half to even, clamp, back to float), in place after the first op.
+    About 15x faster than the pair of decomposed ops and 7x faster than
+    ``torch.fake_quantize_per_tensor_affine`` on a ViT activation (2-core AMD EPYC AVX2)."""
+    return torch.mul(x, 1.0 / scale).round_().add_(zero_point).clamp_(low, high).sub_(zero_point).mul_(scale)
+
+
+def _fuse_fake_quantize_pairs(model: torch.fx.GraphModule) -> None:
+    """Replace each activation's quantize -> dequantize pair of the decomposed reference graph
+    (elementwise passes, fresh tensors and two dtype copies) by one ``fake_quantize`` call with
+    the same scale, zero point and integer range."""
+    graph = model.graph
+    for node in list(graph.nodes):
+        source = node.args[0] if node.target is _DEQUANTIZE else None
+        if (source is None or getattr(source, "target", None) is not _QUANTIZE
+                or len(source.users) != 1 or tuple(node.args[1:]) != tuple(source.args[1:])
+                or not all(isinstance(a, (int, float)) for a in source.args[1:5])):
+            continue
+        value, scale, zero_point, low, high, _dtype = source.args
+        with graph.inserting_before(node):
+            fused = graph.call_function(fake_quantize, (value, scale, zero_point, low, high))
+        node.replace_all_uses_with(fused)
+        graph.erase_node(node)
+        graph.erase_node(source)
+    graph.lint()
+    model.recompile()
+
+
+def _reuse_fake_quantized_weights(model: nn.Module) -> None:
+    """A reference module quantizes and dequantizes its weight on every forward pass (about a
+    third of a simulated model's prediction time); compute it once and again only when the
+    weight or its quantization parameters change in place. Training (weights needing grad
+    with grad enabled) still goes through the module's own ``get_weight``."""
+    for module in model.modules():
+        if isinstance(module, ReferenceQuantizedModule):
+            module.get_weight = types.MethodType(_fake_quantized_weight, module)
+
+
+def _fake_quantized_weight(module) -> torch.Tensor:
+    compute = type(module).get_weight
+    if torch.is_grad_enabled() and module.weight.requires_grad:
+        return compute(module)
+    key = (module.weight._version, module.weight_scale._version, module.weight_zero_point._version)
+    cached = module.__dict__.get("_fake_quantized_weight")
+    if cached is None or cached[0] != key:
+        with torch.inference_mode(False), torch.no_grad():  # a tensor usable outside inference
+            cached = (key, compute(module))
+        module.__dict__["_fake_quantized_weight"] = cached
+    return cached[1]
 
 
 # --------------------------------------------------------------------------- built-in methods

@@ -1,5 +1,6 @@
 """Tests of the quantization engine on tiny models (tiny_cnn, tiny_vit) and toy data."""
 
+import copy
 import json
 import math
 
@@ -457,7 +458,7 @@ def test_fbgemm_depthwise_conv_input_uses_7_bits_so_the_twin_matches():
     real = apply_quantization(model, calibration_data=[images], observer="minmax")
     twin = apply_quantization(model, calibration_data=[images], observer="minmax",
                               execution="simulated")
-    assert ", 0, 127, torch.uint8" in twin.code  # the twin quantizes that input to 0..127
+    assert ", 0, 127)" in twin.code  # the twin quantizes that input to 0..127
     with torch.no_grad():
         difference = (real(images) - twin(images)).abs().max().item()
     assert difference <= 1e-4  # full-range inputs gave ~0.3 (saturated int16 sums)
@@ -497,7 +498,7 @@ def test_auto_activation_range_follows_the_kernels_of_the_cpu(monkeypatch, vnni,
     model, images = _conv_stack(), torch.rand(8, 16, 8, 8) * 4
     twin = apply_quantization(model, calibration_data=[images], observer="minmax",
                               execution="simulated")
-    levels = ", 0, 127, torch.uint8" if expected == "reduced" else ", 0, 255, torch.uint8"
+    levels = ", 0, 127)" if expected == "reduced" else ", 0, 255)"
     assert levels in twin.code
     assert twin.quant_info["activation_range"] == expected
     assert twin.quant_info["cpu_capability"] == "TEST"
@@ -506,12 +507,12 @@ def test_auto_activation_range_follows_the_kernels_of_the_cpu(monkeypatch, vnni,
 @pytest.mark.parametrize("activation_range", ["full", "reduced"])
 def test_a_forced_activation_range_is_what_the_twin_uses(activation_range):
     """Either CPU's choice can be forced; the twin then quantizes both conv inputs to it (0..255
-    or 0..127), while the network's output keeps 0..255 (a quantize and a dequantize each)."""
+    or 0..127), while the network's output keeps 0..255 (one fake_quantize call each)."""
     model, images = _conv_stack(), torch.rand(8, 16, 8, 8) * 4
     twin = apply_quantization(model, calibration_data=[images], observer="minmax",
                               execution="simulated", activation_range=activation_range)
-    full, reduced = twin.code.count(", 0, 255, torch.uint8"), twin.code.count(", 0, 127, torch.uint8")
-    assert (full, reduced) == ((6, 0) if activation_range == "full" else (2, 4))
+    full, reduced = twin.code.count(", 0, 255)"), twin.code.count(", 0, 127)")
+    assert (full, reduced) == ((3, 0) if activation_range == "full" else (1, 2))
     assert twin.quant_info["activation_range"] == activation_range
 
 
@@ -601,3 +602,77 @@ def test_quant_info_is_read_only_and_replace_keeps_method_facts_apart(trained_cn
     assert changed.record()["val_dp_gap"] == 0.1 and "config" not in changed.record()
     with pytest.raises(KeyError):
         info["no_such_fact"]
+
+
+def _plain_reference(model, data, bits):
+    """The decomposed reference model as torch builds it, without this module's speed-ups."""
+    first, batches = quantization._image_batches(loader(data), "calibration_data", "ptq_static")
+    prepared = quantization.prepare_quantization(
+        model.cpu(), PTQStaticConfig(bits=bits, observer="minmax"), first)
+    quantization.calibrate(prepared, batches)
+    prepared.apply(torch.ao.quantization.disable_observer)
+    return quantization._convert_to_reference_decomposed_fx(prepared).eval()
+
+
+@pytest.mark.parametrize("arch, bits", [("tiny_cnn", "w4a8"), ("tiny_cnn", "w8a4"),
+                                        ("tiny_vit", "w4a4")])
+def test_a_fast_simulated_model_computes_the_reference_bit_for_bit(data, arch, bits):
+    torch.manual_seed(0)
+    model = build_model(arch, image_size=SIZE).eval()
+    fast = ptq(model, data, bits=bits)
+    plain = _plain_reference(copy.deepcopy(model), data, bits)
+    targets = {node.target for node in fast.graph.nodes}
+    assert quantization._QUANTIZE not in targets and quantization._DEQUANTIZE not in targets
+    assert quantization.fake_quantize in targets
+    images = data.tensors[0][:64] * 3  # past the calibrated range too: the clamp must match
+    with torch.inference_mode():
+        assert torch.equal(fast(images), plain(images))
+
+
+def test_a_cached_fake_quantized_weight_follows_an_in_place_change(trained_cnn, data):
+    fast = ptq(trained_cnn, data, bits="w4a8")
+    layer = next(m for m in fast.modules() if "get_weight" in m.__dict__)
+    with torch.no_grad():  # where the cache is used
+        before = layer.get_weight()
+        assert layer.get_weight() is before
+        layer.weight.mul_(-1)
+        after = layer.get_weight()
+        assert not torch.equal(after, before)
+        assert torch.equal(after, type(layer).get_weight(layer))
+
+
+def test_straight_through_fake_quantize_matches_torchs_values_and_gradients():
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 8, 5, 5, generator=generator) * 3).requires_grad_()
+    scale, zero_point = torch.tensor([0.05]), torch.tensor([7], dtype=torch.int32)
+    ours = quantization._StraightThrough.apply(x, scale, zero_point, 0, 15)
+    theirs = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 15)
+    assert torch.equal(ours, theirs)
+    weights = torch.randn(x.shape, generator=generator)
+    (ours_grad,) = torch.autograd.grad((ours * weights).sum(), x)
+    (theirs_grad,) = torch.autograd.grad((theirs * weights).sum(), x)
+    assert torch.equal(ours_grad, theirs_grad) and (ours_grad == 0).any()  # some were clamped
+
+
+def test_qat_trains_to_the_same_weights_as_with_torchs_fake_quantize(monkeypatch):
+    images = torch.randn(16, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(16) % 2
+
+    def train():
+        torch.manual_seed(0)
+        prepared = quantization.prepare_quantization(build_model("tiny_cnn", image_size=SIZE),
+                                                     quantization.QATConfig(bits="w8a4"),
+                                                     images[:2], qat=True)
+        optimizer = torch.optim.SGD(prepared.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(prepared(images), labels).backward()
+            optimizer.step()
+        return prepared.state_dict()
+
+    ours = train()
+    monkeypatch.setattr(quantization.StraightThroughFakeQuantize, "forward",
+                        torch.ao.quantization.FakeQuantize.forward)
+    theirs = train()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[key], theirs[key]) for key in ours)
