@@ -91,8 +91,8 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     forward pass runs under float16 autocast with a GradScaler; on CPU in plain float32. The
     torch random state is seeded with ``seed`` inside the call and restored afterwards, so the
     same seed, model and loader give identical weights on CPU. When ``val_loader`` is given, the
-    model ends holding the weights of the epoch with the best validation accuracy; it is left in
-    eval mode on ``device``. ``channels_last`` trains with the model and images in that memory
+    model ends holding the weights of the epoch with the best validation accuracy (a one-epoch run
+    has none to choose between and skips validation); it is left in eval mode on ``device``. ``channels_last`` trains with the model and images in that memory
     format (the model keeps it afterwards). Each step is timed as ``profiling`` step
     ``training_step``, each validation pass as ``validation``.
     """
@@ -106,6 +106,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
                 if scheduler == "cosine" else None)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     result, best_state = FitResult(), None
+    validate = val_loader is not None and epochs > 1  # one epoch: no weights to choose between
     start = time.perf_counter()
     cuda_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
@@ -116,7 +117,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
                                                  progress, f"{desc} {epoch}/{epochs}",
                                                  memory_format)
             with profiling.step("validation"):
-                val_acc = accuracy(model, val_loader, device) if val_loader is not None else None
+                val_acc = accuracy(model, val_loader, device) if validate else None
             logger.info("%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %s", desc, epoch,
                         epochs, train_loss, train_acc, "-" if val_acc is None else f"{val_acc:.4f}")
             if result.record({"epoch": epoch, "train_loss": train_loss,

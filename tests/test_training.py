@@ -171,3 +171,18 @@ def test_channels_last_trains_the_same_model_and_keeps_the_layout():
         assert torch.allclose(a.float(), b.float(), atol=1e-4)
     steps = {row["step"]: row["count"] for row in profiling.table()}
     assert steps["training_step"] == 2 * len(loader(separable()))
+
+
+def test_a_one_epoch_run_has_no_weights_to_choose_and_skips_validation():
+    passes = []
+
+    class Counting(list):
+        def __iter__(self):
+            passes.append(1)
+            return super().__iter__()
+
+    val = Counting(loader(separable(seed=1)))
+    one = fit(fresh_model(), loader(separable()), val, epochs=1, lr=0.02, progress=False)
+    assert passes == [] and one.best_val_accuracy is None and one.best_epoch == 1
+    two = fit(fresh_model(), loader(separable()), val, epochs=2, lr=0.02, progress=False)
+    assert len(passes) == 2 and two.best_val_accuracy is not None
