@@ -8,7 +8,9 @@ here: what a sweep must know of a method comes from its registered ``MethodTrait
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import logging
 import time
 import zipfile
@@ -46,6 +48,8 @@ class Context:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
         self._fp32_references: dict[str, dict] = {}  # arch -> {batch size: (ms, name)}
+        self._fp32_models: dict[str, tuple] = {}  # arch -> (checkpoint mtime, model)
+        self._twin_predictions: dict[str, object] = {}  # twin key -> predicted labels
         Context._open[_key(self.run_dir)] = self
 
     @classmethod
@@ -97,9 +101,24 @@ class Context:
         return (str(checkpoint_file(self.cfg, arch)), str(predictions.relative_to(self.run_dir)))
 
     def fp32_model(self, arch: str):
+        """A fresh copy of the FP32 model of ``arch``, read from its checkpoint once per process
+        (again when the checkpoint changes)."""
         self.require_baseline(arch)
-        model, _ = load_model_from_checkpoint(self.checkpoint_path(arch))
-        return model.eval()
+        stamp = self.checkpoint_path(arch).stat().st_mtime_ns
+        if self._fp32_models.get(arch, (None,))[0] != stamp:
+            model, _ = load_model_from_checkpoint(self.checkpoint_path(arch))
+            self._fp32_models[arch] = (stamp, model.eval())
+        return copy.deepcopy(self._fp32_models[arch][1])
+
+    def twin_labels(self, arch: str, model, method: str, options: dict, calibration, seed: int):
+        """Test-set labels of the simulated twin of ``method`` (fake quantization of the same
+        calibration), built once per process: a runtime's w8a8 model and torch's share it."""
+        key = json.dumps([arch, method, options, list(calibration), seed], sort_keys=True)
+        if key not in self._twin_predictions:
+            twin, _ = _quantize(self, model, method, options, calibration, seed,
+                                execution="simulated")
+            self._twin_predictions[key] = self.predict(twin)["y_pred"].values
+        return self._twin_predictions[key]
 
     def score(self, predictions, reference=None):
         """Point estimates only: the analysis phase computes every interval and test, once."""
@@ -435,14 +454,13 @@ def run_quantization(ctx: Context, arch: str, method: str, options: dict, calibr
     if quantized.quant_info.execution == "real_int8":
         record.update(ctx.latency_comparison(arch, model, quantized))
         if method_traits(method).twin and ctx.cfg.quantization.check_agreement:
-            twin, _ = _quantize(ctx, model, method, options, calibration, seed,
-                                execution="simulated")
-            record["agreement_with_simulated"] = _agreement(ctx, twin, predictions)
+            twin = ctx.twin_labels(arch, model, method, options, calibration, seed)
+            record["agreement_with_simulated"] = _agreement(twin, predictions)
     return record, predictions, per_group
 
 
-def _agreement(ctx: Context, twin, predictions) -> float:
-    return float((ctx.predict(twin)["y_pred"].values == predictions["y_pred"].values).mean())
+def _agreement(twin_labels, predictions) -> float:
+    return float((twin_labels == predictions["y_pred"].values).mean())
 
 
 def _runtime_units(ctx: Context, arch: str, method: str, options: dict,
@@ -483,9 +501,8 @@ def run_runtime(ctx: Context, arch: str, backend: str, method: str, calibration,
     record.update(quantized.quant_info.record())
     record["artifact"] = str(quantized.files[0].relative_to(ctx.run_dir))
     record.update(ctx.latency_comparison(arch, model, quantized))
-    twin, _ = _quantize(ctx, model, method, {"bits": "w8a8"}, calibration, seed,
-                        execution="simulated")
-    record["agreement_with_simulated"] = _agreement(ctx, twin, predictions)
+    twin = ctx.twin_labels(arch, model, method, {"bits": "w8a8"}, calibration, seed)
+    record["agreement_with_simulated"] = _agreement(twin, predictions)
     return record, predictions, per_group
 
 

@@ -103,3 +103,21 @@ def test_a_method_defined_in_this_file_alone_is_swept(smoke_run, tmp_path):
     two_bit = rows["synthetic/tiny_cnn/round_weights_test/w2a8/calib=none/seed=0"]
     eight_bit = rows["synthetic/tiny_cnn/round_weights_test/w8a8/calib=none/seed=0"]
     assert two_bit["flip_rate"] > eight_bit["flip_rate"]  # coarser weights change more answers
+
+
+def test_the_simulated_twin_and_the_fp32_model_are_built_once_per_process(smoke_run, monkeypatch):
+    _, run_dir = smoke_run
+    ctx = experiment.Context(experiment.Context.for_run(run_dir).cfg, run_dir)  # fresh caches
+    unit = next(u for u in experiment.quantization_units(ctx) if "ptq_static/w8a8" in u.config_id)
+    built, loaded, quantize, load = [], [], experiment._quantize, experiment.load_model_from_checkpoint
+    monkeypatch.setattr(experiment, "_quantize", lambda *a, **k: built.append(k) or quantize(*a, **k))
+    monkeypatch.setattr(experiment, "load_model_from_checkpoint",
+                        lambda path: loaded.append(path) or load(path))
+    first, second = (experiment.execute(unit)[0] for _ in range(2))
+    assert first["agreement_with_simulated"] == second["agreement_with_simulated"]
+    assert [k.get("execution") for k in built] == [None, "simulated", None]  # twin once
+    assert len(loaded) == 1
+    arch = unit.args["arch"]
+    a, b = ctx.fp32_model(arch), ctx.fp32_model(arch)
+    assert a is not b and all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                               b.state_dict().values()))
