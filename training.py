@@ -91,9 +91,10 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     forward pass runs under float16 autocast with a GradScaler; on CPU in plain float32. The
     torch random state is seeded with ``seed`` inside the call and restored afterwards, so the
     same seed, model and loader give identical weights on CPU. When ``val_loader`` is given, the
-    model ends holding the weights of the epoch with the best validation accuracy (a one-epoch run
-    has none to choose between and skips validation); it is left in eval mode on ``device``. ``channels_last`` trains with the model and images in that memory
-    format (the model keeps it afterwards). Each step is timed as ``profiling`` step
+    model ends holding the weights of the epoch with the best validation accuracy (a one-epoch
+    run has none to choose between and skips validation); it is left in eval mode on
+    ``device``. ``channels_last`` trains with the model and images in that memory format (the
+    model keeps it afterwards). Each step is timed as ``profiling`` step
     ``training_step``, each validation pass as ``validation``.
     """
     steps_per_epoch = _check_fit_args(train_loader, epochs, lr, optimizer, scheduler, max_steps)
