@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import logging
 import time
 import types
@@ -111,6 +112,14 @@ from quant_inspect import (FLOAT_BITS, _check_layer_names, _images, describe_qua
 
 logger = logging.getLogger(__name__)
 
+PLUGINS = {"mitigation": ("FairnessAwareQuantizer",),
+           "comparison": ("QuantizationComparison", "compare_quantization_methods")}
+"""Modules built on this engine: they import it, so it never imports them at import time (no
+cycle). It loads them on first need instead: a method name not registered yet, ``list_methods()``,
+or one of the names listed here taken from this module (``from quantization import
+FairnessAwareQuantizer``; PEP 562 ``__getattr__``)."""
+
+
 __all__ = [
     "ACTIVATION_RANGES", "DynamicConfig", "PTQStaticConfig", "PercentileObserver", "QATConfig",
     "MethodTraits", "QuantConfig", "QuantInfo", "SHORT_NAMES", "apply_quantization", "calibrate",
@@ -119,6 +128,7 @@ __all__ = [
     "layer_bit_widths", "list_methods", "method_config", "method_traits", "packed_size_mib", "parse_bits",
     "prediction_agreement", "prepare_quantization", "qconfig_mapping", "quantizable_layers",
     "register_method", "resolve_method", "traced_and_frozen", "weight_levels",
+    "load_plugins", *(name for names in PLUGINS.values() for name in names),
 ]
 
 EXECUTIONS = ("auto", "real_int8", "simulated")
@@ -312,7 +322,8 @@ class MethodTraits:
     configuration. ``layer_search``: quantizes once per layer (costly). ``deployable``: a real
     INT8 result is saved as TorchScript. ``control``: the method a mitigation is compared with
     (None: it is not a mitigation); ``paired_draws``: compared with its control draw by draw
-    over ``calibration_draws`` calibration draws, else on draw 0 only.
+    over ``calibration_draws`` calibration draws, else on draw 0 only. ``needs``: context keys
+    the method cannot run without (e.g. ``train_loader`` for training methods).
     """
     calibration: str = "loader"
     twin: bool = False
@@ -321,9 +332,14 @@ class MethodTraits:
     deployable: bool = False
     control: str | None = None
     paired_draws: bool = False
+    needs: tuple[str, ...] = ()
 
     def __post_init__(self):
         check_choice("calibration", self.calibration, CALIBRATION_NEEDS, "MethodTraits")
+
+    def required_inputs(self) -> tuple[str, ...]:
+        """What a caller must hand over: ``calibration_data`` unless unused, and ``needs``."""
+        return (("calibration_data",) if self.calibration != "none" else ()) + tuple(self.needs)
 
 
 @dataclass(frozen=True)
@@ -377,18 +393,30 @@ def config_name(config: QuantConfig) -> str:
 
 
 def list_methods() -> list[str]:
-    """Registered method names (the mitigation methods once ``mitigation`` is imported, as
-    ``import bnq`` does)."""
+    """Registered method names, the plugins' methods included (``load_plugins``)."""
+    load_plugins()
     return sorted(_METHODS)
 
 
 UNKNOWN_METHOD = ("quantization method {name!r} is not registered; known methods: {known}; short "
-                  "names: {short}. The mitigation methods register when `mitigation` is imported "
-                  "(`import bnq` imports everything); register new ones with "
-                  "quantization.register_method")
+                  "names: {short}. Register new ones with quantization.register_method")
+
+def load_plugins() -> None:
+    """Import every module of ``PLUGINS`` (once), which registers their methods."""
+    for module in PLUGINS:
+        importlib.import_module(module)
+
+
+def __getattr__(name: str):
+    for module, names in PLUGINS.items():
+        if name in names:
+            return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module 'quantization' has no attribute {name!r}")
 
 
 def _lookup(name: str) -> _Method:
+    if name not in _METHODS:
+        load_plugins()
     if name not in _METHODS:
         raise ValueError(UNKNOWN_METHOD.format(name=name, known=", ".join(sorted(_METHODS)),
                                                short=", ".join(SHORT_NAMES)))
@@ -862,7 +890,7 @@ def _ptq_dynamic(model: nn.Module, config: DynamicConfig, calibration_data, **_)
 
 
 @register_method("qat", QATConfig, context_keys=("train_loader", "val_loader", "loss_hook"),
-                 traits=MethodTraits(calibration="none", deployable=True))
+                 traits=MethodTraits(calibration="none", deployable=True, needs=("train_loader",)))
 def _qat(model: nn.Module, config: QATConfig, calibration_data, *, train_loader=None,
          val_loader=None, loss_hook=None, device="auto", seed: int = 0, progress: bool = True,
          **_) -> nn.Module:

@@ -335,23 +335,28 @@ def test_builtin_methods_are_listed():
     assert {"ptq_static", "ptq_dynamic", "qat"} <= set(list_methods())
 
 
-def test_mitigation_methods_register_on_import_and_not_before():
-    """Plain imports: the engine knows its own methods; importing mitigation (as bnq does) adds
-    its methods, and an unregistered name says which import registers it. A fresh interpreter,
-    since this test session may have imported mitigation already."""
-    script = ("import quantization\n"
-              "try:\n    quantization.method_config('bias_aware')\n"
-              "except ValueError as error:\n    print('before:', error)\n"
-              "import bnq\n"
-              "print('after:', quantization.method_config('bias_aware').bits, "
-              "'mixed_precision' in bnq.list_methods())\n")
+def test_plugins_load_on_first_need_with_no_import_time_cycle():
+    """`import quantization` imports none of its plugins (they import it); a mitigation method's
+    name, list_methods() or a plugin's name taken from quantization loads them. A fresh
+    interpreter, since this test session may have imported mitigation already."""
+    script = ("import sys\n"
+              "import quantization\n"
+              "print('at import:', 'mitigation' in sys.modules, 'comparison' in sys.modules)\n"
+              "print('bits:', quantization.method_config('bias_aware').bits)\n"
+              "from quantization import FairnessAwareQuantizer, compare_quantization_methods\n"
+              "print('names:', FairnessAwareQuantizer.__module__, "
+              "compare_quantization_methods.__module__)\n"
+              "print('listed:', 'mixed_precision' in quantization.list_methods())\n")
     import subprocess
     import sys
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             check=True).stdout
-    assert "before: quantization method 'bias_aware_calibration' is not registered" in output
-    assert "`import bnq` imports everything" in output
-    assert "after: w8a8 True" in output
+    assert "at import: False False" in output
+    assert "bits: w8a8" in output
+    assert "names: mitigation comparison" in output
+    assert "listed: True" in output
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        quantization.nope
 
 
 def test_a_registered_method_gets_a_copy_its_config_and_its_context(monkeypatch, trained_cnn):
