@@ -222,29 +222,77 @@ def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5, s
 
 
 DEFAULT_CALIBRATION_SIZE = 512
-"""Samples drawn for calibration when no `calibration_size` is given (all of them when fewer)."""
+"""The most samples drawn for calibration when no `calibration_size` is given."""
 CALIBRATION_SIZE_TOO_LARGE = ("calibration_size={n} is larger than the {available} samples of "
                               "calibration_data: pass calibration_size= at most {available}, or "
-                              "leave it unset to use min({default}, all samples)")
-CALIBRATION_USES_ALL = ("calibration_data holds %d samples, fewer than the default calibration "
-                        "size %d: calibrating on all of them (pass calibration_size= to choose)")
+                              "leave it unset to draw the largest {kind} set (at most {default})")
+CALIBRATION_NOT_FAITHFUL = ("a {kind} calibration set of {n} cannot be drawn from calibration_data: "
+                            "its group counts {available} allow at most {largest}, so the set drawn "
+                            "({counts}) is not {kind}. Pass calibration_size={largest} or less, or "
+                            "calibration data with more samples of the small groups")
+
+
+class CalibrationWarning(UserWarning):
+    """A calibration set could not be drawn as its kind asks (e.g. not balanced)."""
+
+
+def largest_calibration_size(dataset, kind: str) -> int:
+    """The most samples a `kind` subset of `dataset` can hold while keeping its composition:
+    balanced: groups x the smallest group; balanced_by_label: group-label cells x the smallest
+    cell; minority_enriched: the largest n whose enriched shares every group can fill; random:
+    every sample. 0 when a group (or cell) is empty."""
+    codes = np.asarray(dataset.group_codes)
+    groups = len(dataset.group_names)
+    if kind == "random":
+        return len(dataset)
+    if kind == "balanced_by_label":
+        cells = codes * 2 + np.asarray(dataset.targets)
+        return 2 * groups * int(np.bincount(cells, minlength=2 * groups).min())
+    available = np.bincount(codes, minlength=groups)
+    if kind == "balanced":
+        return groups * int(available.min())
+    shares = datasets.minority_enriched_shares(available)
+    return int(np.floor(np.min(available / shares) + 1e-9)) if available.min() > 0 else 0
+
+
+def group_counts(dataset) -> dict[str, int]:
+    """{group: samples} of a dataset meeting the group protocol, every group listed."""
+    counts = np.bincount(np.asarray(dataset.group_codes), minlength=len(dataset.group_names))
+    return {group: int(count) for group, count in zip(dataset.group_names, counts)}
+
+
+def calibration_set(calibration_data, kind: str, n: int | None, seed: int):
+    """The `kind` subset of `n` samples of the calibration dataset. `n=None`: the largest set of
+    that kind it holds (`largest_calibration_size`), at most DEFAULT_CALIBRATION_SIZE. A set that
+    cannot keep its kind's composition is still drawn (as close as availability allows) with a
+    `CalibrationWarning`, which a notebook shows; an `n` larger than the data is a ValueError."""
+    dataset = _face_dataset(calibration_data, "calibration_data")
+    largest = largest_calibration_size(dataset, kind)
+    if n is None:
+        n = min(DEFAULT_CALIBRATION_SIZE, largest or len(dataset))
+    elif isinstance(n, int) and not isinstance(n, bool) and n > len(dataset):
+        raise ValueError(CALIBRATION_SIZE_TOO_LARGE.format(n=n, available=len(dataset), kind=kind,
+                                                           default=DEFAULT_CALIBRATION_SIZE))
+    subset = datasets.calibration_subset(dataset, kind, n, seed)
+    if n > largest:
+        message = CALIBRATION_NOT_FAITHFUL.format(kind=kind, n=n, available=group_counts(dataset),
+                                                  largest=largest, counts=group_counts(subset))
+        warnings.warn(message, CalibrationWarning, stacklevel=3)
+        logger.warning(message)
+    logger.info("%s calibration set of %d: %s", kind, len(subset), group_counts(subset))
+    return subset
 
 
 def _calibration_loader(calibration_data, kind: str, n: int | None, seed: int, batch_size: int) -> DataLoader:
-    """A loader over a `kind` subset of `n` samples of the calibration dataset (the batch size of a
-    given loader wins over `batch_size`). `n=None`: DEFAULT_CALIBRATION_SIZE, or every sample when
-    there are fewer (logged); an explicit `n` larger than the data is a ValueError."""
-    dataset = _face_dataset(calibration_data, "calibration_data")
-    if n is None:
-        n = min(DEFAULT_CALIBRATION_SIZE, len(dataset))
-        if n < DEFAULT_CALIBRATION_SIZE:
-            logger.info(CALIBRATION_USES_ALL, len(dataset), DEFAULT_CALIBRATION_SIZE)
-    elif isinstance(n, int) and not isinstance(n, bool) and n > len(dataset):
-        raise ValueError(CALIBRATION_SIZE_TOO_LARGE.format(n=n, available=len(dataset),
-                                                           default=DEFAULT_CALIBRATION_SIZE))
-    subset = datasets.calibration_subset(dataset, kind, n, seed)
-    logger.info("%s calibration set of %d: %s", kind, len(subset), subset.group_counts())
+    """A loader over `calibration_set(...)` (the batch size of a given loader wins)."""
+    subset = calibration_set(calibration_data, kind, n, seed)
     return datasets.make_loader(subset, getattr(calibration_data, "batch_size", None) or batch_size)
+
+
+def calibration_facts(loader: DataLoader, kind: str) -> dict:
+    """The `quant_info` facts of a calibration set: kind and size, and its group counts."""
+    return {"calibration": f"{kind}-{len(loader.dataset)}",
+            "calibration_group_counts": group_counts(loader.dataset)}
 
 
 # --------------------------------------------------------------------------- per-layer sensitivity
@@ -459,8 +507,9 @@ def _base_options(config, base_cls: type, **overrides) -> dict:
 class BiasAwareCalibrationConfig(PTQStaticConfig):
     """Static PTQ calibrated on `calibration_size` samples drawn from the calibration dataset as
     `calibration` says ('balanced', 'balanced_by_label' or the control 'random'); `batch_size` is used
-    when a dataset rather than a loader is given. `calibration_size=None`: 512, or every sample of
-    a smaller calibration set."""
+    when a dataset rather than a loader is given. `calibration_size=None`: the largest set of that
+    kind the calibration data hold, at most 512 (`calibration_set`). `quant_info` records the set's
+    `calibration` (kind-size) and `calibration_group_counts`."""
     calibration_size: int | None = None
     calibration: str = "balanced"
     batch_size: int = 64
@@ -476,8 +525,10 @@ class BiasAwareCalibrationConfig(PTQStaticConfig):
 def _bias_aware_calibration(model, config, calibration_data, *, device="cpu", seed=0, progress=False, **_):
     loader = _calibration_loader(calibration_data, config.calibration, config.calibration_size, seed,
                                  config.batch_size)
-    return apply_quantization(model, "ptq_static", calibration_data=loader, device=device, seed=seed,
-                              progress=progress, **_base_options(config, PTQStaticConfig))
+    quantized = apply_quantization(model, "ptq_static", calibration_data=loader, device=device, seed=seed,
+                                   progress=progress, **_base_options(config, PTQStaticConfig))
+    quantized.quant_info = quantized.quant_info.replace(**calibration_facts(loader, config.calibration))
+    return quantized
 
 
 def _probe_config_layers(model, config, layers, bits, calibration_data, eval_data, device, progress) -> pd.DataFrame:
@@ -599,7 +650,8 @@ class FairnessFinetuneConfig(QATConfig):
 
 
 @register_method("fairness_finetune", FairnessFinetuneConfig, context_keys=("train_loader", "val_loader"),
-                 traits=quantization.MethodTraits(calibration="none", deployable=True, control="ptq_static"))
+                 traits=quantization.MethodTraits(calibration="none", deployable=True, control="ptq_static",
+                                                  needs=("train_loader",)))
 def _fairness_finetune(model, config, calibration_data, *, train_loader=None, val_loader=None, device="auto", seed=0,
                        progress=True, **_):
     return apply_quantization(model, "qat", calibration_data=calibration_data, train_loader=train_loader,
@@ -689,7 +741,7 @@ class _FairnessSearch:
                 "(FP32 model gap %.4f); returning the lowest-gap model found (gap %.4f).", config.max_dp_gap,
                 measured_on, fp32_metrics["dp_gap"], chosen.quant_info["val_dp_gap"])
         chosen.quant_info = chosen.quant_info.replace(
-            calibration=f"{config.calibration}-{len(calibration_loader.dataset)}", max_dp_gap=config.max_dp_gap,
+            **calibration_facts(calibration_loader, config.calibration), max_dp_gap=config.max_dp_gap,
             constraint_met=met, gap_measured_on=measured_on, fp32_dp_gap=fp32_metrics["dp_gap"], search_steps=len(self.history), history=self.history)
         return chosen
 
