@@ -304,7 +304,7 @@ def test_compare_quantization_methods_gives_a_tidy_table_csv_and_plot(tiny_synth
         make_loader(tiny_synthetic_splits.test, 64), sensitive_attrs=["gender"],
         calibration_data=make_loader(tiny_synthetic_splits.train, 64), n_resamples=50)
     table = comparison.table
-    assert table["label"].tolist() == ["fp32", "PTQ_INT8(observer=minmax)", "w4", "dynamic"]
+    assert table["label"].tolist() == ["fp32", "PTQ_INT8 observer=minmax", "w4", "dynamic"]
     assert table["execution"].tolist() == ["fp32", "real_int8", "simulated", "real_int8"]
     for metric in ("accuracy", "dp_gap"):
         assert (table[f"{metric}_low"] <= table[metric]).all()
@@ -315,6 +315,50 @@ def test_compare_quantization_methods_gives_a_tidy_table_csv_and_plot(tiny_synth
     assert csv.read_text().splitlines()[0].startswith("label,")
     png = comparison.plot_comparison(tmp_path / "comparison.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_checks_every_method_and_input_before_running_any(tiny_synthetic_splits,
+                                                                   monkeypatch):
+    import comparison
+    from datasets import make_loader
+
+    ran = []
+    monkeypatch.setattr(comparison, "apply_quantization", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(comparison.evaluation, "predict", lambda *a, **k: ran.append(a))
+    model = build_model("tiny_cnn", image_size=32).eval()
+    test = make_loader(tiny_synthetic_splits.test, 64)
+    train = make_loader(tiny_synthetic_splits.train, 64)
+    with pytest.raises(ValueError, match="'nope' is not registered"):
+        comparison.compare_quantization_methods(model, ["PTQ_INT8", "nope"], test,
+                                                calibration_data=train)
+    with pytest.raises(ValueError, match="observr"):
+        comparison.compare_quantization_methods(model, ["PTQ_INT8", ("PTQ_INT4", {"observr": 1})],
+                                                test, calibration_data=train)
+    with pytest.raises(ValueError) as err:
+        comparison.compare_quantization_methods(model, ["PTQ_INT8", "QAT_INT8"], test,
+                                                calibration_data=train)
+    assert str(err.value) == comparison.MISSING_INPUT.format(
+        methods=["QAT_INT8"], key="train_loader", example=comparison.INPUT_EXAMPLES["train_loader"])
+    with pytest.raises(ValueError, match="calibration_data"):
+        comparison.compare_quantization_methods(model, ["dynamic", "PTQ_INT4"], test)
+    with pytest.raises(ValueError, match="val_loadr= is taken by none"):
+        comparison.compare_quantization_methods(model, ["PTQ_INT8"], test, calibration_data=train,
+                                                val_loadr=train)
+    with pytest.raises(ValueError, match="sensitive_attrs \\['race'\\]"):
+        comparison.compare_quantization_methods(model, ["PTQ_INT8"], test, calibration_data=train,
+                                                sensitive_attrs=["race"])
+    assert ran == []
+
+
+def test_compare_hands_each_context_item_only_to_the_methods_that_take_it(monkeypatch):
+    import comparison
+
+    plan = comparison._plan(["PTQ_INT8", "QAT_INT4", {"method": "ptq_static", "bits": "w4a8"},
+                             {"method": "ptq_static", "bits": "w4a8"}],
+                            calibration_data="calib", context={"train_loader": "train"})
+    assert [run.label for run in plan] == ["PTQ_INT8", "QAT_INT4", "ptq_static w4a8",
+                                           "ptq_static w4a8 #2"]
+    assert [run.context for run in plan] == [{}, {"train_loader": "train"}, {}, {}]
 
 
 # --------------------------------------------------------------------------- registry
