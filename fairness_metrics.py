@@ -623,6 +623,34 @@ def _sensitive_frame(loader, sensitive_attr):
     return metadata.set_index("sample_id")[attributes]
 
 
+NOT_ABOVE_CHANCE = ("the model is not clearly above chance on this data: balanced accuracy "
+                    "{estimate:.3f}, lower {ci:.0%} bound {low:.3f} <= {threshold} (the rule the "
+                    "analysis uses before any verdict). Its fairness gaps describe noise: train "
+                    "it longer, check the labels, or evaluate a trained model")
+
+
+class NotAboveChanceWarning(UserWarning):
+    """A model's balanced-accuracy lower bound is at or below the analysis threshold."""
+
+
+def _chance_check(predictions: pd.DataFrame) -> dict:
+    """``balanced_accuracy_low`` and ``above_chance`` by the analysis' rule (its default
+    resamples, interval and threshold), with a warning when the model is not above chance."""
+    import config
+    import verdicts
+
+    settings = config.AnalysisConfig()
+    record, _ = summarize_predictions(predictions, n_resamples=settings.bootstrap_resamples,
+                                      ci=settings.ci, min_group_size=0)
+    low, threshold = record["balanced_accuracy_low"], settings.min_balanced_accuracy
+    above = verdicts.is_above_chance(low, threshold)
+    if not above:
+        warnings.warn(NOT_ABOVE_CHANCE.format(estimate=record["balanced_accuracy"], low=low,
+                                              ci=settings.ci, threshold=threshold),
+                      NotAboveChanceWarning, stacklevel=3)
+    return {"balanced_accuracy_low": low, "above_chance": above}
+
+
 def compute_fairness_metrics(model, loader, sensitive_attr="gender", device=None,
                              min_group_size=30) -> dict:
     """Run `model` over `loader` and return its accuracy and fairness metrics (for notebooks).
@@ -632,7 +660,9 @@ def compute_fairness_metrics(model, loader, sensitive_attr="gender", device=None
     overall metrics, demographic_parity, equalized_odds, equal_opportunity, predictive_equality,
     disparate_impact, di_flag, worst_group_accuracy, accuracy_gap, between_group_entropy_index,
     n_groups_used, per_group (group_table), predictions (the per-sample table) and model_size_mb.
-    Point estimates only; use summarize_predictions on `predictions` for intervals. The model
+    Point estimates, except `balanced_accuracy_low` and `above_chance`: the analysis' chance rule
+    (`NotAboveChanceWarning` when the model fails it); use summarize_predictions on `predictions`
+    for intervals. The model
     comes back in the train/eval mode (per module) and on the device it was given in. Raises
     TypeError for a model that is not an nn.Module or a loader that is not a DataLoader, and
     ValueError for a meta-device model, images the model's first layer cannot take, or a
@@ -662,6 +692,7 @@ def compute_fairness_metrics(model, loader, sensitive_attr="gender", device=None
     gaps = fairness_gaps(table)
     result = overall_metrics(y_true, y_pred)
     result.update({NOTEBOOK_NAMES.get(name, name): value for name, value in gaps.items()})
+    result.update(_chance_check(predictions))
     result.update(
         di_flag=_di_flag(gaps["disparate_impact"]),
         between_group_entropy_index=between_group_entropy_index(y_true, y_pred,

@@ -89,3 +89,15 @@ def test_the_callers_model_mode_is_restored(model, test_loader):
 def test_the_callers_device_is_restored(model, test_loader):
     compute_fairness_metrics(model, test_loader, device="cuda")
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_a_model_at_chance_gets_a_warning_by_the_analysis_rule(model, test_loader):
+    from fairness_metrics import NotAboveChanceWarning
+
+    with torch.no_grad():  # a constant model: balanced accuracy exactly 0.5
+        for parameter in model.parameters():
+            parameter.zero_()
+    with pytest.warns(NotAboveChanceWarning, match="not clearly above chance"):
+        metrics = compute_fairness_metrics(model, test_loader, sensitive_attr="gender")
+    assert metrics["above_chance"] is False
+    assert metrics["balanced_accuracy_low"] <= 0.5
