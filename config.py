@@ -28,6 +28,10 @@ from checks import check_choice as _check_choice
 from checks import parse_bits
 
 DEVICES = ("auto", "cpu", "cuda")
+DATASETS = ("synthetic", "celeba", "utkface", "fairface", "manifest")
+"""Names of datasets.KNOWN_DATASETS (kept equal by a test; config imports no torch)."""
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+"""What a name that becomes a folder may hold (run_name, the dataset's name)."""
 BACKENDS = ("torch", "onnxruntime", "openvino")  # runtimes.RUNTIMES plus the project's own kernels
 CALIBRATION_KINDS = ("random", "balanced", "balanced_by_label", "minority_enriched")
 """Names of datasets.CALIBRATION_KINDS (kept equal by a test; config imports no torch)."""
@@ -56,6 +60,19 @@ BAD_RAY_ADDRESS = ("runtime.ray_address={value!r}: expected null (start a local 
                    "'ray://HOST:PORT' (a Ray client address), e.g. --set runtime.ray_address=auto")
 BAD_RAY_RESOURCE = ("runtime.ray_resources.{phase}.{key}={value!r}: expected {expected}, e.g. "
                     "--set runtime.ray_resources.{phase}.{key}={example}")
+MANIFEST_NEEDS = ("data.dataset=manifest needs data.{key}: {why}, e.g. --set data.{key}={example} "
+                  "(docs/datasets.md)")
+MANIFEST_UNUSED = ("data.manifest={path!r} is set but data.dataset={dataset!r}: set "
+                   "data.dataset=manifest to read it, or drop data.manifest")
+BAD_DATASET_NAME = ("{key}={value!r}: a dataset's name becomes a folder and the first part of every "
+                    "config id, so it may hold letters, digits, '_', '.' or '-'; set data.name, "
+                    "e.g. --set data.name=my_faces")
+WEIGHTS_UNKNOWN_ARCH = ("models.weights names {unknown}, which models.architectures={known} does not "
+                        "hold; give weights only for architectures that run (or add them there)")
+EPOCHS_ZERO_NEEDS_WEIGHTS = ("training.epochs=0 evaluates a trained model without training it, but "
+                             "{arch!r} has no trained weights: give them with --set "
+                             "'models.weights={{{arch}: path/to/state_dict.pt}}', or set "
+                             "training.epochs to 1 or more to train it")
 MITIGATE_UNKNOWN_ARCH = ("mitigation.architectures={given}: {unknown} not in models.architectures="
                          "{known}; mitigate only architectures that the baseline trains (add them "
                          "to models.architectures or drop them here)")
@@ -86,8 +103,16 @@ class SyntheticConfig:
 class DataConfig:
     dataset: str = "synthetic"
     root: str = "data/datasets"
+    manifest: Optional[str] = None
+    """``dataset: manifest``: the CSV (``file_name``, target and sensitive columns) describing the
+    user's images, which are read only inside its folder (docs/datasets.md)."""
     target: Optional[str] = None
     sensitive: Optional[tuple[str, ...]] = None
+    positive: Optional[str] = None
+    """The target value that means 1, when the target column is not already 0/1."""
+    name: Optional[str] = None
+    """The dataset's name in folders, config ids and reports (default: the manifest's folder
+    name, or ``dataset``)."""
     image_size: int = 32
     batch_size: int = 64
     num_workers: int = 0
@@ -97,6 +122,18 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
+        _check_choice("data.dataset", self.dataset, DATASETS)
+        if self.dataset == "manifest":
+            for key, why, example in (
+                    ("manifest", "the CSV that lists the images", "path/to/metadata.csv"),
+                    ("target", "the column to predict", "label"),
+                    ("sensitive", "the columns whose values define the groups", "[sex,skin_type]")):
+                if not getattr(self, key):
+                    raise ValueError(MANIFEST_NEEDS.format(key=key, why=why, example=example))
+        elif self.manifest is not None:
+            raise ValueError(MANIFEST_UNUSED.format(path=self.manifest, dataset=self.dataset))
+        if self.name is not None and not NAME.fullmatch(self.name):
+            raise ValueError(BAD_DATASET_NAME.format(key="data.name", value=self.name))
         _check_range("data.image_size", self.image_size, 8, 1024)
         _check_positive("data.batch_size", self.batch_size)
         _check_range("data.num_workers", self.num_workers, 0, 64)
@@ -107,6 +144,20 @@ class DataConfig:
         if self.max_per_split is not None:
             _check_positive("data.max_per_split", self.max_per_split)
 
+    @property
+    def dataset_name(self) -> str:
+        """The name of the data in folders, ids and reports: ``name``, else the manifest's folder
+        name, else ``dataset``."""
+        if self.name is not None:
+            return self.name
+        if self.dataset == "manifest":
+            folder = Path(self.manifest).resolve().parent.name
+            if not NAME.fullmatch(folder):
+                raise ValueError(BAD_DATASET_NAME.format(key="the manifest's folder name",
+                                                         value=folder))
+            return folder
+        return self.dataset
+
 
 @dataclass(frozen=True)
 class ModelsConfig:
@@ -114,11 +165,26 @@ class ModelsConfig:
                                       "vit_small", "squeezenet1_1")
     pretrained: bool = False
     weights_dir: Optional[str] = None
+    weights: dict = field(default_factory=dict)
+    """Trained state dicts by architecture, ``{resnet18: path/to/state_dict.pt}`` (read with
+    ``weights_only=True``): the baseline starts from them, and with ``training.epochs: 0`` only
+    evaluates them."""
 
     def __post_init__(self):
         if not self.architectures:
             raise ValueError("models.architectures is empty: name at least one architecture, "
                              "e.g. [resnet50]")
+        repeated = sorted({arch for arch in self.architectures if self.architectures.count(arch) > 1})
+        if repeated:
+            raise ValueError(f"models.architectures names {repeated} more than once; name each "
+                             "architecture once")
+        unknown = sorted(set(self.weights) - set(self.architectures))
+        if unknown:
+            raise ValueError(WEIGHTS_UNKNOWN_ARCH.format(unknown=unknown,
+                                                         known=list(self.architectures)))
+        for arch, path in self.weights.items():
+            if not isinstance(path, str) or not path:
+                raise _type_error(f"models.weights.{arch}", path, "the path of a state dict")
 
 
 @dataclass(frozen=True)
@@ -179,7 +245,7 @@ class QuantizationConfig:
             _check_positive("quantization.calibration_sizes", n)
         for kind in self.calibration_kinds:
             _check_choice("quantization.calibration_kinds", kind, CALIBRATION_KINDS)
-        _check_range("quantization.qat_epochs", self.qat_epochs, 0, 1000)
+        _check_range("quantization.qat_epochs", self.qat_epochs, 1, 1000)
         _check_positive("quantization.qat_lr", self.qat_lr)
 
 
@@ -329,6 +395,10 @@ class ExperimentConfig:
 
     def _check_across_sections(self):
         """Settings that are only wrong together (each section checks its own values)."""
+        for arch in self.models.architectures:
+            if self.training.for_arch(arch).epochs == 0 and arch not in self.models.weights:
+                raise ValueError(EPOCHS_ZERO_NEEDS_WEIGHTS.format(arch=arch))
+        self.data.dataset_name  # a manifest folder whose name cannot be a folder name fails here
         chosen, known = self.mitigation.architectures, self.models.architectures
         if chosen is not None:
             unknown = [arch for arch in chosen if arch not in known]

@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import yaml
 
+import config
 from checks import BAD_BITS, NOT_A_CHOICE, check_choice
 
 from config import (ExperimentConfig, config_to_dict, expand_method_specs, load_config,
@@ -153,3 +154,42 @@ def test_settings_that_would_fail_late_are_refused_at_load(overrides, fragment):
     with pytest.raises(ValueError) as err:
         load_config(None, overrides)
     assert fragment in str(err.value)
+
+
+# --------------------------------------------------------------------------- own data and models
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.dataset=mydata"], "data.dataset='mydata' is not supported; supported: synthetic, celeba"),
+    (["data.dataset=manifest"], config.MANIFEST_NEEDS.format(
+        key="manifest", why="the CSV that lists the images", example="path/to/metadata.csv")),
+    (["data.dataset=manifest", "data.manifest=x/metadata.csv", "data.target=label"],
+     "data.dataset=manifest needs data.sensitive"),
+    (["data.manifest=x/metadata.csv"], "is set but data.dataset='synthetic'"),
+    (["data.name=../up"], "data.name='../up': a dataset's name becomes a folder"),
+    (["training.epochs=0"], config.EPOCHS_ZERO_NEEDS_WEIGHTS.format(arch="tiny_cnn")),
+    (["models.weights={resnet18: w.pt}"], "models.weights names ['resnet18']"),
+    (["models.architectures=[tiny_cnn, tiny_cnn]"], "names ['tiny_cnn'] more than once"),
+    (["quantization.qat_epochs=0"], "quantization.qat_epochs=0: expected a value between 1"),
+])
+def test_own_data_and_model_settings_are_checked_at_load(overrides, message):
+    with pytest.raises(ValueError) as err:
+        config.load_config("configs/smoke.yaml", overrides)
+    assert message in str(err.value)
+
+
+def test_the_dataset_name_comes_from_data_name_or_the_manifest_folder(tmp_path):
+    manifest = ["data.dataset=manifest", f"data.manifest={tmp_path}/my_faces/metadata.csv",
+                "data.target=label", "data.sensitive=[skin]"]
+    assert config.load_config("configs/smoke.yaml", manifest).data.dataset_name == "my_faces"
+    named = config.load_config("configs/smoke.yaml", manifest + ["data.name=clinic"])
+    assert named.data.dataset_name == "clinic"
+    assert config.load_config("configs/smoke.yaml").data.dataset_name == "synthetic"
+    with pytest.raises(ValueError, match="the manifest's folder name='my faces'"):
+        config.load_config("configs/smoke.yaml",
+                           manifest[:1] + [f"data.manifest={tmp_path}/my faces/m.csv"] + manifest[2:])
+
+
+def test_epochs_zero_is_valid_with_weights_for_every_architecture():
+    cfg = config.load_config("configs/smoke.yaml", ["training.epochs=0",
+                                                    "models.weights={tiny_cnn: w.pt}"])
+    assert cfg.training.epochs == 0 and cfg.models.weights == {"tiny_cnn": "w.pt"}
