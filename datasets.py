@@ -26,12 +26,22 @@ the framework uses for groups. Supported datasets (``load_dataset(name, root, ..
   the official val file is the test split and a seeded, stratified validation split is carved
   from train (train:val in the ratio of ``split_fractions``).
 
+* ``manifest``: a user's own images listed in a ``metadata.csv`` (Hugging Face ImageFolder's
+  convention: ``file_name`` relative to the manifest's folder, a target column, sensitive
+  columns of the user's own, an optional ``split``); ``root`` is the manifest file and
+  ``target``/``sensitive`` are required. ``manifest.py`` validates it without torch, reads
+  files only inside its folder and nothing is written there (docs/datasets.md).
+
   UTKFace and FairFace share one schema. Default target ``gender`` (1 = Female) with sensitive
   attributes ``race`` and ``age_group`` (``0-19``, ``20-39``, ``40-59``, ``60+``; FairFace's
   bins are merged into these); the alternative target ``age_ge_40`` (1 if age >= 40) goes with
   sensitive ``gender`` and ``race``. Race values: UTKFace White, Black, Asian, Indian, Others;
   FairFace its seven labels. A target cannot be combined with a sensitive attribute read from
   the same source (``age_ge_40`` with ``age_group``, ``gender`` with ``gender``).
+
+Group-aware functions (the subsets, ``make_loader``, ``largest_balanced_size``) also accept a
+user's own Dataset with a ``metadata`` table and ``sensitive_attrs`` (the group-dataset protocol,
+docs/datasets.md) through ``group_dataset``, which wraps it in a ``GroupView``.
 
 Groups are the sensitive values joined by ``/`` in the order the attributes are given, e.g.
 ``Female/Old``; ``dataset.group_names`` is their sorted list (the same for every split) and
