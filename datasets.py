@@ -686,10 +686,11 @@ def load_dataset(dataset: str, root: str | Path, *, target: str | None = None,
     if source.manifest is None:
         rows = _drop_unreadable(paths, source.folder, name, skip_bad_images)
     else:
-        bad = check_images(paths, None)
-        rows = np.flatnonzero(~bad_image_rows(source.manifest.path, places,
-                                              metadata["sample_id"].to_numpy(), bad,
-                                              skip_bad_images))
+        undecodable = bad_image_rows(source.manifest.path, places, metadata["sample_id"].to_numpy(),
+                                     check_images(paths, None), skip_bad_images)
+        if undecodable.any():
+            source.info["dropped"]["image cannot be decoded"] = int(undecodable.sum())
+        rows = np.flatnonzero(~undecodable)
     if len(rows) < len(paths):
         metadata, paths = metadata.iloc[rows].reset_index(drop=True), paths[rows]
     store = _ImageStore(paths, image_size, cache)

@@ -342,7 +342,10 @@ def outside_reason(folder: str, file_name: str) -> tuple[str | None, str]:
         return "is an absolute path", file_name
     if os.path.normpath(file_name).split(os.sep)[0] == os.pardir:
         return "leads out of the folder through '..'", file_name
-    resolved = os.path.realpath(os.path.join(folder, file_name))
+    try:
+        resolved = os.path.realpath(os.path.join(folder, file_name))
+    except (ValueError, OSError) as error:  # e.g. an embedded NUL byte
+        return f"is not a usable path ({error})", file_name
     if os.path.commonpath([resolved, folder]) != folder:
         return f"resolves to {resolved} (through a symlink) outside the folder", resolved
     return None, resolved

@@ -436,6 +436,7 @@ def test_an_undecodable_image_is_named_or_dropped(faces, caplog):
     with caplog.at_level(logging.WARNING, logger="manifest"):
         splits = load(faces, skip_bad_images=True)
     assert sum(splits.info["sizes"].values()) == 59
+    assert splits.info["dropped"] == {"image cannot be decoded": 1}
     assert any("Dropped 1 row(s)" in r.getMessage() and "cannot be decoded" in r.getMessage()
                for r in caplog.records)
 
@@ -523,6 +524,24 @@ def test_a_users_dataset_works_with_every_subset_function_and_the_loader():
     assert images.shape == (16, 3, 4, 4) and list(ids) == list(mine.metadata["sample_id"][:16])
     assert codes.tolist() == [0 if t == "dark" else 1 if t == "light" else 2
                               for t in mine.metadata["skin_tone"][:16]]
+
+
+@pytest.mark.torch
+def test_predictions_over_a_users_dataset_carry_its_groups():
+    import torch
+
+    import datasets
+    import evaluation
+
+    mine = _user_dataset()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    table = evaluation.predict(model, datasets.make_loader(datasets.random_subset(mine, 20, seed=0), 8),
+                               progress=False)
+    expected = mine.metadata.set_index("sample_id")
+    assert len(table) == 20
+    assert (table["skin_tone"] == expected.loc[table["sample_id"], "skin_tone"].to_numpy()).all()
+    assert (table["y_true"] == expected.loc[table["sample_id"], "target"].to_numpy()).all()
+    assert (table["group"] == table["skin_tone"]).all()
 
 
 @pytest.mark.torch
