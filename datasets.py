@@ -257,7 +257,7 @@ class DatasetSplits:
         return getattr(self, split)
 
 
-# --------------------------------------------------------------------------- the group-dataset protocol
+# --------------------------------------------------------------------------- group protocol
 #
 # Group-aware functions accept a FaceDataset, any Dataset meeting the protocol (a ``metadata``
 # DataFrame aligned positionally with its items, holding sample_id, target and the sensitive
@@ -315,9 +315,9 @@ def _protocol_table(metadata: pd.DataFrame, sensitive_attrs, group_names, *, wha
     sensitive = [sensitive_attrs] if isinstance(sensitive_attrs, str) else list(sensitive_attrs)
     missing = [c for c in ["sample_id", "target", *sensitive] if c not in metadata.columns]
     if missing:
-        raise ValueError(METADATA_COLUMNS_MISSING.format(what=what, missing=missing, doc=PROTOCOL_DOC,
-                                                         columns=list(metadata.columns),
-                                                         sensitive=sensitive))
+        raise ValueError(METADATA_COLUMNS_MISSING.format(
+            what=what, missing=missing, doc=PROTOCOL_DOC, columns=list(metadata.columns),
+            sensitive=sensitive))
     if len(metadata) != length:
         raise ValueError(METADATA_LENGTH.format(what=what, rows=len(metadata), items=length,
                                                 doc=PROTOCOL_DOC))
@@ -389,9 +389,9 @@ class GroupView(Dataset):
         expected = str(self._sample_ids[index])
         if isinstance(item, (tuple, list)):
             if len(item) >= 4 and str(item[3]) != expected:
-                raise ValueError(ITEM_NOT_ALIGNED.format(what=self._what, index=int(self.indices[index]),
-                                                         found=item[3], expected=expected,
-                                                         doc=PROTOCOL_DOC))
+                raise ValueError(ITEM_NOT_ALIGNED.format(
+                    what=self._what, index=int(self.indices[index]), found=item[3],
+                    expected=expected, doc=PROTOCOL_DOC))
             item = item[0]
         return item, int(self.targets[index]), int(self.group_codes[index]), expected
 
@@ -476,7 +476,8 @@ def _single_thread_worker(_worker_id: int) -> None:
 
 # --------------------------------------------------------------------------- subsets
 
-def balanced_subset(dataset, n: int, seed: int, by_label: bool = False) -> "FaceDataset | GroupView":
+def balanced_subset(dataset, n: int, seed: int,
+                    by_label: bool = False) -> "FaceDataset | GroupView":
     """``n`` samples spread as evenly as availability allows over ``dataset.group_names``.
 
     A group with fewer than its share gives all its samples and the remainder is spread over
@@ -681,7 +682,8 @@ def load_dataset(dataset: str, root: str | Path, *, target: str | None = None,
     metadata["split"] = _assign_splits(metadata, fractions, rng)
     if max_per_split is not None:
         keep = _cap_splits(metadata, max_per_split, rng)
-        metadata, paths, places = metadata.iloc[keep].reset_index(drop=True), paths[keep], places[keep]
+        metadata = metadata.iloc[keep].reset_index(drop=True)
+        paths, places = paths[keep], places[keep]
     cache = len(paths) * 3 * image_size ** 2 < cache_limit_gib * 2 ** 30
     if source.manifest is None:
         rows = _drop_unreadable(paths, source.folder, name, skip_bad_images)

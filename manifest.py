@@ -44,6 +44,8 @@ FORMATS = (".csv", ".parquet")
 MANIFEST_NOT_FOUND = ("manifest {path} does not exist. Pass the path of your metadata.csv (config: "
                       "data.manifest), the file listing file_name, the target and the sensitive "
                       "columns; see docs/datasets.md")
+MANIFEST_IS_FOLDER = ("manifest {path} is a folder; pass the manifest file itself, e.g. "
+                      "{path}/metadata.csv (config: data.manifest)")
 MANIFEST_FORMAT = ("manifest {path}: unsupported file type {suffix!r}; expected one of {formats}. "
                    "Save the table as CSV (metadata.csv) with a header line")
 PARQUET_NEEDS_PYARROW = ("manifest {path}: reading parquet needs the pyarrow package, which is not "
@@ -154,6 +156,8 @@ def read_manifest(path, *, target: str | None, sensitive, positive=None,
     manifest and ValueError for everything else, naming the row and the value.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(MANIFEST_IS_FOLDER.format(path=path))
     if not path.is_file():
         raise FileNotFoundError(MANIFEST_NOT_FOUND.format(path=path))
     raw, places = read_table(path)
@@ -178,7 +182,8 @@ def read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     each row's place: ``line N`` of a CSV (header = line 1), ``row N`` of parquet (1-based)."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(MANIFEST_FORMAT.format(path=path, suffix=path.suffix, formats=list(FORMATS)))
+        raise ValueError(MANIFEST_FORMAT.format(path=path, suffix=path.suffix,
+                                                formats=list(FORMATS)))
     if suffix == ".parquet":
         return _read_parquet(path)
     return _read_csv(path)
@@ -239,8 +244,8 @@ def _check_columns(path: Path, columns: list[str], target, sensitive) -> list[st
                                   ("sensitive", "sensitive column(s)", sensitive)):
         if not given:
             raise ValueError(NEED_COLUMNS.format(argument=argument, role=role, columns=columns))
-    for column, role, key in ([(FILE_COLUMN, "image paths", "manifest"), (target, "target", "target")]
-                              + [(c, "sensitive attribute", "sensitive") for c in sensitive]):
+    named = [(FILE_COLUMN, "image paths", "manifest"), (target, "target", "target")]
+    for column, role, key in named + [(c, "sensitive attribute", "sensitive") for c in sensitive]:
         if column not in columns:
             raise ValueError(MISSING_COLUMN.format(path=path, column=column, role=role,
                                                    columns=columns, key=key))
@@ -380,7 +385,8 @@ def file_problem(resolved: str) -> tuple[str | None, str]:
     except OSError as error:
         return "missing", f"{resolved}: {error.strerror}"
     if not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a file"
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device or socket")
         return "not a file", kind
     return None, ""
 
@@ -464,7 +470,7 @@ def warn_small_groups(metadata: pd.DataFrame, group_names, min_group_size: int |
     test = metadata.loc[metadata["split"] == "test", "group"].value_counts()
     small = {g: int(test.get(g, 0)) for g in group_names if test.get(g, 0) < min_group_size}
     if small:
+        groups = ", ".join(f"{g} (n={n})" for g, n in small.items())
         warnings.warn(SMALL_GROUPS.format(count=len(small), min_group_size=min_group_size,
-                                          groups=", ".join(f"{g} (n={n})" for g, n in small.items())),
-                      UserWarning, stacklevel=3)
+                                          groups=groups), UserWarning, stacklevel=3)
     return list(small)

@@ -112,6 +112,12 @@ def test_a_missing_manifest_is_a_file_not_found_error(tmp_path):
         read(tmp_path / "nowhere" / "metadata.csv")
 
 
+def test_a_folder_instead_of_the_manifest_names_the_file_to_pass(faces):
+    with pytest.raises(ValueError, match=pattern(manifest.MANIFEST_IS_FOLDER)) as error:
+        read(faces.parent)
+    assert f"{faces.parent}/metadata.csv" in str(error.value)
+
+
 @pytest.mark.parametrize("options, argument", [({"target": None}, "target"),
                                                ({"sensitive": None}, "sensitive"),
                                                ({"sensitive": []}, "sensitive")])
