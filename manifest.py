@@ -304,27 +304,34 @@ def target_codes(path, values: np.ndarray, places, column: str, positive=None) -
     """0/1 codes of a target column's text values (see docs/datasets.md).
 
     With ``positive``: 1 where the value equals ``str(positive)``, 0 elsewhere (any number of
-    other values). Without it the column must hold exactly two values, 0/1 or true/false.
+    other values). Without it every value must read as 0/1 (``TRUE_TEXTS``, ``FALSE_TEXTS``, any
+    case). Either way both labels must occur.
     """
     _raise_at(EMPTY_VALUE, np.array([is_missing(v) for v in values]), places, path=path,
               role="target", column=column, value=values)
     distinct = list(dict.fromkeys(values))
+    if len(distinct) < 2:
+        raise ValueError(TARGET_ONE_VALUE.format(path=path, column=column, value=distinct[0],
+                                                 n=len(values)))
     if positive is not None:
         wanted = str(positive).strip()
         if wanted not in distinct:
             raise ValueError(POSITIVE_NOT_FOUND.format(positive=positive, column=column, path=path,
                                                        values=sorted(distinct)))
         return (values == wanted).astype(np.int64)
+    lowered = np.array([str(v).lower() for v in values])
+    if np.isin(lowered, TRUE_TEXTS + FALSE_TEXTS).all():
+        codes = np.isin(lowered, TRUE_TEXTS).astype(np.int64)
+        if codes.min() == codes.max():  # e.g. 1 and 1.0 only
+            raise ValueError(TARGET_ONE_VALUE.format(path=path, column=column, value=distinct[0],
+                                                     n=len(values)))
+        return codes
     if len(distinct) > 2:
         _raise_at(TARGET_NOT_BINARY, values == distinct[2], places, path=path, column=column,
                   value=distinct[2], first_two=distinct[:2])
-    lowered = np.array([str(v).lower() for v in values])
     _raise_at(TARGET_NOT_ZERO_ONE, ~np.isin(lowered, TRUE_TEXTS + FALSE_TEXTS), places, path=path,
               column=column, value=values, values=sorted(distinct))
-    if len(distinct) < 2:
-        raise ValueError(TARGET_ONE_VALUE.format(path=path, column=column, value=distinct[0],
-                                                 n=len(values)))
-    return np.isin(lowered, TRUE_TEXTS).astype(np.int64)
+    raise AssertionError("unreachable: a non-0/1 value was found above")
 
 
 def _sensitive_values(path: Path, values: np.ndarray, places, column: str) -> np.ndarray:

@@ -207,10 +207,19 @@ def test_a_positive_value_absent_from_the_target_lists_its_values(faces):
     assert "positive='Yes'" in str(error.value) and "['no', 'yes']" in str(error.value)
 
 
-def test_a_target_with_one_value_is_refused(tmp_path):
-    rows = [(f, "1", s) for f, _, s in default_rows(9)]
+@pytest.mark.parametrize("labels, positive", [(("1",), None), (("1", "1.0"), None),
+                                               (("yes",), "yes")])
+def test_a_target_with_one_label_is_refused(tmp_path, labels, positive):
+    rows = [(f, labels[i % len(labels)], s) for i, (f, _, s) in enumerate(default_rows(9))]
     with pytest.raises(ValueError, match=pattern(manifest.TARGET_ONE_VALUE)):
-        read(write_manifest(tmp_path / "f", rows), positive=None)
+        read(write_manifest(tmp_path / "f", rows), positive=positive)
+
+
+def test_zero_one_texts_in_any_case_are_one_binary_target(tmp_path):
+    labels = ("True", "false", "TRUE", "0", "1.0")
+    rows = [(f, labels[i % 5], s) for i, (f, _, s) in enumerate(default_rows(10))]
+    table = read(write_manifest(tmp_path / "f", rows), positive=None).table
+    assert list(table["target"]) == [1, 0, 1, 0, 1] * 2
 
 
 @pytest.mark.parametrize("twin", ["img/005.png", "./img/005.png", "img/../img/005.png"])
