@@ -26,12 +26,22 @@ the framework uses for groups. Supported datasets (``load_dataset(name, root, ..
   the official val file is the test split and a seeded, stratified validation split is carved
   from train (train:val in the ratio of ``split_fractions``).
 
+* ``manifest``: a user's own images listed in a ``metadata.csv`` (Hugging Face ImageFolder's
+  convention: ``file_name`` relative to the manifest's folder, a target column, sensitive
+  columns of the user's own, an optional ``split``); ``root`` is the manifest file and
+  ``target``/``sensitive`` are required. ``manifest.py`` validates it without torch, reads
+  files only inside its folder and nothing is written there (docs/datasets.md).
+
   UTKFace and FairFace share one schema. Default target ``gender`` (1 = Female) with sensitive
   attributes ``race`` and ``age_group`` (``0-19``, ``20-39``, ``40-59``, ``60+``; FairFace's
   bins are merged into these); the alternative target ``age_ge_40`` (1 if age >= 40) goes with
   sensitive ``gender`` and ``race``. Race values: UTKFace White, Black, Asian, Indian, Others;
   FairFace its seven labels. A target cannot be combined with a sensitive attribute read from
   the same source (``age_ge_40`` with ``age_group``, ``gender`` with ``gender``).
+
+Group-aware functions (the subsets, ``make_loader``, ``largest_balanced_size``) also accept a
+user's own Dataset with a ``metadata`` table and ``sensitive_attrs`` (the group-dataset protocol,
+docs/datasets.md) through ``group_dataset``, which wraps it in a ``GroupView``.
 
 Groups are the sensitive values joined by ``/`` in the order the attributes are given, e.g.
 ``Female/Old``; ``dataset.group_names`` is their sorted list (the same for every split) and
@@ -60,12 +70,14 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from face_files import (AGE_GROUPS, FAIRFACE_RACES, SPLITS, UTK_RACES,  # noqa: F401
                         _derive_columns, _read_celeba, _read_fairface, _read_utkface,
                         parse_utkface_name, read_celeba_attributes, read_celeba_partition)
+from manifest import (Manifest, bad_image_rows, check_groups_in_splits, group_labels,
+                      read_manifest, warn_small_groups)
 from synthetic import (CELEBA_ATTRIBUTES, SYNTHETIC_DEFAULTS, SYNTHETIC_GROUPS,  # noqa: F401
                        SYNTHETIC_OPTIONS, SYNTHETIC_PARAMS_FILE, check_fractions,
                        ensure_synthetic_celeba, generate_synthetic_celeba, largest_remainder,
@@ -73,7 +85,7 @@ from synthetic import (CELEBA_ATTRIBUTES, SYNTHETIC_DEFAULTS, SYNTHETIC_GROUPS, 
 
 logger = logging.getLogger(__name__)
 
-KNOWN_DATASETS = ("synthetic", "celeba", "utkface", "fairface")
+KNOWN_DATASETS = ("synthetic", "celeba", "utkface", "fairface", "manifest")
 NORMALIZE_MEAN = (0.5, 0.5, 0.5)
 NORMALIZE_STD = (0.5, 0.5, 0.5)
 
@@ -82,6 +94,13 @@ IMAGE_CHECK_FILE = ".checked_images.json"
 
 SYNTHETIC_UNWRITABLE = ("Cannot write the synthetic dataset under '{root}' ({reason}). Pass a "
                         "writable root folder (config: data.root, e.g. --set data.root=data/datasets)")
+POSITIVE_ONLY_FOR_MANIFEST = ("positive={positive!r} applies to manifest datasets only; {dataset!r} has "
+                             "its own binary targets. Leave positive unset (config: data.positive)")
+BAD_DATASET_NAME = ("dataset name {name!r} cannot name a dataset: expected a non-empty text without "
+                    "'/' or '\\' (it becomes a folder in the results). Pass another name=, e.g. "
+                    "'my_faces' (config: data.name)")
+BAD_MIN_GROUP_SIZE = ("min_group_size must be an integer >= 0 or None, got {value!r}; e.g. 30 "
+                      "(config: analysis.min_group_size)")
 BAD_IMAGES = ("{count} image file(s) of {dataset} are empty or cannot be decoded: {examples}. "
               "Replace them (re-download the dataset) or skip them with skip_bad_images=True "
               "(config: data.skip_bad_images: true), which drops and counts them")
@@ -190,12 +209,7 @@ class FaceDataset(Dataset):
 
     def subset(self, indices) -> "FaceDataset":
         """A dataset of the items at the given positions, metadata kept aligned."""
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
-            raise ValueError(
-                f"subset indices must lie in [0, {len(self)}); got min {indices.min()}, "
-                f"max {indices.max()}. Use positions into this dataset, not sample ids."
-            )
+        indices = _positions(indices, len(self))
         return FaceDataset(
             self.metadata.iloc[indices], self._store, self._rows[indices], name=self.name,
             target_name=self.target_name, sensitive_attrs=self.sensitive_attrs,
@@ -204,8 +218,23 @@ class FaceDataset(Dataset):
 
     def group_counts(self) -> dict[str, int]:
         """Number of samples in each group of ``group_names`` (zeros included)."""
-        counts = np.bincount(self.group_codes, minlength=len(self.group_names))
-        return {g: int(c) for g, c in zip(self.group_names, counts)}
+        return _group_counts(self)
+
+    @classmethod
+    def from_files(cls, paths, metadata: pd.DataFrame, *, sensitive_attrs, name: str = "custom",
+                   target_name: str = "target", image_size: int = 32, cache: bool = False,
+                   group_names=None) -> "FaceDataset":
+        """A FaceDataset of the image files ``paths`` described by ``metadata`` row by row.
+
+        ``metadata`` needs ``sample_id``, ``target`` (0/1) and the ``sensitive_attrs`` columns;
+        ``group`` is derived when absent. The files are read as given (no folder check: use
+        ``load_dataset("manifest", ...)`` for validated loading); ``cache`` keeps decoded pixels.
+        """
+        metadata, sensitive_attrs, group_names = _protocol_table(
+            metadata, sensitive_attrs, group_names, what="from_files' metadata", length=len(paths))
+        store = _ImageStore(paths, image_size, cache)
+        return cls(metadata, store, np.arange(len(metadata)), name=name, target_name=target_name,
+                   sensitive_attrs=sensitive_attrs, group_names=group_names, synthetic=False)
 
     def __repr__(self) -> str:
         tag = " SYNTHETIC" if self.synthetic else ""
@@ -228,9 +257,207 @@ class DatasetSplits:
         return getattr(self, split)
 
 
-def make_loader(dataset: FaceDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+# --------------------------------------------------------------------------- group protocol
+#
+# Group-aware functions accept a FaceDataset, any Dataset meeting the protocol (a ``metadata``
+# DataFrame aligned positionally with its items, holding sample_id, target and the sensitive
+# columns, and a ``sensitive_attrs`` list), a torch Subset of either, or a DataLoader over any
+# of them; ``group_dataset`` turns each into one object with what they need (docs/datasets.md).
+
+PROTOCOL_DOC = "docs/datasets.md"
+NOT_A_GROUP_DATASET = (
+    "{what} is a {kind} without {missing}, so its samples have no groups. Group-aware functions "
+    "need the group-dataset protocol ({doc}): a torch Dataset with a `metadata` pandas DataFrame "
+    "aligned with its items (columns sample_id, target and the sensitive columns) and a "
+    "`sensitive_attrs` list naming the sensitive columns. Add them to your Dataset, or list your "
+    "images in a metadata.csv and load it with datasets.load_dataset(\"manifest\", "
+    "\"path/to/metadata.csv\", target=..., sensitive=[...])")
+METADATA_COLUMNS_MISSING = ("{what}: metadata lacks column(s) {missing}; it has {columns}. The "
+                            "group-dataset protocol ({doc}) needs sample_id, target and every "
+                            "column of sensitive_attrs {sensitive}. Add them or fix sensitive_attrs")
+METADATA_LENGTH = ("{what}: metadata has {rows} rows but the dataset has {items} items; row i must "
+                   "describe item i ({doc}). Build metadata with one row per item, in item order")
+METADATA_BAD_TARGET = ("{what}: metadata column target holds {value!r} at row {row}; expected 0 or 1. "
+                       "Map the label to 0/1 (1 = the positive class)")
+METADATA_EMPTY_SENSITIVE = ("{what}: metadata column {column!r} is empty at row {row}; every item "
+                            "needs a value for each sensitive attribute. Fill it (e.g. 'unknown')")
+METADATA_DUPLICATE_IDS = ("{what}: metadata has {count} repeated sample_id value(s), e.g. {example!r}; "
+                          "each item needs its own id (e.g. its file path)")
+UNKNOWN_GROUPS = ("{what}: groups {unknown} are not in group_names {group_names}; group_names must "
+                  "list every group of the metadata (or leave it out: it is derived)")
+ITEM_NOT_ALIGNED = ("{what}: item {index} has sample_id {found!r} but metadata row {index} says "
+                    "{expected!r}; metadata must follow the items' order ({doc})")
+SUBSET_POSITIONS = ("subset indices must lie in [0, {n}); got min {low}, max {high}. Use positions "
+                    "into this dataset, not sample ids")
+
+
+class NotAGroupDataset(TypeError, ValueError):
+    """A dataset without group metadata where a group-aware function needs it (a TypeError and,
+    for callers that catch bad input as such, a ValueError)."""
+
+
+def _positions(indices, n: int) -> np.ndarray:
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(indices) and (indices.min() < 0 or indices.max() >= n):
+        raise ValueError(SUBSET_POSITIONS.format(n=n, low=indices.min(), high=indices.max()))
+    return indices
+
+
+def _group_counts(dataset) -> dict[str, int]:
+    counts = np.bincount(dataset.group_codes, minlength=len(dataset.group_names))
+    return {g: int(c) for g, c in zip(dataset.group_names, counts)}
+
+
+def _protocol_table(metadata: pd.DataFrame, sensitive_attrs, group_names, *, what: str,
+                    length: int) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(metadata with a positional index and a ``group`` column, sensitive list, group names)
+    after checking the protocol's columns and values; ``length``: the number of items."""
+    sensitive = [sensitive_attrs] if isinstance(sensitive_attrs, str) else list(sensitive_attrs)
+    missing = [c for c in ["sample_id", "target", *sensitive] if c not in metadata.columns]
+    if missing:
+        raise ValueError(METADATA_COLUMNS_MISSING.format(
+            what=what, missing=missing, doc=PROTOCOL_DOC, columns=list(metadata.columns),
+            sensitive=sensitive))
+    if len(metadata) != length:
+        raise ValueError(METADATA_LENGTH.format(what=what, rows=len(metadata), items=length,
+                                                doc=PROTOCOL_DOC))
+    metadata = metadata.reset_index(drop=True).copy()
+    target = metadata["target"]
+    bad = ~target.isin([0, 1]) | target.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(METADATA_BAD_TARGET.format(what=what, value=target.iat[row], row=row))
+    metadata["target"] = target.astype(np.int64)
+    for column in sensitive:
+        empty = metadata[column].isna() | (metadata[column].astype(str).str.strip() == "")
+        if empty.any():
+            raise ValueError(METADATA_EMPTY_SENSITIVE.format(
+                what=what, column=column, row=int(np.flatnonzero(empty.to_numpy())[0])))
+        metadata[column] = metadata[column].astype(str)
+    metadata["sample_id"] = metadata["sample_id"].astype(str)
+    repeated = metadata["sample_id"][metadata["sample_id"].duplicated()]
+    if len(repeated):
+        raise ValueError(METADATA_DUPLICATE_IDS.format(what=what, count=len(repeated),
+                                                       example=repeated.iat[0]))
+    if "group" not in metadata.columns:
+        metadata["group"] = group_labels(metadata, sensitive).to_numpy()
+    present = sorted(metadata["group"].astype(str).unique())
+    group_names = present if group_names is None else list(group_names)
+    unknown = sorted(set(present) - set(group_names))
+    if unknown:
+        raise ValueError(UNKNOWN_GROUPS.format(what=what, unknown=unknown, group_names=group_names))
+    return metadata, sensitive, group_names
+
+
+class GroupView(Dataset):
+    """A user's Dataset seen through the group-dataset protocol (docs/datasets.md).
+
+    Holds the dataset, the positions it shows and their metadata (``group`` derived from the
+    sensitive columns when absent); ``subset(indices)`` keeps both aligned. Items are
+    ``(image, target, group_code, sample_id)``: the image is the first element of the underlying
+    item (or the item itself), the rest comes from the metadata row; an item that carries a
+    sample_id as its 4th element must carry that row's (a misaligned metadata is an error).
+    Build it with ``group_dataset``.
+    """
+
+    def __init__(self, dataset, *, what: str = "dataset"):
+        metadata, sensitive, group_names = _protocol_table(
+            dataset.metadata, dataset.sensitive_attrs, getattr(dataset, "group_names", None),
+            what=what, length=len(dataset))
+        self._set(dataset, np.arange(len(metadata)), metadata, sensitive, group_names, what)
+
+    def _set(self, dataset, positions, metadata, sensitive, group_names, what) -> None:
+        self.dataset = dataset
+        self.indices = np.asarray(positions, dtype=np.int64)
+        self.metadata = metadata.reset_index(drop=True)
+        self.sensitive_attrs = list(sensitive)
+        self.group_names = list(group_names)
+        self.name = str(getattr(dataset, "name", type(dataset).__name__))
+        self.target_name = str(getattr(dataset, "target_name", "target"))
+        self.synthetic = bool(getattr(dataset, "synthetic", False))
+        self._what = what
+        codes = pd.Categorical(self.metadata["group"], categories=self.group_names).codes
+        self.group_codes = np.asarray(codes, dtype=np.int64)
+        self.targets = self.metadata["target"].to_numpy(dtype=np.int64)
+        self._sample_ids = self.metadata["sample_id"].to_numpy(dtype=str)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[int(self.indices[index])]
+        expected = str(self._sample_ids[index])
+        if isinstance(item, (tuple, list)):
+            if len(item) >= 4 and str(item[3]) != expected:
+                raise ValueError(ITEM_NOT_ALIGNED.format(
+                    what=self._what, index=int(self.indices[index]), found=item[3],
+                    expected=expected, doc=PROTOCOL_DOC))
+            item = item[0]
+        return item, int(self.targets[index]), int(self.group_codes[index]), expected
+
+    def subset(self, indices) -> "GroupView":
+        """A view of the items at the given positions, metadata kept aligned."""
+        indices = _positions(indices, len(self))
+        view = GroupView.__new__(GroupView)
+        view._set(self.dataset, self.indices[indices], self.metadata.iloc[indices],
+                  self.sensitive_attrs, self.group_names, self._what)
+        return view
+
+    def group_counts(self) -> dict[str, int]:
+        """Number of samples in each group of ``group_names`` (zeros included)."""
+        return _group_counts(self)
+
+    def __repr__(self) -> str:
+        return (f"GroupView({type(self.dataset).__name__} {self.name}, n={len(self)}, "
+                f"sensitive={self.sensitive_attrs})")
+
+
+def group_dataset(data, what: str = "dataset") -> "FaceDataset | GroupView":
+    """The group-aware view of ``data``: a FaceDataset (returned as is), a GroupView, a Dataset
+    meeting the group-dataset protocol (wrapped in a GroupView), a torch ``Subset`` of any of
+    these, or a DataLoader over any of them. The result has ``metadata``, ``sensitive_attrs``,
+    ``group_names``, ``group_codes``, ``targets``, ``name``, ``len``, items
+    ``(image, target, group_code, sample_id)``, ``subset(indices)`` and ``group_counts()``.
+
+    Raises ``NotAGroupDataset`` (a TypeError and a ValueError, ``NOT_A_GROUP_DATASET``) naming
+    the missing attribute for a plain dataset (e.g. ``(image, label)`` items), ValueError for a
+    metadata table that breaks the protocol (``METADATA_*``).
+    """
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if isinstance(dataset, (FaceDataset, GroupView)):
+        return dataset
+    if isinstance(dataset, Subset):
+        return group_dataset(dataset.dataset, what).subset(list(dataset.indices))
+    kind = type(dataset).__name__
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise NotAGroupDataset(NOT_A_GROUP_DATASET.format(
+            what=what, kind=kind, missing="__getitem__ and __len__ (it is not a dataset)",
+            doc=PROTOCOL_DOC))
+    if not isinstance(getattr(dataset, "metadata", None), pd.DataFrame):
+        raise NotAGroupDataset(NOT_A_GROUP_DATASET.format(
+            what=what, kind=kind, missing="a `metadata` pandas DataFrame", doc=PROTOCOL_DOC))
+    sensitive = getattr(dataset, "sensitive_attrs", None)
+    if sensitive is None or not (isinstance(sensitive, str) or len(list(sensitive))):
+        raise NotAGroupDataset(NOT_A_GROUP_DATASET.format(
+            what=what, kind=kind, missing="a `sensitive_attrs` list naming its sensitive columns",
+            doc=PROTOCOL_DOC))
+    return GroupView(dataset, what=what)
+
+
+def largest_balanced_size(dataset) -> int:
+    """The largest ``n`` at which ``balanced_subset(dataset, n, ...)`` takes the same number
+    from every group: the number of groups times the smallest group's size (0 when a group of
+    ``group_names`` is empty). Accepts whatever ``group_dataset`` accepts."""
+    data = group_dataset(dataset)
+    counts = np.bincount(data.group_codes, minlength=len(data.group_names))
+    return int(len(counts) * counts.min()) if len(counts) else 0
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                 num_workers: int = 0) -> DataLoader:
-    """A DataLoader over ``dataset``; shuffling is seeded so epochs are reproducible."""
+    """A DataLoader over ``group_dataset(dataset)`` (a FaceDataset, a protocol Dataset, a Subset
+    or a loader of one); shuffling is seeded so epochs are reproducible."""
+    dataset = group_dataset(dataset, "make_loader's dataset")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if not isinstance(num_workers, int) or num_workers < 0:
@@ -249,13 +476,15 @@ def _single_thread_worker(_worker_id: int) -> None:
 
 # --------------------------------------------------------------------------- subsets
 
-def balanced_subset(dataset: FaceDataset, n: int, seed: int, by_label: bool = False) -> FaceDataset:
+def balanced_subset(dataset, n: int, seed: int,
+                    by_label: bool = False) -> "FaceDataset | GroupView":
     """``n`` samples spread as evenly as availability allows over ``dataset.group_names``.
 
     A group with fewer than its share gives all its samples and the remainder is spread over
     the other groups. With ``by_label`` each group's quota is also split evenly over labels.
     Raises ValueError naming any group with no samples in ``dataset``.
     """
+    dataset = group_dataset(dataset, "balanced_subset's dataset")
     _check_subset_size(dataset, n)
     _check_no_empty_group(dataset, "balance")
     keys = [dataset.group_codes, dataset.targets] if by_label else [dataset.group_codes]
@@ -263,7 +492,7 @@ def balanced_subset(dataset: FaceDataset, n: int, seed: int, by_label: bool = Fa
     return dataset.subset(np.sort(chosen))
 
 
-def minority_enriched_subset(dataset: FaceDataset, n: int, seed: int) -> FaceDataset:
+def minority_enriched_subset(dataset, n: int, seed: int) -> "FaceDataset | GroupView":
     """``n`` samples in which the groups smaller than the equal share are raised to it.
 
     Composition (``minority_enriched_shares``): a group whose share of ``dataset`` is below the
@@ -272,6 +501,7 @@ def minority_enriched_subset(dataset: FaceDataset, n: int, seed: int) -> FaceDat
     generator); a group with fewer samples than its count gives all of them and the shortfall
     goes to the others in proportion to their shares. Within a group the samples are uniform.
     """
+    dataset = group_dataset(dataset, "minority_enriched_subset's dataset")
     _check_subset_size(dataset, n)
     _check_no_empty_group(dataset, "enrich")
     available = np.bincount(dataset.group_codes, minlength=len(dataset.group_names))
@@ -315,8 +545,9 @@ def _check_no_empty_group(dataset: FaceDataset, verb: str) -> None:
         )
 
 
-def random_subset(dataset: FaceDataset, n: int, seed: int) -> FaceDataset:
+def random_subset(dataset, n: int, seed: int) -> "FaceDataset | GroupView":
     """``n`` samples drawn uniformly without replacement (seeded)."""
+    dataset = group_dataset(dataset, "random_subset's dataset")
     _check_subset_size(dataset, n)
     rng = np.random.default_rng(seed)
     return dataset.subset(np.sort(rng.choice(len(dataset), size=n, replace=False)))
@@ -341,9 +572,11 @@ def calibration_seed(seed: int, draw: int) -> int:
     return int(seed) * 1000 + int(draw)
 
 
-def calibration_subset(dataset: FaceDataset, kind: str, n: int, seed: int) -> FaceDataset:
+def calibration_subset(dataset, kind: str, n: int, seed: int) -> "FaceDataset | GroupView":
     """The ``n``-sample calibration set of ``kind`` (``CALIBRATION_KINDS``) drawn with ``seed``
-    (a draw's seed is ``calibration_seed(run seed, draw)``) from ``dataset``, the train split."""
+    (a draw's seed is ``calibration_seed(run seed, draw)``) from ``dataset``, the train split
+    (anything ``group_dataset`` accepts)."""
+    dataset = group_dataset(dataset, "calibration_subset's dataset")
     if kind not in CALIBRATION_KINDS:
         raise ValueError(UNKNOWN_CALIBRATION_KIND.format(kind=kind, kinds=list(CALIBRATION_KINDS)))
     return CALIBRATION_KINDS[kind](dataset, n, seed)
@@ -380,75 +613,159 @@ def _balanced_counts(n: int, available: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- loading
 
-def load_dataset(name: str, root: str | Path, *, target: str | None = None,
-                 sensitive: str | list[str] | None = None, image_size: int = 32, seed: int = 0,
-                 split_fractions=(0.7, 0.15, 0.15), skip_bad_images: bool = False,
-                 synthetic: dict | None = None, max_per_split: int | None = None,
-                 cache_limit_gib: float = 2.0) -> DatasetSplits:
+def load_dataset(dataset: str, root: str | Path, *, target: str | None = None,
+                 sensitive: str | list[str] | None = None, positive=None, name: str | None = None,
+                 image_size: int = 32, seed: int = 0, split_fractions=(0.7, 0.15, 0.15),
+                 skip_bad_images: bool = False, synthetic: dict | None = None,
+                 max_per_split: int | None = None, cache_limit_gib: float = 2.0,
+                 min_group_size: int | None = None) -> DatasetSplits:
     """Load a dataset's train/val/test splits with target, sensitive columns and groups.
 
     Args:
-        name: one of ``KNOWN_DATASETS``.
+        dataset: one of ``KNOWN_DATASETS``; ``"manifest"`` for a user's own images listed in a
+            metadata.csv (docs/datasets.md).
         root: folder holding ``celeba/``, ``utkface/``, ``fairface/`` (and where
-            ``synthetic_celeba/`` is generated).
-        target, sensitive: attribute names (None: the dataset's documented defaults).
+            ``synthetic_celeba/`` is generated); for ``"manifest"``, the manifest file.
+        target, sensitive: attribute names (None: the dataset's documented defaults); for a
+            manifest, its column names, both required.
+        positive: manifests only: the target value that means 1 (needed unless the target
+            column is 0/1 or true/false); every other value means 0.
+        name: the dataset's name in datasets, info and results (default: ``dataset``; for a
+            manifest, the name of its folder).
         image_size: side of the square tensors returned.
         seed: drives the splits of datasets without an official one and ``max_per_split``.
         split_fractions: train/val/test shares where the dataset has no official split (for
             ``synthetic``, the shares written into its partition file).
         skip_bad_images: drop missing, empty or undecodable images with a warning that counts
             them, instead of stopping with their list. Either way every image is checked here,
-            at load time (decoded in parallel threads; an image whose size and mtime match the
-            last good check, kept in ``<dataset folder>/.checked_images.json``, is not decoded
-            again).
+            at load time (decoded in parallel threads; for the built-in datasets an image whose
+            size and mtime match the last good check, kept in
+            ``<dataset folder>/.checked_images.json``, is not decoded again; a manifest's folder
+            is never written to, so its images are decoded at every load).
         synthetic: options for ``synthetic.generate_synthetic_celeba`` (``n_images``,
             ``image_size``, ``seed``, ``group_shares``, ``smiling_rate``, ``cue_strength``,
             ``exposure``); defaults ``SYNTHETIC_DEFAULTS``. Ignored for the real datasets.
         max_per_split: keep at most this many samples per split (group-stratified), for
             quick runs.
         cache_limit_gib: cache decoded images in memory when they fit in this many GiB.
+        min_group_size: when given, the groups with fewer test samples are named in one
+            warning (``manifest.SMALL_GROUPS``).
 
     Raises:
-        FileNotFoundError: dataset folder or listed images missing (says where to get them).
+        FileNotFoundError: dataset folder, manifest or listed images missing (says where to
+            get them; a manifest's missing images are a ValueError naming the row).
         ValueError: unknown dataset or attribute names (lists the known ones), malformed label
-            files (file and line), or a group left without samples in some split.
+            files or manifests (file and line), or a group left without samples in some split.
     """
-    if name not in KNOWN_DATASETS:
-        raise ValueError(f"Unknown dataset '{name}'; known datasets: {list(KNOWN_DATASETS)}.")
+    if dataset not in KNOWN_DATASETS:
+        raise ValueError(f"Unknown dataset '{dataset}'; known datasets: {list(KNOWN_DATASETS)}.")
     if not isinstance(image_size, (int, np.integer)) or image_size < 8:
         raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}.")
     if max_per_split is not None and (not isinstance(max_per_split, int) or max_per_split < 1):
         raise ValueError(f"max_per_split must be a positive integer or None, got "
                          f"{max_per_split!r}.")
+    if min_group_size is not None and (not isinstance(min_group_size, int)
+                                       or isinstance(min_group_size, bool) or min_group_size < 0):
+        raise ValueError(BAD_MIN_GROUP_SIZE.format(value=min_group_size))
+    if positive is not None and dataset != "manifest":
+        raise ValueError(POSITIVE_ONLY_FOR_MANIFEST.format(positive=positive, dataset=dataset))
     fractions = check_fractions(split_fractions)
-    frame, schema, folder, is_synthetic = _read_raw(name, Path(root), fractions, synthetic)
-    metadata, target, columns = _derive_columns(frame, schema, name, target, sensitive)
-    group_names = sorted(metadata["group"].unique())
+    if dataset == "manifest":
+        source = _manifest_source(root, target, sensitive, positive, skip_bad_images)
+    else:
+        source = _builtin_source(dataset, Path(root), fractions, synthetic, target, sensitive,
+                                 skip_bad_images)
+    name = _dataset_name(name, source.default_name)
+    metadata, paths, places = source.metadata, source.paths, source.places
+    group_names = source.group_names
     rng = np.random.default_rng(seed)
-    metadata, paths = _drop_missing_files(metadata, frame["path"].to_numpy(), skip_bad_images)
     metadata["split"] = _assign_splits(metadata, fractions, rng)
     if max_per_split is not None:
         keep = _cap_splits(metadata, max_per_split, rng)
-        metadata, paths = metadata.iloc[keep].reset_index(drop=True), paths[keep]
+        metadata = metadata.iloc[keep].reset_index(drop=True)
+        paths, places = paths[keep], places[keep]
     cache = len(paths) * 3 * image_size ** 2 < cache_limit_gib * 2 ** 30
-    rows = _drop_unreadable(paths, folder, name, skip_bad_images)
+    if source.manifest is None:
+        rows = _drop_unreadable(paths, source.folder, name, skip_bad_images)
+    else:
+        undecodable = bad_image_rows(source.manifest.path, places, metadata["sample_id"].to_numpy(),
+                                     check_images(paths, None), skip_bad_images)
+        if undecodable.any():
+            source.info["dropped"]["image cannot be decoded"] = int(undecodable.sum())
+        rows = np.flatnonzero(~undecodable)
     if len(rows) < len(paths):
         metadata, paths = metadata.iloc[rows].reset_index(drop=True), paths[rows]
     store = _ImageStore(paths, image_size, cache)
     rows = np.arange(len(paths))
-    _check_groups_in_splits(metadata, group_names, name)
+    if source.manifest is None:
+        _check_groups_in_splits(metadata, group_names, name)
+    else:
+        check_groups_in_splits(metadata, group_names, source.manifest)
+    warn_small_groups(metadata, group_names, min_group_size)
     datasets = {
         split: FaceDataset(metadata[metadata["split"] == split], store,
                            rows[(metadata["split"] == split).to_numpy()], name=name,
-                           target_name=target, sensitive_attrs=columns,
-                           group_names=group_names, synthetic=is_synthetic)
+                           target_name=source.target, sensitive_attrs=source.columns,
+                           group_names=group_names, synthetic=source.synthetic)
         for split in SPLITS
     }
-    info = _describe(name, folder, is_synthetic, target, columns, group_names, datasets,
-                     image_size=int(image_size), cached=cache)
-    logger.info("Loaded %s%s from %s: %s", name, " (SYNTHETIC data)" if is_synthetic else "",
-                folder, {s: len(d) for s, d in datasets.items()})
+    info = _describe(name, source.folder, source.synthetic, source.target, source.columns,
+                     group_names, datasets, image_size=int(image_size), cached=cache,
+                     **source.info)
+    logger.info("Loaded %s%s from %s: %s", name, " (SYNTHETIC data)" if source.synthetic else "",
+                source.folder, {s: len(d) for s, d in datasets.items()})
     return DatasetSplits(datasets["train"], datasets["val"], datasets["test"], info)
+
+
+@dataclass
+class _Source:
+    """What a dataset's files give before splitting: metadata (``sample_id, split, target,
+    <sensitive>, group``), the image paths and each row's place in its listing, aligned."""
+
+    metadata: pd.DataFrame
+    paths: np.ndarray
+    places: np.ndarray
+    target: str
+    columns: list[str]
+    group_names: list[str]
+    folder: Path
+    synthetic: bool
+    default_name: str
+    manifest: Manifest | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _builtin_source(dataset: str, root: Path, fractions, synthetic, target, sensitive,
+                    skip_bad_images: bool) -> _Source:
+    frame, schema, folder, is_synthetic = _read_raw(dataset, root, fractions, synthetic)
+    metadata, target, columns = _derive_columns(frame, schema, dataset, target, sensitive)
+    group_names = sorted(metadata["group"].unique())
+    metadata, paths = _drop_missing_files(metadata, frame["path"].to_numpy(), skip_bad_images)
+    places = metadata["sample_id"].to_numpy()
+    return _Source(metadata, paths, places, target, columns, group_names, folder, is_synthetic,
+                   dataset)
+
+
+def _manifest_source(path, target, sensitive, positive, skip_bad_images: bool) -> _Source:
+    """The manifest's validated rows (manifest.read_manifest) as a source; nothing is written."""
+    manifest = read_manifest(path, target=target, sensitive=sensitive, positive=positive,
+                             skip_bad_images=skip_bad_images)
+    table = manifest.table
+    metadata = table[["sample_id", "split", "target", *manifest.sensitive]].copy()
+    metadata["target"] = metadata["target"].astype(np.int64)
+    metadata["group"] = group_labels(table, manifest.sensitive).to_numpy()
+    info = {"manifest": str(path), "positive": positive,
+            "dropped": {reason: len(rows) for reason, rows in manifest.dropped.items()}}
+    return _Source(metadata, table["path"].to_numpy(dtype=str), table["where"].to_numpy(),
+                   target, manifest.sensitive, manifest.group_names, Path(manifest.folder),
+                   False, Path(os.path.abspath(path)).parent.name, manifest, info)
+
+
+def _dataset_name(name, default: str) -> str:
+    name = default if name is None else name
+    if not isinstance(name, str) or name.strip() in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ValueError(BAD_DATASET_NAME.format(name=name))
+    return name
 
 
 def _read_raw(name: str, root: Path, fractions, synthetic_options):
@@ -530,15 +847,16 @@ def _drop_unreadable(paths: np.ndarray, folder: Path, name: str, skip: bool) -> 
     return np.setdiff1d(np.arange(len(paths)), list(bad))
 
 
-def check_images(paths, folder: Path, workers: int | None = None) -> dict[int, str]:
+def check_images(paths, folder: Path | None, workers: int | None = None) -> dict[int, str]:
     """{position: reason} of the images in ``paths`` that are empty or do not decode.
 
     Decodes in ``workers`` threads (default: one per core) at a tiny draft scale, which still
     reads every byte of a JPEG. Images that decoded before with the same size and mtime (the
-    record in ``folder/.checked_images.json``) are not decoded again.
+    record in ``folder/.checked_images.json``) are not decoded again. ``folder=None`` (a user's
+    manifest folder): no record is read or written, every image is decoded.
     """
-    record_path = Path(folder) / IMAGE_CHECK_FILE
-    checked = _read_check_record(record_path)
+    record_path = None if folder is None else Path(folder) / IMAGE_CHECK_FILE
+    checked = {} if record_path is None else _read_check_record(record_path)
     stats, todo = {}, []
     for i, path in enumerate(paths):
         try:
@@ -559,7 +877,8 @@ def check_images(paths, folder: Path, workers: int | None = None) -> dict[int, s
                                 total=len(pending), desc="checking images", leave=False))
         bad.update({i: reason for i, reason in zip(pending, reasons) if reason is not None})
         good = {str(paths[i]): stats[i] for i in range(len(paths)) if i not in bad and stats[i]}
-        _write_check_record(record_path, {**checked, **good})
+        if record_path is not None:
+            _write_check_record(record_path, {**checked, **good})
     return dict(sorted(bad.items()))
 
 
