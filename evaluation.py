@@ -60,8 +60,10 @@ def _sensitive_metadata(loader) -> tuple[pd.DataFrame, list[str]]:
     if not isinstance(metadata, pd.DataFrame) or sensitive is None:
         raise ValueError(
             f"predict needs loader.dataset.metadata (a DataFrame) and .sensitive_attrs; "
-            f"{type(dataset).__name__} has no such attributes. Use a datasets.FaceDataset "
-            "(dataset.subset(indices) for a part of one)")
+            f"{type(dataset).__name__} has no such attributes. Use a dataset that meets the group-"
+            "dataset protocol (docs/datasets.md), e.g. one from datasets.load_dataset")
+    if "group" not in metadata.columns and set(sensitive) <= set(metadata.columns):
+        metadata = metadata.assign(group=metadata[list(sensitive)].astype(str).agg("/".join, axis=1))
     columns = ["sample_id", *sensitive, "group"]
     absent = [column for column in columns if column not in metadata.columns]
     if absent:

@@ -135,22 +135,11 @@ def fairness_loss_hook(penalty: str = "dp", lam: float = 1.0) -> Callable:
 
 
 
-def _face_dataset(data, what: str) -> datasets.FaceDataset:
-    """The FaceDataset behind `data` (a FaceDataset or a DataLoader over one)."""
-    dataset = data.dataset if isinstance(data, DataLoader) else data
-    if not isinstance(dataset, datasets.FaceDataset):
-        raise ValueError(
-            f"{what} must be a datasets.FaceDataset or a DataLoader over one (its group metadata is "
-            f"needed), got {type(dataset).__name__}. Pass e.g. splits.val or datasets.make_loader(splits.val, 64)."
-        )
-    return dataset
-
-
 def _as_loader(data, what: str, batch_size: int = 64) -> DataLoader:
-    """A DataLoader is used as is; a FaceDataset is wrapped in an unshuffled one."""
+    """A DataLoader is used as is; a group dataset (docs/datasets.md) is wrapped in an unshuffled one."""
     if isinstance(data, DataLoader):
         return data
-    return datasets.make_loader(_face_dataset(data, what), batch_size)
+    return datasets.make_loader(datasets.group_dataset(data, what), batch_size)
 
 
 def _check_attributes(sensitive_attributes: Sequence[str] | None, available: Sequence[str]) -> None:
@@ -195,7 +184,7 @@ def group_report(predictions: pd.DataFrame, sensitive_attributes: Sequence[str] 
 
 def evaluate_groups(model: nn.Module, data, sensitive_attributes: Sequence[str] | None = None, *,
                     device="auto") -> dict:
-    """`group_report` of `model`'s predictions on `data` (a FaceDataset or a DataLoader over one)."""
+    """`group_report` of `model`'s predictions on `data` (a group dataset or a DataLoader over one)."""
     predictions = evaluation.predict(model, _as_loader(data, "evaluation data"), device, progress=False)
     return group_report(predictions, sensitive_attributes)
 
@@ -216,7 +205,7 @@ def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5, s
     check_choice("calibration", kind, CALIBRATION_KINDS)
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws={draws!r} must be a positive integer (the number of calibration draws), e.g. 5.")
-    dataset = _face_dataset(dataset, "the calibration dataset")
+    dataset = datasets.group_dataset(dataset, "the calibration dataset")
     return [datasets.calibration_subset(dataset, kind, n, datasets.calibration_seed(seed, i))
             for i in range(draws)]
 
@@ -245,20 +234,14 @@ def largest_calibration_size(dataset, kind: str) -> int:
     groups = len(dataset.group_names)
     if kind == "random":
         return len(dataset)
+    if kind == "balanced":
+        return datasets.largest_balanced_size(dataset)
     if kind == "balanced_by_label":
         cells = codes * 2 + np.asarray(dataset.targets)
         return 2 * groups * int(np.bincount(cells, minlength=2 * groups).min())
     available = np.bincount(codes, minlength=groups)
-    if kind == "balanced":
-        return groups * int(available.min())
     shares = datasets.minority_enriched_shares(available)
     return int(np.floor(np.min(available / shares) + 1e-9)) if available.min() > 0 else 0
-
-
-def group_counts(dataset) -> dict[str, int]:
-    """{group: samples} of a dataset meeting the group protocol, every group listed."""
-    counts = np.bincount(np.asarray(dataset.group_codes), minlength=len(dataset.group_names))
-    return {group: int(count) for group, count in zip(dataset.group_names, counts)}
 
 
 def calibration_set(calibration_data, kind: str, n: int | None, seed: int):
@@ -266,7 +249,7 @@ def calibration_set(calibration_data, kind: str, n: int | None, seed: int):
     that kind it holds (`largest_calibration_size`), at most DEFAULT_CALIBRATION_SIZE. A set that
     cannot keep its kind's composition is still drawn (as close as availability allows) with a
     `CalibrationWarning`, which a notebook shows; an `n` larger than the data is a ValueError."""
-    dataset = _face_dataset(calibration_data, "calibration_data")
+    dataset = datasets.group_dataset(calibration_data, "calibration_data")
     largest = largest_calibration_size(dataset, kind)
     if n is None:
         n = min(DEFAULT_CALIBRATION_SIZE, largest or len(dataset))
@@ -275,11 +258,11 @@ def calibration_set(calibration_data, kind: str, n: int | None, seed: int):
                                                            default=DEFAULT_CALIBRATION_SIZE))
     subset = datasets.calibration_subset(dataset, kind, n, seed)
     if n > largest:
-        message = CALIBRATION_NOT_FAITHFUL.format(kind=kind, n=n, available=group_counts(dataset),
-                                                  largest=largest, counts=group_counts(subset))
+        message = CALIBRATION_NOT_FAITHFUL.format(kind=kind, n=n, available=dataset.group_counts(),
+                                                  largest=largest, counts=subset.group_counts())
         warnings.warn(message, CalibrationWarning, stacklevel=3)
         logger.warning(message)
-    logger.info("%s calibration set of %d: %s", kind, len(subset), group_counts(subset))
+    logger.info("%s calibration set of %d: %s", kind, len(subset), subset.group_counts())
     return subset
 
 
@@ -292,7 +275,7 @@ def _calibration_loader(calibration_data, kind: str, n: int | None, seed: int, b
 def calibration_facts(loader: DataLoader, kind: str) -> dict:
     """The `quant_info` facts of a calibration set: kind and size, and its group counts."""
     return {"calibration": f"{kind}-{len(loader.dataset)}",
-            "calibration_group_counts": group_counts(loader.dataset)}
+            "calibration_group_counts": loader.dataset.group_counts()}
 
 
 # --------------------------------------------------------------------------- per-layer sensitivity
@@ -713,7 +696,7 @@ class _FairnessSearch:
 
     def run(self, model: nn.Module, calibration_data, validation_data) -> nn.Module:
         config = self.config
-        dataset = _face_dataset(calibration_data, "calibration_data")
+        dataset = datasets.group_dataset(calibration_data, "calibration_data")
         self.attributes = list(config.sensitive_attributes or dataset.sensitive_attrs)
         _check_attributes(self.attributes, dataset.sensitive_attrs)
         if validation_data is None:

@@ -8,7 +8,7 @@ import torch
 
 from datasets import make_loader, random_subset
 from mitigation import (CALIBRATION_SIZE_TOO_LARGE, DEFAULT_CALIBRATION_SIZE, CalibrationWarning,
-                        FairnessAwareQuantizer, group_counts, largest_calibration_size)
+                        FairnessAwareQuantizer, largest_calibration_size)
 from models import build_model
 from quantization import apply_quantization
 
@@ -23,7 +23,7 @@ def fp32_model():
 def imbalanced_pool(tiny_synthetic_splits):
     """256 training samples whose groups are far from equal (the synthetic shares)."""
     subset = random_subset(tiny_synthetic_splits.train, 256, seed=0)
-    counts = np.array(list(group_counts(subset).values()))
+    counts = np.array(list(subset.group_counts().values()))
     assert counts.max() >= 2 * counts.min()
     return subset
 
@@ -55,7 +55,7 @@ def test_a_size_that_cannot_be_balanced_warns_with_the_counts(fp32_model, imbala
 
 
 def test_largest_sizes_per_kind(imbalanced_pool):
-    counts = np.array(list(group_counts(imbalanced_pool).values()))
+    counts = np.array(list(imbalanced_pool.group_counts().values()))
     assert largest_calibration_size(imbalanced_pool, "random") == 256
     assert largest_calibration_size(imbalanced_pool, "balanced") == len(counts) * counts.min()
     enriched = largest_calibration_size(imbalanced_pool, "minority_enriched")
