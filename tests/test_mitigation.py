@@ -210,7 +210,7 @@ def test_bias_aware_calibration_calibrates_on_the_balanced_subset(planted, train
 
 def test_bias_aware_calibration_needs_group_metadata(trained):
     tensors = torch.utils.data.DataLoader(torch.randn(8, 3, 32, 32), batch_size=4)
-    with pytest.raises(ValueError, match="must be a datasets.FaceDataset"):
+    with pytest.raises(datasets.NotAGroupDataset, match="calibration_data .*a `metadata` pandas DataFrame"):
         quantization.apply_quantization(trained, "bias_aware_calibration", 8, tensors)
     with pytest.raises(ValueError, match="calibration='stratified' is not supported"):
         quantization.apply_quantization(trained, "bias_aware_calibration", 8, tensors, calibration="stratified")
