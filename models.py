@@ -261,9 +261,9 @@ def _timm_spec(name: str, arch: str, _: str) -> ModelSpec:
     base = arch.split(".")[0]
 
     def make(num_classes: int, image_size: int, pretrained: bool) -> nn.Module:
-        # ViT-like models size their position table from img_size; others take no such argument
-        sized = {"img_size": image_size} if cfg is not None and cfg.fixed_input_size else {}
-        return timm.create_model(base, num_classes=num_classes, **sized)
+        if cfg is None or not cfg.fixed_input_size:
+            return timm.create_model(base, num_classes=num_classes)
+        return _fixed_size_timm_model(base, num_classes, image_size)
 
     head = cfg.classifier if cfg is not None and cfg.classifier else _find_head(make, name)
     entry = timm.models.model_entrypoint(base)
@@ -275,6 +275,19 @@ def _timm_spec(name: str, arch: str, _: str) -> ModelSpec:
                                 cfg.hf_hub_id or None)
     return ModelSpec(_with_head(make, head, name), head, has_pretrained=files is not None,
                      adapt_weights=adapt, pretrained_files=files)
+
+
+def _fixed_size_timm_model(base: str, num_classes: int, image_size: int) -> nn.Module:
+    """A ViT-like timm model whose position table is sized for ``image_size``, with
+    ``dynamic_img_size`` off where the model has it (``test_vit``): resampling the table at run
+    time branches on the input's shape, which ``torch.fx.symbolic_trace`` cannot follow."""
+    try:
+        return timm.create_model(base, num_classes=num_classes, img_size=image_size,
+                                 dynamic_img_size=False)
+    except TypeError as err:
+        if "dynamic_img_size" not in str(err):
+            raise
+        return timm.create_model(base, num_classes=num_classes, img_size=image_size)
 
 
 # ---- torchvision: -----------------------------------------------------------------------------

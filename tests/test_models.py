@@ -219,7 +219,8 @@ def test_checkpoint_errors(tmp_path):
 
 # ---- names beyond the registry: timm:, torchvision:, module:function ----------------------------
 
-RESOLVED_FOR_TESTS = ["timm:test_resnet", "timm:test_efficientnet", "torchvision:mobilenet_v3_small"]
+RESOLVED_FOR_TESTS = ["timm:test_resnet", "timm:test_efficientnet", "timm:test_vit",
+                      "torchvision:mobilenet_v3_small"]
 
 
 @pytest.fixture(autouse=True)
@@ -482,3 +483,9 @@ def test_pretrained_timm_file_missing_names_the_file_and_folder(monkeypatch, tmp
     assert "none of test_resnet.safetensors / test_resnet.pth" in message
     assert f"save it as {tmp_path / 'w' / 'test_resnet.safetensors'}" in message
     assert "huggingface.co/timm/test_resnet.r160_in1k" in message
+
+
+def test_a_timm_vit_is_sized_for_the_image_with_a_fixed_position_table():
+    model = models.build_model("timm:test_vit", image_size=32)
+    assert model.patch_embed.img_size == (32, 32) and model.pos_embed.shape[1] == 1 + 4
+    assert model.dynamic_img_size is False  # test_vit asks for it; FX cannot trace it
