@@ -50,6 +50,7 @@ import torch
 import torchvision
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
+from torchvision.models.vision_transformer import interpolate_embeddings
 
 from results import atomic_write
 
@@ -312,13 +313,24 @@ def _torchvision_files(arch: str) -> PretrainedFiles | None:
 
 
 def _torchvision_spec(name: str, arch: str, _: str) -> ModelSpec:
+    sized = arch.startswith("vit_")  # torchvision's ViTs take image_size (224 otherwise)
+
     def make(num_classes: int, image_size: int, pretrained: bool) -> nn.Module:
-        return torchvision.models.get_model(arch, num_classes=num_classes)
+        extra = {"image_size": image_size} if sized else {}
+        return torchvision.models.get_model(arch, num_classes=num_classes, **extra)
 
     head = _find_head(make, name)
     files = _torchvision_files(arch)
     return ModelSpec(_with_head(make, head, name), head, has_pretrained=files is not None,
+                     adapt_weights=_resample_torchvision_vit if sized else None,
                      pretrained_files=files)
+
+
+def _resample_torchvision_vit(state_dict: dict, model: nn.Module) -> dict:
+    """Interpolate a torchvision ViT's position embeddings to the model's image size."""
+    if "encoder.pos_embedding" not in state_dict:
+        return state_dict
+    return interpolate_embeddings(model.image_size, model.patch_size, state_dict)
 
 
 # ---- module:function --------------------------------------------------------------------------

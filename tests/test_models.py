@@ -489,3 +489,15 @@ def test_a_timm_vit_is_sized_for_the_image_with_a_fixed_position_table():
     model = models.build_model("timm:test_vit", image_size=32)
     assert model.patch_embed.img_size == (32, 32) and model.pos_embed.shape[1] == 1 + 4
     assert model.dynamic_img_size is False  # test_vit asks for it; FX cannot trace it
+
+
+def test_a_torchvision_vit_is_sized_for_the_image_and_resamples_224px_weights():
+    torch.manual_seed(0)
+    name = "torchvision:vit_b_32"
+    assert models.model_spec(name).pretrained_files.names == ("vit_b_32-d86f8d99.pth",)
+    imagenet = models.build_model(name, num_classes=1000, image_size=224)
+    model = models.build_model(name, image_size=64)
+    models.load_weights(model, imagenet.state_dict(), name)  # what pretrained=True does
+    assert model.encoder.pos_embedding.shape == (1, 1 + 4, 768)
+    torch.testing.assert_close(model.conv_proj.weight, imagenet.conv_proj.weight)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
