@@ -218,7 +218,7 @@ def check_model_name(name: str) -> None:
     ``module:function`` name imports the module (running its top-level code) and checks that
     the function is callable.
     """
-    if name in _REGISTRY or name in _RESOLVED:
+    if isinstance(name, str) and (name in _REGISTRY or name in _RESOLVED):
         return
     kind, first, second = _split_name(name)
     if kind == "timm":
@@ -232,9 +232,9 @@ def check_model_name(name: str) -> None:
 def model_spec(name: str) -> ModelSpec:
     """The spec of ``name`` (registered, or resolved from its prefix and cached); ValueError
     listing the known names and the naming rules if it resolves to nothing."""
-    if name in _REGISTRY:
+    if isinstance(name, str) and name in _REGISTRY:
         return _REGISTRY[name]
-    if name not in _RESOLVED:
+    if not isinstance(name, str) or name not in _RESOLVED:
         check_model_name(name)
         kind, first, second = _split_name(name)
         resolve = {"timm": _timm_spec, "torchvision": _torchvision_spec, "module": _user_spec}[kind]

@@ -339,6 +339,7 @@ def test_a_user_builder_must_return_a_module(user_module):
     ("timm:hf-hub:timm/resnet18", r"malformed"),
     ("my-models:build", r"malformed"),
     (3, r"model name 3 is malformed"),
+    (["resnet50"], r"model name \[.resnet50.\] is malformed"),
 ])
 def test_bad_names_say_what_is_known_and_how_to_list_more(name, message):
     with pytest.raises(ValueError, match=message):
