@@ -48,6 +48,7 @@ import safetensors.torch
 import timm
 import torch
 import torchvision
+from huggingface_hub import try_to_load_from_cache  # timm's own dependency
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 from torchvision.models.vision_transformer import interpolate_embeddings
@@ -521,7 +522,6 @@ def _hf_cached_file(hub_id: str | None) -> Path | None:
     """A weights file already in the local Hugging Face cache (HF_HOME); never downloads."""
     if not hub_id:
         return None
-    from huggingface_hub import try_to_load_from_cache  # timm's own dependency
     for file_name in ("model.safetensors", "pytorch_model.bin"):
         found = try_to_load_from_cache(hub_id, file_name)
         if isinstance(found, str):
@@ -549,7 +549,9 @@ def load_weights(model: nn.Module, state_dict: dict, name: str) -> nn.Module:
         raise ValueError(WEIGHTS_SHAPES_DIFFER.format(name=name, shapes=shapes))
     missing = [key for key in own if key not in state_dict]
     unexpected = [key for key in state_dict if key not in own]
-    if [key for key in missing if not _in_head(key, spec.head)] or unexpected:
+    # files saved before torch 0.4.1 lack the batch-norm counters; they start at 0 as torch does
+    if [key for key in missing if not (_in_head(key, spec.head)
+                                      or key.endswith(".num_batches_tracked"))] or unexpected:
         details = "; ".join(f"{what} {len(keys)} keys, e.g. {', '.join(keys[:5])}"
                             for what, keys in (("the file lacks", missing),
                                                ("the model has no", unexpected)) if keys)

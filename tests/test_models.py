@@ -502,3 +502,11 @@ def test_a_torchvision_vit_is_sized_for_the_image_and_resamples_224px_weights():
     assert model.encoder.pos_embedding.shape == (1, 1 + 4, 768)
     torch.testing.assert_close(model.conv_proj.weight, imagenet.conv_proj.weight)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
+
+
+def test_weights_without_batch_norm_counters_load_as_old_torchvision_files_do(tmp_path):
+    torch.manual_seed(0)
+    source = models.build_model("tiny_cnn")
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    _same_predictions(models.build_model("tiny_cnn", weights_path=tmp_path / "old.pth"), source)
