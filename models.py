@@ -547,11 +547,12 @@ def load_weights(model: nn.Module, state_dict: dict, name: str) -> nn.Module:
         shapes = "; ".join(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
                            for k in outside_head[:5])
         raise ValueError(WEIGHTS_SHAPES_DIFFER.format(name=name, shapes=shapes))
-    missing = [key for key in own if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in own]
     # files saved before torch 0.4.1 lack the batch-norm counters; they start at 0 as torch does
-    if [key for key in missing if not (_in_head(key, spec.head)
-                                      or key.endswith(".num_batches_tracked"))] or unexpected:
+    counters = [key for key in own if key not in state_dict
+                and key.endswith(".num_batches_tracked")]
+    missing = [key for key in own if key not in state_dict and key not in counters]
+    unexpected = [key for key in state_dict if key not in own]
+    if [key for key in missing if not _in_head(key, spec.head)] or unexpected:
         details = "; ".join(f"{what} {len(keys)} keys, e.g. {', '.join(keys[:5])}"
                             for what, keys in (("the file lacks", missing),
                                                ("the model has no", unexpected)) if keys)
@@ -560,7 +561,8 @@ def load_weights(model: nn.Module, state_dict: dict, name: str) -> nn.Module:
     if fresh:
         logger.info("'%s': re-initialised %s for %d classes (shape differs in the weights file)",
                     name, ", ".join(fresh), own[fresh[0]].shape[0])
-    model.load_state_dict({**state_dict, **{key: own[key] for key in fresh}}, strict=True)
+    model.load_state_dict({**state_dict, **{key: own[key] for key in fresh + counters}},
+                          strict=True)
     return model
 
 
