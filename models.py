@@ -90,6 +90,9 @@ NOT_A_MODULE = ("'{name}': the builder returned {found}, expected a torch.nn.Mod
 BAD_REGISTERED_NAME = ("cannot register model {name!r}: registered names use letters, digits, '_' "
                        "and '.' only (':' marks 'timm:', 'torchvision:' and '<module>:<function>' "
                        "names; '-' is kept for arch_slug); rename it, e.g. {fixed!r}")
+NO_HEAD = ("'{name}': its classifier layer '{prefix}' is not in the built model (a feature "
+           "encoder without a classifier?); pick a classification model, or wrap it in your own "
+           "'<module>:<function>' builder that adds an nn.Linear head")
 PRETRAINED_FILE_MISSING = ("pretrained weights for '{name}' not found: none of {files} is in "
                            "{folders}. Nothing is downloaded: get {source} and save it as {target}; "
                            "or pass weights_path='<state dict file>' to build_model, or use "
@@ -435,7 +438,10 @@ def _with_head(make: Builder, head, name: str) -> Builder:
 def _fit_head(model: nn.Module, head, num_classes: int, name: str) -> nn.Module:
     """Replace each head layer whose width is not ``num_classes`` by a fresh one that is."""
     for prefix in _head_prefixes(head):
-        layer = model.get_submodule(prefix)
+        try:
+            layer = model.get_submodule(prefix)
+        except AttributeError:
+            raise ValueError(NO_HEAD.format(name=name, prefix=prefix)) from None
         width = _out_dim(layer)
         if width is None or width == num_classes:
             continue

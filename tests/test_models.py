@@ -510,3 +510,14 @@ def test_weights_without_batch_norm_counters_load_as_old_torchvision_files_do(tm
     state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
     torch.save(state, tmp_path / "old.pth")
     _same_predictions(models.build_model("tiny_cnn", weights_path=tmp_path / "old.pth"), source)
+
+
+def test_a_model_without_its_classifier_layer_is_named(monkeypatch):
+    monkeypatch.setattr(models, "_RESOLVED", {})
+    spec = models.model_spec("timm:test_resnet")
+    monkeypatch.setitem(models._RESOLVED, "timm:test_resnet",
+                        models.ModelSpec(models._with_head(
+                            lambda n, s, p: nn.Sequential(nn.Flatten()), "fc", "timm:test_resnet"),
+                            spec.head))
+    with pytest.raises(ValueError, match="classifier layer 'fc' is not in the built model"):
+        models.build_model("timm:test_resnet")
