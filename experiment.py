@@ -24,8 +24,8 @@ from config import ExperimentConfig, config_to_dict, expand_method_specs, load_c
 from datasets import calibration_seed
 from evaluation import cpu_load, fp32_reference_latency, model_size_mib, predict
 from fairness_metrics import summarize_predictions
-from models import (build_model, count_parameters, export_torchscript, list_models,
-                    load_model_from_checkpoint, save_checkpoint)
+from models import (arch_slug, build_model, check_model_name, count_parameters,
+                    export_torchscript, load_model_from_checkpoint, save_checkpoint)
 from quantization import (apply_quantization, context_keys, kernel_capability, latency_report,
                           list_methods, method_config, method_traits)
 from results import WorkUnit, holds_results, load_predictions, predictions_path
@@ -68,10 +68,12 @@ class Context:
         data = self.cfg.data
         with profiling.step("data_loading"):
             splits = datasets.load_dataset(
-                data.dataset, data.root, target=data.target, sensitive=data.sensitive,
-                image_size=data.image_size, seed=self.cfg.seed,
+                data.dataset, data.manifest if data.dataset == "manifest" else data.root,
+                target=data.target, sensitive=data.sensitive, positive=data.positive,
+                name=data.dataset_name, image_size=data.image_size, seed=self.cfg.seed,
                 split_fractions=data.split_fractions, skip_bad_images=data.skip_bad_images,
-                max_per_split=data.max_per_split, synthetic=dataclasses.asdict(data.synthetic))
+                max_per_split=data.max_per_split, synthetic=dataclasses.asdict(data.synthetic),
+                min_group_size=self.cfg.analysis.min_group_size)
         check_calibration_sizes(self.cfg, len(splits.train))
         return splits
 
@@ -166,7 +168,7 @@ class Context:
         """{batch size: (ms, name)} of the fastest FP32 of ``arch``: torch eager in both layouts
         and the FP32 model of every configured runtime."""
         if arch not in self._fp32_references:
-            folder = self.run_dir / "models" / self.cfg.data.dataset / arch
+            folder = self.run_dir / "models" / self.cfg.data.dataset_name / arch_slug(arch)
             others = {f"{name}_fp32": fp32_runtime_model(name, fp32_model, self.cfg.data.image_size,
                                                          folder / name, threads=self.cfg.runtime.threads)
                       for name in self.cfg.runtime.backends if name != "torch"}
@@ -202,8 +204,6 @@ NO_RUN_CONFIG = ("{path} is missing: a work unit rebuilds its run from the run f
                  "sees the run folder (shared storage) at the same path")
 DAMAGED_CHECKPOINT = ("checkpoint {path} is damaged (not a complete torch archive): train it again "
                       "with `python main.py --phase baseline --force`")
-UNKNOWN_ARCHITECTURES = ("models.architectures: unknown architecture(s) {unknown}; known: {known}. "
-                         "Fix the name in the YAML file or with --set models.architectures=[...]")
 CALIBRATION_TOO_LARGE = ("{key}={size} is larger than the {n_train} training images of {dataset}: "
                          "calibration draws from the training split, so ask for at most "
                          "{n_train} (--set {key}=...) or use more data")
@@ -219,9 +219,11 @@ def check_config(cfg: ExperimentConfig) -> None:
 
     Runs before anything is written, so a typo never leaves a run folder behind.
     """
-    unknown = [arch for arch in cfg.models.architectures if arch not in list_models()]
-    if unknown:
-        raise ValueError(UNKNOWN_ARCHITECTURES.format(unknown=unknown, known=list_models()))
+    for arch in cfg.models.architectures:
+        try:
+            check_model_name(arch)
+        except ValueError as error:
+            raise ValueError(f"models.architectures: {error}") from None
     for backend in cfg.runtime.backends:
         if backend != "torch":
             get_runtime(backend).check_installed()
@@ -247,7 +249,7 @@ def check_calibration_sizes(cfg: ExperimentConfig, n_train: int) -> None:
     for key, size in _calibration_sizes_in_use(cfg):
         if size > n_train:
             raise ValueError(CALIBRATION_TOO_LARGE.format(key=key, size=size, n_train=n_train,
-                                                          dataset=cfg.data.dataset))
+                                                          dataset=cfg.data.dataset_name))
 
 
 def _calibration_sizes_in_use(cfg: ExperimentConfig) -> list[tuple[str, int]]:
@@ -275,12 +277,12 @@ def with_run_defaults(cfg: ExperimentConfig, name: str, options: dict) -> dict:
 
 
 def baseline_id(cfg: ExperimentConfig, arch: str) -> str:
-    return f"{cfg.data.dataset}/{arch}/fp32/seed={cfg.seed}"
+    return f"{cfg.data.dataset_name}/{arch_slug(arch)}/fp32/seed={cfg.seed}"
 
 
 def checkpoint_file(cfg: ExperimentConfig, arch: str) -> Path:
     """The FP32 checkpoint of ``arch``, relative to the run folder."""
-    return Path("checkpoints") / cfg.data.dataset / f"{arch}.pt"
+    return Path("checkpoints") / cfg.data.dataset_name / f"{arch_slug(arch)}.pt"
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -288,7 +290,7 @@ def checkpoint_file(cfg: ExperimentConfig, arch: str) -> Path:
 def baseline_units(ctx: Context, force: bool = False) -> list[WorkUnit]:
     cfg = ctx.cfg
     return [ctx.unit(baseline_id(cfg, arch),
-                     {"dataset": cfg.data.dataset, "arch": arch, "method": "fp32",
+                     {"dataset": cfg.data.dataset_name, "arch": arch, "method": "fp32",
                       "weight_bits": 32, "act_bits": 32, "calibration": "none", "seed": cfg.seed,
                       "execution": "fp32", "synthetic": cfg.data.dataset == "synthetic"},
                      "baseline", {"arch": arch, "retrain": force}, "baseline")
@@ -306,32 +308,38 @@ def run_baseline(ctx: Context, arch: str, retrain: bool = False):
 
 
 def _trained_model(ctx: Context, arch: str, retrain: bool):
+    """The FP32 model of ``arch``: its checkpoint, or built (from ``models.weights`` when given)
+    and trained for ``training.epochs``; with 0 epochs the given weights are only evaluated."""
     cfg, path = ctx.cfg, ctx.checkpoint_path(arch)
     if path.is_file() and not retrain:
         log.info("reusing checkpoint %s", path)
         model, meta = load_model_from_checkpoint(path)
-        return model.eval(), {k: meta.get(k) for k in ("train_time_s", "best_epoch", "best_val_accuracy")}
+        return model.eval(), {k: meta.get(k) for k in TRAINING_FIELDS}
     seed_everything(cfg.seed)  # the initial weights depend on the seed alone, not on what ran before
+    weights = cfg.models.weights.get(arch)
     model = build_model(arch, num_classes=2, image_size=cfg.data.image_size,
-                        pretrained=cfg.models.pretrained, weights_path=_weights_path(cfg, arch))
+                        pretrained=cfg.models.pretrained and weights is None, weights_path=weights,
+                        weights_dir=cfg.models.weights_dir)
     train = cfg.training.for_arch(arch)
-    result = fit(model, ctx.loader(ctx.splits.train, shuffle=True), ctx.loader(ctx.splits.val),
-                 epochs=train.epochs, lr=train.lr, weight_decay=train.weight_decay,
-                 optimizer=train.optimizer, scheduler=train.scheduler, device=ctx.device,
-                 seed=cfg.seed, max_steps=train.max_steps_per_epoch,
-                 progress=cfg.runtime.progress, desc=f"train {arch}")
-    training = {"train_time_s": round(result.train_time_s, 2), "best_epoch": result.best_epoch,
-                "best_val_accuracy": result.best_val_accuracy}
+    if train.epochs == 0:
+        log.info("training.epochs=0: evaluating %s as given by %s, untrained", arch, weights)
+        training = {"train_time_s": 0.0, "best_epoch": 0, "best_val_accuracy": None}
+    else:
+        result = fit(model, ctx.loader(ctx.splits.train, shuffle=True), ctx.loader(ctx.splits.val),
+                     epochs=train.epochs, lr=train.lr, weight_decay=train.weight_decay,
+                     optimizer=train.optimizer, scheduler=train.scheduler, device=ctx.device,
+                     seed=cfg.seed, max_steps=train.max_steps_per_epoch,
+                     progress=cfg.runtime.progress, desc=f"train {arch}")
+        training = {"train_time_s": round(result.train_time_s, 2), "best_epoch": result.best_epoch,
+                    "best_val_accuracy": result.best_val_accuracy}
+    training["initial_weights"] = weights or ("pretrained" if cfg.models.pretrained else "random")
     save_checkpoint(model, path, arch=arch, num_classes=2, image_size=cfg.data.image_size,
-                    dataset=cfg.data.dataset, seed=cfg.seed, **training)
+                    dataset=cfg.data.dataset_name, seed=cfg.seed, **training)
     return model.eval(), training
 
 
-def _weights_path(cfg: ExperimentConfig, arch: str):
-    if cfg.models.weights_dir is None:
-        return None
-    path = Path(cfg.models.weights_dir) / f"{arch}.pth"
-    return path if path.is_file() else None
+TRAINING_FIELDS = ("train_time_s", "best_epoch", "best_val_accuracy", "initial_weights")
+"""What a baseline row says of how its model came to be (also kept in the checkpoint)."""
 
 
 def _fp32_latency(ctx: Context, model) -> dict:
@@ -394,7 +402,7 @@ def configuration_id(dataset: str, arch: str, method: str, bits: str, options: d
                      calibration: str, seed: int, draw: int | None = None) -> str:
     """E.g. ``synthetic/resnet50/ptq_static/w4a8/observer=minmax/calib=random-512/seed=0``."""
     extras = _options_label(options, sep="/")
-    return "/".join(part for part in [dataset, arch, method, bits, extras, f"calib={calibration}",
+    return "/".join(part for part in [dataset, arch_slug(arch), method, bits, extras, f"calib={calibration}",
                                       "" if draw is None else f"draw={draw}", f"seed={seed}"] if part)
 
 
@@ -418,8 +426,8 @@ def _quantization_unit(ctx: Context, arch: str, method: str, options: dict,
     cfg = ctx.cfg
     label = calibration_label(calibration)
     bits = method_config(method, **options).bits  # also rejects a bad method or option up front
-    config_id = configuration_id(cfg.data.dataset, arch, method, bits, options, label, seed)
-    fields = {"dataset": cfg.data.dataset, "arch": arch, "method": method, "calibration": label,
+    config_id = configuration_id(cfg.data.dataset_name, arch, method, bits, options, label, seed)
+    fields = {"dataset": cfg.data.dataset_name, "arch": arch, "method": method, "calibration": label,
               "seed": seed, "options": {k: v for k, v in options.items() if k != "bits"}}
     return ctx.unit(config_id, fields, "quantization",
                     {"arch": arch, "method": method, "options": options,
@@ -440,8 +448,12 @@ def _quantize(ctx: Context, model, method: str, options: dict, calibration, seed
         data = ctx.splits.train if need == "dataset" else None
     draw_s = time.perf_counter() - start
     context = ctx.context(method, calibration_seed(seed, draw) if need == "dataset" else seed)
-    return apply_quantization(model, method, calibration_data=data, **options, **overrides,
-                              **context), draw_s
+    quantized = apply_quantization(model, method, calibration_data=data, **options, **overrides,
+                                   **context)
+    if need == "loader":
+        counts = data.dataset.group_counts()
+        quantized.quant_info = quantized.quant_info.replace(calibration_group_counts=counts)
+    return quantized, draw_s
 
 
 def run_quantization(ctx: Context, arch: str, method: str, options: dict, calibration, seed: int):
@@ -474,9 +486,9 @@ def _runtime_units(ctx: Context, arch: str, method: str, options: dict,
     for backend in ctx.cfg.runtime.backends:
         if backend == "torch":
             continue
-        config_id = configuration_id(ctx.cfg.data.dataset, arch, method, "w8a8",
+        config_id = configuration_id(ctx.cfg.data.dataset_name, arch, method, "w8a8",
                                      {"backend": backend}, calibration_label(calibration), seed)
-        fields = {"dataset": ctx.cfg.data.dataset, "arch": arch, "method": method,
+        fields = {"dataset": ctx.cfg.data.dataset_name, "arch": arch, "method": method,
                   "calibration": calibration_label(calibration), "seed": seed, "backend": backend,
                   "options": {"backend": backend}}
         units.append(ctx.unit(config_id, fields, "runtime",
@@ -570,9 +582,9 @@ def _mitigation_unit(ctx: Context, arch: str, name: str, options: dict, kind: st
                      draw: int, compare_to: str | None = None, control: bool = False) -> WorkUnit:
     cfg = ctx.cfg
     calibration = calibration_label((kind, size))
-    config_id = configuration_id(cfg.data.dataset, arch, name, method_config(name, **options).bits,
+    config_id = configuration_id(cfg.data.dataset_name, arch, name, method_config(name, **options).bits,
                                  options, calibration, cfg.seed, draw)
-    fields = {"dataset": cfg.data.dataset, "arch": arch, "method": name,
+    fields = {"dataset": cfg.data.dataset_name, "arch": arch, "method": name,
               "calibration": calibration, "calibration_kind": kind,
               "calibration_size": 0 if kind == "none" else size, "draw": draw, "seed": cfg.seed,
               "compare_to": compare_to, "variant": _options_label(options, sep=",")}

@@ -30,7 +30,7 @@ def test_full_study_config_describes_more_than_sixty_quantization_configurations
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    (["models.architectures=[resnet51]"], "unknown architecture(s) ['resnet51']; known: ["),
+    (["models.architectures=[resnet51]"], "models.architectures: unknown model 'resnet51'"),
     (["quantization.methods=[{method: ptq_magic}]"], "'ptq_magic' is not registered"),
     (["mitigation.methods=[{method: mixed_precision, criterion: best}]"], "criterion"),
     (["mitigation.methods=[{method: fairness_aware_quantizer, crit: dp_gap}]"],

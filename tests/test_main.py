@@ -162,7 +162,7 @@ def test_a_results_dir_that_is_a_file_or_unwritable_exits_2(tmp_path, capsys):
 
 def test_an_unknown_architecture_is_refused_before_the_run_folder_is_written(tmp_path, capsys):
     assert main.main(_args(tmp_path, "--set", "models.architectures=[resnet51]")) == 2
-    assert "unknown architecture(s) ['resnet51']; known: [" in _error(capsys)
+    assert "models.architectures: unknown model 'resnet51'" in _error(capsys)
     assert not (tmp_path / "results").exists()
 
 
