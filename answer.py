@@ -15,6 +15,7 @@ several; whether the FP32 model ties with them is said beside them.
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
@@ -24,6 +25,12 @@ from stats_tables import DEPLOYABLE_EXECUTIONS, RESULT_FILES, format_number
 QUALIFYING = (vd.EQUIVALENT, vd.BETTER)
 ARTIFACT_COLUMNS = ("artifact", "model_path")
 """Result-row columns that name a saved artifact, relative to the run folder."""
+
+
+def card_name(config_id: str) -> str:
+    """The file name of a configuration's model card (``analysis/cards/<name>.md``): every run
+    of characters other than letters, digits, ``.``, ``_``, ``=`` and ``-`` becomes ``__``."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "__", config_id).strip("_")
 
 
 def _number(value) -> float:
@@ -99,6 +106,8 @@ def _entry(row: pd.Series, analysis) -> dict:
     entry["accuracy_verdict"] = accuracy_verdict(row, alpha, above)
     entry["dp_verdict"] = row.get("dp_verdict")
     entry["worst_group"] = worst_group(analysis.per_group, row["config_id"])
+    entry["card"] = (f"cards/{card_name(row['config_id'])}.md"
+                     if row["execution"] in DEPLOYABLE_EXECUTIONS else "")
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in entry.items()}
 
 
@@ -238,7 +247,8 @@ def entry_lines(entry: dict) -> list[str]:
         size += f" ({format_number(entry['compression'])}× smaller than FP32)"
     lines = [f"configuration `{entry['config_id']}`: {entry['arch']}, {entry['method']} "
              f"{entry['bits']}",
-             f"runtime: {entry['runtime']} (`{entry['execution']}`)",
+             f"runtime: {entry['runtime']} (`{entry['execution']}`)"
+             + (f"; model card: [{entry['card']}]({entry['card']})" if entry.get("card") else ""),
              "artifact: " + (f"`{entry['artifact']}`" if entry["artifact"] else
                              "none saved by this run (rebuild it from the config id)"),
              f"size: {size}",
@@ -247,7 +257,13 @@ def entry_lines(entry: dict) -> list[str]:
                 else "not measured for this configuration"),
              f"Δaccuracy vs FP32: {interval(entry, 'delta_accuracy')}: {entry['accuracy_verdict']}",
              f"ΔDP gap vs FP32: {interval(entry, 'delta_dp_gap')}: {entry['dp_verdict']}"]
-    if worst:
+    if worst and not _number(worst["accuracy_drop"]) > 0:
+        lines.append(f"worst-hit group: none lost accuracy (largest drop "
+                     f"{format_number(worst['accuracy_drop'])} "
+                     f"[{format_number(worst['accuracy_drop_low'])}, "
+                     f"{format_number(worst['accuracy_drop_high'])}], {worst['group']}, "
+                     f"n = {format_number(worst['n'])})")
+    elif worst:
         lines.append(f"worst-hit group: {worst['group']} (n = {format_number(worst['n'])}), "
                      f"accuracy drop {format_number(worst['accuracy_drop'])} "
                      f"[{format_number(worst['accuracy_drop_low'])}, "

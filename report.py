@@ -21,6 +21,7 @@ import pandas as pd
 
 import answer as answer_module
 import calibration_study as cs
+import cards
 import report_html
 import verdicts as vd
 from verdicts import VERDICT_RULES
@@ -238,6 +239,8 @@ def write_outputs(analysis: "Analysis", *, figures: bool = True) -> dict[str, Pa
     written["report.html"] = atomic_write_text(out / "report.html", report_html.render(
         sections, out, title=f"Quantization and fairness: {analysis.run.run_dir.name}",
         status=run_summary(analysis)["answer"]["status"]))
+    written.update(cards.write_cards(analysis, out, stats=analysis.stats,
+                                     per_group=analysis.per_group))
     logger.info("analysis of %s written to %s", analysis.run.run_dir, out)
     return written
 

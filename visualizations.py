@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -344,6 +344,7 @@ def plot_mitigation(table: pd.DataFrame, path: str | Path) -> list[Path]:
             ax.annotate(f"{mean:.3g}", (mean, position), xytext=(0, 6), textcoords="offset points",
                         ha="center", fontsize=7)
         ax.margins(x=0.2)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.tick_params(axis="x", labelsize=7)
     axes[0].set_yticks(positions, methods, fontsize=8)
     axes[0].invert_yaxis()
