@@ -21,6 +21,7 @@ h1{font-size:1.5rem;margin:.2rem 0 .6rem}h2{font-size:1.25rem;border-bottom:1px 
 margin-top:2rem}h3{font-size:1.05rem}
 section.answer{border:2px solid #0072B2;border-radius:6px;padding:.2rem 1rem .6rem;
 background:#f3f8fc}
+section.answer h2+p,section.answer h2+blockquote+p{font-size:1.2rem}
 section.answer.nothing{border-color:#D55E00;background:#fdf5ef}
 blockquote{margin:.5rem 0;padding:.4rem .8rem;border-left:5px solid #D55E00;background:#fff4e5}
 table{border-collapse:collapse;font-size:.78rem;margin:.5rem 0;display:block;overflow-x:auto}
@@ -40,20 +41,19 @@ _IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
 
 
 def inline(text: str) -> str:
-    """Markdown inline spans to HTML: code first (its content stays literal), then links, bold
-    and emphasis; everything else escaped."""
-    parts = _CODE.split(text)
-    out = []
-    for i, part in enumerate(parts):
-        if i % 2:
-            out.append(f"<code>{html.escape(part)}</code>")
-            continue
-        part = html.escape(part, quote=False).replace(r"\|", "|")
-        part = _LINK.sub(lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', part)
-        for pattern, replacement in _INLINE:
-            part = pattern.sub(replacement, part)
-        out.append(part)
-    return "".join(out)
+    """Markdown inline spans to HTML: code spans are set aside first (their content stays
+    literal), then the rest is escaped and gets links, bold and emphasis, then the code spans
+    return."""
+    codes = []
+
+    def keep(match) -> str:
+        codes.append(f"<code>{html.escape(match.group(1))}</code>")
+        return f"\x00{len(codes) - 1}\x00"
+    text = html.escape(_CODE.sub(keep, text), quote=False).replace(r"\|", "|")
+    text = _LINK.sub(lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', text)
+    for pattern, replacement in _INLINE:
+        text = pattern.sub(replacement, text)
+    return re.sub("\x00(\\d+)\x00", lambda m: codes[int(m.group(1))], text)
 
 
 def _cells(line: str) -> list[str]:
