@@ -288,7 +288,7 @@ def plot_dp_changes(changes: pd.DataFrame, path: str | Path) -> list[Path]:
     _require(changes, ["config_id", "delta_dp_gap", "delta_dp_gap_low", "delta_dp_gap_high",
                        "verdict", "margin"], "plot_dp_changes")
     rows = changes.sort_values("config_id").reset_index(drop=True)
-    figure = Figure(layout="constrained", figsize=(9, 0.28 * len(rows) + 1.6))
+    figure = Figure(layout="constrained", figsize=(11, 0.28 * len(rows) + 1.6))
     ax = figure.subplots()
     margin = float(rows["margin"].iloc[0])
     ax.axvspan(-margin, margin, color="#0072B2", alpha=0.12, linewidth=0)
@@ -366,7 +366,10 @@ def plot_hypotheses(hypotheses: pd.DataFrame, path: str | Path) -> list[Path]:
         if column not in frame:
             frame[column] = frame["verdict"] if default is None else default
     ids = list(dict.fromkeys(frame["id"]))
-    heights = [1.0 + 0.55 * len(frame[frame["id"] == h]) for h in ids]
+    has_estimate = {h: bool(np.isfinite(frame.loc[frame["id"] == h, "estimate"].astype(float)).any())
+                    for h in ids}
+    heights = [(1.0 + 0.55 * len(frame[frame["id"] == h])) if has_estimate[h] else 0.55
+               for h in ids]
     figure = Figure(layout="constrained", figsize=(9, sum(heights) + 0.3))
     axes = figure.subplots(len(ids), 1, squeeze=False, height_ratios=heights)[:, 0]
     for ax, hypothesis in zip(axes, ids):
