@@ -75,7 +75,7 @@ def _bits_label(frame: pd.DataFrame) -> pd.Series:
 
 def _empty(ax, why: str) -> None:
     """Say in the panel why it is empty."""
-    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(why, 70)), transform=ax.transAxes, ha="center",
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(why, 80)), transform=ax.transAxes, ha="center",
             va="center", fontsize=8, color="0.25")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -368,7 +368,7 @@ def plot_hypotheses(hypotheses: pd.DataFrame, path: str | Path) -> list[Path]:
     ids = list(dict.fromkeys(frame["id"]))
     has_estimate = {h: bool(np.isfinite(frame.loc[frame["id"] == h, "estimate"].astype(float)).any())
                     for h in ids}
-    heights = [(1.0 + 0.55 * len(frame[frame["id"] == h])) if has_estimate[h] else 0.55
+    heights = [(1.0 + 0.55 * len(frame[frame["id"] == h])) if has_estimate[h] else 0.75
                for h in ids]
     figure = Figure(layout="constrained", figsize=(9, sum(heights) + 0.3))
     axes = figure.subplots(len(ids), 1, squeeze=False, height_ratios=heights)[:, 0]
