@@ -11,11 +11,13 @@ Three rooms, imported one way (``analysis`` -> ``report``, ``hypotheses`` -> ``s
 - ``stats_tables``: loading the run, the comparisons, stats.csv, per-group drops, Pareto front,
   the production recommendation;
 - ``hypotheses``: H1-H6 as specs, judged with the rules of ``verdicts``;
-- ``report``: tables (CSV, LaTeX), figures and report.md.
+- ``report``: tables (CSV, LaTeX), figures, report.md and report.html (the answer first:
+  ``answer``), and a model card per recommended deployable artifact (``cards``).
 
 Outputs, in ``<run_dir>/analysis/``: stats.csv, per_group.csv, hypotheses.json, summary.json,
 tables/*.csv + .tex (tables/calibration_study.csv: the calibration composition study of
-``calibration_study``), figures/*.png + .pdf, report.md.
+``calibration_study``), figures/*.png + .pdf, report.md, report.html, cards/<name>.json + .md +
+.html.
 """
 from __future__ import annotations
 

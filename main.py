@@ -20,6 +20,7 @@ import sys
 import config as config_module
 import experiment
 import profiling
+import quiet_logs
 from results import ResultStore, RunFolderBusy, RunLock, refresh_tables, run_sweep
 
 PHASES = ("baseline", "quantization", "mitigation", "analysis")
@@ -127,6 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    repeats = quiet_logs.install()  # a repeated message is logged once, counted at the end
     try:
         cfg = config_module.load_config(args.config, args.set)
         experiment.check_config(cfg)  # validate everything before anything is written
@@ -141,6 +143,8 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        repeats.finish()
     return 1 if failed else 0
 
 

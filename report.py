@@ -11,13 +11,18 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+import answer as answer_module
 import calibration_study as cs
+import cards
+import report_html
 import verdicts as vd
 from verdicts import VERDICT_RULES
 from results import atomic_write_frame, atomic_write_text
@@ -228,7 +233,14 @@ def write_outputs(analysis: "Analysis", *, figures: bool = True) -> dict[str, Pa
             latex_table(display(frame), caption=TABLE_CAPTIONS[name], label=f"tab:{name}"))
     figure_paths = _write_figures(analysis, out / "figures") if figures else {}
     written.update(figure_paths)
-    written["report.md"] = atomic_write_text(out / "report.md", report(analysis, figure_paths))
+    sections = report_sections(analysis, figure_paths)
+    written["report.md"] = atomic_write_text(
+        out / "report.md", "\n\n".join(s for s in sections.values() if s) + "\n")
+    written["report.html"] = atomic_write_text(out / "report.html", report_html.render(
+        sections, out, title=f"Quantization and fairness: {analysis.run.run_dir.name}",
+        status=run_summary(analysis)["answer"]["status"]))
+    written.update(cards.write_cards(analysis, out, stats=analysis.stats,
+                                     per_group=analysis.per_group))
     logger.info("analysis of %s written to %s", analysis.run.run_dir, out)
     return written
 
@@ -270,8 +282,7 @@ def _write_figures(analysis: "Analysis", folder: Path) -> dict[str, Path]:
             "backends": (viz.plot_backends, tables["backend_groups"]),
             "dp_changes": (viz.plot_dp_changes, _dp_change_table(analysis)),
             "mitigation": (viz.plot_mitigation, _mitigation_figure_table(analysis)),
-            "hypotheses": (viz.plot_hypotheses, tables["hypotheses"]),
-            "baseline": (viz.plot_baseline_table, display(tables["baseline"]).map(format_number))}
+            "hypotheses": (viz.plot_hypotheses, _hypothesis_figure_table(analysis))}
     written = {}
     for name, (plot, frame) in jobs.items():
         if frame.empty:
@@ -290,6 +301,36 @@ def _dp_change_table(analysis: "Analysis") -> pd.DataFrame:
     frame = versus.assign(margin=analysis.settings.margins["dp_gap"])
     if verdicts is not None:
         frame = frame.assign(verdict=frame["config_id"].map(verdicts))
+    return frame
+
+
+_MARGIN_IN_RULE = re.compile(r"\|change\| < (\w+) margin ([0-9.eE+-]+)")
+
+
+def _hypothesis_figure_table(analysis: "Analysis") -> pd.DataFrame:
+    """One row per criterion of each hypothesis (or one per hypothesis without criteria): its
+    estimate and interval, the margin of its TOST (from its rule), its verdict, the tests that
+    decided it (Holm p-values) and, where it has no estimate, why."""
+    rows = []
+    for h in analysis.hypotheses:
+        base = {"id": h["id"], "hypothesis_verdict": h["verdict"], "reason": h["reason"],
+                "holds": h["holds"], "statistic": h["statistic"]}
+        if not h["criteria"]:
+            rows.append({**base, "label": h["statistic"], "estimate": h["estimate"],
+                         "low": h["low"], "high": h["high"], "verdict": h["verdict"],
+                         "margin": math.nan, "margin_name": "", "test": ""})
+        for c in h["criteria"]:
+            found = _MARGIN_IN_RULE.search(c["rule"])
+            rows.append({**base, "label": c["name"], "estimate": c["estimate"], "low": c["low"],
+                         "high": c["high"], "verdict": c["verdict"],
+                         "margin": float(found.group(2)) if found else math.nan,
+                         "margin_name": found.group(1) if found else "",
+                         "test": f"TOST p = {format_number(c['p_equivalent_holm'])}, difference "
+                                 f"p = {format_number(c['p_difference_holm'])} (Holm), alpha "
+                                 f"{format_number(analysis.settings.alpha)}"})
+    frame = pd.DataFrame(rows)
+    for column in ("estimate", "low", "high"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
 
@@ -314,41 +355,48 @@ def run_summary(analysis: "Analysis") -> dict:
             "n_failed": len(analysis.failed),
             "n_without_predictions": len(analysis.without_predictions),
             "without_predictions": analysis.without_predictions, **dataclasses.asdict(analysis.settings),
-            "comparisons": COMPARISONS,
+            "comparisons": COMPARISONS, "answer": answer_module.answer(analysis),
             "families": "Holm and Benjamini-Hochberg adjust the p-values of one comparison kind "
                         "and one metric together (e.g. every vs_fp32 change of dp_gap)."}
 
 
 def _is_synthetic(analysis: "Analysis") -> bool:
-    configured = (analysis.run.config.get("data") or {}).get("dataset")
-    flagged = analysis.run.configs.get("synthetic", pd.Series(dtype=object))
-    return (configured == "synthetic" or "synthetic" in set(analysis.table["dataset"])
-            or flagged.astype(str).str.lower().eq("true").any())
+    return answer_module._synthetic(analysis)
 
 
 def report(analysis: "Analysis", figures: dict[str, Path]) -> str:
-    """``report.md``: what ran, the main tables, the hypotheses with their verdicts, the per-group
-    findings, the Pareto front and the recommendation — every number taken from a written table."""
+    """``report.md``, the answer first: what to ship (or why nothing can be recommended) with
+    its cost to each group, then per-group effects, the Pareto front, deployment runtimes,
+    calibration composition, mitigations, hypotheses, every configuration, the methods and the
+    resolved config at the end -- every number taken from a written table."""
+    return "\n\n".join(s for s in report_sections(analysis, figures).values() if s) + "\n"
+
+
+def report_sections(analysis: "Analysis", figures: dict[str, Path]) -> dict[str, str]:
+    """The sections of ``report.md`` in their order, by name (``report_html`` renders the same)."""
     summary = run_summary(analysis)
     tables = analysis.tables()
-    sections = [
-        f"# Quantization and fairness: analysis of `{analysis.run.run_dir.name}`",
-        _synthetic_banner(summary), _what_ran(analysis, summary),
-        "## FP32 baselines\n\n" + _markdown_or(tables["baseline"], "No baseline results."),
-        "## Quantization\n\n" + _markdown_or(tables["quantization"], _missing_phase(summary, "quantization")),
-        "## Mitigation\n\n" + _markdown_or(tables["mitigation"], _missing_phase(summary, "mitigation")),
-        _calibration_section(analysis), _backends_section(tables), _hypotheses_section(analysis, tables["hypotheses"]),
-        _per_group_section(analysis),
-        _pareto_section(analysis), _figures_section(figures), _recommendation_section(analysis)]
-    return "\n\n".join(s for s in sections if s) + "\n"
-
-
-def _synthetic_banner(summary: dict) -> str:
-    if not summary["synthetic"]:
-        return ""
-    return ("> **SYNTHETIC DATA.** This run used the generated synthetic CelebA-format dataset, "
-            "not real faces. Its numbers show that the pipeline works; they say nothing about "
-            "how a real face-attribute classifier treats real people.")
+    figure = _figure_markdown(figures)
+    return {
+        "title": f"# Quantization and fairness: analysis of `{analysis.run.run_dir.name}`",
+        "answer": answer_module.markdown(summary["answer"]),
+        "recommendation": _recommendation_section(analysis),
+        "per_group": _per_group_section(analysis) + figure("group_drops"),
+        "pareto": _pareto_section(analysis) + figure("pareto"),
+        "runtimes": _backends_section(tables) + (figure("backends") if len(tables["backends"])
+                                                 else ""),
+        "calibration": _calibration_section(analysis),
+        "mitigation": "## Mitigation\n\n" + _markdown_or(
+            tables["mitigation"], _missing_phase(summary, "mitigation")) + figure("mitigation"),
+        "hypotheses": _hypotheses_section(analysis, tables["hypotheses"]) + figure("hypotheses"),
+        "configurations": "\n\n".join([
+            "## Every configuration", "### FP32 baselines",
+            _markdown_or(tables["baseline"], "No baseline results."),
+            "### Quantization", _markdown_or(tables["quantization"],
+                                             _missing_phase(summary, "quantization"))
+            + figure("dp_changes") + figure("heatmaps")]),
+        "methods": _what_ran(analysis, summary),
+        "config": _config_section(analysis)}
 
 
 def _missing_phase(summary: dict, phase: str) -> str:
@@ -364,7 +412,7 @@ def _markdown_or(frame: pd.DataFrame, empty_text: str) -> str:
 
 
 def _what_ran(analysis: "Analysis", summary: dict) -> str:
-    lines = ["## What ran", "",
+    lines = ["## Methods and what ran", "",
              f"- Run folder: `{summary['run_dir']}`",
              f"- Dataset: {', '.join(summary['datasets'])}"
              + (" (SYNTHETIC: generated images, not real faces)" if summary["synthetic"] else ""),
@@ -378,10 +426,10 @@ def _what_ran(analysis: "Analysis", summary: dict) -> str:
              f"(`predictions/<config_id>.csv.gz`) with group-stratified bootstrap intervals "
              f"({summary['n_resamples']} resamples, level {format_number(summary['ci'])}, seed "
              f"{summary['seed']}). Changes are signed, configuration minus reference, on the same "
-             "test samples: the interval is a paired bootstrap stratified by group × label, the "
-             "p-value an exact-size within-pair swap (sign-flip) permutation test (if the two "
-             "models are interchangeable on every sample, swapping their predictions changes "
-             "nothing), and for metrics with a margin a TOST p-value of |change| < margin. "
+             "test samples, with a paired bootstrap interval, a within-pair swap-test p-value and, "
+             "for metrics with a margin, a TOST p-value; the definitions are in "
+             f"{metrics_doc_link(analysis, 'intervals-and-comparisons')} (and the verdict rules "
+             f"under {metrics_doc_link(analysis, 'verdicts-verdictspy', 'Verdicts')}). "
              "Comparisons:", ""]
     lines += [f"- `{kind}`: {text}" for kind, text in COMPARISONS.items()]
     lines += ["", summary["families"], "", "Every row with its interval, p-value, adjusted "
@@ -392,11 +440,16 @@ def _what_ran(analysis: "Analysis", summary: dict) -> str:
     if analysis.without_predictions:
         lines += ["", "Configurations left out for want of a prediction table: "
                   + ", ".join(f"`{c}`" for c in analysis.without_predictions)]
-    config_path = analysis.run.run_dir / "config.yaml"
-    if config_path.is_file():
-        lines += ["", "<details><summary>config.yaml (exactly what ran)</summary>", "",
-                  "```yaml", config_path.read_text().rstrip(), "```", "", "</details>"]
     return "\n".join(lines)
+
+
+def _config_section(analysis: "Analysis") -> str:
+    config_path = analysis.run.run_dir / "config.yaml"
+    if not config_path.is_file():
+        return ""
+    return "\n".join(["## Resolved config", "",
+                      "<details><summary>config.yaml (exactly what ran)</summary>", "",
+                      "```yaml", config_path.read_text().rstrip(), "```", "", "</details>"])
 
 
 def _hypotheses_section(analysis: "Analysis", table: pd.DataFrame) -> str:
@@ -505,33 +558,45 @@ FIGURE_TITLES = {"pareto": "Accuracy, DP gap and size, non-dominated configurati
                  "group_drops": "Per-group accuracy drop with paired intervals",
                  "dp_changes": "ΔDP gap vs FP32 with paired intervals, marked by verdict",
                  "mitigation": "Mitigations: accuracy, DP gap, size and cost",
-                 "hypotheses": "Hypotheses: estimates with intervals and verdicts",
-                 "baseline": "FP32 baselines"}
+                 "hypotheses": "Hypotheses: estimates with intervals, margins and verdicts",
+                 "backends": "Per-group accuracy drop of each runtime's INT8 model"}
 
 
-def _figures_section(figures: dict[str, Path]) -> str:
-    pngs = [name for name in figures if name.endswith(".png")]
-    if not pngs:
-        return ""
-    lines = ["## Figures", "", "Each figure is also saved as PDF beside the PNG.", ""]
-    lines += [f"![{FIGURE_TITLES.get(Path(n).stem, Path(n).stem)}]({n})" for n in pngs]
-    return "\n".join(lines)
+def _figure_markdown(figures: dict[str, Path]):
+    """``figure(name)``: the Markdown image line of ``figures/<name>.png`` (after a blank line),
+    or "" when that figure was not written."""
+    def figure(name: str) -> str:
+        key = f"figures/{name}.png"
+        if key not in figures:
+            return ""
+        return f"\n\n![{FIGURE_TITLES.get(name, name)}]({key})"
+    return figure
+
+
+METRICS_DOC = Path(__file__).resolve().parent / "docs" / "metrics.md"
+
+
+def metrics_doc_link(analysis: "Analysis", anchor: str = "", text: str = "docs/metrics.md") -> str:
+    """A Markdown link to docs/metrics.md (relative to the analysis folder), where the
+    definitions live once, instead of another copy of them here."""
+    target = os.path.relpath(METRICS_DOC, (analysis.run.run_dir / "analysis").resolve())
+    return f"[{text}]({Path(target).as_posix()}{'#' + anchor if anchor else ''})"
 
 
 def _recommendation_section(analysis: "Analysis") -> str:
     rows, margin = analysis.recommendation, analysis.settings.margins["dp_gap"]
     lines = ["## Production recommendation", "",
-             "Rule: within each size budget, a configuration qualifies when its paired DP-gap "
-             f"change against FP32 is EQUIVALENT within the dp_gap margin ({format_number(margin)}"
-             ") or BETTER (the verdict rules above; FP32 qualifies as it is). Among those, the "
-             "most accurate ranks 1 and every configuration whose accuracy the paired swap test "
-             "cannot tell from it (p > alpha) ties with it. Nothing qualifies where the FP32 "
-             "model is not clearly above chance. Deployable means it runs here: "
-             + "; ".join(f"`{k}` = {v}" for k, v in DEPLOYABLE_EXECUTIONS.items())
-             + ". A `simulated` configuration would need low-bit integer kernels this machine "
-             "lacks; it is listed apart.", ""]
+             "Per size budget, deployable here apart from simulated (the rule: "
+             f"{metrics_doc_link(analysis, 'production-recommendation')}; DP-gap margin "
+             f"{format_number(margin)}). Deployable means it runs here: "
+             + "; ".join(f"`{k}` = {v}" for k, v in DEPLOYABLE_EXECUTIONS.items()) + ".", ""]
     if rows.empty:
         return "\n".join(lines + ["No configuration has a size to judge a budget by."])
+    if (rows["config_id"] == "").all():
+        reasons = "; ".join(r for d in answer_module.answer(analysis)["datasets"]
+                            for r in d["reasons"])
+        return "\n".join(lines + ["No configuration qualifies at any size budget"
+                                   + (f": {reasons}." if reasons else ".")])
     for (dataset, budget, deployable), group in rows.groupby(
             ["dataset", "size_budget_mib", "deployable"], sort=False):
         kind = "deployable here" if deployable else "simulated (needs kernels)"

@@ -400,7 +400,9 @@ def per_group_table(pairs: pd.DataFrame, summaries: Summaries) -> pd.DataFrame:
     """One row per (configuration compared with FP32, intersectional group).
 
     ``accuracy_drop`` = FP32 accuracy minus quantized accuracy in the group (positive: the group
-    lost), with its paired-bootstrap interval; ``flip_share`` = the group's share of all
+    lost), with its paired-bootstrap interval; ``accuracy``, ``tpr``, ``fpr`` of the
+    configuration in the group with their bootstrap intervals (the model cards' numbers) and
+    ``small_group`` (n below min_group_size); ``flip_share`` = the group's share of all
     predictions that changed; ``sample_share`` = its share of the samples; ``flip_excess`` =
     flip_share / sample_share (above 1: the group gets more than its share of the flips).
     """
@@ -414,11 +416,15 @@ def per_group_table(pairs: pd.DataFrame, summaries: Summaries) -> pd.DataFrame:
             **{key: getattr(row, key) for key in ["arch", *GROUP_KEYS]},
             "group": wide.index, "n": wide["n"], "sample_share": wide["n"] / wide["n"].sum(),
             "fp32_accuracy": wide["accuracy"] - wide["delta_accuracy"],
-            "accuracy": wide["accuracy"], "accuracy_drop": -wide["delta_accuracy"],
+            "accuracy": wide["accuracy"], "accuracy_low": wide["accuracy_low"],
+            "accuracy_high": wide["accuracy_high"], "accuracy_drop": -wide["delta_accuracy"],
             "accuracy_drop_low": -wide["delta_accuracy_high"],
             "accuracy_drop_high": -wide["delta_accuracy_low"], "flip_rate": wide["flip_rate"],
             "flip_share": flips / flips.sum() if flips.sum() > 0 else np.nan,
-            "mcnemar_p": wide["mcnemar_p"]}).reset_index(drop=True))
+            "mcnemar_p": wide["mcnemar_p"],
+            **{f"{rate}{s}": wide[f"{rate}{s}"] for rate in ("tpr", "fpr")
+               for s in ("", "_low", "_high")},
+            "small_group": wide["small_group"].astype(bool)}).reset_index(drop=True))
     if not frames:
         return pd.DataFrame(columns=["config_id", "reference_id", "arch", *GROUP_KEYS, "group"])
     table = pd.concat(frames, ignore_index=True)

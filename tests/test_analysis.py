@@ -476,3 +476,136 @@ def test_units_on_different_test_sets_get_independent_replicate_blocks():
     same = hy._replicates(rows.assign(config_id=["a", "a"], reference_id=["a_ref", "a_ref"]),
                           "dp_gap", context)
     np.testing.assert_allclose(same[:, 0], same[:, 1])  # one test set: shared resamples
+
+
+# ----------------------------------------------------------------------------- the answer, report.html, cards
+
+CALIBRATION_COUNTS = '{"Female/Old": 128, "Female/Young": 128, "Male/Old": 128, "Male/Young": 128}'
+
+
+@pytest.fixture(scope="module")
+def shipping_run(tmp_path_factory):
+    """The supported world plus one deployable INT8 model that predicts like its FP32 model,
+    with its artifact on disk: the answer ships it and it gets a card."""
+    folder = write_run(tmp_path_factory.mktemp("ship") / "run", WORLDS["supported"],
+                       phases=("baseline", "quantization"))
+    arch, params, _ = SUPPORTED_ARCHS[-1]
+    model = _model_writer(folder, arch, params * 4 / 2 ** 20)
+    artifact = folder / "models" / "int8.pt"
+    artifact.parent.mkdir(parents=True)
+    artifact.write_bytes(b"an int8 model " * 100)
+    shipped = model("ptq_static", 8, 0, "ptq_static/w8a8/calib=random-512/draw=9/seed=0",
+                    execution="real_int8", model_path="models/int8.pt", speedup_b1=2.5,
+                    cpu_capability="AVX512", calibration_group_counts=CALIBRATION_COUNTS,
+                    draw=9)
+    path = folder / st.RESULT_FILES["quantization"]
+    pd.concat([pd.read_csv(path), pd.DataFrame([shipped])]).to_csv(path, index=False)
+    outputs = run_analysis(folder, n_resamples=RESAMPLES, progress=False)
+    return folder, outputs, shipped["config_id"]
+
+
+def _first_section(page: str) -> str:
+    """The text of the first <section> of report.html."""
+    from html.parser import HTMLParser
+
+    class First(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.depth, self.done, self.text = 0, False, []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "section" and not self.done:
+                self.depth += 1
+
+        def handle_endtag(self, tag):
+            if tag == "section" and self.depth:
+                self.depth -= 1
+                self.done = self.done or self.depth == 0
+
+        def handle_data(self, data):
+            if self.depth and not self.done:
+                self.text.append(data)
+    parser = First()
+    parser.feed(page)
+    return re.sub(r"\s+", " ", "".join(parser.text))
+
+
+def external_references(page: str) -> list[str]:
+    """src / href of script, style, link and img elements that point outside the file."""
+    from html.parser import HTMLParser
+
+    class References(HTMLParser):
+        found: list = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("script", "style", "img", "link", "iframe", "object", "embed"):
+                for name, value in attrs:
+                    if name in ("src", "href", "data") and value and not value.startswith("data:"):
+                        self.found.append(f"{tag} {name}={value}")
+    parser = References()
+    parser.found = []
+    parser.feed(page)
+    parser.close()
+    return parser.found
+
+
+def test_the_answer_comes_first_and_ships_the_deployable_model(shipping_run):
+    folder, outputs, shipped = shipping_run
+    head = "\n".join(outputs["report.md"].read_text().splitlines()[:30])
+    assert f"Ship `{shipped}`" in head and "SYNTHETIC DATA" in head
+    assert "worst-hit group" in head and "Δaccuracy vs FP32" in head and "ΔDP gap vs FP32" in head
+    page = outputs["report.html"].read_text()
+    assert not external_references(page)
+    first = _first_section(page)
+    assert f"Ship {shipped}" in first and "SYNTHETIC DATA" in first
+    order = [page.index(f'id="{name}"') for name in ("answer", "per_group", "pareto", "mitigation",
+                                                      "hypotheses", "methods", "config")]
+    assert order == sorted(order)
+    assert page.count("data:image/png;base64,") >= 4  # the figures travel inside the file
+    summary = json.loads(outputs["summary.json"].read_text())
+    assert summary["answer"]["status"] == "ship"
+
+
+def test_each_card_holds_the_numbers_of_stats_and_per_group_and_the_artifacts_sha256(shipping_run):
+    import hashlib
+
+    folder, outputs, shipped = shipping_run
+    cards = [p for name, p in outputs.items() if name.startswith("cards/") and name.endswith(".json")]
+    assert cards
+    stats = pd.read_csv(outputs["stats.csv"], dtype=str, keep_default_na=False)
+    per_group = pd.read_csv(outputs["per_group.csv"], dtype=str, keep_default_na=False)
+    for path in cards:
+        card = json.loads(path.read_text())
+        artifact = card["model_details"]["artifact"]
+        if artifact["path"]:
+            digest = hashlib.sha256((folder / artifact["path"]).read_bytes()).hexdigest()
+            assert artifact["sha256"] == digest
+        rows = stats[(stats["comparison"] == "vs_fp32") & (stats["config_id"] == card["config_id"])]
+        for metric, change in card["changes_vs_fp32"].items():
+            row = rows[rows["metric"] == metric].iloc[0]
+            for key, column in (("estimate", "estimate"), ("low", "low"), ("high", "high"),
+                                ("p_value", "p_value"), ("p_equivalent", "p_equivalent")):
+                assert format_number(change[key]) == row[column], (metric, key)
+        groups = per_group[per_group["config_id"] == card["config_id"]].set_index("group")
+        assert len(card["per_group"]) == len(groups) > 0
+        for group in card["per_group"]:
+            for column in ("n", "accuracy", "accuracy_low", "accuracy_high", "tpr", "tpr_low",
+                           "tpr_high", "fpr", "fpr_low", "fpr_high"):
+                assert format_number(group[column]) == groups.loc[group["group"], column], column
+    card = json.loads(next(p for p in cards if "draw=9" in p.name).read_text())
+    assert card["config_id"] == shipped
+    assert card["calibration"]["group_counts"] == json.loads(CALIBRATION_COUNTS)
+    assert card["calibration"]["kind"] == "random" and card["calibration"]["size"] == 512
+    assert card["model_details"]["speedup_b1_vs_fastest_fp32"] == 2.5
+    assert card["changes_vs_fp32"]["dp_gap"]["verdict"] == vd.EQUIVALENT
+    assert card["evaluation_data"]["synthetic"] and card["caveats"]
+    assert (folder / "analysis" / "cards" / path.name.replace(".json", ".md")).is_file()
+    assert not external_references((folder / "analysis" / "cards" / path.name.replace(".json", ".html")).read_text())
+
+
+def test_without_compressed_results_the_answer_names_the_missing_phase(tmp_path):
+    folder = write_run(tmp_path / "run", WORLDS["supported"], phases=("baseline",))
+    outputs = run_analysis(folder, n_resamples=RESAMPLES, progress=False, figures=False)
+    head = "\n".join(outputs["report.md"].read_text().splitlines()[:30])
+    assert "Nothing can be recommended, because a phase is missing" in head
+    assert "Nothing can be recommended" in _first_section(outputs["report.html"].read_text())

@@ -43,17 +43,32 @@ def dp_changes() -> pd.DataFrame:
 
 
 def hypotheses() -> pd.DataFrame:
-    return pd.DataFrame({"id": ["H1", "H2", "H3"],
-                         "statistic": ["mean Spearman rho", "Δaccuracy (fraction)", "ΔDP gap"],
-                         "estimate": [-0.8, 0.01, np.nan], "low": [np.nan, -0.002, np.nan],
-                         "high": [np.nan, 0.02, np.nan],
-                         "verdict": ["INCONCLUSIVE", "SUPPORTED", "REJECTED"],
-                         "holds": ["", "holds for 1 of 2", "holds for 0 of 1"]})
+    """The table report._hypothesis_figure_table gives: one row per criterion, or one per
+    hypothesis without criteria (then its reason says why there is no estimate)."""
+    return pd.DataFrame({"id": ["H1", "H2", "H2", "H3"],
+                         "statistic": ["mean Spearman rho", "Δaccuracy (fraction)",
+                                       "Δaccuracy (fraction)", "ΔDP gap"],
+                         "label": ["mean Spearman rho", "QAT is more accurate", "the gain is modest",
+                                   "balanced calibration lowers the DP gap"],
+                         "estimate": [np.nan, 0.01, 0.01, 0.004],
+                         "low": [np.nan, -0.002, -0.002, -0.02], "high": [np.nan, 0.02, 0.02, 0.03],
+                         "verdict": ["INCONCLUSIVE", "INCONCLUSIVE", "EQUIVALENT", "REJECTED"],
+                         "hypothesis_verdict": ["INCONCLUSIVE", "INCONCLUSIVE", "INCONCLUSIVE",
+                                                "REJECTED"],
+                         "margin": [np.nan, 0.01, 0.05, 0.02],
+                         "test": ["", "TOST p = 0.9, difference p = 0.4 (Holm)",
+                                  "TOST p = 0.01, difference p = 0.4 (Holm)",
+                                  "TOST p = 0.01, difference p = 0.63 (Holm)"],
+                         "reason": ["no data: needs 3 architectures", "", "", ""],
+                         "holds": ["", "holds for 0 of 1", "holds for 0 of 1", "holds for 0 of 1"]})
 
 
-def baseline() -> pd.DataFrame:
-    return pd.DataFrame({"arch": ["cnn", "vit_s"], "accuracy": ["0.9 [0.88, 0.92]"] * 2,
-                         "size_mib": ["10", "12.5"]})
+def comparison() -> pd.DataFrame:
+    return pd.DataFrame({"label": ["FP32", "ptq_static(bits=w4a8, calibration=balanced, "
+                                           "observer=histogram)"],
+                         "accuracy": [0.9, 0.85], "accuracy_low": [0.88, 0.82],
+                         "accuracy_high": [0.92, 0.88], "dp_gap": [0.05, 0.0],
+                         "dp_gap_low": [0.03, 0.0], "dp_gap_high": [0.07, 0.02]})
 
 
 FIGURES = {
@@ -63,7 +78,6 @@ FIGURES = {
     "dp_changes": (viz.plot_dp_changes, dp_changes),
     "mitigation": (viz.plot_mitigation, configurations),
     "hypotheses": (viz.plot_hypotheses, hypotheses),
-    "baseline": (viz.plot_baseline_table, baseline),
 }
 
 
@@ -81,6 +95,49 @@ def test_each_figure_is_written_as_readable_png_and_pdf(name, tmp_path):
 def test_suffix_of_the_output_path_is_replaced(tmp_path):
     paths = viz.plot_hypotheses(hypotheses(), tmp_path / "chart.svg")
     assert sorted(p.name for p in paths) == ["chart.pdf", "chart.png"]
+
+
+def _drawn(monkeypatch) -> dict:
+    """Keep the Figure each plot function saves, to look inside it."""
+    drawn, save = {}, viz.save_figure
+
+    def keep(figure, path):
+        drawn["figure"] = figure
+        return save(figure, path)
+    monkeypatch.setattr(viz, "save_figure", keep)
+    return drawn
+
+
+def test_the_notebook_comparison_fits_its_labels_without_layout_warnings(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "constrained_layout not applied"
+        path = viz.plot_method_comparison(comparison(), tmp_path / "comparison.png")
+    image = imread(path)
+    assert image.shape[0] > 100 and image.std() > 0
+
+
+def test_pareto_log_axis_labels_plain_numbers_and_the_key_numbers_every_point(tmp_path, monkeypatch):
+    drawn = _drawn(monkeypatch)
+    table = configurations()
+    table["config_id"] = [f"synthetic/{a}/{m}/w{b}/seed=0" for a, m, b
+                          in zip(table["arch"], table["method"], table["weight_bits"])]
+    viz.plot_pareto(table, tmp_path / "pareto")
+    size_axis = drawn["figure"].axes[1]
+    labels = [t.get_text() for t in size_axis.get_xticklabels() if t.get_text()]
+    assert labels and all("times" not in label and "^" not in label for label in labels)
+    texts = "\n".join(t.get_text() for t in drawn["figure"].texts)
+    assert all(f"{i + 1}: " in texts for i in range(len(table)))  # the key names every point
+
+
+def test_an_empty_hypothesis_panel_says_why_and_margin_bands_are_drawn(tmp_path, monkeypatch):
+    drawn = _drawn(monkeypatch)
+    viz.plot_hypotheses(hypotheses(), tmp_path / "h")
+    h1, h2, h3 = drawn["figure"].axes
+    assert "no data: needs 3 architectures" in " ".join(t.get_text() for t in h1.texts)
+    assert len(h2.patches) == 2 and len(h3.patches) == 1  # the ±margin bands
+    assert "TOST p = 0.01" in " ".join(t.get_text() for t in h3.get_yticklabels())
 
 
 def test_black_and_white_styles_are_distinct_per_series():
