@@ -41,22 +41,10 @@ class QuantizationComparison:
     def plot_comparison(self, path: str | Path | None = None) -> Path:
         """Accuracy and DP gap per method with their bootstrap intervals, saved as a PNG
         (default ``quantization_comparison.png``); returns the path."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import visualizations
 
-        path = Path(path or "quantization_comparison.png")
-        figure = Figure(figsize=(max(6.0, 1.2 * len(self.table)), 4.0), layout="constrained")
-        FigureCanvasAgg(figure)
-        positions = range(len(self.table))
-        for axes, metric in zip(figure.subplots(1, 2), ("accuracy", "dp_gap")):
-            values = self.table[metric]
-            errors = [values - self.table[f"{metric}_low"], self.table[f"{metric}_high"] - values]
-            axes.bar(positions, values, yerr=errors, capsize=4, color="tab:blue")
-            axes.set_xticks(list(positions), self.table["label"], rotation=30, ha="right")
-            axes.set_title(metric)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
-        return path
+        return visualizations.plot_method_comparison(self.table,
+                                                     path or "quantization_comparison.png")
 
 
 MISSING_INPUT = ("compare_quantization_methods: {methods} cannot run without {key}, which was not "
