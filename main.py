@@ -132,10 +132,13 @@ def main(argv=None) -> int:
     try:
         cfg = config_module.load_config(args.config, args.set)
         experiment.check_config(cfg)  # validate everything before anything is written
+        phases = PHASES if args.phase == "all" else (args.phase,)
+        ctx = experiment.Context(cfg)
+        if set(phases) & set(SWEEP_UNITS):
+            ctx.splits  # the data too: a bad manifest row stops the run before any write
         with RunLock(cfg.run_dir):
             experiment.save_run_config(cfg)
-            ctx = experiment.Context(cfg)
-            failed = run_phases(ctx, PHASES if args.phase == "all" else (args.phase,), args.force)
+            failed = run_phases(ctx, phases, args.force)
             profiling.log_table()
     except RunFolderBusy as error:
         print(f"error: {error}", file=sys.stderr)

@@ -42,11 +42,11 @@ def clinic_manifest(tmp_path_factory):
     return write_manifest_folder(tmp_path_factory.mktemp("own") / "derm_clinic")
 
 
-def _manifest_args(tmp_path, manifest, *extra):
+def _manifest_args(tmp_path, manifest, *extra, positive="malignant"):
     return ["--config", "configs/smoke.yaml", "--set", f"results_dir={tmp_path / 'results'}",
             "--set", "data.dataset=manifest", "--set", f"data.manifest={manifest}",
-            "--set", "data.target=diagnosis", "--set", "data.positive=malignant",
-            "--set", "data.sensitive=[gender,race]", *extra]
+            "--set", "data.target=diagnosis", "--set", "data.sensitive=[gender,race]",
+            *(["--set", f"data.positive={positive}"] if positive else []), *extra]
 
 
 def test_the_whole_study_runs_on_a_manifest_with_timm_and_torchvision_models(clinic_manifest,
@@ -138,3 +138,57 @@ def test_the_original_notebook_snippets_run_as_written(clinic_manifest):
     quantized_model = quantizer.quantize(model=model, calibration_data=balanced_calib_loader, fairness_constraint=True)
     assert quantizer.history and quantizer.constraint_met in (True, False)
     assert set(quantizer.fp32_metrics) >= {"dp_gap", "accuracy"}
+
+
+def _small_manifest(folder, n=48):
+    path = write_manifest_folder(folder, n=n)
+    return path, pd.read_csv(path, dtype=str)
+
+
+def _break_outside(folder, table):
+    (folder.parent / "outside.png").write_bytes((folder / table.at[3, "file_name"]).read_bytes())
+    table.at[3, "file_name"] = "../outside.png"
+
+
+def _break_missing(folder, table):
+    table.at[3, "file_name"] = "images/nope.png"
+
+
+def _break_duplicate(folder, table):
+    table.at[3, "file_name"] = table.at[2, "file_name"]
+
+
+def _break_third_target(folder, table):
+    table.at[3, "diagnosis"] = "unclear"
+
+
+def _break_empty_sensitive(folder, table):
+    table.at[3, "race"] = ""
+
+
+def _break_split(folder, table):
+    table["split"] = "train"
+    table.loc[table.index[-12:], "split"] = "val"
+    table.loc[table.index[:12], "split"] = "test"
+    table.loc[(table["split"] == "test") & (table["race"] == "dark"), "split"] = "train"
+
+
+@pytest.mark.parametrize("breaks, expected", [
+    (_break_outside, "line 5: file_name '../outside.png' leads out of the folder"),
+    (_break_missing, "line 5: image 'images/nope.png' does not exist"),
+    (_break_duplicate, "line 5: file_name 'images/p0002.png' is the same image as"),
+    (_break_third_target, "line 5: target column 'diagnosis' holds 'unclear', a third"),
+    (_break_empty_sensitive, "line 5: sensitive column 'race' is empty"),
+    (_break_split, "has no rows in the test split"),
+])
+def test_a_bad_manifest_exits_2_naming_the_row_and_writes_nothing(tmp_path, capsys, breaks,
+                                                                   expected):
+    folder = tmp_path / "clinic"
+    path, table = _small_manifest(folder)
+    breaks(folder, table)
+    table.to_csv(path, index=False)
+    positive = None if breaks is _break_third_target else "malignant"
+    assert main.main(_manifest_args(tmp_path, path, "--phase", "all", positive=positive)) == 2
+    message = capsys.readouterr().err
+    assert expected in message, message
+    assert not (tmp_path / "results").exists()
