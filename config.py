@@ -477,7 +477,8 @@ def _apply_override(raw: dict, override: str) -> None:
             raise ValueError(f"override {override!r}: {part!r} is a value, not a section")
         node = child
     try:
-        node[leaf] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        node[leaf] = Typed(parsed, value.strip()) if _is_scalar(parsed) else parsed
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ValueError(BAD_YAML_OVERRIDE.format(override=override, value=value,
@@ -497,9 +498,35 @@ def _build(cls, raw: Any, prefix: str):
     return cls(**values)
 
 
+@dataclass(frozen=True)
+class Typed:
+    """A scalar given with ``--set``: YAML's reading of it and the text as typed. A setting that
+    holds text takes the text (``data.positive=yes`` is ``'yes'``, not True; ``run_name=007``
+    is ``'007'``); any other setting takes YAML's reading."""
+    parsed: Any
+    text: str
+
+
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _plain_values(value):
+    """``value`` with every ``Typed`` replaced by YAML's reading (inside free-form mappings)."""
+    if isinstance(value, Typed):
+        return value.parsed
+    if isinstance(value, Mapping):
+        return {k: _plain_values(v) for k, v in value.items()}
+    return value
+
+
 def _coerce(key: str, kind, value):
     """Check ``value`` against the annotated type ``kind`` (lists become tuples)."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if isinstance(value, Typed):
+        takes_text = kind is str or (origin in (typing.Union, types.UnionType) and str in args)
+        value = value.text if takes_text and value.text.lower() not in ("null", "~", "") \
+            else value.parsed
     if dataclasses.is_dataclass(kind):
         return _build(kind, value, prefix=key + ".")
     if origin in (typing.Union, types.UnionType):
@@ -514,7 +541,7 @@ def _coerce(key: str, kind, value):
     if kind is dict or origin is dict:
         if not isinstance(value, Mapping):
             raise _type_error(key, value, "a mapping")
-        return dict(value)
+        return _plain_values(dict(value))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (int, float, str, bool) and not (isinstance(value, kind) and

@@ -193,3 +193,15 @@ def test_epochs_zero_is_valid_with_weights_for_every_architecture():
     cfg = config.load_config("configs/smoke.yaml", ["training.epochs=0",
                                                     "models.weights={tiny_cnn: w.pt}"])
     assert cfg.training.epochs == 0 and cfg.models.weights == {"tiny_cnn": "w.pt"}
+
+
+def test_a_text_setting_given_with_set_keeps_the_text_as_typed():
+    cfg = config.load_config("configs/smoke.yaml", [
+        "run_name=007", "data.name=on", "data.dataset=manifest", "data.manifest=x/m.csv",
+        "data.target=label", "data.sensitive=[skin]", "data.positive=yes",
+        "training.epochs=3", "models.weights.tiny_cnn=w.pt", "data.max_per_split=null"])
+    assert (cfg.run_name, cfg.data.name, cfg.data.positive) == ("007", "on", "yes")
+    assert cfg.training.epochs == 3 and cfg.data.max_per_split is None
+    assert cfg.models.weights == {"tiny_cnn": "w.pt"}
+    with pytest.raises(ValueError, match="training.epochs=True \\(bool\\): expected a int"):
+        config.load_config("configs/smoke.yaml", ["training.epochs=yes"])
