@@ -759,17 +759,18 @@ class FairnessAwareQuantizer:
     """Notebook wrapper of the registered method ``fairness_aware_quantizer`` (``FairnessAwareConfig``).
 
     `quantize` calibrates on a `calibration` (default group-balanced) subset of `calibration_data`
-    (`calibration_size` samples; None: 512, or all of a smaller set) at `bit_width` weights
+    (`calibration_size` samples; None: the largest such set, at most 512) at `bit_width` weights
     (`act_bits` activations) and raises precision until the DP gap on `validation_data` (without it,
     on the calibration data, which `gap_measured_on` records) is at most `max_dp_gap`. After
     `quantize`: `history` (one dict per step: change, dp_gap, accuracy, worst_group_loss, size_mib,
     layer_bits, fp32_layers), `final_dp_gap`, `constraint_met` (False comes with a logged warning; the
     lowest-gap model is then returned), `fp32_metrics` (the FP32 model on the same data) and `model`.
-    Report on test data with `evaluate(test_data)`.
+    Report on test data with `evaluate(test_data)`. Groups: the intersection of
+    `sensitive_attributes` (None: the dataset's own sensitive attributes).
     """
 
     def __init__(self, bit_width: int = 8, max_dp_gap: float = 0.01,
-                 sensitive_attributes: Sequence[str] | None = ("gender", "age"), *, act_bits: int = 8,
+                 sensitive_attributes: Sequence[str] | None = None, *, act_bits: int = 8,
                  calibration_size: int | None = None, calibration: str = "balanced", criterion: str = "dp_gap",
                  observer: str = "histogram", device="auto", seed: int = 0, progress: bool = True):
         self.config = FairnessAwareConfig(
