@@ -477,11 +477,27 @@ def _apply_override(raw: dict, override: str) -> None:
             raise ValueError(f"override {override!r}: {part!r} is a value, not a section")
         node = child
     try:
-        node[leaf] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ValueError(BAD_YAML_OVERRIDE.format(override=override, value=value,
                                                   problem=problem)) from None
+    if isinstance(parsed, (bool, int, float)) and _is_text_key([*parents, leaf]):
+        parsed = value.strip()  # a text key keeps what was typed: data.positive=yes, not True
+    node[leaf] = parsed
+
+
+def _is_text_key(path: list[str]) -> bool:
+    """Whether the config key at ``path`` (e.g. ``["data", "positive"]``) holds text."""
+    kind = ExperimentConfig
+    for part in path:
+        fields = {f.name: f for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else {}
+        if part not in fields:
+            return False
+        kind = typing.get_type_hints(kind)[part]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+    return kind is str
 
 
 def _build(cls, raw: Any, prefix: str):
