@@ -4,7 +4,7 @@
 distinct message (logger, level and the formatted text) passes, later identical ones are counted
 and dropped. ``RepeatFilter.finish()`` (``main`` calls it when the run ends) then says of each
 repeated message how often it occurred, pointing at the one line that stated it, e.g. "the INFO
-message of fairness_metrics first logged at 23:55:00 occurred 44 times in this run; shown
+message of fairness_metrics first logged at 23:55:00 ('...') occurred 44 times in this run; shown
 once". Torch-free.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ import time
 from collections import Counter
 
 logger = logging.getLogger(__name__)
+QUOTED = 60
+"""Characters of a repeated message quoted in its summary line, so two summaries never read alike."""
 
 
 class RepeatFilter(logging.Filter):
@@ -45,10 +47,12 @@ class RepeatFilter(logging.Filter):
     def log_summary(self) -> None:
         """Log each repeated message once with its count (at its own level)."""
         for key, n in self.repeated():
-            name, level, _ = key
+            name, level, message = key
             first = time.strftime("%H:%M:%S", time.localtime(self.first[key]))
+            quoted = message if len(message) <= QUOTED else message[:QUOTED - 1] + "…"
             logger.log(logging.getLevelName(level), "the %s message of %s first logged at %s "
-                       "occurred %d times in this run; shown once", level, name, first, n)
+                       "(%r) occurred %d times in this run; shown once", level, name, first,
+                       quoted, n)
         self.counts.clear()
         self.first.clear()
 
