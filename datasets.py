@@ -673,8 +673,8 @@ def load_dataset(dataset: str, root: str | Path, *, target: str | None = None,
     if dataset == "manifest":
         source = _manifest_source(root, target, sensitive, positive, skip_bad_images)
     else:
-        source = _builtin_source(dataset, Path(root), fractions, synthetic, target, sensitive,
-                                 skip_bad_images)
+        source = _builtin_source(dataset, Path(os.path.abspath(root)), fractions, synthetic,
+                                 target, sensitive, skip_bad_images)
     name = _dataset_name(name, source.default_name)
     metadata, paths, places = source.metadata, source.paths, source.places
     group_names = source.group_names
