@@ -43,6 +43,15 @@ NOT_A_FOLDER = ("results folder {path} is a file, not a folder: point results_di
                 "(--set results_dir=PATH) or move the file away")
 UNWRITABLE = ("cannot write to the run folder {run_dir} ({reason}): point results_dir at a "
               "writable folder (--set results_dir=PATH) or fix the folder's permissions")
+DISK_FULL = ("no space left to write {path} ({reason}): the file was not written (its temporary "
+             "copy is removed, so nothing is half-written) and every configuration committed "
+             "before it is kept. Free some space, or point results_dir at another disk (--set "
+             "results_dir=PATH), then run the same command again: it resumes where it stopped")
+DISK_FULL_ELSEWHERE = ("no space left to write {path} ({reason}); every configuration committed "
+                       "before it is kept. Free some space, or point results_dir at another disk "
+                       "(--set results_dir=PATH), then run the same command again: it resumes "
+                       "where it stopped")
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 RUN_FOLDER_BUSY = ("run folder {run_dir} is in use by process {pid} on {host} (since {since}; lock "
                    "file {path}): wait for that run to finish, or give this one its own folder "
                    "with --set run_name=NEW")
@@ -74,10 +83,17 @@ def atomic_write(path: str | Path, write: Callable[[str], None], *, durable: boo
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
+            raise DiskFull(DISK_FULL.format(path=path, reason=error.strerror or error)) from None
         raise
     return path
+
+
+class DiskFull(ValueError):
+    """A write found its disk full (or over quota): a clear error for the whole run, not a
+    failure of the configuration being written (``DISK_FULL``)."""
 
 
 def _current_umask() -> int:
@@ -454,7 +470,7 @@ def _run_unit(store: ResultStore, unit: WorkUnit, execute: Execute) -> bool:
     start = time.perf_counter()
     try:
         outcome = execute(unit)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, DiskFull):
         raise
     except Exception as error:  # a failing configuration must not stop the sweep
         log.debug("%s", traceback.format_exc())

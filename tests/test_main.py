@@ -251,3 +251,24 @@ def test_an_unbounded_number_is_refused_at_load(tmp_path, capsys):
     assert "analysis.bootstrap_resamples=1000000000000: expected a whole number from 1" in \
         _error(capsys)
     assert not (tmp_path / "results").exists()
+
+
+def test_a_full_disk_during_a_commit_is_one_clear_paragraph_and_the_rerun_completes(
+        tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    import results
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(results.os, "fsync", full)  # the record write, the commit point
+    assert main.main(_args(tmp_path, "--phase", "baseline")) == 2
+    message = _error(capsys)
+    assert message.startswith("error: no space left to write ") and "seed=0.json" in message
+    assert "nothing is half-written" in message and "run the same command again" in message
+    run_dir = tmp_path / "results" / "smoke"
+    assert not list(run_dir.rglob("*.tmp")) and not list((run_dir / "records").rglob("*.json"))
+    monkeypatch.undo()
+    assert main.main(_args(tmp_path, "--phase", "baseline")) == 0
+    assert len(list((run_dir / "records").rglob("*.json"))) == 1
