@@ -410,11 +410,17 @@ def file_problem(resolved: str) -> tuple[str | None, str]:
         return "missing", resolved
     except OSError as error:
         return "missing", f"{resolved}: {error.strerror}"
-    if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                else "a device or socket")
-        return "not a file", kind
-    return None, ""
+    kind = special_kind(mode)
+    return ("not a file", kind) if kind else (None, "")
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is when it is not a regular file (``a folder``,
+    ``a FIFO``, ``a device or socket``), else None: such a file is never opened as an image."""
+    if stat.S_ISREG(mode):
+        return None
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a device or socket")
 
 
 def _check_files(manifest: Manifest, skip: bool) -> None:

@@ -55,6 +55,9 @@ FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 RUN_FOLDER_BUSY = ("run folder {run_dir} is in use by process {pid} on {host} (since {since}; lock "
                    "file {path}): wait for that run to finish, or give this one its own folder "
                    "with --set run_name=NEW")
+LOCK_NOT_A_FILE = ("the run folder's lock {path} is not a file (a folder or other special file "
+                   "stands there); remove it (e.g. rmdir {path}) and run again, or give this run "
+                   "its own folder with --set run_name=NEW")
 STALE_LOCK = "run folder %s: took over the lock left by process %s, which is no longer running"
 CORRUPT_RECORD = ("record file %s is damaged (%s); moved it to %s, and its configuration will be "
                   "run again")
@@ -372,7 +375,13 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         prepare_run_dir(self.run_dir)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        if self.path.is_dir() or (self.path.exists() and not self.path.is_file()):
+            raise ValueError(LOCK_NOT_A_FILE.format(path=self.path, run_dir=self.run_dir))
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o666 & ~_UMASK)
+        except OSError as error:
+            raise ValueError(UNWRITABLE.format(run_dir=self.run_dir,
+                                               reason=f"{self.path}: {error.strerror}")) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:

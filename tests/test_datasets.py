@@ -455,7 +455,8 @@ def test_empty_and_truncated_images_are_all_named_at_load(celeba_root):
     with pytest.raises(ValueError) as err:
         load_dataset("celeba", celeba_root)
     message = str(err.value)
-    assert message.startswith("2 image file(s) of celeba are empty or cannot be decoded")
+    assert message.startswith("2 image file(s) of celeba are empty, not regular files or cannot be "
+                              "decoded")
     assert "000003.jpg (empty file, 0 bytes)" in message and "000004.jpg (" in message
     assert "data.skip_bad_images: true" in message
     assert len(load_dataset("celeba", celeba_root, skip_bad_images=True).train) == 10
@@ -725,3 +726,15 @@ def test_a_relative_root_still_works_after_a_chdir(celeba_root, monkeypatch, tmp
     monkeypatch.chdir(tmp_path / "..")
     assert splits.train[0][0].shape == (3, 32, 32)
     assert Path(splits.train.image_path(0)).is_absolute()
+
+
+def test_a_fifo_image_is_called_what_it_is_and_never_opened(celeba_root, never_opened):
+    import os
+    image = celeba_root / "celeba" / "img_align_celeba" / "000005.jpg"
+    image.unlink()
+    os.mkfifo(image)  # inside the folder: it passes containment, and opening it would block
+    with pytest.raises(ValueError) as err:
+        load_dataset("celeba", celeba_root)
+    assert "000005.jpg (not a regular file but a FIFO)" in str(err.value)
+    assert "empty file" not in str(err.value)
+    assert len(load_dataset("celeba", celeba_root, skip_bad_images=True).train) == 11

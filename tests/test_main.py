@@ -272,3 +272,9 @@ def test_a_full_disk_during_a_commit_is_one_clear_paragraph_and_the_rerun_comple
     monkeypatch.undo()
     assert main.main(_args(tmp_path, "--phase", "baseline")) == 0
     assert len(list((run_dir / "records").rglob("*.json"))) == 1
+
+
+def test_a_lock_that_is_a_folder_exits_2_with_the_way_out(tmp_path, capsys):
+    (tmp_path / "results" / "smoke" / ".lock").mkdir(parents=True)
+    assert main.main(_args(tmp_path, "--phase", "analysis")) == 2
+    assert "is not a file" in _error(capsys)

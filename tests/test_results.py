@@ -229,3 +229,11 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_temporary_file(tmp_path):
                                        r"device\).*--set results_dir=PATH"):
         atomic_write(tmp_path / "table.csv", write)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_that_is_a_folder_is_a_clear_error(tmp_path):
+    from results import RunLock
+
+    (tmp_path / "run" / ".lock").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"the run folder's lock .*\.lock is not a file .* rmdir "):
+        RunLock(tmp_path / "run").acquire()
