@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import types
 import typing
@@ -25,13 +26,23 @@ from typing import Any, Mapping, Optional
 import yaml
 
 from checks import check_choice as _check_choice
-from checks import parse_bits
+from checks import listed, parse_bits, shown
 
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS = ("synthetic", "celeba", "utkface", "fairface", "manifest")
 """Names of datasets.KNOWN_DATASETS (kept equal by a test; config imports no torch)."""
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
 """What a name that becomes a folder may hold (run_name, the dataset's name)."""
+MAX_SEED = 2**32 - 1
+"""The largest seed numpy, torch and the data splits all accept (seeds run from 0)."""
+MAX_COUNT = 10**9
+"""Upper bound of sizes and counts (images, steps, calibration samples): far above any real run,
+low enough that a typo (an extra digit group) is refused at load time, not by an allocation."""
+MAX_RESAMPLES = 1_000_000
+"""analysis.bootstrap_resamples: a million resamples of every comparison is already hours of CPU;
+the default is 2000."""
+MAX_NAME_LENGTH = 100
+"""The longest such name: well under any filesystem's 255-byte limit on one folder name."""
 BACKENDS = ("torch", "onnxruntime", "openvino")  # runtimes.RUNTIMES plus the project's own kernels
 CALIBRATION_KINDS = ("random", "balanced", "balanced_by_label", "minority_enriched")
 """Names of datasets.CALIBRATION_KINDS (kept equal by a test; config imports no torch)."""
@@ -65,8 +76,11 @@ MANIFEST_NEEDS = ("data.dataset=manifest needs data.{key}: {why}, e.g. --set dat
 MANIFEST_UNUSED = ("data.manifest={path!r} is set but data.dataset={dataset!r}: set "
                    "data.dataset=manifest to read it, or drop data.manifest")
 BAD_DATASET_NAME = ("{key}={value!r}: a dataset's name becomes a folder and the first part of every "
-                    "config id, so it may hold letters, digits, '_', '.' or '-'; set data.name, "
-                    "e.g. --set data.name=my_faces")
+                    "config id, so it {rule}; set data.name, e.g. --set data.name=my_faces")
+BAD_RUN_NAME = ("run_name={value!r}: the run's name becomes the folder <results_dir>/<run_name>, so "
+                "it {rule}; e.g. --set run_name=my_run")
+NAME_RULE = ("may hold letters, digits, '_', '.' or '-', is not '.' or '..', and has at most "
+             f"{MAX_NAME_LENGTH} characters")
 WEIGHTS_UNKNOWN_ARCH = ("models.weights names {unknown}, which models.architectures={known} does not "
                         "hold; give weights only for architectures that run (or add them there)")
 EPOCHS_ZERO_NEEDS_WEIGHTS = ("training.epochs=0 evaluates a trained model without training it, but "
@@ -93,9 +107,12 @@ class SyntheticConfig:
     smiling_rate: Optional[dict] = None
     cue_strength: Optional[dict] = None
     exposure: dict = field(default_factory=dict)
+    seed: int = 0
+    """The generator's own seed (docs/synthetic.md): the run's ``seed`` does not redraw the data."""
 
     def __post_init__(self):
-        _check_positive("data.synthetic.n_images", self.n_images)
+        _check_range("data.synthetic.seed", self.seed, 0, MAX_SEED)
+        _check_range("data.synthetic.n_images", self.n_images, 1, MAX_COUNT)
         _check_range("data.synthetic.image_size", self.image_size, 16, 512)
 
 
@@ -132,17 +149,19 @@ class DataConfig:
                     raise ValueError(MANIFEST_NEEDS.format(key=key, why=why, example=example))
         elif self.manifest is not None:
             raise ValueError(MANIFEST_UNUSED.format(path=self.manifest, dataset=self.dataset))
-        if self.name is not None and not NAME.fullmatch(self.name):
-            raise ValueError(BAD_DATASET_NAME.format(key="data.name", value=self.name))
+        if self.name is not None and not is_folder_name(self.name):
+            raise ValueError(BAD_DATASET_NAME.format(key="data.name", value=_shown(self.name),
+                                                     rule=NAME_RULE))
         _check_range("data.image_size", self.image_size, 8, 1024)
-        _check_positive("data.batch_size", self.batch_size)
+        _check_range("data.batch_size", self.batch_size, 1, 65_536)
         _check_range("data.num_workers", self.num_workers, 0, 64)
-        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 \
-                or min(self.split_fractions) <= 0:
-            raise ValueError(f"data.split_fractions={list(self.split_fractions)}: expected three "
-                             "positive fractions (train, val, test) that sum to 1, e.g. [0.7, 0.15, 0.15]")
+        if len(self.split_fractions) != 3 or not all(map(math.isfinite, self.split_fractions)) \
+                or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) <= 0:
+            raise ValueError(f"data.split_fractions={listed(self.split_fractions)}: expected three "
+                             "positive fractions (train, val, test) that sum to 1; fix it in the "
+                             "YAML file or with --set data.split_fractions=[0.7,0.15,0.15]")
         if self.max_per_split is not None:
-            _check_positive("data.max_per_split", self.max_per_split)
+            _check_range("data.max_per_split", self.max_per_split, 1, MAX_COUNT)
 
     @property
     def dataset_name(self) -> str:
@@ -152,9 +171,9 @@ class DataConfig:
             return self.name
         if self.dataset == "manifest":
             folder = Path(self.manifest).resolve().parent.name
-            if not NAME.fullmatch(folder):
+            if not is_folder_name(folder):
                 raise ValueError(BAD_DATASET_NAME.format(key="the manifest's folder name",
-                                                         value=folder))
+                                                         value=_shown(folder), rule=NAME_RULE))
             return folder
         return self.dataset
 
@@ -176,12 +195,12 @@ class ModelsConfig:
                              "e.g. [resnet50]")
         repeated = sorted({arch for arch in self.architectures if self.architectures.count(arch) > 1})
         if repeated:
-            raise ValueError(f"models.architectures names {repeated} more than once; name each "
+            raise ValueError(f"models.architectures names {listed(repeated)} more than once; name each "
                              "architecture once")
         unknown = sorted(set(self.weights) - set(self.architectures))
         if unknown:
-            raise ValueError(WEIGHTS_UNKNOWN_ARCH.format(unknown=unknown,
-                                                         known=list(self.architectures)))
+            raise ValueError(WEIGHTS_UNKNOWN_ARCH.format(unknown=listed(unknown),
+                                                         known=listed(self.architectures)))
         for arch, path in self.weights.items():
             if not isinstance(path, str) or not path:
                 raise _type_error(f"models.weights.{arch}", path, "the path of a state dict")
@@ -200,11 +219,12 @@ class TrainingConfig:
 
     def __post_init__(self):
         _check_range("training.epochs", self.epochs, 0, 10_000)
-        _check_positive("training.lr", self.lr)
+        _check_range("training.lr", self.lr, 0.0, 10.0, above=True)
+        _check_range("training.weight_decay", self.weight_decay, 0.0, 10.0)
         _check_choice("training.optimizer", self.optimizer, ("adamw", "sgd"))
         _check_choice("training.scheduler", self.scheduler, ("cosine", "none"))
         if self.max_steps_per_epoch is not None:
-            _check_positive("training.max_steps_per_epoch", self.max_steps_per_epoch)
+            _check_range("training.max_steps_per_epoch", self.max_steps_per_epoch, 1, MAX_COUNT)
         tunable = {f.name for f in dataclasses.fields(self)} - {"per_arch"}
         for arch, overrides in self.per_arch.items():
             if not isinstance(overrides, Mapping):
@@ -242,11 +262,16 @@ class QuantizationConfig:
             if not getattr(self, key):
                 raise ValueError(EMPTY_LIST.format(key=f"quantization.{key}", example=example))
         for n in self.calibration_sizes:
-            _check_positive("quantization.calibration_sizes", n)
+            _check_range("quantization.calibration_sizes", n, 1, MAX_COUNT)
+        for seed in self.seeds:
+            _check_range("quantization.seeds", seed, 0, MAX_SEED)
         for kind in self.calibration_kinds:
             _check_choice("quantization.calibration_kinds", kind, CALIBRATION_KINDS)
         _check_range("quantization.qat_epochs", self.qat_epochs, 1, 1000)
-        _check_positive("quantization.qat_lr", self.qat_lr)
+        _check_range("quantization.qat_lr", self.qat_lr, 0.0, 10.0, above=True)
+        if self.qat_max_steps_per_epoch is not None:
+            _check_range("quantization.qat_max_steps_per_epoch", self.qat_max_steps_per_epoch,
+                         1, MAX_COUNT)
 
 
 @dataclass(frozen=True)
@@ -269,8 +294,8 @@ class MitigationConfig:
         if not self.methods:
             raise ValueError(NO_METHODS.format(key="mitigation.methods",
                                                example="bias_aware_calibration"))
-        _check_positive("mitigation.calibration_size", self.calibration_size)
-        _check_positive("mitigation.calibration_draws", self.calibration_draws)
+        _check_range("mitigation.calibration_size", self.calibration_size, 1, MAX_COUNT)
+        _check_range("mitigation.calibration_draws", self.calibration_draws, 1, 1000)
         _check_range("mitigation.max_dp_gap", self.max_dp_gap, 0.0, 1.0)
 
 
@@ -298,10 +323,10 @@ class AnalysisConfig:
     size_budgets_mib: Optional[tuple[float, ...]] = None
 
     def __post_init__(self):
-        _check_positive("analysis.bootstrap_resamples", self.bootstrap_resamples)
+        _check_range("analysis.bootstrap_resamples", self.bootstrap_resamples, 1, MAX_RESAMPLES)
         _check_range("analysis.ci", self.ci, 0.5, 0.999)
         _check_range("analysis.alpha", self.alpha, 1e-6, 0.5)
-        _check_range("analysis.min_group_size", self.min_group_size, 0, 10**9)
+        _check_range("analysis.min_group_size", self.min_group_size, 0, MAX_COUNT)
         _check_range("analysis.min_balanced_accuracy", self.min_balanced_accuracy, 0.0, 1.0)
         for key, value in self.margins.items():
             _check_choice("analysis.margins", key, MARGIN_KEYS)
@@ -312,6 +337,8 @@ class AnalysisConfig:
         object.__setattr__(self, "margins", {**DEFAULT_MARGINS, **self.margins})
         if self.fairness_tolerance is not None:
             _check_range("analysis.fairness_tolerance", self.fairness_tolerance, 0.0, 1.0)
+        for budget in self.size_budgets_mib or ():
+            _check_range("analysis.size_budgets_mib", budget, 0.0, 1e7, above=True)
 
 
 @dataclass(frozen=True)
@@ -340,14 +367,14 @@ class RuntimeConfig:
         for backend in self.backends:
             _check_choice("runtime.backends", backend, BACKENDS)
         if "torch" not in self.backends:
-            raise ValueError(f"runtime.backends={list(self.backends)} leaves out 'torch', whose "
+            raise ValueError(f"runtime.backends={listed(self.backends)} leaves out 'torch', whose "
                              "models every other backend is compared with; use e.g. "
                              "[torch, onnxruntime, openvino]")
         _check_range("runtime.threads", self.threads, 1, 256)
         for b in self.latency_batch_sizes:
-            _check_positive("runtime.latency_batch_sizes", b)
-        _check_positive("runtime.latency_repeats", self.latency_repeats)
-        _check_range("runtime.latency_warmup", self.latency_warmup, 0, 10**6)
+            _check_range("runtime.latency_batch_sizes", b, 1, 65_536)
+        _check_range("runtime.latency_repeats", self.latency_repeats, 1, 100_000)
+        _check_range("runtime.latency_warmup", self.latency_warmup, 0, 100_000)
 
 
 def _ray_resources(given: Mapping) -> dict:
@@ -388,27 +415,45 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self):
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_name):
-            raise ValueError(f"run_name={self.run_name!r}: expected letters, digits, '_', '.' or "
-                             "'-' (it names the folder results/<run_name>)")
+        if not is_folder_name(self.run_name):
+            raise ValueError(BAD_RUN_NAME.format(value=_shown(self.run_name), rule=NAME_RULE))
+        _check_range("seed", self.seed, 0, MAX_SEED)
         self._check_across_sections()
 
     def _check_across_sections(self):
         """Settings that are only wrong together (each section checks its own values)."""
         for arch in self.models.architectures:
-            if self.training.for_arch(arch).epochs == 0 and arch not in self.models.weights:
+            try:
+                training = self.training.for_arch(arch)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"training.per_arch.{arch}: " + str(error).replace(
+                    "--set training.", f"--set training.per_arch.{arch}.")) from None
+            if training.epochs == 0 and arch not in self.models.weights:
                 raise ValueError(EPOCHS_ZERO_NEEDS_WEIGHTS.format(arch=arch))
         self.data.dataset_name  # a manifest folder whose name cannot be a folder name fails here
         chosen, known = self.mitigation.architectures, self.models.architectures
         if chosen is not None:
             unknown = [arch for arch in chosen if arch not in known]
             if unknown:
-                raise ValueError(MITIGATE_UNKNOWN_ARCH.format(given=list(chosen), unknown=unknown,
-                                                              known=list(known)))
+                raise ValueError(MITIGATE_UNKNOWN_ARCH.format(given=listed(chosen),
+                                                              unknown=listed(unknown),
+                                                              known=listed(known)))
 
     @property
     def run_dir(self) -> Path:
         return Path(self.results_dir) / self.run_name
+
+
+def is_folder_name(name: str) -> bool:
+    """True for a name that may become one folder: ``NAME``'s characters, not ``.`` or ``..``
+    (which would write beside or into the parent), at most ``MAX_NAME_LENGTH`` characters."""
+    return (bool(NAME.fullmatch(name)) and name not in (".", "..")
+            and len(name) <= MAX_NAME_LENGTH)
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text``, cut to ``limit`` characters with its full length said, for a message."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 # ----------------------------------------------------------------------------- loading
@@ -489,10 +534,10 @@ def _build(cls, raw: Any, prefix: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ValueError(f"{prefix or 'config'}={raw!r}: expected a mapping with keys "
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}={shown(raw)}: expected a mapping with keys "
                          f"{sorted(f.name for f in dataclasses.fields(cls))}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    _check_known_keys(prefix or "config", raw, fields)
+    _check_known_keys(prefix.rstrip(".") or "config", raw, fields)
     hints = typing.get_type_hints(cls)
     values = {name: _coerce(f"{prefix}{name}", hints[name], value) for name, value in raw.items()}
     return cls(**values)
@@ -523,8 +568,13 @@ def _plain_values(value):
 def _coerce(key: str, kind, value):
     """Check ``value`` against the annotated type ``kind`` (lists become tuples)."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    typed = None
     if isinstance(value, Typed):
         takes_text = kind is str or (origin in (typing.Union, types.UnionType) and str in args)
+        typed = value.text
+        if not takes_text and ":" in typed and isinstance(value.parsed, (int, float)):
+            raise ValueError(f"{key}: {typed!r} reads as {value.parsed!r} (YAML counts a:b in base "
+                             f"60); give a plain number, e.g. --set {key}=3")
         value = value.text if takes_text and value.text.lower() not in ("null", "~", "") \
             else value.parsed
     if dataclasses.is_dataclass(kind):
@@ -536,29 +586,49 @@ def _coerce(key: str, kind, value):
         return _coerce(key, inner[0], value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise _type_error(key, value, "a list")
+            raise _type_error(key, value, "a list", typed)
+        if args[0] is str:
+            for item in value:
+                if not isinstance(item, str):
+                    raise _type_error(key, item, "a list of text")
         return tuple(_coerce(key, args[0], v) for v in value)
     if kind is dict or origin is dict:
         if not isinstance(value, Mapping):
-            raise _type_error(key, value, "a mapping")
+            raise _type_error(key, value, "a mapping", typed)
         return _plain_values(dict(value))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (int, float, str, bool) and not (isinstance(value, kind) and
                                                  not (kind is int and isinstance(value, bool))):
-        raise _type_error(key, value, f"a {kind.__name__}")
+        raise _type_error(key, value, EXPECTED[kind], typed)
     return value
 
 
-def _type_error(key, value, expected) -> ValueError:
-    return ValueError(f"{key}={value!r} ({type(value).__name__}): expected {expected}; "
-                      f"fix it in the YAML file or with --set {key}=...")
+EXPECTED = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+YAML_READINGS = ("YAML reads on/off/yes/no/true/false as true or false, null or ~ as nothing, 007 "
+                 "as 7 and 12:30 as 750")
+
+
+def _type_error(key, value, expected, typed: str | None = None) -> ValueError:
+    """The value, what was typed when YAML read it as something else, what was expected and how
+    to give it (quoted, for text)."""
+    reading = f"{type(value).__name__}" if typed is None or typed == str(value) \
+        else f"{type(value).__name__}, read from {typed!r}"
+    if expected in ("text", "a list of text"):
+        fix = (f"{YAML_READINGS}; quote text to keep it as typed, e.g. --set "
+               f"'{key}=\"{typed or 'name'}\"'" if expected == "text" else
+               f"{YAML_READINGS}; quote each name to keep it as typed, e.g. --set "
+               f"'{key}=[\"on\", \"007\"]'")
+    else:
+        fix = f"fix it in the YAML file or with --set {key}=..."
+    return ValueError(f"{key}={shown(value)} ({reading}): expected {expected}; {fix}")
 
 
 def _check_known_keys(section: str, raw: Mapping, known) -> None:
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys: {sorted(known)}")
+        raise ValueError(f"unknown key(s) {listed(unknown)} in {section}; valid keys: "
+                         f"{listed(sorted(known), limit=40)}")
 
 
 def _check_method_specs(section: str, specs) -> None:
@@ -571,14 +641,18 @@ def _check_method_specs(section: str, specs) -> None:
             parse_bits(b)
 
 
-def _check_positive(key, value) -> None:
-    if not value > 0:
-        raise ValueError(f"{key}={value!r}: expected a positive number")
-
-
-def _check_range(key, value, low, high) -> None:
-    if not low <= value <= high:
-        raise ValueError(f"{key}={value!r}: expected a value between {low} and {high}")
+def _check_range(key, value, low, high, *, above: bool = False) -> None:
+    """``value`` is a number (not a bool) with ``low <= value <= high`` (``low < value`` with
+    ``above``); NaN and infinities are outside every range. Else a ValueError naming the key,
+    the value, the range and how to set it."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and (low < value if above else low <= value) and value <= high:
+        return
+    kind = "whole number" if isinstance(high, int) else "number"
+    bounds = f"greater than {low} and at most {high}" if above else f"from {low} to {high}"
+    shown = _shown(repr(value)) if isinstance(value, str) else repr(value)
+    raise ValueError(f"{key}={shown}: expected a {kind} {bounds}; fix it in the YAML file or "
+                     f"with --set {key}=...")
 
 
 def _plain(obj):

@@ -77,7 +77,7 @@ from face_files import (AGE_GROUPS, FAIRFACE_RACES, SPLITS, UTK_RACES,  # noqa: 
                         _derive_columns, _read_celeba, _read_fairface, _read_utkface,
                         parse_utkface_name, read_celeba_attributes, read_celeba_partition)
 from manifest import (Manifest, bad_image_rows, check_groups_in_splits, group_labels,
-                      read_manifest, warn_small_groups)
+                      read_manifest, special_kind, warn_small_groups)
 from synthetic import (CELEBA_ATTRIBUTES, SYNTHETIC_DEFAULTS, SYNTHETIC_GROUPS,  # noqa: F401
                        SYNTHETIC_OPTIONS, SYNTHETIC_PARAMS_FILE, check_fractions,
                        ensure_synthetic_celeba, generate_synthetic_celeba, largest_remainder,
@@ -101,7 +101,8 @@ BAD_DATASET_NAME = ("dataset name {name!r} cannot name a dataset: expected a non
                     "'my_faces' (config: data.name)")
 BAD_MIN_GROUP_SIZE = ("min_group_size must be an integer >= 0 or None, got {value!r}; e.g. 30 "
                       "(config: analysis.min_group_size)")
-BAD_IMAGES = ("{count} image file(s) of {dataset} are empty or cannot be decoded: {examples}. "
+BAD_IMAGES = ("{count} image file(s) of {dataset} are empty, not regular files or cannot be "
+              "decoded: {examples}. "
               "Replace them (re-download the dataset) or skip them with skip_bad_images=True "
               "(config: data.skip_bad_images: true), which drops and counts them")
 
@@ -673,8 +674,8 @@ def load_dataset(dataset: str, root: str | Path, *, target: str | None = None,
     if dataset == "manifest":
         source = _manifest_source(root, target, sensitive, positive, skip_bad_images)
     else:
-        source = _builtin_source(dataset, Path(root), fractions, synthetic, target, sensitive,
-                                 skip_bad_images)
+        source = _builtin_source(dataset, Path(os.path.abspath(root)), fractions, synthetic,
+                                 target, sensitive, skip_bad_images)
     name = _dataset_name(name, source.default_name)
     metadata, paths, places = source.metadata, source.paths, source.places
     group_names = source.group_names
@@ -864,6 +865,11 @@ def check_images(paths, folder: Path | None, workers: int | None = None) -> dict
         except OSError as exc:
             stats[i] = None
             todo.append((i, exc.strerror))
+            continue
+        kind = special_kind(stat.st_mode)
+        if kind is not None:  # a FIFO, a device: never opened (it could block or never end)
+            stats[i] = None
+            todo.append((i, f"not a regular file but {kind}"))
             continue
         stats[i] = [stat.st_size, stat.st_mtime_ns]
         if checked.get(str(path)) != stats[i]:

@@ -96,6 +96,7 @@ class Context:
                                         "`python main.py --phase baseline` with the same config first")
         if not zipfile.is_zipfile(self.checkpoint_path(arch)):  # torch.save writes a zip archive
             raise ValueError(DAMAGED_CHECKPOINT.format(path=self.checkpoint_path(arch)))
+        self._load_fp32(arch)  # read once, up front: a checkpoint no unit can use stops the phase
 
     def baseline_needs(self, arch: str) -> tuple[str, str]:
         """The files (relative to the run folder) a unit quantizing ``arch`` needs."""
@@ -106,11 +107,22 @@ class Context:
         """A fresh copy of the FP32 model of ``arch``, read from its checkpoint once per process
         (again when the checkpoint changes)."""
         self.require_baseline(arch)
-        stamp = self.checkpoint_path(arch).stat().st_mtime_ns
-        if self._fp32_models.get(arch, (None,))[0] != stamp:
-            model, _ = load_model_from_checkpoint(self.checkpoint_path(arch))
-            self._fp32_models[arch] = (stamp, model.eval())
         return copy.deepcopy(self._fp32_models[arch][1])
+
+    def _load_fp32(self, arch: str) -> None:
+        """Read the FP32 checkpoint of ``arch`` into the cache (again when it changed); one that
+        cannot be read (a non-tensor object, a model it does not fit) is a ValueError with the
+        documented fix, never torch's advice to unpickle it."""
+        path = self.checkpoint_path(arch)
+        stamp = path.stat().st_mtime_ns
+        if self._fp32_models.get(arch, (None,))[0] == stamp:
+            return
+        try:
+            model, _ = load_model_from_checkpoint(path)
+        except (ValueError, RuntimeError, KeyError, TypeError) as error:
+            raise ValueError(UNUSABLE_CHECKPOINT.format(
+                path=path, reason=_reason(error).replace(f"{path} ", "it "))) from None
+        self._fp32_models[arch] = (stamp, model.eval())
 
     def twin_labels(self, arch: str, model, method: str, options: dict, calibration, seed: int):
         """Test-set labels of the simulated twin of ``method`` (fake quantization of the same
@@ -189,6 +201,17 @@ class Context:
         return WorkUnit(config_id, fields, runner, args, str(self.run_dir), phase, needs)
 
 
+def _reason(error: Exception) -> str:
+    """The first line of ``error``, short, without torch's advice to load with
+    ``weights_only=False`` (which would run the file's code)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = text.split(" Save only the tensors")[0].split("; save weights with")[0]
+    if "weights_only" in text:
+        text = "it holds objects other than tensors"
+    text = text.rstrip(". ")
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
 def _key(run_dir) -> str:
     return str(Path(run_dir).resolve())
 
@@ -204,6 +227,11 @@ NO_RUN_CONFIG = ("{path} is missing: a work unit rebuilds its run from the run f
                  "sees the run folder (shared storage) at the same path")
 DAMAGED_CHECKPOINT = ("checkpoint {path} is damaged (not a complete torch archive): train it again "
                       "with `python main.py --phase baseline --force`")
+UNUSABLE_CHECKPOINT = ("checkpoint {path} cannot be used ({reason}): train it again with "
+                       "`python main.py --phase baseline --force`")
+NO_CUDA = ("runtime.device={device!r}, but this machine has no CUDA GPU (torch.cuda.is_available() "
+           "is False): use --set runtime.device=auto (a GPU when there is one, else the CPU) or "
+           "--set runtime.device=cpu")
 CALIBRATION_TOO_LARGE = ("{key}={size} is larger than the {n_train} training images of {dataset}: "
                          "calibration draws from the training split, so ask for at most "
                          "{n_train} (--set {key}=...) or use more data")
@@ -224,6 +252,12 @@ def check_config(cfg: ExperimentConfig) -> None:
             check_model_name(arch)
         except ValueError as error:
             raise ValueError(f"models.architectures: {error}") from None
+    if cfg.runtime.device == "cuda" and not (cfg.runtime.executor == "ray"
+                                             and cfg.runtime.ray_address is not None):
+        try:  # a Ray cluster's GPUs are on its workers: only a local run is checked here
+            resolve_device("cuda")
+        except ValueError:
+            raise ValueError(NO_CUDA.format(device=cfg.runtime.device)) from None
     for backend in cfg.runtime.backends:
         if backend != "torch":
             get_runtime(backend).check_installed()

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from manifest import outside_reason
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,14 @@ DATASET_SOURCES = {
 NOT_UTF8 = ("{path}, line {line}: byte {byte} is not UTF-8 text, so the file is damaged or was "
             "saved in another encoding. Re-download it from {source}, or convert it to UTF-8 "
             "(e.g. iconv -f latin1 -t utf-8 FILE)")
+OUTSIDE_DATASET = ("{path}, line {line}: image {name!r} {how}; a listed image must lie inside the "
+                   "dataset's image folder {folder} (the file was not opened). Fix that line or "
+                   "re-download the file from {source}; to keep a dataset on another disk, link "
+                   "or point data.root at the whole folder, not image by image (docs/reliability.md)")
+OUTSIDE_DATASET_FILE = ("image {name!r} under {folder} {how}; an image of the dataset must lie inside "
+                        "its folder (the file was not opened). Remove the link, or put the real "
+                        "file there; to keep a dataset on another disk, link or point data.root at "
+                        "the whole folder (docs/reliability.md)")
 DUPLICATE_ROW = ("{path}, line {line}: {name!r} is already listed on line {first}; each image "
                  "must appear once. Remove the repeated line or re-download the file from "
                  "{source}")
@@ -52,11 +63,13 @@ def _require(name: str, folder: Path, expected) -> None:
         raise _missing_dataset_error(name, folder, expected)
 
 
-def read_celeba_attributes(path: str | Path) -> pd.DataFrame:
+def read_celeba_attributes(path: str | Path, images: str | None = None) -> pd.DataFrame:
     """Parse ``list_attr_celeba.txt`` -> DataFrame (index: file name, columns: 0/1 ints).
 
-    Raises ValueError with the file and line number on a malformed line.
+    Raises ValueError with the file and line number on a malformed line, and (``images``: the
+    resolved image folder) on a file name that leads out of it (``OUTSIDE_DATASET``).
     """
+    inside = _Inside(Path(path), images, DATASET_SOURCES["celeba"])
     path = Path(path)
     lines = _read_text(path, DATASET_SOURCES["celeba"]).splitlines()
 
@@ -78,6 +91,7 @@ def read_celeba_attributes(path: str | Path) -> pd.DataFrame:
             raise fail(lineno, f"expected a file name and {len(names)} values of -1 or 1, "
                                f"found {line.strip()[:80]!r}")
         _check_unique(first_line, fields[0], path, lineno, DATASET_SOURCES["celeba"])
+        inside.check(fields[0], lineno)
         files.append(fields[0])
         values.append(bytes(v == "1" for v in fields[1:]))  # compact: 1 byte per value
     if len(files) != int(lines[0]):
@@ -86,9 +100,11 @@ def read_celeba_attributes(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(table, index=pd.Index(files, name="file"), columns=names)
 
 
-def read_celeba_partition(path: str | Path) -> pd.Series:
-    """Parse ``list_eval_partition.txt`` -> Series file name -> split name."""
+def read_celeba_partition(path: str | Path, images: str | None = None) -> pd.Series:
+    """Parse ``list_eval_partition.txt`` -> Series file name -> split name (``images``: as for
+    ``read_celeba_attributes``)."""
     path = Path(path)
+    inside = _Inside(path, images, DATASET_SOURCES["celeba"])
     files, splits, first_line = [], [], {}
     for lineno, line in enumerate(_read_text(path, DATASET_SOURCES["celeba"]).splitlines(), start=1):
         fields = line.split()
@@ -100,6 +116,7 @@ def read_celeba_partition(path: str | Path) -> pd.Series:
                 f"'<file> 0|1|2', found {line.strip()[:80]!r}. Re-download "
                 f"list_eval_partition.txt from {DATASET_SOURCES['celeba']}.")
         _check_unique(first_line, fields[0], path, lineno, DATASET_SOURCES["celeba"])
+        inside.check(fields[0], lineno)
         files.append(fields[0])
         splits.append(SPLITS[int(fields[1])])
     return pd.Series(splits, index=pd.Index(files, name="file"), name="split")
@@ -115,6 +132,33 @@ def _read_text(path: Path, source: str) -> str:
                                          byte=hex(data[error.start]), source=source)) from None
 
 
+class _Inside:
+    """Checks that each file name listed in ``path`` stays inside the resolved folder ``images``
+    (``manifest.outside_reason``: as written, then with symlinks resolved; nothing is opened)
+    and remembers the resolved file. ``images=None``: no check (a listing read on its own)."""
+
+    def __init__(self, path: Path, images: str | None, source: str):
+        self.path, self.images, self.source = path, images, source
+        self.parents: dict = {}
+        self.resolved: dict[str, str] = {}
+
+    def check(self, name: str, line: int) -> None:
+        if self.images is None:
+            return
+        how, resolved = outside_reason(self.images, name, self.parents)
+        if how is not None:
+            raise ValueError(OUTSIDE_DATASET.format(path=self.path, line=line, name=name, how=how,
+                                                    folder=self.images, source=self.source))
+        self.resolved[name] = resolved
+
+
+def image_folder(folder: Path) -> str:
+    """``folder`` as an absolute path with every symlink resolved: the containment folder of the
+    images a dataset lists. The folder itself may be a link (a dataset on another disk); links
+    below it may not lead out (docs/reliability.md)."""
+    return os.path.realpath(folder)
+
+
 def _check_unique(first_line: dict, name: str, path: Path, lineno: int, source: str) -> None:
     """Remember where ``name`` was first listed; a second listing is a ValueError."""
     if name in first_line:
@@ -125,8 +169,9 @@ def _check_unique(first_line: dict, name: str, path: Path, lineno: int, source: 
 
 def _read_celeba(folder: Path, name: str = "celeba") -> tuple[pd.DataFrame, "_Schema"]:
     _require(name, folder, CELEBA_FILES)
-    attributes = read_celeba_attributes(folder / "list_attr_celeba.txt")
-    partition = read_celeba_partition(folder / "list_eval_partition.txt")
+    images = image_folder(folder / "img_align_celeba")
+    attributes = read_celeba_attributes(folder / "list_attr_celeba.txt", images)
+    partition = read_celeba_partition(folder / "list_eval_partition.txt", images)
     unassigned = attributes.index.difference(partition.index)
     if len(unassigned):
         raise ValueError(
@@ -135,7 +180,7 @@ def _read_celeba(folder: Path, name: str = "celeba") -> tuple[pd.DataFrame, "_Sc
             f"files together.")
     frame = attributes.reset_index().rename(columns={"file": "sample_id"})
     frame["split"] = partition.reindex(attributes.index).to_numpy()
-    frame["path"] = [str(folder / "img_align_celeba" / f) for f in frame["sample_id"]]
+    frame["path"] = [os.path.join(images, f) for f in frame["sample_id"]]
     return frame, _celeba_schema(list(attributes.columns))
 
 
@@ -256,13 +301,17 @@ def _read_utkface(folder: Path) -> tuple[pd.DataFrame, _Schema]:
         raise _missing_dataset_error("utkface", folder, ["[age]_[gender]_[race]_[datetime].jpg"
                                                          " image files"])
     records, broken = [], []
+    images, parents = image_folder(folder), {}
     for path in files:
+        name = path.relative_to(folder).as_posix()
+        how, _ = outside_reason(images, name, parents)
+        if how is not None:
+            raise ValueError(OUTSIDE_DATASET_FILE.format(name=name, folder=images, how=how))
         fields = parse_utkface_name(path.name)
         if fields is None:
             broken.append(path.name)
         else:
-            records.append({"sample_id": path.relative_to(folder).as_posix(),
-                            "path": str(path), **fields})
+            records.append({"sample_id": name, "path": os.path.join(images, name), **fields})
     if broken:
         logger.warning("Skipped %d UTKFace file(s) with missing or broken name fields, e.g. %s",
                        len(broken), broken[:3])
@@ -300,11 +349,14 @@ def _read_fairface_labels(folder: Path, file_name: str, split: str) -> pd.DataFr
                              f"{labels[column].iloc[row]!r}; expected one of {list(values or [])}"
                              f"{' (a non-empty relative image path)' if values is None else ''}.")
     first_line = {}
+    images = image_folder(folder)
+    inside = _Inside(path, images, DATASET_SOURCES["fairface"])
     for row, name in enumerate(labels["file"]):
         _check_unique(first_line, name, path, row + 2, DATASET_SOURCES["fairface"])
+        inside.check(name, row + 2)
     age_group = labels["age"].map(FAIRFACE_AGE_GROUPS)
     return pd.DataFrame({
-        "sample_id": labels["file"], "path": [str(folder / f) for f in labels["file"]],
+        "sample_id": labels["file"], "path": [os.path.join(images, f) for f in labels["file"]],
         "split": split, "gender": labels["gender"], "race": labels["race"],
         "age_group": age_group, "age_ge_40": age_group.isin(["40-59", "60+"]).astype(np.int64),
     })

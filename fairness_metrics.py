@@ -574,7 +574,10 @@ BAD_IMAGE_SHAPE = ("the loader yields images of shape {shape}, but the model's f
                    "model built for them")
 
 
-def _check_model(model):
+def check_model(model):
+    """TypeError for a model that is not an ``nn.Module``, ValueError (``META_DEVICE``) for one
+    with parameters or buffers on the meta device. Shared with ``quantization.apply_quantization``
+    (torch is imported here, when called)."""
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -590,12 +593,14 @@ def _check_loader(loader):
         raise TypeError(NOT_A_LOADER.format(kind=type(loader).__name__))
 
 
-def _check_images(model, loader):
-    """The loader's first image has the channel count the model's first layer takes."""
+def check_images(model, loader):
+    """The loader's first image has the channel count the model's first layer takes
+    (``BAD_IMAGE_SHAPE``); items may be contract tuples (image first) or bare image tensors."""
     first = next((m for m in model.modules() if isinstance(getattr(m, "in_channels", None), int)),
                  None)
     try:
-        image = loader.dataset[0][0]
+        item = loader.dataset[0]
+        image = item[0] if isinstance(item, (tuple, list)) else item
     except Exception:  # an iterable-style or unusual dataset: leave the check to the model
         return
     shape = tuple(getattr(image, "shape", ()))
@@ -674,8 +679,8 @@ def compute_fairness_metrics(model, loader, sensitive_attr="gender", device=None
 
     _check_loader(loader)
     attributes = _sensitive_frame(loader, sensitive_attr)
-    _check_model(model)
-    _check_images(model, loader)
+    check_model(model)
+    check_images(model, loader)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     modes = {module: module.training for module in model.modules()}
     home = next((t.device for t in [*model.parameters(), *model.buffers()]), None)

@@ -21,7 +21,8 @@ import config as config_module
 import experiment
 import profiling
 import quiet_logs
-from results import ResultStore, RunFolderBusy, RunLock, refresh_tables, run_sweep
+from results import (DISK_FULL_ELSEWHERE, FULL_ERRNOS, ResultStore, RunFolderBusy, RunLock, refresh_tables,
+                     run_sweep)
 
 PHASES = ("baseline", "quantization", "mitigation", "analysis")
 log = logging.getLogger("main")
@@ -145,6 +146,13 @@ def main(argv=None) -> int:
         return 3
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk met outside the atomic writes (e.g. a figure)
+        if error.errno not in FULL_ERRNOS:
+            raise
+        where = error.filename or "a file of the run folder"
+        print(f"error: {DISK_FULL_ELSEWHERE.format(path=where, reason=error.strerror)}",
+              file=sys.stderr)
         return 2
     finally:
         repeats.finish()

@@ -346,16 +346,22 @@ def _sensitive_values(path: Path, values: np.ndarray, places, column: str) -> np
 
 # --------------------------------------------------------------------------- paths and files
 
-def outside_reason(folder: str, file_name: str) -> tuple[str | None, str]:
+def outside_reason(folder: str, file_name: str,
+                   parents: dict | None = None) -> tuple[str | None, str]:
     """(why ``file_name`` leaves ``folder`` or None, its resolved path) — no file is opened or
     stat-ed: an absolute or ``..``-escaping name is refused as written, anything else is
-    resolved with ``os.path.realpath`` (symlinks followed) and must stay under ``folder``."""
+    resolved with ``os.path.realpath`` (symlinks followed) and must stay under ``folder``
+    (itself resolved). The one containment check of every listed file (manifest.py and the
+    built-in datasets' label files in face_files.py). ``parents``: a cache of resolved parent
+    folders, so a long listing costs one ``lstat`` per file (same result as without it)."""
+    if not isinstance(file_name, str) or not file_name:
+        return "is not a file name", str(file_name)
     if os.path.isabs(file_name):
         return "is an absolute path", file_name
     if os.path.normpath(file_name).split(os.sep)[0] == os.pardir:
         return "leads out of the folder through '..'", file_name
     try:
-        resolved = os.path.realpath(os.path.join(folder, file_name))
+        resolved = _resolve(os.path.join(folder, file_name), parents)
     except (ValueError, OSError) as error:  # e.g. an embedded NUL byte
         return f"is not a usable path ({error})", file_name
     if os.path.commonpath([resolved, folder]) != folder:
@@ -363,10 +369,23 @@ def outside_reason(folder: str, file_name: str) -> tuple[str | None, str]:
     return None, resolved
 
 
+def _resolve(joined: str, parents: dict | None) -> str:
+    """``os.path.realpath(joined)``, its parent folder looked up in ``parents`` when given."""
+    head, tail = os.path.split(joined)
+    if parents is None or tail in ("", os.curdir, os.pardir):
+        return os.path.realpath(joined)
+    parent = parents.get(head)
+    if parent is None:
+        parent = parents[head] = os.path.realpath(head)
+    candidate = os.path.join(parent, tail)
+    return os.path.realpath(candidate) if os.path.islink(candidate) else candidate
+
+
 def resolve_inside(path: Path, folder: str, table: pd.DataFrame) -> np.ndarray:
     """The resolved file of every row; a row leaving ``folder`` or naming the same file as an
     earlier row is a ValueError naming both."""
-    reasons, resolved = zip(*(outside_reason(folder, name) for name in table["sample_id"]))
+    parents: dict = {}
+    reasons, resolved = zip(*(outside_reason(folder, name, parents) for name in table["sample_id"]))
     places = table["where"].to_numpy()
     _raise_at(OUTSIDE_FOLDER, np.array([r is not None for r in reasons]), places, path=path,
               value=table["sample_id"].to_numpy(), how=np.array(reasons, dtype=object),
@@ -391,11 +410,17 @@ def file_problem(resolved: str) -> tuple[str | None, str]:
         return "missing", resolved
     except OSError as error:
         return "missing", f"{resolved}: {error.strerror}"
-    if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                else "a device or socket")
-        return "not a file", kind
-    return None, ""
+    kind = special_kind(mode)
+    return ("not a file", kind) if kind else (None, "")
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is when it is not a regular file (``a folder``,
+    ``a FIFO``, ``a device or socket``), else None: such a file is never opened as an image."""
+    if stat.S_ISREG(mode):
+        return None
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a device or socket")
 
 
 def _check_files(manifest: Manifest, skip: bool) -> None:

@@ -470,6 +470,10 @@ def apply_quantization(model: nn.Module, method: str | QuantConfig = "ptq_static
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    from fairness_metrics import check_images, check_model  # torch-free at import; no cycle
+    check_model(model)  # a meta-device model, named here, not deep in torch
+    if calibration_data is not None:
+        check_images(model, calibration_data)  # e.g. a 1-channel batch for a 3-channel model
     if isinstance(method, QuantConfig):
         method, options = config_name(method), {**method.to_dict(), **options}
     name, options = resolve_method(method, options)

@@ -43,9 +43,21 @@ NOT_A_FOLDER = ("results folder {path} is a file, not a folder: point results_di
                 "(--set results_dir=PATH) or move the file away")
 UNWRITABLE = ("cannot write to the run folder {run_dir} ({reason}): point results_dir at a "
               "writable folder (--set results_dir=PATH) or fix the folder's permissions")
+DISK_FULL = ("no space left to write {path} ({reason}): the file was not written (its temporary "
+             "copy is removed, so nothing is half-written) and every configuration committed "
+             "before it is kept. Free some space, or point results_dir at another disk (--set "
+             "results_dir=PATH), then run the same command again: it resumes where it stopped")
+DISK_FULL_ELSEWHERE = ("no space left to write {path} ({reason}); every configuration committed "
+                       "before it is kept. Free some space, or point results_dir at another disk "
+                       "(--set results_dir=PATH), then run the same command again: it resumes "
+                       "where it stopped")
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 RUN_FOLDER_BUSY = ("run folder {run_dir} is in use by process {pid} on {host} (since {since}; lock "
                    "file {path}): wait for that run to finish, or give this one its own folder "
                    "with --set run_name=NEW")
+LOCK_NOT_A_FILE = ("the run folder's lock {path} is not a file (a folder or other special file "
+                   "stands there); remove it (e.g. rmdir {path}) and run again, or give this run "
+                   "its own folder with --set run_name=NEW")
 STALE_LOCK = "run folder %s: took over the lock left by process %s, which is no longer running"
 CORRUPT_RECORD = ("record file %s is damaged (%s); moved it to %s, and its configuration will be "
                   "run again")
@@ -74,10 +86,17 @@ def atomic_write(path: str | Path, write: Callable[[str], None], *, durable: boo
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
+            raise DiskFull(DISK_FULL.format(path=path, reason=error.strerror or error)) from None
         raise
     return path
+
+
+class DiskFull(ValueError):
+    """A write found its disk full (or over quota): a clear error for the whole run, not a
+    failure of the configuration being written (``DISK_FULL``)."""
 
 
 def _current_umask() -> int:
@@ -356,7 +375,13 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         prepare_run_dir(self.run_dir)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        if self.path.is_dir() or (self.path.exists() and not self.path.is_file()):
+            raise ValueError(LOCK_NOT_A_FILE.format(path=self.path, run_dir=self.run_dir))
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o666 & ~_UMASK)
+        except OSError as error:
+            raise ValueError(UNWRITABLE.format(run_dir=self.run_dir,
+                                               reason=f"{self.path}: {error.strerror}")) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -454,7 +479,7 @@ def _run_unit(store: ResultStore, unit: WorkUnit, execute: Execute) -> bool:
     start = time.perf_counter()
     try:
         outcome = execute(unit)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, DiskFull):
         raise
     except Exception as error:  # a failing configuration must not stop the sweep
         log.debug("%s", traceback.format_exc())

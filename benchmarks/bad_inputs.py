@@ -1,6 +1,6 @@
-"""Re-try the bad inputs and faults of issue 11 as a new user would, and count the outcomes.
+"""Re-try the bad inputs and faults of issues 11 and 25 as a new user would, and count the outcomes.
 
-    python benchmarks/bad_inputs.py            # 2-4 minutes on 2 cores; one line per case
+    python benchmarks/bad_inputs.py            # 3-5 minutes on 2 cores; one line per case
 
 CLI cases run ``main.py`` as its own process on the smoke config in a temporary folder; notebook
 cases call the API in this process. Outcomes: ``clear`` (refused with a ValueError/TypeError/
@@ -118,6 +118,118 @@ def cli_cases(tmp: Path) -> dict[str, str]:
     return out
 
 
+def _wrote_outside(tmp: Path) -> bool:
+    """True when a run put its files beside results/ (run_name=..) or into results/ itself."""
+    return any((folder / name).exists() for folder in (tmp, tmp / "results")
+               for name in ("config.yaml", "records", "checkpoints"))
+
+
+def _relisted(tmp: Path, name: str, file_name: str, listed: str) -> Path:
+    """A CelebA-format copy whose ``file_name`` lists ``listed`` on its first image line."""
+    root = celeba_copy(tmp / "data", name)
+    path = root / "celeba" / file_name
+    lines = path.read_text().splitlines()
+    row = 2 if file_name == "list_attr_celeba.txt" else 0
+    lines[row] = listed + lines[row][lines[row].index(" "):]
+    path.write_text("\n".join(lines) + "\n")
+    return root
+
+
+def issue25_cases(tmp: Path) -> dict[str, str]:
+    """The 40 cases of issue 25 that its fixes answer (the data of cli_cases must exist)."""
+    out, data = {}, tmp / "data"
+    outside = tmp / "outside.jpg"
+    shutil.copy(next((data / "synthetic_celeba" / "img_align_celeba").iterdir()), outside)
+    for case, file_name, listed in [
+            ("attribute file lists ../../outside.jpg", "list_attr_celeba.txt", "../../outside.jpg"),
+            ("partition file lists ../../outside.jpg", "list_eval_partition.txt", "../../outside.jpg"),
+            ("attribute file lists /etc/passwd by ..", "list_attr_celeba.txt",
+             "../../../../../../../../etc/passwd"),
+            ("attribute file lists an absolute path", "list_attr_celeba.txt", str(outside))]:
+        root = _relisted(tmp, case.replace(" ", "_").replace("/", "_"), file_name, listed)
+        code, err = cli(tmp / case.replace(" ", "_").replace("/", "_"), "--phase", "baseline",
+                        "--set", "data.dataset=celeba", data_root=root)
+        out[case] = cli_outcome(code, err) if "line" in err or code == 0 else "unclear"
+    root = celeba_copy(data, "symlinked")
+    image = sorted((root / "celeba" / "img_align_celeba").iterdir())[0]
+    image.unlink()
+    image.symlink_to(outside)
+    out["image symlinked to outside the dataset"] = cli_outcome(*cli(
+        tmp / "symlinked", "--phase", "baseline", "--set", "data.dataset=celeba", data_root=root))
+    root = celeba_copy(data, "fifo")
+    image = sorted((root / "celeba" / "img_align_celeba").iterdir())[1]
+    image.unlink()
+    os.mkfifo(image)
+    code, err = cli(tmp / "fifo", "--phase", "baseline", "--set", "data.dataset=celeba",
+                    data_root=root)
+    out["FIFO image"] = cli_outcome(code, err) if "FIFO" in err or code == 0 else "unclear"
+    for case, override in [("run_name=..", "run_name=.."), ("run_name=.", "run_name=."),
+                           ("run_name of 300 characters", "run_name=" + "r" * 300),
+                           ("data.name=..", "data.name=.."),
+                           ("duplicate architectures", "models.architectures=[tiny_cnn, tiny_cnn]"),
+                           ("bootstrap_resamples=1e12", "analysis.bootstrap_resamples=1000000000000"),
+                           ("seed=1e20", "seed=100000000000000000000"),
+                           ("training.lr=.inf", "training.lr=.inf"),
+                           ("training.epochs=12:30", "training.epochs=12:30"),
+                           ("runtime.device=cuda without CUDA", "runtime.device=cuda"),
+                           ("unknown dataset name", "data.dataset=celebb")]:
+        code, err = cli(tmp / "names", "--phase", "analysis", "--set", override)
+        outcome = cli_outcome(code, err)
+        if case == "runtime.device=cuda without CUDA" and _cuda():
+            outcome = "works" if code in (0, 2) else outcome  # this machine has CUDA
+        out[case] = "silent" if _wrote_outside(tmp / "names") else outcome
+    names = ", ".join(f"arch{i}" for i in range(10_000))
+    code, err = cli(tmp / "names", "--set", f"mitigation.architectures=[{names}]")
+    out["10,000-name error"] = cli_outcome(code, err) if len(err) < 2000 else "unclear"
+    lock = tmp / "lockdir" / "results" / "smoke" / ".lock"
+    lock.mkdir(parents=True)
+    out[".lock is a folder"] = cli_outcome(*cli(tmp / "lockdir", "--phase", "analysis"))
+    out.update(_disk_full_and_checkpoint(tmp))
+    return out
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+DISK_FULL = """
+import errno, os, sys
+sys.path.insert(0, {root!r})
+def full(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+os.fsync = full  # the commit point of every configuration
+import main
+sys.exit(main.main({args!r}))
+"""
+
+
+def _disk_full_and_checkpoint(tmp: Path) -> dict[str, str]:
+    out = {}
+    args = ["--config", "configs/smoke.yaml", "--log-level", "ERROR", "--set",
+            f"results_dir={tmp / 'full' / 'results'}", "--set", f"data.root={tmp / 'data'}",
+            "--phase", "baseline"]
+    done = subprocess.run([sys.executable, "-c", DISK_FULL.format(root=str(ROOT), args=args)],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    leftovers = list((tmp / "full").rglob("*.tmp"))
+    outcome = cli_outcome(done.returncode, done.stderr)
+    out["disk full during a commit"] = "unclear" if leftovers else outcome
+    code, _ = cli(tmp / "full", "--phase", "baseline", data_root=tmp / "data")
+    out["rerun after the disk is freed"] = "works" if code == 0 else "unclear"
+    import argparse
+
+    import torch
+    checkpoint = tmp / "full" / "results" / "smoke" / "checkpoints" / "synthetic" / "tiny_cnn.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["meta"]["note"] = argparse.Namespace(x=1)
+    torch.save(saved, checkpoint)
+    code, err = cli(tmp / "full", "--phase", "quantization", data_root=tmp / "data")
+    clear = "--phase baseline --force" in err and "weights_only" not in err
+    out["checkpoint holding a non-tensor global"] = cli_outcome(code, err) if clear else "unclear"
+    return out
+
+
 def store_cases(tmp: Path) -> dict[str, str]:
     from results import ResultStore, WorkUnit, run_sweep
 
@@ -200,18 +312,69 @@ def api_cases(tmp: Path) -> dict[str, str]:
             model, "ptq_static", bit_width=8.0, calibration_data=small)),
         "bit_width=2": api_outcome(lambda: apply_quantization(
             model, "ptq_static", bit_width=2, calibration_data=small), False),
+        "apply_quantization, 1-channel calibration batch": api_outcome(
+            lambda: apply_quantization(model, "ptq_static", calibration_data=DataLoader(Gray(), 32))),
+        "apply_quantization, meta-device model": api_outcome(
+            lambda: apply_quantization(meta_model, "ptq_static", calibration_data=small)),
+        "dataset loaded from a relative root, then os.chdir": api_outcome(
+            lambda: _relative_root_then_chdir(tmp), False),
+        "fairface csv lists an absolute path": api_outcome(lambda: _fairface_absolute(tmp)),
+        "--set run_name=on keeps the text": api_outcome(lambda: _typed_name(), False),
+        "data.synthetic.seed as docs/synthetic.md says": api_outcome(lambda: _synthetic_seed(), False),
     }
     return out
+
+
+def _relative_root_then_chdir(tmp: Path) -> None:
+    import datasets
+    here = os.getcwd()
+    try:
+        os.chdir(tmp)
+        splits = datasets.load_dataset("synthetic", "data", image_size=32,
+                                       synthetic={"n_images": 600, "image_size": 32})
+        os.chdir("/")
+        splits.train[0]
+    finally:
+        os.chdir(here)
+
+
+def _fairface_absolute(tmp: Path) -> None:
+    import datasets
+    folder = tmp / "fairface_root" / "fairface"
+    folder.mkdir(parents=True)
+    header = "file,age,gender,race,service_test\n"
+    (folder / "fairface_label_train.csv").write_text(header + "/etc/passwd,20-29,Male,White,True\n")
+    (folder / "fairface_label_val.csv").write_text(header + "val/1.jpg,20-29,Male,White,True\n")
+    datasets.load_dataset("fairface", folder.parent)
+
+
+def _typed_name() -> None:
+    import config
+    if config.load_config("configs/smoke.yaml", ["run_name=on"]).run_name != "on":
+        raise AssertionError("run_name=on was not kept as typed")
+
+
+def _synthetic_seed() -> None:
+    import config
+    if config.load_config("configs/smoke.yaml", ["data.synthetic.seed=3"]).data.synthetic.seed != 3:
+        raise AssertionError("data.synthetic.seed not kept")
 
 
 def main() -> int:
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        cases = {**cli_cases(tmp), **store_cases(tmp), **api_cases(tmp)}
+        cases = {**cli_cases(tmp), **issue25_cases(tmp), **store_cases(tmp), **api_cases(tmp)}
     for name, outcome in cases.items():
         print(f"{outcome:10s} {name}")
-    print(dict(collections.Counter(cases.values())))
+    counts = collections.Counter(cases.values())
+    print(dict(counts))
+    print("\n| outcome | cases |\n|---|---|")
+    for outcome, label in [("clear", "clear error"), ("traceback", "traceback"),
+                           ("unclear", "unclear message"), ("silent", "silently accepted"),
+                           ("works", "works as documented")]:
+        print(f"| {label} | {counts.get(outcome, 0)} |")
+    print(f"| total | {len(cases)} |")
     return 0
 
 

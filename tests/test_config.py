@@ -32,9 +32,9 @@ def test_unknown_key_names_it_and_lists_valid_ones():
 
 
 def test_wrong_type_names_key_and_expected_type():
-    with pytest.raises(ValueError, match=r"training.epochs='two' \(str\): expected a int"):
+    with pytest.raises(ValueError, match=r"training.epochs='two' \(str\): expected a whole number"):
         load_config(None, ["training.epochs=two"])
-    with pytest.raises(ValueError, match="runtime.progress=3 .*expected a bool"):
+    with pytest.raises(ValueError, match="runtime.progress=3 .*expected true or false"):
         load_config(None, ["runtime.progress=3"])
 
 
@@ -142,7 +142,7 @@ def test_malformed_yaml_in_an_override_names_the_override():
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    (["runtime.latency_warmup=-1"], "runtime.latency_warmup=-1: expected a value between 0"),
+    (["runtime.latency_warmup=-1"], "runtime.latency_warmup=-1: expected a whole number from 0"),
     (["quantization.methods=[]"], "quantization.methods is empty, so that phase would run nothing"),
     (["mitigation.methods=[]"], "mitigation.methods is empty"),
     (["quantization.seeds=[]"], "quantization.seeds=[] would leave the quantization grid empty"),
@@ -169,7 +169,7 @@ def test_settings_that_would_fail_late_are_refused_at_load(overrides, fragment):
     (["training.epochs=0"], config.EPOCHS_ZERO_NEEDS_WEIGHTS.format(arch="tiny_cnn")),
     (["models.weights={resnet18: w.pt}"], "models.weights names ['resnet18']"),
     (["models.architectures=[tiny_cnn, tiny_cnn]"], "names ['tiny_cnn'] more than once"),
-    (["quantization.qat_epochs=0"], "quantization.qat_epochs=0: expected a value between 1"),
+    (["quantization.qat_epochs=0"], "quantization.qat_epochs=0: expected a whole number from 1"),
 ])
 def test_own_data_and_model_settings_are_checked_at_load(overrides, message):
     with pytest.raises(ValueError) as err:
@@ -203,5 +203,111 @@ def test_a_text_setting_given_with_set_keeps_the_text_as_typed():
     assert (cfg.run_name, cfg.data.name, cfg.data.positive) == ("007", "on", "yes")
     assert cfg.training.epochs == 3 and cfg.data.max_per_split is None
     assert cfg.models.weights == {"tiny_cnn": "w.pt"}
-    with pytest.raises(ValueError, match="training.epochs=True \\(bool\\): expected a int"):
+    with pytest.raises(ValueError, match=r"training.epochs=True \(bool, read from 'yes'\): "
+                                         "expected a whole number"):
         config.load_config("configs/smoke.yaml", ["training.epochs=yes"])
+
+
+# --------------------------------------------------------------------------- issue 25: bounds, names, typing
+
+@pytest.mark.parametrize("override, fragment", [
+    ("run_name=..", "run_name='..': the run's name becomes the folder"),
+    ("run_name=.", "run_name='.':"),
+    ("run_name=" + "r" * 300, "(300 characters)': the run's name becomes the folder"),
+    ("data.name=..", "data.name='..': a dataset's name becomes a folder"),
+    ("data.name=" + "d" * 101, "at most 100 characters"),
+])
+def test_names_that_would_leave_or_overflow_their_folder_are_refused(override, fragment):
+    with pytest.raises(ValueError) as err:
+        load_config("configs/smoke.yaml", [override])
+    assert fragment in str(err.value) and len(str(err.value)) < 400
+    assert "--set " in str(err.value)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("analysis.bootstrap_resamples=1000000000000",
+     "analysis.bootstrap_resamples=1000000000000: expected a whole number from 1 to 1000000"),
+    ("seed=100000000000000000000", "seed=100000000000000000000: expected a whole number from 0 "
+                                   "to 4294967295"),
+    ("seed=-1", "seed=-1: expected a whole number from 0"),
+    ("training.lr=.inf", "training.lr=inf: expected a number greater than 0.0"),
+    ("training.lr=.nan", "training.lr=nan: expected a number greater than 0.0"),
+    ("training.lr=0", "training.lr=0.0: expected a number greater than 0.0"),
+    ("training.weight_decay=-1", "training.weight_decay=-1.0: expected a number from 0.0"),
+    ("training.per_arch={tiny_cnn: {lr: .inf}}", "--set training.per_arch.tiny_cnn.lr=..."),
+    ("training.max_steps_per_epoch=0", "training.max_steps_per_epoch=0"),
+    ("data.batch_size=10000000", "data.batch_size=10000000: expected a whole number from 1 to 65536"),
+    ("data.max_per_split=0", "data.max_per_split=0"),
+    ("data.split_fractions=[.nan, 0.5, 0.5]", "data.split_fractions=[nan, 0.5, 0.5]"),
+    ("data.synthetic.n_images=10000000000", "data.synthetic.n_images=10000000000"),
+    ("data.synthetic.seed=-3", "data.synthetic.seed=-3"),
+    ("quantization.seeds=[0, 5000000000]", "quantization.seeds=5000000000"),
+    ("quantization.calibration_sizes=[0]", "quantization.calibration_sizes=0"),
+    ("quantization.qat_lr=.inf", "quantization.qat_lr=inf"),
+    ("quantization.qat_max_steps_per_epoch=0", "quantization.qat_max_steps_per_epoch=0"),
+    ("mitigation.calibration_draws=100000", "mitigation.calibration_draws=100000"),
+    ("mitigation.calibration_size=0", "mitigation.calibration_size=0"),
+    ("analysis.size_budgets_mib=[.inf]", "analysis.size_budgets_mib=inf"),
+    ("runtime.latency_repeats=1000000000", "runtime.latency_repeats=1000000000"),
+    ("runtime.latency_batch_sizes=[0]", "runtime.latency_batch_sizes=0"),
+    ("runtime.latency_warmup=10000000", "runtime.latency_warmup=10000000"),
+])
+def test_every_number_has_a_range_checked_at_load(override, fragment):
+    with pytest.raises(ValueError) as err:
+        load_config("configs/smoke.yaml", [override])
+    assert fragment in str(err.value) and "--set " in str(err.value)
+
+
+def test_every_numeric_setting_is_range_checked():
+    """Each int or float field of the config tree is refused when far out of range."""
+    import dataclasses
+    import typing
+
+    def numeric_keys(cls, prefix=""):
+        for item in dataclasses.fields(cls):
+            kind = typing.get_type_hints(cls)[item.name]
+            if dataclasses.is_dataclass(kind):
+                yield from numeric_keys(kind, f"{prefix}{item.name}.")
+            elif {int, float} & {kind, *typing.get_args(kind),
+                                 *(a for t in typing.get_args(kind) for a in typing.get_args(t))}:
+                yield f"{prefix}{item.name}", kind
+    keys = dict(numeric_keys(config.ExperimentConfig))
+    assert len(keys) >= 30
+    for key, kind in keys.items():
+        listy = typing.get_origin(kind) is tuple or any(
+            typing.get_origin(a) is tuple for a in typing.get_args(kind))
+        value = "[1e30]" if listy else "1e30"
+        if key == "data.split_fractions":
+            value = "[1e30, 0.5, 0.5]"
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            load_config("configs/smoke.yaml", [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("run_name=null", "run_name=None (NoneType, read from 'null'): expected text"),
+    ("models.architectures=[on]", "quote each name to keep it as typed"),
+    ("training.epochs=yes", "training.epochs=True (bool, read from 'yes'): expected a whole number"),
+    ("training.epochs=12:30", "training.epochs: '12:30' reads as 750 (YAML counts a:b in base 60)"),
+])
+def test_a_value_of_the_wrong_type_shows_what_was_typed_and_how_to_give_it(override, fragment):
+    with pytest.raises(ValueError) as err:
+        load_config("configs/smoke.yaml", [override])
+    assert fragment in str(err.value)
+
+
+def test_long_lists_in_messages_are_shortened():
+    names = ", ".join(f"arch{i}" for i in range(10_000))
+    with pytest.raises(ValueError) as err:
+        load_config("configs/smoke.yaml", [f"mitigation.architectures=[{names}]"])
+    assert "… and 9990 more]" in str(err.value) and len(str(err.value)) < 600
+    with pytest.raises(ValueError) as err:
+        load_config("configs/smoke.yaml", ["data.dataset=" + "x" * 10_000])
+    assert len(str(err.value)) < 300
+
+
+def test_the_synthetic_seed_documented_in_docs_synthetic_md_is_a_setting():
+    cfg = load_config("configs/smoke.yaml", ["data.synthetic.seed=7"])
+    assert cfg.data.synthetic.seed == 7
+    with pytest.raises(ValueError) as err:
+        load_config("configs/smoke.yaml", ["data.synthetic.sed=7"])
+    assert str(err.value).startswith("unknown key(s) ['sed'] in data.synthetic; valid keys")

@@ -455,7 +455,8 @@ def test_empty_and_truncated_images_are_all_named_at_load(celeba_root):
     with pytest.raises(ValueError) as err:
         load_dataset("celeba", celeba_root)
     message = str(err.value)
-    assert message.startswith("2 image file(s) of celeba are empty or cannot be decoded")
+    assert message.startswith("2 image file(s) of celeba are empty, not regular files or cannot be "
+                              "decoded")
     assert "000003.jpg (empty file, 0 bytes)" in message and "000004.jpg (" in message
     assert "data.skip_bad_images: true" in message
     assert len(load_dataset("celeba", celeba_root, skip_bad_images=True).train) == 10
@@ -636,3 +637,104 @@ def test_unknown_calibration_kind_lists_the_kinds(tiny_synthetic_splits):
         calibration_subset(tiny_synthetic_splits.train, "stratified", 10, 0)
     assert str(error.value) == UNKNOWN_CALIBRATION_KIND.format(kind="stratified",
                                                                kinds=list(CALIBRATION_KINDS))
+
+
+# ----------------------------------------------------------------------------- listed paths stay inside
+
+@pytest.fixture
+def never_opened(tmp_path):
+    """A FIFO outside every dataset folder: opening it for reading would block, so a test that
+    lists it fails by the alarm instead of hanging."""
+    import os
+    import signal
+    fifo = tmp_path / "outside" / "secret.jpg"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+
+    def opened(*_):
+        raise AssertionError(f"{fifo} was opened")
+    previous = signal.signal(signal.SIGALRM, opened)
+    signal.alarm(20)
+    yield fifo
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _relist_celeba(root: Path, file_name: str, new_name: str, row: int = 3) -> int:
+    """List ``new_name`` instead of the image on line ``row`` (1-based) of ``file_name``."""
+    path = root / "celeba" / file_name
+    lines = path.read_text().splitlines()
+    old = lines[row - 1].split()[0]
+    lines[row - 1] = lines[row - 1].replace(old, new_name, 1)
+    path.write_text("\n".join(lines) + "\n")
+    return row
+
+
+@pytest.mark.parametrize("file_name, row", [("list_attr_celeba.txt", 3),
+                                            ("list_eval_partition.txt", 1)])
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "etc_passwd"])
+def test_a_celeba_listing_cannot_name_a_file_outside_the_dataset(celeba_root, never_opened,
+                                                                 file_name, row, kind):
+    name = {"dotdot": "../../outside/secret.jpg", "absolute": str(never_opened),
+            "etc_passwd": "../../../../../../../../etc/passwd"}[kind]
+    _relist_celeba(celeba_root, file_name, name, row)
+    with pytest.raises(ValueError) as err:
+        load_dataset("celeba", celeba_root)
+    message = str(err.value)
+    assert message.startswith(f"{celeba_root / 'celeba' / file_name}, line {row}: image {name!r}")
+    assert "the file was not opened" in message and "docs/reliability.md" in message
+
+
+def test_a_symlinked_image_leading_out_of_the_dataset_is_refused_unopened(celeba_root,
+                                                                           never_opened):
+    image = celeba_root / "celeba" / "img_align_celeba" / "000001.jpg"
+    image.unlink()
+    image.symlink_to(never_opened)
+    with pytest.raises(ValueError, match=r"line 3: image '000001.jpg' resolves to .*secret.jpg "
+                                         r"\(through a symlink\) outside the folder"):
+        load_dataset("celeba", celeba_root)
+
+
+def test_a_dataset_folder_that_is_itself_a_link_is_read(celeba_root, tmp_path):
+    elsewhere = tmp_path / "linked_root"
+    (elsewhere).mkdir()
+    (elsewhere / "celeba").symlink_to(celeba_root / "celeba")  # a dataset kept on another disk
+    assert len(load_dataset("celeba", elsewhere).train) == 12
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute"])
+def test_a_fairface_csv_cannot_name_a_file_outside_the_dataset(fairface_root, never_opened, kind):
+    name = "../outside/secret.jpg" if kind == "dotdot" else str(never_opened)
+    path = fairface_root / "fairface" / "fairface_label_val.csv"
+    lines = path.read_text().splitlines()
+    lines[2] = name + lines[2][lines[2].index(","):]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"fairface_label_val.csv, line 3: image '{name}'"):
+        load_dataset("fairface", fairface_root)
+
+
+def test_a_utkface_image_linked_from_outside_is_refused_unopened(utk_root, never_opened):
+    (utk_root / "utkface" / "UTKFace" / "30_0_0_20170119.jpg").symlink_to(never_opened)
+    with pytest.raises(ValueError, match=r"image 'UTKFace/30_0_0_20170119.jpg' under .* resolves "
+                                         r"to .*outside the folder"):
+        load_dataset("utkface", utk_root)
+
+
+def test_a_relative_root_still_works_after_a_chdir(celeba_root, monkeypatch, tmp_path):
+    monkeypatch.chdir(celeba_root)
+    splits = load_dataset("celeba", ".")
+    monkeypatch.chdir(tmp_path / "..")
+    assert splits.train[0][0].shape == (3, 32, 32)
+    assert Path(splits.train.image_path(0)).is_absolute()
+
+
+def test_a_fifo_image_is_called_what_it_is_and_never_opened(celeba_root, never_opened):
+    import os
+    image = celeba_root / "celeba" / "img_align_celeba" / "000005.jpg"
+    image.unlink()
+    os.mkfifo(image)  # inside the folder: it passes containment, and opening it would block
+    with pytest.raises(ValueError) as err:
+        load_dataset("celeba", celeba_root)
+    assert "000005.jpg (not a regular file but a FIFO)" in str(err.value)
+    assert "empty file" not in str(err.value)
+    assert len(load_dataset("celeba", celeba_root, skip_bad_images=True).train) == 11

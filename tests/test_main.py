@@ -192,3 +192,89 @@ def test_a_damaged_checkpoint_stops_the_quantization_phase_with_the_way_out(smok
             "--set", f"data.root={first_tmp / 'data'}", "--phase", "quantization", "--force"]
     assert main.main(args) == 2
     assert "tiny_cnn.pt is damaged" in _error(capsys)
+
+
+def _copied_run(smoke_run, tmp_path):
+    import shutil
+    first_tmp, first_run = smoke_run
+    run_root = tmp_path / "results"
+    shutil.copytree(first_run, run_root / "smoke")
+    args = ["--config", "configs/smoke.yaml", "--set", f"results_dir={run_root}",
+            "--set", f"data.root={first_tmp / 'data'}"]
+    return run_root / "smoke", args
+
+
+def test_a_checkpoint_holding_a_non_tensor_object_stops_the_phase_once_up_front(smoke_run, tmp_path,
+                                                                               capsys):
+    import argparse
+    run_dir, args = _copied_run(smoke_run, tmp_path)
+    checkpoint = run_dir / "checkpoints" / "synthetic" / "tiny_cnn.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["meta"]["note"] = argparse.Namespace(x=1)  # a global torch will not unpickle safely
+    torch.save(saved, checkpoint)
+    records = sorted((run_dir / "records").rglob("*.json"))
+    before = [path.read_bytes() for path in records]
+    for phase in ("quantization", "mitigation"):
+        assert main.main([*args, "--phase", phase, "--force"]) == 2
+        message = _error(capsys)
+        assert f"checkpoint {checkpoint} cannot be used (" in message
+        assert "python main.py --phase baseline --force" in message
+        assert "weights_only" not in message
+    assert [path.read_bytes() for path in records] == before  # no configuration ran or failed
+
+
+def test_cuda_on_a_machine_without_it_is_refused_before_anything_is_written(tmp_path, capsys,
+                                                                            monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main.main(_args(tmp_path, "--set", "runtime.device=cuda")) == 2
+    message = _error(capsys)
+    assert "runtime.device='cuda', but this machine has no CUDA GPU" in message
+    assert "--set runtime.device=auto" in message and "--set runtime.device=cpu" in message
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_a_run_name_that_leaves_its_folder_writes_nothing(tmp_path, capsys, name):
+    assert main.main(_args(tmp_path, "--set", f"run_name={name}")) == 2
+    assert f"run_name={name!r}" in _error(capsys)
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_run_name_too_long_for_the_filesystem_is_a_clear_error(tmp_path, capsys):
+    assert main.main(_args(tmp_path, "--set", "run_name=" + "r" * 300)) == 2
+    assert "at most 100 characters" in _error(capsys)
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_unbounded_number_is_refused_at_load(tmp_path, capsys):
+    assert main.main(_args(tmp_path, "--set", "analysis.bootstrap_resamples=1000000000000")) == 2
+    assert "analysis.bootstrap_resamples=1000000000000: expected a whole number from 1" in \
+        _error(capsys)
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_full_disk_during_a_commit_is_one_clear_paragraph_and_the_rerun_completes(
+        tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    import results
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(results.os, "fsync", full)  # the record write, the commit point
+    assert main.main(_args(tmp_path, "--phase", "baseline")) == 2
+    message = _error(capsys)
+    assert message.startswith("error: no space left to write ") and "seed=0.json" in message
+    assert "nothing is half-written" in message and "run the same command again" in message
+    run_dir = tmp_path / "results" / "smoke"
+    assert not list(run_dir.rglob("*.tmp")) and not list((run_dir / "records").rglob("*.json"))
+    monkeypatch.undo()
+    assert main.main(_args(tmp_path, "--phase", "baseline")) == 0
+    assert len(list((run_dir / "records").rglob("*.json"))) == 1
+
+
+def test_a_lock_that_is_a_folder_exits_2_with_the_way_out(tmp_path, capsys):
+    (tmp_path / "results" / "smoke" / ".lock").mkdir(parents=True)
+    assert main.main(_args(tmp_path, "--phase", "analysis")) == 2
+    assert "is not a file" in _error(capsys)

@@ -101,3 +101,35 @@ def test_a_model_at_chance_gets_a_warning_by_the_analysis_rule(model, test_loade
         metrics = compute_fairness_metrics(model, test_loader, sensitive_attr="gender")
     assert metrics["above_chance"] is False
     assert metrics["balanced_accuracy_low"] <= 0.5
+
+
+# ----------------------------------------------------------------------------- apply_quantization
+
+def test_apply_quantization_names_a_one_channel_calibration_batch(model, tiny_synthetic_splits):
+    from quantization import apply_quantization
+
+    loader = DataLoader(_Gray(tiny_synthetic_splits.train), batch_size=32)
+    with pytest.raises(ValueError) as err:
+        apply_quantization(model, "ptq_static", calibration_data=loader)
+    first = next(name for name, m in model.named_modules() if hasattr(m, "in_channels"))
+    assert str(err.value) == BAD_IMAGE_SHAPE.format(shape=(1, 32, 32), layer=first, expected=3)
+
+
+def test_apply_quantization_names_a_meta_device_model(tiny_synthetic_splits):
+    from quantization import apply_quantization
+
+    with torch.device("meta"):
+        model = build_model("tiny_cnn", num_classes=2, image_size=32)
+    for method in ("ptq_static", "ptq_dynamic"):
+        with pytest.raises(ValueError) as err:
+            apply_quantization(model, method, calibration_data=make_loader(
+                tiny_synthetic_splits.train, batch_size=32))
+        assert str(err.value) == META_DEVICE.format(name=next(n for n, _ in model.named_parameters()))
+
+
+def test_apply_quantization_takes_a_loader_of_bare_image_tensors(model):
+    from quantization import apply_quantization
+
+    images = DataLoader(torch.randn(64, 3, 32, 32), batch_size=32)
+    quantized = apply_quantization(model, "ptq_static", calibration_data=images)
+    assert quantized(torch.zeros(2, 3, 32, 32)).shape == (2, 2)

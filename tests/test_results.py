@@ -216,3 +216,24 @@ def test_an_import_killed_half_way_is_done_again_whole(tmp_path):
     assert calls == ["c"]
     assert [r["config_id"] for r in json.loads((tmp_path / "quantization_results.json").read_text())] \
         == ["a", "b", "c"]
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_temporary_file(tmp_path):
+    import errno
+
+    from results import DiskFull, atomic_write
+
+    def write(_tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(DiskFull, match=r"no space left to write .*table.csv \(No space left on "
+                                       r"device\).*--set results_dir=PATH"):
+        atomic_write(tmp_path / "table.csv", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_that_is_a_folder_is_a_clear_error(tmp_path):
+    from results import RunLock
+
+    (tmp_path / "run" / ".lock").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"the run folder's lock .*\.lock is not a file .* rmdir "):
+        RunLock(tmp_path / "run").acquire()
