@@ -231,8 +231,9 @@ def _narrow_activation_range(quantizer: nn.Module, quant_max: int) -> None:
 
 
 # Average pooling of a quantized tensor: x86's integer kernels (quantized avg_pool2d and
-# adaptive_avg_pool2d, which keep the input's scale and zero point) sum the raw u8 levels and
-# round the mean half to even. The reference twin averages the dequantized floats and rounds
+# adaptive_avg_pool2d, which keep the input's scale and zero point) sum the u8 levels and round
+# the mean half to even: the raw levels for an NCHW tensor, the levels less the zero point for a
+# channels-last one (the layout of every integer conv's output). The reference twin averages the dequantized floats and rounds
 # that, so where the mean of the levels is a tie (x.5) float error picks the side: 3-20% of the
 # pooled values of a 2x2 map differed by one level (EfficientNet-B0's and MobileNetV2's heads).
 _AVERAGE_POOL_MODULES = (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd)
@@ -241,8 +242,9 @@ _AVERAGE_POOL_FUNCTIONS = (nn.functional.avg_pool2d, nn.functional.adaptive_avg_
 
 class AveragePoolInLevels(nn.Module):
     """``pool`` (an average-pool module or function, with its extra arguments) of a
-    fake-quantized tensor computed as x86's integer kernel does: the mean of its levels (zero
-    point included), rounded half to even, back on the same grid (scale, zero point)."""
+    fake-quantized tensor computed as x86's integer kernel does: the mean of its levels (with the
+    zero point for NCHW tensors, without it for channels-last ones), rounded half to even, back
+    on the same grid (scale, zero point)."""
 
     def __init__(self, pool, scale: float, zero_point: int, args: tuple = (), kwargs=None):
         super().__init__()
@@ -250,11 +252,16 @@ class AveragePoolInLevels(nn.Module):
         self.args, self.kwargs = tuple(args), dict(kwargs or {})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        levels = torch.round(x.double() / self.scale) + self.zero_point
-        mean = self.pool(levels, *self.args, **self.kwargs)
+        levels = torch.round(x.double() / self.scale)  # level - zero point, exact
+        # the channels-last kernel averages levels less the zero point, the NCHW one raw levels
+        centred = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last)
+        offset = 0 if centred else self.zero_point
+        mean = self.pool(levels + offset, *self.args, **self.kwargs)
         halves = torch.round(mean * 2)
         mean = torch.where((mean * 2 - halves).abs() < 1e-6, halves / 2, mean)  # exact ties
-        return ((torch.round(mean) - self.zero_point) * self.scale).to(x.dtype)
+        levels = (torch.round(mean) - offset).to(x.dtype)  # level - zero point
+        return levels.mul_(self.scale)  # as the twin's fake_quantize and dequantize do
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, zero_point={self.zero_point}"
