@@ -228,3 +228,200 @@ def _narrow_activation_range(quantizer: nn.Module, quant_max: int) -> None:
             module.has_customized_qrange = True
         if isinstance(module, HistogramObserver):
             module.dst_nbins = module.quant_max - module.quant_min + 1
+
+
+# Average pooling of a quantized tensor: x86's integer kernels (quantized avg_pool2d and
+# adaptive_avg_pool2d, which keep the input's scale and zero point) sum the u8 levels and round
+# the mean half to even: the raw levels for an NCHW tensor, the levels less the zero point for a
+# channels-last one (the layout of every integer conv's output). The reference twin averages the dequantized floats and rounds
+# that, so where the mean of the levels is a tie (x.5) float error picks the side: 3-20% of the
+# pooled values of a 2x2 map differed by one level (EfficientNet-B0's and MobileNetV2's heads).
+_AVERAGE_POOL_MODULES = (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd)
+_AVERAGE_POOL_FUNCTIONS = (nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d)
+
+
+class AveragePoolInLevels(nn.Module):
+    """``pool`` (an average-pool module or function, with its extra arguments) of a
+    fake-quantized tensor computed as x86's integer kernel does: the mean of its levels (with the
+    zero point for NCHW tensors, without it for channels-last ones), rounded half to even, back
+    on the same grid (scale, zero point)."""
+
+    def __init__(self, pool, scale: float, zero_point: int, args: tuple = (), kwargs=None):
+        super().__init__()
+        self.pool, self.scale, self.zero_point = pool, float(scale), int(zero_point)
+        self.args, self.kwargs = tuple(args), dict(kwargs or {})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = torch.round(x.double() / self.scale)  # level - zero point, exact
+        # the channels-last kernel averages levels less the zero point, the NCHW one raw levels
+        centred = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last)
+        offset = 0 if centred else self.zero_point
+        mean = self.pool(levels + offset, *self.args, **self.kwargs)
+        halves = torch.round(mean * 2)
+        mean = torch.where((mean * 2 - halves).abs() < 1e-6, halves / 2, mean)  # exact ties
+        levels = (torch.round(mean) - offset).to(x.dtype)  # level - zero point
+        return levels.mul_(self.scale)  # as the twin's fake_quantize and dequantize do
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, zero_point={self.zero_point}"
+
+
+def _average_pools_in_levels(model: torch.fx.GraphModule, fake_quantize) -> list[str]:
+    """In a simulated (reference) model whose activations pass through ``fake_quantize`` calls,
+    make every average pool between two fake quantizers with the same grid compute as x86's
+    integer kernel (``AveragePoolInLevels``). Returns the names of the pools changed."""
+    changed = []
+    for node in list(model.graph.nodes):
+        if node.op == "call_module":
+            if not isinstance(model.get_submodule(node.target), _AVERAGE_POOL_MODULES):
+                continue
+            pool = model.get_submodule(node.target)
+        elif node.op == "call_function" and node.target in _AVERAGE_POOL_FUNCTIONS:
+            pool = node.target
+        else:
+            continue
+        source, users = node.args[0] if node.args else None, list(node.users)
+        if not (isinstance(source, torch.fx.Node) and source.target is fake_quantize
+                and len(users) == 1 and users[0].target is fake_quantize
+                and tuple(users[0].args[1:]) == tuple(source.args[1:])
+                and all(not isinstance(a, torch.fx.Node) for a in node.args[1:])):
+            continue
+        name = f"{node.name}_in_levels"
+        model.add_submodule(name, AveragePoolInLevels(pool, *source.args[1:3], node.args[1:],
+                                                      node.kwargs))
+        with model.graph.inserting_before(node):
+            exact = model.graph.call_module(name, (source,))
+        node.replace_all_uses_with(exact)
+        model.graph.erase_node(node)
+        changed.append(name)
+    if changed:
+        model.graph.lint()
+        model.recompile()
+    return changed
+
+
+# Convs and linears of a w8a8 twin computed as the integer kernels do. The reference twin
+# convolves dequantized floats in float32 and rounds the result; the kernels accumulate the
+# integer products exactly in int32 and requantize with their own float32 arithmetic. Where the
+# two land on different sides of a rounding boundary (3e-6 to 1e-5 of the outputs of a fresh
+# MobileNetV2 or EfficientNet-B0 layer) the outputs differ by one level, and in a network with
+# fresh weights such single-level differences multiply from layer to layer until the logits
+# differ by about their own standard deviation. Requantization, measured against the kernels of
+# an AVX-512 VNNI Xeon (see docs/int8.md):
+#   oneDNN (x86 convs with at most 100 groups, on VNNI CPUs):
+#       q = round(((float(acc) * M) + bias) * (1 / s_out) + zp_out), M = s_in * s_w (float32)
+#   fbgemm (depthwise convs with more than 100 groups, linears, every conv without VNNI):
+#       q = round((float(acc) + bias / M) * (M / s_out)) + zp_out
+# with round half to even, then the clamp to the output range (and to zp_out after a fused
+# ReLU).
+ONEDNN, FBGEMM = "onednn", "fbgemm"
+
+
+def conv_kernel(module: nn.Module, vnni: bool | None = None) -> str:
+    """Which library runs ``module`` (a conv or linear) in the x86 engine on this CPU."""
+    if vnni is None:
+        vnni = kernel_capability()["vnni"]
+    if isinstance(module, nn.modules.conv._ConvNd) and vnni and module.groups < FBGEMM_MIN_GROUPS:
+        return ONEDNN
+    return FBGEMM
+
+
+class IntegerKernelLayer(nn.Module):
+    """A reference conv or linear of a w8a8 twin (with an optional fused ReLU) that computes its
+    output levels as the x86 integer kernel does: exact integer accumulation, the kernel's
+    float32 requantization, and the output grid of the quantizer that follows it."""
+
+    def __init__(self, layer: nn.Module, relu: bool, in_scale: float, out_scale: float,
+                 out_zero_point: int, out_min: int, out_max: int, kernel: str):
+        super().__init__()
+        self.layer, self.relu, self.kernel = layer, relu, kernel
+        self.in_scale, self.out_scale = float(in_scale), float(out_scale)
+        self.out_zero_point, self.out_min, self.out_max = int(out_zero_point), out_min, out_max
+
+    def _integer_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.layer
+        weight = layer.weight.detach().float()
+        scales = layer.weight_scale.detach().float()
+        if layer.weight_qscheme in (torch.per_channel_affine, torch.per_channel_symmetric):
+            axis = int(layer.weight_axis)
+            levels = torch.quantize_per_channel(weight, scales, layer.weight_zero_point.long(),
+                                                axis, torch.qint8).int_repr()
+            shape = [1] * weight.dim()
+            shape[axis] = -1
+            scales = scales.view(shape)
+        else:
+            levels = torch.quantize_per_tensor(weight, float(scales), int(layer.weight_zero_point),
+                                               torch.qint8).int_repr()
+        return levels.double(), scales.flatten()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        levels = torch.round(x.double() / self.in_scale)  # input level - its zero point, exact
+        weight, scales = self._integer_weight()
+        if isinstance(layer, nn.Linear):
+            acc = nn.functional.linear(levels, weight)
+            view = (1,) * (acc.dim() - 1) + (-1,)
+        else:
+            conv = getattr(nn.functional, f"conv{weight.dim() - 2}d")
+            acc = conv(levels, weight, None, layer.stride, layer.padding, layer.dilation,
+                       layer.groups)
+            view = (1, -1) + (1,) * (acc.dim() - 2)
+        multiplier = (torch.tensor(self.in_scale, dtype=torch.float32) * scales).view(view)
+        bias = torch.zeros_like(multiplier) if layer.bias is None else (
+            layer.bias.detach().float().view(view))
+        inverse = 1 / torch.tensor(self.out_scale, dtype=torch.float32)
+        if self.kernel == ONEDNN:
+            out = torch.round((acc.float() * multiplier + bias) * inverse + self.out_zero_point)
+        else:  # fbgemm adds bias / M to the accumulator and multiplies by M / s_out
+            output_multiplier = multiplier / torch.tensor(self.out_scale, dtype=torch.float32)
+            out = torch.round((acc.float() + bias / multiplier) * output_multiplier) + (
+                self.out_zero_point)
+        out = out.clamp_(self.out_min, self.out_max)
+        if self.relu:
+            out = out.clamp_(min=self.out_zero_point)
+        out = out.sub_(self.out_zero_point).mul_(self.out_scale)
+        if out.dim() == 4:  # the kernels' outputs are channels-last: float ops after them
+            out = out.contiguous(memory_format=torch.channels_last)  # sum in the same order
+        return out
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, relu={self.relu}"
+
+
+def _integer_kernel_layers(model: torch.fx.GraphModule, fake_quantize) -> list[str]:
+    """In a w8a8 twin (reference model with ``fake_quantize`` calls), replace every reference
+    conv or linear whose input and output pass through ``fake_quantize`` by an
+    ``IntegerKernelLayer``. Returns the names of the layers replaced."""
+    from torch.ao.nn.quantized.reference.modules.utils import ReferenceQuantizedModule
+    vnni, changed = kernel_capability()["vnni"], []
+    for node in list(model.graph.nodes):
+        if node.op != "call_module" or not node.args:
+            continue
+        module = model.get_submodule(node.target)
+        relu = isinstance(module, _FusedModule) and len(module) == 2 and isinstance(
+            module[1], nn.ReLU)
+        layer = module[0] if relu else module
+        if not (isinstance(layer, ReferenceQuantizedModule)
+                and isinstance(layer, _FLOAT_WEIGHT_OPS)):
+            continue
+        if isinstance(module, _FusedModule) and not relu:
+            continue
+        source, users = node.args[0], list(node.users)
+        while (isinstance(source, torch.fx.Node) and source.target is not fake_quantize
+               and _is_pass_through(model, source) and source.args):
+            source = source.args[0]
+        if not (isinstance(source, torch.fx.Node) and source.target is fake_quantize
+                and len(users) == 1 and users[0].target is fake_quantize):
+            continue
+        _, out_scale, out_zero_point, out_min, out_max = users[0].args[:5]
+        name = f"{node.name}_integer"
+        model.add_submodule(name, IntegerKernelLayer(layer, relu, source.args[1], out_scale,
+                                                     out_zero_point, out_min, out_max,
+                                                     conv_kernel(layer, vnni)))
+        node.target = name
+        changed.append(str(node.name))
+    if changed:
+        model.graph.lint()
+        model.recompile()
+    return changed

@@ -104,7 +104,7 @@ import evaluation
 import profiling
 import training
 from checks import check_choice, parse_bits
-from int8_kernels import (BACKEND_ENGINE, _clamp_inputs, _isolated_torch_state, _narrow_integer_inputs,
+from int8_kernels import (BACKEND_ENGINE, _average_pools_in_levels, _clamp_inputs, _integer_kernel_layers, _isolated_torch_state, _narrow_integer_inputs,
                           _share_dropout_quantizers, default_activation_range, kernel_capability)
 from quant_inspect import (FLOAT_BITS, _check_layer_names, _images, describe_quantized, layer_bit_widths, latency_report,
                            packed_size_mib, prediction_agreement, quantizable_layers,
@@ -765,6 +765,7 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
                          "PTQ and QAT need an FX-traceable model: use 'ptq_dynamic' or make the "
                          "data-dependent control flow static") from error
     _share_dropout_quantizers(prepared)
+    prepared.integer_twin = config.all_int8  # its simulated form computes as the kernels do
     if config.act_bits == 8:
         prepared.narrowed_inputs = _narrow_integer_inputs(prepared, config.resolved_activation_range)
     return prepared
@@ -798,6 +799,9 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
     else:
         _fuse_fake_quantize_pairs(model)
         _reuse_fake_quantized_weights(model)
+        if getattr(prepared, "integer_twin", False):
+            _average_pools_in_levels(model, fake_quantize)
+            _integer_kernel_layers(model, fake_quantize)
     model.quant_info = describe_quantized(model, execution)
     return model
 

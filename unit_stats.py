@@ -3,20 +3,20 @@
 A *unit* is one paired comparison (say balanced minus random calibration, draw 3) with its own
 change ``d_i``. Units of one run are scored on the same test samples, so their test-sampling
 errors are correlated: averaging more draws shrinks the draw-to-draw spread but not the error
-they share. ``pooled_interval`` accounts for both:
+they share. ``pooled_interval`` accounts for both: the mean change's error is
 
-    se^2 = s_d^2 / k + c
+    (shared test-sample error, variance c) + (mean of the units' independent parts, lambda / k)
 
-where ``s_d`` is the spread of the k unit changes and ``c`` the covariance of two units'
-test-sampling errors, estimated from bootstrap replicates that resample the *same* test samples
-for every unit (``shared_paired_replicates``). Since E[s_d^2] = tau^2 + sigma^2 - c, this is
-unbiased for Var(mean d); a spread below sigma^2 - c (the units' own test-sampling variance
-minus the shared part, from the same replicates) cannot be told from a fluke, so s_d^2 is
-floored there. The interval is mean +- t(df) se with Welch-Satterthwaite df, so with
-independent units it is the t-interval on per-unit deltas, nominal from 3 units (and exact for
-normal unit effects); units that tie still get the shared test-sampling error and never a zero
-width. Units sharing a cluster (an architecture) are averaged first: the unit of inference is
-the cluster.
+where c is the covariance of two units' test-sampling errors, estimated from bootstrap replicates
+that resample the *same* test samples for every unit (``shared_paired_replicates``), and lambda
+(between-unit spread tau^2 plus each unit's own, unshared test noise) is known only through the
+spread s_d^2 of the k unit changes, with k - 1 degrees of freedom. The interval integrates over
+that uncertainty (lambda = (k - 1) s_d^2 / W, W ~ chi2(k - 1)) instead of plugging a df in: with
+independent units it is exactly the t-interval on per-unit deltas, with shared error it is
+between that and the normal interval of the shared part. A spread below what the units' own
+unshared test noise would give 97.5% of the time is a tie (discrete predictions) and is raised
+to it, so tied units never give a zero-width interval. Units sharing a cluster (an
+architecture) are averaged first: the unit of inference is the cluster.
 
 Also here: exact permutation tests over architectures (``permutation_spearman``,
 ``permutation_family_difference``), whose smallest attainable p is reported, and Cohen's h.
@@ -31,6 +31,7 @@ from fractions import Fraction
 
 import numpy as np
 from scipy import stats
+from scipy.optimize import brentq
 
 import fairness_metrics as fm
 
@@ -90,11 +91,20 @@ def pooled_interval(values, replicates=None, *, ci=0.95, clusters=None, margin=N
     values: one change per unit. replicates: optional (B, k) bootstrap changes of the same units
     under shared test-sample resamples (``shared_paired_replicates``); their mean off-diagonal
     covariance is the error the units share (clipped at 0). Without them units count as
-    independent. clusters: a label per unit (e.g. its architecture); units of a cluster are
-    averaged first. margin: adds the TOST p for |mean change| < margin.
+    independent and the interval is the t-interval on the unit changes. clusters: a label per
+    unit (e.g. its architecture); units of a cluster are averaged first. margin: adds the TOST p
+    for |mean change| < margin.
 
-    One unit, or units that agree with no shared error to show, give NaN bounds: there is no
-    spread to make an interval from, and a verdict must not come from a tie.
+    The error of the mean is the shared test-sample error (normal, variance ``c``, known from the
+    replicates) plus the mean of the units' independent parts, whose variance ``lambda / k`` is
+    known only through the spread ``s_d^2`` of the k changes (k - 1 df): lambda = (k - 1) s_d^2 / W,
+    W ~ chi2(k - 1). The interval and p-values integrate over W (``_MeanError``), which is the
+    t(k - 1) law when c = 0 and the normal law when the units tie; no plug-in df. A spread too
+    small for the units' own independent test noise to give (below its ``TIE_QUANTILE``) is
+    raised to that quantile, so units that tie still get an interval.
+
+    One unit, or units that agree with no test-sampling error to show, give NaN bounds: there is
+    no spread to make an interval from, and a verdict must not come from a tie.
     """
     values = np.asarray(values, dtype=float)
     if replicates is not None:
@@ -108,7 +118,7 @@ def pooled_interval(values, replicates=None, *, ci=0.95, clusters=None, margin=N
     if clusters is not None:
         clusters = np.asarray(clusters, dtype=object)[finite]
     units, replicates, _ = cluster_means(units, replicates, clusters)
-    k, kind = units.size, "t-interval over units + shared test-sample covariance"
+    k, kind = units.size, "units' spread (k - 1 df) + shared test-sample error"
     if k == 0:
         return _nan_evidence(0, kind, "no unit with a finite change")
     estimate = float(units.mean())
@@ -119,24 +129,64 @@ def pooled_interval(values, replicates=None, *, ci=0.95, clusters=None, margin=N
     if math.sqrt(spread) <= 1e-12 * max(1.0, abs(estimate)):  # a tie, up to rounding
         spread = 0.0
     shared, own = _covariances(replicates)
-    # E[spread] = tau^2 + sigma^2 - c >= sigma^2 - c: a spread below what the units' own
-    # test-sampling error implies is a fluke (e.g. a tie), so it is floored there
-    floored = spread < own - shared
-    between = max(spread, own - shared) / k
-    se = math.sqrt(between + shared)
-    if not se > 0:
+    # the units' independent test-sampling noise alone gives a spread sigma_v^2 chi2(k-1)/(k-1);
+    # one below its TIE_QUANTILE is a tie (discrete predictions), not evidence of no spread
+    tie_floor = max(own - shared, 0.0) * stats.chi2.ppf(TIE_QUANTILE, k - 1) / (k - 1)
+    raised = spread < tie_floor
+    spread = max(spread, tie_floor)
+    if not spread + shared > 0:
         return Evidence(estimate, math.nan, math.nan, math.nan, math.nan, k, kind,
                         "units agree and show no test-sampling error: no interval, no verdict")
-    df = math.inf if floored or between == 0 else (between + shared) ** 2 / (
-        between ** 2 / (k - 1))
-    half = stats.t.ppf((1 + ci) / 2, df) * se
-    p_difference = float(2 * stats.t.sf(abs(estimate) / se, df))
+    error = _MeanError(spread / k, shared, k - 1)
+    half = error.quantile((1 + ci) / 2)
+    p_difference = float(min(1.0, 2 * error.sf(abs(estimate))))
     p_equivalent = math.nan
     if margin is not None and np.isfinite(margin):
-        p_equivalent = float(max(stats.t.sf((margin - estimate) / se, df),
-                                 stats.t.sf((margin + estimate) / se, df)))
+        p_equivalent = float(max(error.sf(margin - estimate), error.sf(margin + estimate)))
+    note = (f"k = {k} units, spread var {spread:.3g}{' (tie floor)' if raised else ''}, "
+            f"shared var {shared:.3g}")
     return Evidence(estimate, estimate - half, estimate + half, p_difference, p_equivalent, k,
-                    kind, f"k = {k} units, df = {df:.3g}")
+                    kind, note)
+
+
+TIE_QUANTILE = 0.025
+"""A spread of unit changes below this quantile of what the units' independent test-sampling
+noise alone would give is treated as a tie and raised to it."""
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(256)
+
+
+class _MeanError:
+    """The law of (mean of k unit changes - its expectation) given the units' spread:
+    sqrt(c) Z + sqrt(between * (k - 1) / W) Z', Z, Z' ~ N(0, 1), W ~ chi2(df), df = k - 1;
+    ``between`` = s_d^2 / k. With c = 0 it is between^0.5 t(df); with between = 0, N(0, c).
+    Otherwise the normal tail is averaged over W by Gauss-Legendre quadrature in W's
+    probability."""
+
+    def __init__(self, between: float, shared: float, df: int):
+        self.between, self.shared, self.df = float(between), float(shared), int(df)
+        if self.between > 0 and self.shared > 0:
+            w = stats.chi2.ppf((_NODES + 1) / 2, self.df)
+            self.scales = np.sqrt(self.between * self.df / w + self.shared)
+            self.weights = _WEIGHTS / 2
+
+    def sf(self, x: float) -> float:
+        """P(error > x)."""
+        if self.shared == 0:
+            return float(stats.t.sf(x / math.sqrt(self.between), self.df))
+        if self.between == 0:
+            return float(stats.norm.sf(x / math.sqrt(self.shared)))
+        return float(self.weights @ stats.norm.sf(x / self.scales))
+
+    def quantile(self, level: float) -> float:
+        """The x with P(error <= x) = level (level > 0.5)."""
+        if self.shared == 0:
+            return float(stats.t.ppf(level, self.df) * math.sqrt(self.between))
+        if self.between == 0:
+            return float(stats.norm.ppf(level) * math.sqrt(self.shared))
+        upper = stats.t.ppf(level, self.df) * math.sqrt(self.between) + stats.norm.ppf(
+            level) * math.sqrt(self.shared)  # sum of the two parts' quantiles: above the mix's
+        return float(brentq(lambda x: self.sf(x) - (1 - level), 0.0, upper, xtol=1e-14,
+                            rtol=1e-10))
 
 
 def _covariances(replicates) -> tuple[float, float]:

@@ -14,8 +14,13 @@ Prints, at alpha = 0.05 (target: 5% +- 2%; coverage 95% +- 2%):
    here, and the old percentile-bootstrap p (2 min(#d*<=0, #d*>=0) rule) for comparison;
 3. coverage of paired_bootstrap's interval for a known population change of the DP gap (and,
    for comparison, of the plain percentile interval on the same resamples);
-4. coverage of ``unit_stats.pooled_interval`` over k = 2, 3, 5, 10 units (calibration draws
-   whose true effect varies draw to draw, scored on one shared test set), for the mean effect.
+4. coverage of ``unit_stats.pooled_interval`` over k = 3, 5, 10 units scored on one shared test
+   set, for the expected change, on four designs: this file's original one (DP gap, units differ
+   less than their own test noise), the two of issue 26 (900 samples in 4 groups .49/.29/.13/.09,
+   a reference right on 85%, each unit flipping predictions at its own rate ~ U(0.02, 0.10), 5
+   points more in the smallest group: accuracy, and the DP gap with group-dependent selection
+   rates) and one of units sharing most of their error (fragile samples every unit flips).
+   ``--only pooled`` runs this section alone.
 
 Last, the wall time of paired_bootstrap at 20,000 samples x 2,000 resamples and permutations.
 Every number is the Monte Carlo estimate from the seeds below; its standard error is printed.
@@ -193,34 +198,156 @@ def paired_coverage(n_sims, resamples, drop):
               f"BC {rate(corrected, n_sims)}")
 
 
-def pooled_coverage(n_sims, replicates, drop, spread, unit_counts):
+# ------------------------------------------------------------------ pooled intervals over units
+# Each design draws one shared test set and k units scored on it, and knows the truth: the
+# expected change over units and test sets, in closed form (or a 1-D integral over the units'
+# effect distribution). A design returns (y, [(model, reference), ...], group labels).
+
+ISSUE_SHARES = np.array([0.49, 0.29, 0.13, 0.09])  # issue 26: the smallest group last
+ISSUE_N, ISSUE_CORRECT, ISSUE_RATES, ISSUE_EXTRA = 900, 0.85, (0.02, 0.10), 0.05
+ISSUE_SELECTION = np.array([0.30, 0.45, 0.50, 0.70])  # the reference's rates, DP-gap variant
+
+
+def issue_groups(rng):
+    codes = rng.choice(4, size=ISSUE_N, p=ISSUE_SHARES)
+    return codes, np.array(["G0", "G1", "G2", "G3"])[codes]
+
+
+def issue_rates(rng, codes):
+    """Each unit's flip rate per sample: uniform on ISSUE_RATES, ISSUE_EXTRA more in the
+    smallest group."""
+    return rng.uniform(*ISSUE_RATES) + ISSUE_EXTRA * (codes == 3)
+
+
+def issue_accuracy_units(rng, k):
+    """Issue 26: a reference right on 85% of 900 samples; each unit flips each of its
+    predictions with its own rate (the smallest group 5 points more)."""
+    codes, labels = issue_groups(rng)
+    y = rng.integers(0, 2, ISSUE_N)
+    reference = np.where(rng.random(ISSUE_N) < ISSUE_CORRECT, y, 1 - y)
+    units = [(np.where(rng.random(ISSUE_N) < issue_rates(rng, codes), 1 - reference, reference),
+              reference) for _ in range(k)]
+    return y, units, labels
+
+
+# E[change of accuracy] = sum_g share_g E[rate_g] (1 - 2 P(correct))
+ISSUE_ACCURACY_TRUTH = float(ISSUE_SHARES @ (np.mean(ISSUE_RATES) + ISSUE_EXTRA * np.eye(4)[3])
+                             * (1 - 2 * ISSUE_CORRECT))
+
+
+def issue_dp_units(rng, k):
+    """The same units on a reference whose selection rate differs by group (ISSUE_SELECTION,
+    the smallest group highest): flips move every group towards 0.5, the smallest most, so the
+    DP gap shrinks by a group-dependent amount."""
+    codes, labels = issue_groups(rng)
+    y = rng.integers(0, 2, ISSUE_N)
+    reference = (rng.random(ISSUE_N) < ISSUE_SELECTION[codes]).astype(int)
+    units = [(np.where(rng.random(ISSUE_N) < issue_rates(rng, codes), 1 - reference, reference),
+              reference) for _ in range(k)]
+    return y, units, labels
+
+
+def issue_dp_truth() -> float:
+    """E over the rate r ~ U(ISSUE_RATES) of the population change of max - min selection rate,
+    s_g -> s_g + r_g (1 - 2 s_g) (exact: Gauss-Legendre in r of a piecewise-linear function)."""
+    nodes, weights = np.polynomial.legendre.leggauss(200)
+    low, high = ISSUE_RATES
+    rates = (nodes + 1) / 2 * (high - low) + low
+    extra = ISSUE_EXTRA * np.eye(4)[3]
+    after = ISSUE_SELECTION + (rates[:, None] + extra) * (1 - 2 * ISSUE_SELECTION)
+    return float(weights / 2 @ (np.ptp(after, axis=1) - np.ptp(ISSUE_SELECTION)))
+
+
+FRAGILE_N, FRAGILE_SHARE, FRAGILE_RATES, STEADY_FLIP = 600, 0.10, (0.3, 0.9), 0.01
+FRAGILE_CORRECT, STEADY_CORRECT = 0.60, 0.90
+
+
+def fragile_units(rng, k):
+    """This benchmark's own design, for units that share much of their error: 600 samples in 2
+    groups (70/30); one in 10 is *fragile* (the reference is right on 60% of them, 90% of the
+    rest); every unit flips fragile samples with its own rate ~ U(0.3, 0.9) and the others with
+    0.01. Units then change mostly the same samples, so the test set's fragile samples are an
+    error they share (large c) and the spread between units is wide too."""
+    codes = (rng.random(FRAGILE_N) < 0.3).astype(int)
+    labels = np.array(["A", "B"])[codes]
+    y = rng.integers(0, 2, FRAGILE_N)
+    fragile = rng.random(FRAGILE_N) < FRAGILE_SHARE
+    correct = rng.random(FRAGILE_N) < np.where(fragile, FRAGILE_CORRECT, STEADY_CORRECT)
+    reference = np.where(correct, y, 1 - y)
+    units = []
+    for _ in range(k):
+        rate = np.where(fragile, rng.uniform(*FRAGILE_RATES), STEADY_FLIP)
+        units.append((np.where(rng.random(FRAGILE_N) < rate, 1 - reference, reference),
+                      reference))
+    return y, units, labels
+
+
+FRAGILE_TRUTH = (FRAGILE_SHARE * np.mean(FRAGILE_RATES) * (1 - 2 * FRAGILE_CORRECT)
+                 + (1 - FRAGILE_SHARE) * STEADY_FLIP * (1 - 2 * STEADY_CORRECT))
+
+
+def separated_dp_units(drop, spread):
+    """This file's original design: calibration-draw-like units whose drop of the smallest
+    group's positive predictions varies ~ N(drop, spread^2) (units differ less than their own
+    test noise), on the separated design, 2,000 samples."""
     selection = DESIGNS["separated"]
+
+    def draw(rng, k):
+        codes, labels = draw_groups(rng)
+        y = rng.integers(0, 2, N)
+        reference = (rng.random(N) < selection[codes]).astype(int)
+        units = [flipped_pair(rng, codes, selection,
+                              float(np.clip(drop + spread * rng.standard_normal(), 0, 1)),
+                              reference) for _ in range(k)]
+        return y, units, labels
+
     draws = np.clip(drop + spread * np.random.default_rng(0).standard_normal(20_000), 0, 1)
-    truth = float(np.mean([true_dp_change(selection, d) for d in draws]))
-    print(f"4. coverage of the pooled 95% interval over k units: calibration-draw-like units "
-          f"whose drop varies ~ N({drop}, {spread}^2), scored on one shared test set "
-          f"(separated design); truth = the mean over draws of the population change, "
-          f"{truth:+.4f} ({n_sims} simulations, {replicates} shared replicates)")
-    for k in unit_counts:
-        rng = np.random.default_rng(20261204 + k)
-        hits, widths = [], []
-        for sim in range(n_sims):
-            codes, labels = draw_groups(rng)
-            y = rng.integers(0, 2, N)
-            reference = (rng.random(N) < selection[codes]).astype(int)
-            units = [flipped_pair(rng, codes, selection,
-                                  float(np.clip(drop + spread * rng.standard_normal(), 0, 1)),
-                                  reference) for _ in range(k)]
-            values = [fm.demographic_parity_difference(y, m, sensitive_features=labels)
-                      - fm.demographic_parity_difference(y, r, sensitive_features=labels)
-                      for m, r in units]
-            shared = unit_stats.shared_paired_replicates(y, units, labels, "dp_gap",
-                                                         n_resamples=replicates, seed=sim)
-            evidence = unit_stats.pooled_interval(values, shared)
-            hits.append(evidence.low <= truth <= evidence.high)
-            widths.append(evidence.high - evidence.low)
-        print(f"   k = {k:2d}: {rate(hits, n_sims)}, median width {np.nanmedian(widths):.4f}, "
-              f"no interval {np.mean(np.isnan(widths)):.0%}")
+    return draw, float(np.mean([true_dp_change(selection, d) for d in draws]))
+
+
+def unit_change(metric, y, model, reference, labels):
+    if metric == "accuracy":
+        return float(np.mean(model == y) - np.mean(reference == y))
+    return (fm.demographic_parity_difference(y, model, sensitive_features=labels)
+            - fm.demographic_parity_difference(y, reference, sensitive_features=labels))
+
+
+def pooled_designs(drop, spread):
+    """(label, metric, draw, truth) of every pooled-interval design."""
+    separated, separated_truth = separated_dp_units(drop, spread)
+    return [(f"original: DP gap, drops ~ N({drop}, {spread}^2), n = {N}", "dp_gap", separated,
+             separated_truth),
+            (f"issue 26: accuracy, rates U{ISSUE_RATES} (+{ISSUE_EXTRA} smallest), "
+             f"n = {ISSUE_N}", "accuracy", issue_accuracy_units, ISSUE_ACCURACY_TRUTH),
+            ("issue 26: DP gap, group-dependent effect", "dp_gap", issue_dp_units,
+             issue_dp_truth()),
+            (f"fragile samples shared by units: accuracy, n = {FRAGILE_N}", "accuracy",
+             fragile_units, FRAGILE_TRUTH)]
+
+
+def pooled_coverage(n_sims, replicates, drop, spread, unit_counts, interval=None):
+    """Coverage of ``unit_stats.pooled_interval`` (or ``interval``, same signature) on every
+    design, for each number of units."""
+    interval = interval or unit_stats.pooled_interval
+    print(f"4. coverage of the pooled 95% interval over k units scored on one shared test set; "
+          f"truth = the expected change over units and test sets ({n_sims} simulations, "
+          f"{replicates} shared replicates each)")
+    for label, metric, draw, truth in pooled_designs(drop, spread):
+        print(f"   {label}; truth {truth:+.4f}")
+        for k in unit_counts:
+            rng = np.random.default_rng(20261204 + k)
+            hits, widths = [], []
+            for sim in range(n_sims):
+                y, units, labels = draw(rng, k)
+                values = [unit_change(metric, y, m, r, labels) for m, r in units]
+                shared = unit_stats.shared_paired_replicates(y, units, labels, metric,
+                                                             n_resamples=replicates, seed=sim)
+                evidence = interval(values, shared)
+                hits.append(evidence.low <= truth <= evidence.high)
+                widths.append(evidence.high - evidence.low)
+            print(f"     k = {k:2d}: {rate(hits, n_sims)}, median width "
+                  f"{np.nanmedian(widths):.4f}, no interval {np.mean(np.isnan(widths)):.0%}",
+                  flush=True)
 
 
 def timing():
@@ -243,16 +370,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer simulations, for a check")
     parser.add_argument("--sims", type=int, default=None, help="simulations per figure")
+    parser.add_argument("--only", choices=("pooled",), default=None,
+                        help="run one section (pooled: section 4) and nothing else")
     args = parser.parse_args()
     sims = args.sims or (150 if args.quick else 500)
     resamples = 500 if args.quick else 1000
     print(f"bench_stats: {sims} simulations per figure, alpha = {ALPHA}")
     started = time.perf_counter()
-    size_and_power(sims, resamples, drop=0.25)
-    paired_coverage(sims, resamples, drop=0.10)
+    if args.only is None:
+        size_and_power(sims, resamples, drop=0.25)
+        paired_coverage(sims, resamples, drop=0.10)
     pooled_coverage(sims, 200 if args.quick else 300, drop=0.10, spread=0.04,
-                    unit_counts=(2, 3, 5, 10))
-    timing()
+                    unit_counts=(3, 5, 10))
+    if args.only is None:
+        timing()
     print(f"total {time.perf_counter() - started:.0f} s")
 
 

@@ -99,3 +99,46 @@ def test_permutation_family_difference_counts_labellings():
 def test_cohens_h_of_a_change_between_proportions():
     assert us.cohens_h(0.5, 0.5) == 0
     assert us.cohens_h(0.6, 0.5) == pytest.approx(2 * np.arcsin(np.sqrt(0.6)) - np.pi / 2)
+
+
+def _uncorrelated_replicates(k, sd, rows=200, seed=0):
+    """(rows, k) replicates whose columns have standard deviation ``sd`` and exactly zero
+    covariance: units with their own test noise and none shared."""
+    noise = np.random.default_rng(seed).standard_normal((rows, k))
+    q, _ = np.linalg.qr(noise - noise.mean(axis=0))  # orthonormal columns with mean 0
+    return q * sd * math.sqrt(rows - 1)
+
+
+def test_units_that_differ_less_than_their_own_noise_keep_the_t_interval():
+    # the spread (sd 0.006) is below the units' own test noise (sd 0.01): the old rule floored
+    # it there and switched to a z-interval; without shared error it is the t(2) interval
+    values = np.array([0.020, 0.026, 0.032])
+    replicates = _uncorrelated_replicates(3, 0.01)
+    evidence = us.pooled_interval(values, replicates)
+    half = 4.302652729749464 * values.std(ddof=1) / math.sqrt(3)
+    assert (evidence.low, evidence.high) == pytest.approx((values.mean() - half,
+                                                           values.mean() + half), rel=1e-6)
+
+
+def test_three_units_that_truly_differ_cover_at_the_nominal_rate():
+    # unit effects spread twice their own test noise: the old floor-and-z rule covered ~92%
+    rng = np.random.default_rng(4)
+    replicates = _uncorrelated_replicates(3, 0.01)
+    covered = 0
+    for _ in range(2000):
+        values = 0.05 + rng.normal(0, 0.02, 3) + rng.normal(0, 0.01, 3)
+        evidence = us.pooled_interval(values, replicates)
+        covered += evidence.low <= 0.05 <= evidence.high
+    assert 0.935 <= covered / 2000 <= 0.965, covered
+
+
+def test_the_mean_error_law_is_t_without_shared_error_and_normal_for_a_tie():
+    from scipy import stats
+    mixed = us._MeanError(1.0, 1e-12, 2)
+    assert mixed.quantile(0.975) == pytest.approx(stats.t.ppf(0.975, 2), rel=1e-5)
+    tie = us._MeanError(1e-14, 0.04, 2)
+    assert tie.quantile(0.975) == pytest.approx(1.959964 * 0.2, rel=1e-5)
+    both = us._MeanError(1.0, 1.0, 2)
+    assert both.sf(both.quantile(0.975)) == pytest.approx(0.025, abs=1e-9)
+    # between the normal interval of the total variance and the sum of the two parts' quantiles
+    assert 1.959964 * math.sqrt(2) < both.quantile(0.975) < stats.t.ppf(0.975, 2) + 1.959964
