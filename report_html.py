@@ -10,6 +10,7 @@ code fences, ``<details>``, inline code, bold and links); nothing is fetched.
 from __future__ import annotations
 
 import base64
+import io
 import html
 import re
 from pathlib import Path
@@ -61,11 +62,22 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in cells]
 
 
+def palette_png(path: Path) -> bytes:
+    """The PNG at ``path`` with at most 256 colours: a plot's few colours survive, and the page
+    stays a few MB with a full study's figures (about 2.6x smaller than the figure files)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").quantize(colors=256).save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
 def _image(alt: str, source: str, folder: Path) -> str:
     path = folder / source
     if not path.is_file():
         return f"<p><em>figure {html.escape(source)} was not written</em></p>"
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    data = base64.b64encode(palette_png(path)).decode("ascii")
     return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(alt)}</figcaption></figure>")
 

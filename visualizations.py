@@ -82,8 +82,8 @@ def _empty(ax, why: str) -> None:
 
 
 def _short_name(config_id: str) -> str:
-    """A configuration id without its dataset and architecture (shown elsewhere)."""
-    return "/".join(str(config_id).split("/")[2:]) or str(config_id)
+    """A configuration id without its dataset (the panel's title names it)."""
+    return "/".join(str(config_id).split("/")[1:]) or str(config_id)
 
 
 def _plain_log_axis(axis) -> None:
@@ -96,9 +96,17 @@ def _plain_log_axis(axis) -> None:
 
 # ----------------------------------------------------------------------------- figures
 
+PARETO_NUMBERED = 40
+"""Up to this many configurations per dataset every point is numbered; above it only the
+Pareto-optimal ones are (a full study's 200 numbers would cover the panels)."""
+SHARED_LABEL = 5
+"""Points that coincide share one label; it shows this many numbers, then ``+N``."""
+
+
 def plot_pareto(table: pd.DataFrame, path: str | Path) -> list[Path]:
     """Accuracy against DP gap and against size, one row of panels per dataset. Each
-    configuration is numbered beside its point and named in the key under the panels;
+    configuration is numbered beside its point and named in the key under the panels (above
+    ``PARETO_NUMBERED`` per dataset: the Pareto-optimal ones only, the key says how many more);
     colour and marker = method; the non-dominated configurations (``pareto``) are filled, the
     others hollow. Points that coincide share one label ("1,4")."""
     _require(table, ["dataset", "method", "accuracy", "dp_gap", "size_mib", "pareto"],
@@ -110,14 +118,20 @@ def plot_pareto(table: pd.DataFrame, path: str | Path) -> list[Path]:
     datasets = sorted(table["dataset"].unique())
     methods = sorted(table["method"].unique())
     markers, colours = _styles(methods, MARKERS), _styles(methods, COLOURS)
-    keys = []
-    figure = Figure(layout="constrained", figsize=(11, 4.2 * len(datasets) + 0.2 * len(table)))
-    axes = figure.subplots(len(datasets), 2, squeeze=False)
-    for row, dataset in zip(axes, datasets):
+    keys, panels = [], []
+    for dataset in datasets:
         rows = table[table["dataset"] == dataset].sort_values(["method", "config_id"])
-        numbers = {index: len(keys) + k + 1 for k, index in enumerate(rows.index)}
+        named = rows if len(rows) <= PARETO_NUMBERED else rows[rows["pareto"].astype(bool)]
+        numbers = {index: len(keys) + k + 1 for k, index in enumerate(named.index)}
         keys += [f"{numbers[i]}: {_short_name(rows.at[i, 'config_id'])}"
-                 + (" (Pareto)" if rows.at[i, "pareto"] else "") for i in rows.index]
+                 + (" (Pareto)" if rows.at[i, "pareto"] else "") for i in named.index]
+        if len(named) < len(rows):
+            keys.append(f"{dataset}: {len(rows) - len(named)} configurations off the Pareto front "
+                        "drawn hollow, unnumbered (analysis/stats.csv lists them)")
+        panels.append((dataset, rows, numbers))
+    figure = Figure(layout="constrained", figsize=(11, 4.2 * len(datasets) + 0.14 * len(keys)))
+    axes = figure.subplots(len(datasets), 2, squeeze=False)
+    for row, (dataset, rows, numbers) in zip(axes, panels):
         for ax, x in zip(row, ("dp_gap", "size_mib")):
             for method in methods:
                 for on_front, points in rows[rows["method"] == method].groupby("pareto"):
@@ -125,8 +139,10 @@ def plot_pareto(table: pd.DataFrame, path: str | Path) -> list[Path]:
                                edgecolors=colours[method], linewidths=1.4,
                                facecolors=colours[method] if on_front else "none", zorder=3)
             for (px, py), at in rows.groupby([x, "accuracy"]).groups.items():
-                ax.annotate(",".join(str(numbers[i]) for i in sorted(at, key=numbers.get)),
-                            (px, py), xytext=(4, 4), textcoords="offset points", fontsize=7)
+                shown = sorted((numbers[i] for i in at if i in numbers))
+                if shown:
+                    ax.annotate(_shared_label(shown), (px, py), xytext=(4, 4),
+                                textcoords="offset points", fontsize=7)
             ax.set_ylabel("accuracy (fraction)")
             ax.grid(True, linestyle=":", color="0.7")
         row[0].set_xlabel("DP gap (max − min selection rate, fraction)")
@@ -145,6 +161,12 @@ def plot_pareto(table: pd.DataFrame, path: str | Path) -> list[Path]:
     for c, text in enumerate(key_text):
         figure.text(0.01 + 0.5 * c, 0, text, fontsize=7, va="top", ha="left", family="monospace")
     return save_figure(figure, path)
+
+
+def _shared_label(numbers: list[int]) -> str:
+    """``1,4,9`` for coinciding points; past ``SHARED_LABEL`` numbers, ``1,4,9,12,15 +7``."""
+    head = ",".join(str(n) for n in numbers[:SHARED_LABEL])
+    return head + (f" +{len(numbers) - SHARED_LABEL}" if len(numbers) > SHARED_LABEL else "")
 
 
 def plot_heatmaps(table: pd.DataFrame, path: str | Path) -> list[Path]:

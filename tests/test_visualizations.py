@@ -157,3 +157,18 @@ def test_missing_columns_and_empty_tables_are_named(tmp_path):
         viz.plot_group_drops(per_group().drop(columns=["accuracy_drop_low",
                                                        "accuracy_drop_high"]), tmp_path / "g")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_full_study_numbers_only_its_pareto_front(tmp_path, monkeypatch):
+    drawn = _drawn(monkeypatch)
+    n = viz.PARETO_NUMBERED + 10
+    table = pd.DataFrame(dict(dataset="synthetic", method="ptq_static", accuracy=0.5, dp_gap=0.1,
+                              size_mib=1.0, pareto=[i < 3 for i in range(n)],
+                              config_id=[f"synthetic/cnn/ptq_static/w{i}/seed=0" for i in range(n)]))
+    viz.plot_pareto(table, tmp_path / "pareto")
+    texts = "\n".join(t.get_text() for t in drawn["figure"].texts)
+    assert "1: " in texts and "3: " in texts and "4: " not in texts
+    assert f"{n - 3} configurations off the Pareto front" in texts
+    labels = [t.get_text() for t in drawn["figure"].axes[0].texts]
+    assert labels == ["1,2,3"]  # every point coincides; only the front is numbered
+    assert viz._shared_label(list(range(1, 9))) == "1,2,3,4,5 +3"
