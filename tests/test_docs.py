@@ -66,6 +66,7 @@ def test_relative_links_name_files_and_anchors_inside_the_repository(page):
                 f"{page.name} links {link}, but {resolved.name} has no heading with that anchor"
 
 
+@pytest.mark.torch  # main.py and the notebook modules import torch
 def test_every_main_py_command_of_the_readme_parses_its_config_without_running_anything():
     import config
     import main
@@ -78,6 +79,7 @@ def test_every_main_py_command_of_the_readme_parses_its_config_without_running_a
         assert cfg.run_dir.name == cfg.run_name, command
 
 
+@pytest.mark.torch  # main.py and the notebook modules import torch
 def test_the_readme_manifest_command_means_what_the_readme_says():
     import config
     import main
@@ -114,6 +116,7 @@ def test_the_readme_test_command_is_the_one_ci_runs():
     assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
+@pytest.mark.torch  # main.py and the notebook modules import torch
 def test_the_readme_notebook_imports_resolve():
     """`from quantization import FairnessAwareQuantizer` and the like, as the README shows them."""
     imports = 0

@@ -108,11 +108,11 @@ def test_a_method_defined_in_this_file_alone_is_swept(smoke_run, tmp_path):
 def test_the_simulated_twin_and_the_fp32_model_are_built_once_per_process(smoke_run, monkeypatch):
     _, run_dir = smoke_run
     ctx = experiment.Context(experiment.Context.for_run(run_dir).cfg, run_dir)  # fresh caches
-    unit = next(u for u in experiment.quantization_units(ctx) if "ptq_static/w8a8" in u.config_id)
     built, loaded, quantize, load = [], [], experiment._quantize, experiment.load_model_from_checkpoint
     monkeypatch.setattr(experiment, "_quantize", lambda *a, **k: built.append(k) or quantize(*a, **k))
     monkeypatch.setattr(experiment, "load_model_from_checkpoint",
                         lambda path: loaded.append(path) or load(path))
+    unit = next(u for u in experiment.quantization_units(ctx) if "ptq_static/w8a8" in u.config_id)
     first, second = (experiment.execute(unit)[0] for _ in range(2))
     assert first["agreement_with_simulated"] == second["agreement_with_simulated"]
     assert [k.get("execution") for k in built] == [None, "simulated", None]  # twin once
