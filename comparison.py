@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import evaluation
-from fairness_metrics import PREDICTION_COLUMNS, summarize_predictions
+from fairness_metrics import PREDICTION_COLUMNS, intersectional_labels, summarize_predictions
 from quantization import (FLOAT_BITS, SHORT_NAMES, apply_quantization, context_keys, method_config,
                           method_traits, resolve_method)
 
@@ -149,7 +149,7 @@ def _regroup(table: pd.DataFrame, sensitive_attrs: Sequence[str] | None) -> pd.D
         raise ValueError(f"sensitive_attrs {missing} are not columns of the predictions; the "
                          f"test set has {available}")
     table = table.copy()
-    table["group"] = table[list(sensitive_attrs)].astype(str).agg("/".join, axis=1)
+    table["group"] = intersectional_labels(table[list(sensitive_attrs)])
     return table
 
 

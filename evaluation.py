@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import profiling
+from fairness_metrics import intersectional_labels
 from training import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def _sensitive_metadata(loader) -> tuple[pd.DataFrame, list[str]]:
             f"{type(dataset).__name__} has no such attributes. Use a dataset that meets the group-"
             "dataset protocol (docs/datasets.md), e.g. one from datasets.load_dataset")
     if "group" not in metadata.columns and set(sensitive) <= set(metadata.columns):
-        metadata = metadata.assign(group=metadata[list(sensitive)].astype(str).agg("/".join, axis=1))
+        metadata = metadata.assign(group=intersectional_labels(metadata[list(sensitive)]))
     columns = ["sample_id", *sensitive, "group"]
     absent = [column for column in columns if column not in metadata.columns]
     if absent:
