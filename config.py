@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from checks import check_choice as _check_choice
+from checks import check_choice
 from checks import listed, parse_bits, shown
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -139,7 +139,7 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
-        _check_choice("data.dataset", self.dataset, DATASETS)
+        check_choice("data.dataset", self.dataset, DATASETS)
         if self.dataset == "manifest":
             for key, why, example in (
                     ("manifest", "the CSV that lists the images", "path/to/metadata.csv"),
@@ -221,8 +221,8 @@ class TrainingConfig:
         _check_range("training.epochs", self.epochs, 0, 10_000)
         _check_range("training.lr", self.lr, 0.0, 10.0, above=True)
         _check_range("training.weight_decay", self.weight_decay, 0.0, 10.0)
-        _check_choice("training.optimizer", self.optimizer, ("adamw", "sgd"))
-        _check_choice("training.scheduler", self.scheduler, ("cosine", "none"))
+        check_choice("training.optimizer", self.optimizer, ("adamw", "sgd"))
+        check_choice("training.scheduler", self.scheduler, ("cosine", "none"))
         if self.max_steps_per_epoch is not None:
             _check_range("training.max_steps_per_epoch", self.max_steps_per_epoch, 1, MAX_COUNT)
         tunable = {f.name for f in dataclasses.fields(self)} - {"per_arch"}
@@ -266,7 +266,7 @@ class QuantizationConfig:
         for seed in self.seeds:
             _check_range("quantization.seeds", seed, 0, MAX_SEED)
         for kind in self.calibration_kinds:
-            _check_choice("quantization.calibration_kinds", kind, CALIBRATION_KINDS)
+            check_choice("quantization.calibration_kinds", kind, CALIBRATION_KINDS)
         _check_range("quantization.qat_epochs", self.qat_epochs, 1, 1000)
         _check_range("quantization.qat_lr", self.qat_lr, 0.0, 10.0, above=True)
         if self.qat_max_steps_per_epoch is not None:
@@ -329,7 +329,7 @@ class AnalysisConfig:
         _check_range("analysis.min_group_size", self.min_group_size, 0, MAX_COUNT)
         _check_range("analysis.min_balanced_accuracy", self.min_balanced_accuracy, 0.0, 1.0)
         for key, value in self.margins.items():
-            _check_choice("analysis.margins", key, MARGIN_KEYS)
+            check_choice("analysis.margins", key, MARGIN_KEYS)
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not 0 < value <= 1:
                 raise ValueError(f"analysis.margins.{key}={value!r}: expected a number in (0, 1] "
@@ -359,13 +359,13 @@ class RuntimeConfig:
     """Per phase, what one Ray task asks for; keys not given keep ``DEFAULT_RAY_RESOURCES``."""
 
     def __post_init__(self):
-        _check_choice("runtime.executor", self.executor, EXECUTORS)
+        check_choice("runtime.executor", self.executor, EXECUTORS)
         if self.ray_address is not None and not RAY_ADDRESS.match(str(self.ray_address)):
             raise ValueError(BAD_RAY_ADDRESS.format(value=self.ray_address))
         object.__setattr__(self, "ray_resources", _ray_resources(self.ray_resources))
-        _check_choice("runtime.device", self.device, DEVICES)
+        check_choice("runtime.device", self.device, DEVICES)
         for backend in self.backends:
-            _check_choice("runtime.backends", backend, BACKENDS)
+            check_choice("runtime.backends", backend, BACKENDS)
         if "torch" not in self.backends:
             raise ValueError(f"runtime.backends={listed(self.backends)} leaves out 'torch', whose "
                              "models every other backend is compared with; use e.g. "

@@ -74,7 +74,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from face_files import (AGE_GROUPS, FAIRFACE_RACES, SPLITS, UTK_RACES,  # noqa: F401
-                        _derive_columns, _read_celeba, _read_fairface, _read_utkface,
+                        derive_columns, read_celeba, read_fairface, read_utkface,
                         parse_utkface_name, read_celeba_attributes, read_celeba_partition)
 from manifest import (Manifest, bad_image_rows, check_groups_in_splits, group_labels,
                       read_manifest, special_kind, warn_small_groups)
@@ -739,7 +739,7 @@ class _Source:
 def _builtin_source(dataset: str, root: Path, fractions, synthetic, target, sensitive,
                     skip_bad_images: bool) -> _Source:
     frame, schema, folder, is_synthetic = _read_raw(dataset, root, fractions, synthetic)
-    metadata, target, columns = _derive_columns(frame, schema, dataset, target, sensitive)
+    metadata, target, columns = derive_columns(frame, schema, dataset, target, sensitive)
     group_names = sorted(metadata["group"].unique())
     metadata, paths = _drop_missing_files(metadata, frame["path"].to_numpy(), skip_bad_images)
     places = metadata["sample_id"].to_numpy()
@@ -783,8 +783,8 @@ def _read_raw(name: str, root: Path, fractions, synthetic_options):
             raise ValueError(SYNTHETIC_UNWRITABLE.format(root=root, reason=exc.strerror or exc)) from None
     else:
         folder = root / name
-    readers = {"synthetic": _read_celeba, "celeba": _read_celeba, "utkface": _read_utkface,
-               "fairface": _read_fairface}
+    readers = {"synthetic": read_celeba, "celeba": read_celeba, "utkface": read_utkface,
+               "fairface": read_fairface}
     frame, schema = readers[name](folder)
     is_synthetic = (folder / SYNTHETIC_PARAMS_FILE).exists()
     return frame, schema, folder, is_synthetic

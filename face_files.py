@@ -167,7 +167,9 @@ def _check_unique(first_line: dict, name: str, path: Path, lineno: int, source: 
     first_line[name] = lineno
 
 
-def _read_celeba(folder: Path, name: str = "celeba") -> tuple[pd.DataFrame, "_Schema"]:
+def read_celeba(folder: Path, name: str = "celeba") -> tuple[pd.DataFrame, "Schema"]:
+    """CelebA's (or the synthetic set's) files in ``folder`` -> (one row per image, its schema).
+    Shared: ``datasets`` reads CelebA with it."""
     _require(name, folder, CELEBA_FILES)
     images = image_folder(folder / "img_align_celeba")
     attributes = read_celeba_attributes(folder / "list_attr_celeba.txt", images)
@@ -187,7 +189,7 @@ def _read_celeba(folder: Path, name: str = "celeba") -> tuple[pd.DataFrame, "_Sc
 # --------------------------------------------------------------------------- schemas
 
 @dataclass(frozen=True)
-class _Schema:
+class Schema:
     """How a dataset's raw columns become a binary target and string sensitive columns.
 
     ``targets``: name -> (source, function(frame) -> 0/1 array); ``sensitives``: name ->
@@ -201,7 +203,7 @@ class _Schema:
     sensitives: dict
 
 
-def _celeba_schema(attributes: list[str]) -> _Schema:
+def _celeba_schema(attributes: list[str]) -> Schema:
     def target(attr):
         return attr, lambda frame: frame[attr].to_numpy()
 
@@ -211,13 +213,14 @@ def _celeba_schema(attributes: list[str]) -> _Schema:
 
     names = {a: a for a in attributes}
     names.update({alias: a for alias, a in CELEBA_ALIASES.items() if a in attributes})
-    return _Schema("Smiling", ("Male", "Young"),
+    return Schema("Smiling", ("Male", "Young"),
                    {n: target(a) for n, a in names.items()},
                    {n: sensitive(a) for n, a in names.items()})
 
 
-def _derive_columns(frame: pd.DataFrame, schema: _Schema, dataset: str, target, sensitive):
-    """metadata (sample_id, split, target, sensitive columns, group) + (target, columns)."""
+def derive_columns(frame: pd.DataFrame, schema: Schema, dataset: str, target, sensitive):
+    """metadata (sample_id, split, target, sensitive columns, group) + (target, columns).
+    Shared: ``datasets`` builds every real dataset's metadata with it."""
     target = schema.default_target if target is None else target
     if sensitive is None:
         sensitive = list(schema.default_sensitive)
@@ -268,7 +271,7 @@ FAIRFACE_AGE_GROUPS = {"0-2": "0-19", "3-9": "0-19", "10-19": "0-19", "20-29": "
                        "30-39": "20-39", "40-49": "40-59", "50-59": "40-59", "60-69": "60+",
                        "more than 70": "60+"}
 # UTKFace and FairFace share one schema over the columns gender, race, age_group, age_ge_40.
-DEMOGRAPHIC_SCHEMA = _Schema(
+DEMOGRAPHIC_SCHEMA = Schema(
     default_target="gender",
     default_sensitive=("race", "age_group"),
     targets={"gender": ("gender", lambda f: (f["gender"] == "Female").to_numpy()),
@@ -295,7 +298,9 @@ def parse_utkface_name(file_name: str) -> dict | None:
             "age_group": _age_group(age), "age_ge_40": int(age >= 40)}
 
 
-def _read_utkface(folder: Path) -> tuple[pd.DataFrame, _Schema]:
+def read_utkface(folder: Path) -> tuple[pd.DataFrame, Schema]:
+    """UTKFace's images in ``folder`` (labels in their file names) -> (rows, schema). Shared:
+    ``datasets`` reads UTKFace with it."""
     files = sorted(folder.rglob("*.jpg")) if folder.is_dir() else []
     if not files:
         raise _missing_dataset_error("utkface", folder, ["[age]_[gender]_[race]_[datetime].jpg"
@@ -321,7 +326,9 @@ def _read_utkface(folder: Path) -> tuple[pd.DataFrame, _Schema]:
     return pd.DataFrame.from_records(records), DEMOGRAPHIC_SCHEMA
 
 
-def _read_fairface(folder: Path) -> tuple[pd.DataFrame, _Schema]:
+def read_fairface(folder: Path) -> tuple[pd.DataFrame, Schema]:
+    """FairFace's two label CSVs in ``folder`` -> (rows, schema). Shared: ``datasets`` reads
+    FairFace with it."""
     _require("fairface", folder, FAIRFACE_FILES)
     train = _read_fairface_labels(folder, FAIRFACE_FILES[0], split="trainval")
     test = _read_fairface_labels(folder, FAIRFACE_FILES[1], split="test")

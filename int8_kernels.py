@@ -1,9 +1,9 @@
 """What this CPU's x86 integer kernels compute exactly, and the activation ranges that keep them
 exact (see ``quantization``'s docstring, "Activation ranges follow the CPU").
 
-``kernel_capability`` reads the CPU; ``_narrow_integer_inputs`` sets 7-bit ranges along the input
-chain of every integer conv and linear that would saturate; ``_clamp_inputs`` makes the real
-integer model clamp there as its simulated twin does; ``_isolated_torch_state`` runs code on the
+``kernel_capability`` reads the CPU; ``narrow_integer_inputs`` sets 7-bit ranges along the input
+chain of every integer conv and linear that would saturate; ``clamp_inputs`` makes the real
+integer model clamp there as its simulated twin does; ``isolated_torch_state`` runs code on the
 x86 engine and restores global torch state after.
 """
 from __future__ import annotations
@@ -42,8 +42,9 @@ _DEPRECATION_NOTICES = (".*torch.ao.quantization is deprecated",
 
 
 @contextlib.contextmanager
-def _isolated_torch_state(threads: int | None = None):
-    """Run with the x86 engine (and ``threads``), restoring engine and thread count after."""
+def isolated_torch_state(threads: int | None = None):
+    """Run with the x86 engine (and ``threads``), restoring engine and thread count after.
+    Shared: ``quantization`` and ``quant_inspect`` run their torch work inside it."""
     engine, num_threads = torch.backends.quantized.engine, torch.get_num_threads()
     try:
         torch.backends.quantized.engine = BACKEND_ENGINE
@@ -58,13 +59,14 @@ def _isolated_torch_state(threads: int | None = None):
         torch.set_num_threads(num_threads)
 
 
-def _share_dropout_quantizers(prepared: torch.fx.GraphModule) -> None:
+def share_dropout_quantizers(prepared: torch.fx.GraphModule) -> None:
     """Give each dropout's output the quantizer of its input.
 
     The backend observes a dropout's output separately, but the integer model runs eval-mode
     dropout as the identity and keeps its input's scale; after pooling the two ranges differ
     (MobileNet's and EfficientNet's heads), and the twin would quantize on a finer grid than the
-    deployed model. Sharing the quantizer makes both use the input's."""
+    deployed model. Sharing the quantizer makes both use the input's. Shared: called by
+    ``quantization.prepare_quantization``."""
     replaced = {}  # id(dropout's own quantizer) -> its input's quantizer
     for node in prepared.graph.nodes:
         if not _is_quantizer(prepared, node):
@@ -140,7 +142,7 @@ def _input_chain(model: torch.fx.GraphModule, node: torch.fx.Node) -> list[torch
     return chain
 
 
-def _narrow_integer_inputs(prepared: torch.fx.GraphModule, activation_range: str) -> list[str]:
+def narrow_integer_inputs(prepared: torch.fx.GraphModule, activation_range: str) -> list[str]:
     """Give the input of every conv/linear that ``activation_range`` names (see
     ``_takes_narrow_input``) the range 0..127; returns those layers' names.
 
@@ -149,7 +151,8 @@ def _narrow_integer_inputs(prepared: torch.fx.GraphModule, activation_range: str
     2 * 127 * 128 cannot. Every quantizer on the input's chain back to its producer is narrowed
     (the integer model keeps the producer's scale through dropout, pooling, reshapes), so both
     executions, which come from this prepared graph, use the same levels; a shared quantizer
-    narrows that tensor for every consumer, as ``convert_quantized``'s clamp does.
+    narrows that tensor for every consumer, as ``convert_quantized``'s clamp does. Shared:
+    ``quantization.prepare_quantization`` calls it.
     """
     narrowed = []
     for node in prepared.graph.nodes:
@@ -187,12 +190,13 @@ class QuantizedRangeClamp(nn.Module):
         return f"quant_max={self.quant_max}"
 
 
-def _clamp_inputs(model: torch.fx.GraphModule, layers: Iterable[str]) -> list[str]:
+def clamp_inputs(model: torch.fx.GraphModule, layers: Iterable[str]) -> list[str]:
     """In a ``convert_fx`` model, clamp the quantized input of each of ``layers`` (the names
-    ``_narrow_integer_inputs`` returned) to 0..127. The clamp follows the op that produced the
+    ``narrow_integer_inputs`` returned) to 0..127. The clamp follows the op that produced the
     tensor (before any pass-through op) and replaces all its uses, as the twin's narrowed
     quantizers do for every consumer.
-    Returns the names of the inserted clamps."""
+    Returns the names of the inserted clamps. Shared: ``quantization.convert_quantized``
+    calls it."""
     layers, graph = set(layers), getattr(model, "graph", None)
     if graph is None or not layers:
         return []
@@ -267,10 +271,11 @@ class AveragePoolInLevels(nn.Module):
         return f"scale={self.scale}, zero_point={self.zero_point}"
 
 
-def _average_pools_in_levels(model: torch.fx.GraphModule, fake_quantize) -> list[str]:
+def average_pools_in_levels(model: torch.fx.GraphModule, fake_quantize) -> list[str]:
     """In a simulated (reference) model whose activations pass through ``fake_quantize`` calls,
     make every average pool between two fake quantizers with the same grid compute as x86's
-    integer kernel (``AveragePoolInLevels``). Returns the names of the pools changed."""
+    integer kernel (``AveragePoolInLevels``). Returns the names of the pools changed. Shared:
+    ``quantization.convert_quantized`` calls it."""
     changed = []
     for node in list(model.graph.nodes):
         if node.op == "call_module":
@@ -389,10 +394,11 @@ class IntegerKernelLayer(nn.Module):
         return f"kernel={self.kernel}, relu={self.relu}"
 
 
-def _integer_kernel_layers(model: torch.fx.GraphModule, fake_quantize) -> list[str]:
+def integer_kernel_layers(model: torch.fx.GraphModule, fake_quantize) -> list[str]:
     """In a w8a8 twin (reference model with ``fake_quantize`` calls), replace every reference
     conv or linear whose input and output pass through ``fake_quantize`` by an
-    ``IntegerKernelLayer``. Returns the names of the layers replaced."""
+    ``IntegerKernelLayer``. Returns the names of the layers replaced. Shared:
+    ``quantization.convert_quantized`` calls it."""
     from torch.ao.nn.quantized.reference.modules.utils import ReferenceQuantizedModule
     vnni, changed = kernel_capability()["vnni"], []
     for node in list(model.graph.nodes):

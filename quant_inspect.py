@@ -16,7 +16,7 @@ from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 from torch.ao.quantization.observer import ObserverBase
 
 import evaluation
-from int8_kernels import _isolated_torch_state
+from int8_kernels import isolated_torch_state
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ _INT_WEIGHT_LAYER_TYPES = (nnq.Conv1d, nnq.Conv2d, nnq.Conv3d, nnq.Linear, nnqd.
 _INT_WEIGHT_BITS = {torch.qint8: 8, torch.quint8: 8}
 
 
-def _images(batch) -> torch.Tensor:
+def batch_images(batch) -> torch.Tensor:
+    """The images of a loader's batch (a tensor, or a tuple with the images first). Shared:
+    ``quantization`` reads calibration batches with it."""
     if isinstance(batch, (list, tuple)) and batch:
         batch = batch[0]
     if not isinstance(batch, torch.Tensor):
@@ -55,7 +57,9 @@ def quantizable_layers(model: nn.Module) -> list[str]:
     return [name for name, _ in _weight_layers(model)]
 
 
-def _check_layer_names(model: nn.Module, names: Iterable[str], option: str) -> None:
+def check_layer_names(model: nn.Module, names: Iterable[str], option: str) -> None:
+    """A ValueError naming the ``names`` that are not ``quantizable_layers(model)``. Shared:
+    ``quantization`` checks ``layer_bits`` and ``fp32_layers`` with it."""
     valid = quantizable_layers(model)
     unknown = [name for name in names if name not in valid]
     if unknown:
@@ -153,7 +157,7 @@ def packed_size_mib(model: nn.Module, weight_bits: int = 8,
                          "with integer modules is its serialized bytes: "
                          "evaluation.model_size_mib(model)")
     layer_bits, fp32_layers = dict(layer_bits or {}), set(fp32_layers)
-    _check_layer_names(model, [*layer_bits, *fp32_layers], "packed_size_mib")
+    check_layer_names(model, [*layer_bits, *fp32_layers], "packed_size_mib")
     skip = _quantizer_tensor_ids(model)
     total_bytes = 0.0
     for name, module in _weight_layers(model):
@@ -177,7 +181,7 @@ def prediction_agreement(model_a: nn.Module, model_b: nn.Module, loader) -> floa
     model_a, model_b = model_a.cpu().eval(), model_b.cpu().eval()
     agree = total = 0
     for batch in loader:
-        images = _images(batch).cpu()
+        images = batch_images(batch).cpu()
         agree += (model_a(images).argmax(1) == model_b(images).argmax(1)).sum().item()
         total += len(images)
     if total == 0:
@@ -213,7 +217,7 @@ def latency_report(fp32_model: nn.Module, int8_model: nn.Module, image_size: int
             forms["traced_frozen"] = frozen
     candidates = {"torch": fp32_model, **(fp32_models or {})}
     report = {"threads": threads, "image_size": image_size, "execution": execution}
-    with _isolated_torch_state():
+    with isolated_torch_state():
         for n in batch_sizes:
             fp32_ms, fp32_name = (reference or {}).get(n) or evaluation.fastest_latency(
                 candidates, image_size, n, threads=threads, **options)
@@ -234,7 +238,7 @@ def traced_and_frozen(model: nn.Module, image_size: int) -> torch.jit.ScriptModu
     example, check = (torch.randn(n, 3, image_size, image_size, generator=generator)
                       for n in (2, 4))
     try:
-        with _isolated_torch_state(), warnings.catch_warnings():
+        with isolated_torch_state(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             frozen = torch.jit.freeze(torch.jit.trace(model.cpu().eval(), example).eval())
             exact = torch.equal(frozen(check), model(check))

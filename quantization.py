@@ -15,7 +15,12 @@ options are refused), deep-copies the model and calls the handler inside a guard
 such as loaders or a loss hook). The handler returns the quantized model with
 ``model.quant_info = describe_quantized(model)``; ``apply_quantization`` adds method, bit widths,
 sizes and cost. Handlers are built from the public blocks ``qconfig_mapping``,
-``prepare_quantization``, ``calibrate`` and ``convert_quantized``.
+``prepare_quantization``, ``calibrate`` and ``convert_quantized``; a handler that builds on
+another method runs it with ``quantize_in_place`` (no second copy or guard).
+
+Bits are spelled ``weight_bits``/``act_bits`` inside the engine. The notebook's spellings
+(``bits='w4a8'``, ``bit_width=4``, a short name's preset) resolve in one place,
+``resolve_bits``.
 
 =============  ===========================================================================
 method         what it does
@@ -62,7 +67,7 @@ keeps that op's scale through pooling, reshapes and dropout, whose own quantizer
 its input's), so the simulated twin uses exactly the same levels; the real model clamps that
 tensor to 0..127 (``QuantizedRangeClamp``), since ``convert_fx`` keeps only scale and zero point
 and would pass values above the calibrated maximum as 128..255.
-What stays float: layers named in ``fp32_layers``, squeeze-excitation blocks (``FLOAT_BLOCKS``:
+What stays float: layers named in ``fp32_layers``, squeeze-excitation blocks (``qconfigs.FLOAT_BLOCKS``:
 EfficientNet's gates; their convs appear in ``fp32_layers``) and, in a real INT8
 model, ops without integer kernels, run between dequantize and quantize;
 ``quant_info['float_ops']`` lists the latter. For a timm ViT: the patch-embedding flatten, the
@@ -78,37 +83,28 @@ import dataclasses
 import importlib
 import logging
 import time
-import types
 from dataclasses import dataclass, field, fields
 from typing import Callable, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
-from torch.ao.quantization import (QConfig, QConfigMapping, disable_observer,
-                                   get_default_qat_qconfig_mapping, get_default_qconfig_mapping,
-                                   per_channel_dynamic_qconfig, quantize_dynamic)
-from torch.ao.quantization.fake_quantize import FakeQuantize, FixedQParamsFakeQuantize
-from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObserver,
-                                            MinMaxObserver, MovingAverageMinMaxObserver,
-                                            MovingAveragePerChannelMinMaxObserver,
-                                            PerChannelMinMaxObserver,
-                                            ReuseInputObserver)
+from torch.ao.quantization import disable_observer, per_channel_dynamic_qconfig, quantize_dynamic
 from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_fx, convert_fx,
                                                prepare_fx, prepare_qat_fx)
-from torch.ao.nn.quantized.reference.modules.utils import ReferenceQuantizedModule
-from torchvision.ops import SqueezeExcitation
+from tqdm.auto import tqdm
 
 import evaluation
 import profiling
 import training
 from checks import check_choice, parse_bits
-from int8_kernels import (BACKEND_ENGINE, _average_pools_in_levels, _clamp_inputs, _integer_kernel_layers, _isolated_torch_state, _narrow_integer_inputs,
-                          _share_dropout_quantizers, default_activation_range, kernel_capability)
-from quant_inspect import (FLOAT_BITS, _check_layer_names, _images, describe_quantized, layer_bit_widths, latency_report,
-                           packed_size_mib, prediction_agreement, quantizable_layers,
-                           traced_and_frozen, weight_levels)
+from int8_kernels import (average_pools_in_levels, clamp_inputs, default_activation_range,
+                          integer_kernel_layers, isolated_torch_state, kernel_capability,
+                          narrow_integer_inputs, share_dropout_quantizers)
+from qconfigs import (PercentileObserver, fake_quantize, fuse_fake_quantize_pairs, qconfig_mapping,
+                      reuse_fake_quantized_weights)
+from quant_inspect import (FLOAT_BITS, batch_images, describe_quantized, layer_bit_widths,
+                           latency_report, packed_size_mib, prediction_agreement,
+                           quantizable_layers, traced_and_frozen, weight_levels)
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +119,11 @@ FairnessAwareQuantizer``; PEP 562 ``__getattr__``)."""
 __all__ = [
     "ACTIVATION_RANGES", "DynamicConfig", "PTQStaticConfig", "PercentileObserver", "QATConfig",
     "MethodTraits", "QuantConfig", "QuantInfo", "SHORT_NAMES", "apply_quantization", "calibrate",
-    "context_keys", "convert_quantized",
-    "default_activation_range", "describe_quantized", "kernel_capability", "latency_report",
-    "layer_bit_widths", "list_methods", "method_config", "method_traits", "packed_size_mib", "parse_bits",
-    "prediction_agreement", "prepare_quantization", "qconfig_mapping", "quantizable_layers",
-    "register_method", "resolve_method", "traced_and_frozen", "weight_levels",
+    "context_keys", "convert_quantized", "default_activation_range", "describe_quantized",
+    "kernel_capability", "latency_report", "layer_bit_widths", "list_methods", "method_config",
+    "method_traits", "packed_size_mib", "parse_bits", "prediction_agreement",
+    "prepare_quantization", "qconfig_mapping", "quantizable_layers", "quantize_in_place",
+    "register_method", "resolve_bits", "resolve_method", "traced_and_frozen", "weight_levels",
     "load_plugins", *(name for names in PLUGINS.values() for name in names),
 ]
 
@@ -139,6 +135,29 @@ ACTIVATION_RANGES = ("auto", "full", "reduced")
 # --------------------------------------------------------------------------- configs
 
 BITS_AND_WIDTHS = "give either bits='w<W>a<A>' or weight_bits/act_bits, not both"
+BAD_BIT_WIDTH = ("bit_width={value!r}: expected an int from 2 to 8 (weights at that many bits; "
+                 "activations too where the method supports it, else 8), or give bits='w4a8'")
+
+
+def resolve_bits(options: Mapping, *, preset: str | None = None, bit_width: int | None = None,
+                 act_choices: Iterable[int] = ()) -> dict:
+    """``options`` with bits in the engine's one spelling, ``weight_bits``/``act_bits``: the one
+    place the notebook's spellings resolve. By precedence: ``weight_bits``/``act_bits`` or
+    ``bits='w4a8'`` as given (both at once: ValueError), else a short name's ``preset`` bits,
+    else ``bit_width=k``: weights at ``k`` bits, activations at ``k`` where ``act_choices`` (the
+    config's ``ACT_BITS``) has it and at 8 otherwise; else nothing (the config's defaults)."""
+    options = dict(options)
+    bits, widths = options.pop("bits", None), {"weight_bits", "act_bits"} & options.keys()
+    if bits is not None and widths:
+        raise ValueError(BITS_AND_WIDTHS)
+    bits = preset if bits is None and not widths else bits
+    if bits is not None:
+        options["weight_bits"], options["act_bits"] = parse_bits(bits)
+    elif not widths and bit_width is not None:
+        if isinstance(bit_width, bool) or not isinstance(bit_width, int) or not 2 <= bit_width <= 8:
+            raise ValueError(BAD_BIT_WIDTH.format(value=bit_width))
+        options.update(weight_bits=bit_width, act_bits=bit_width if bit_width in act_choices else 8)
+    return options
 
 
 class _TakesBits(type):
@@ -146,9 +165,7 @@ class _TakesBits(type):
 
     def __call__(cls, *args, bits=None, **options):
         if bits is not None:
-            if {"weight_bits", "act_bits"} & options.keys():
-                raise ValueError(BITS_AND_WIDTHS)
-            options["weight_bits"], options["act_bits"] = parse_bits(bits)
+            options = resolve_bits({**options, "bits": bits})
         return super().__call__(*args, **options)
 
 
@@ -250,7 +267,7 @@ class PTQStaticConfig(QuantConfig):
 
     @property
     def resolved_activation_range(self) -> str:
-        """``'full'`` or ``'reduced'``: ``activation_range`` with ``'auto'`` decided for this CPU."""
+        """``'full'`` or ``'reduced'``: ``activation_range``, ``'auto'`` decided for this CPU."""
         if self.activation_range == "auto":
             return default_activation_range()
         return self.activation_range
@@ -430,14 +447,13 @@ def context_keys(method: str) -> frozenset:
 
 
 def resolve_method(method: str, options: Mapping | None = None) -> tuple[str, dict]:
-    """Expand a short name (``PTQ_INT4``) into (registry name, options); explicit options win."""
+    """Expand a short name (``PTQ_INT4``) into (registry name, options), bits resolved by
+    ``resolve_bits``; explicit options win over the short name's."""
     if not isinstance(method, str):
         raise ValueError(f"method must be a string, got {method!r}; see list_methods()")
     name, preset = SHORT_NAMES.get(method, (method, {}))
-    options = dict(options or {})
-    if {"weight_bits", "act_bits"} & options.keys():
-        preset = {key: value for key, value in preset.items() if key != "bits"}
-    return name, {**preset, **options}
+    options = {**{k: v for k, v in preset.items() if k != "bits"}, **(options or {})}
+    return name, resolve_bits(options, preset=preset.get("bits"))
 
 
 def method_config(name: str, **options) -> QuantConfig:
@@ -468,56 +484,63 @@ def apply_quantization(model: nn.Module, method: str | QuantConfig = "ptq_static
     result), float_ops, activation_range (``'full'``/``'reduced'`` at 8-bit activations),
     cpu_capability (the CPU it was built for), config.
     """
+    _check_inputs(model, calibration_data)
+    name, config, context, threads = _resolve_call(method, bit_width, options)
+    with isolated_torch_state(threads), profiling.step("quantize"):
+        quantized = quantize_in_place(copy.deepcopy(model), config, calibration_data,
+                                      method=name, **context)
+    info = quantized.quant_info
+    logger.info("%s %s: %s, %.3f MiB (x%.2f), %.1f s", name, config.bits, info.execution,
+                info.size_mib, info.compression, info.cost_s)
+    return quantized
+
+
+def _check_inputs(model, calibration_data) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     from fairness_metrics import check_images, check_model  # torch-free at import; no cycle
     check_model(model)  # a meta-device model, named here, not deep in torch
     if calibration_data is not None:
         check_images(model, calibration_data)  # e.g. a 1-channel batch for a 3-channel model
+
+
+def _resolve_call(method, bit_width, options: dict) -> tuple[str, QuantConfig, dict, int | None]:
+    """(registry name, config, context, threads) of one ``apply_quantization`` call."""
     if isinstance(method, QuantConfig):
         method, options = config_name(method), {**method.to_dict(), **options}
     name, options = resolve_method(method, options)
-    spec = _lookup(name)
-    accepted = context_keys(name)
+    spec, accepted = _lookup(name), context_keys(name)
     context = {key: options.pop(key) for key in list(options) if key in accepted}
     threads = options.pop("threads", None)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
-    if not {"bits", "weight_bits", "act_bits"} & options.keys():
-        options.update(_bit_width_options(bit_width, spec.config_cls))
-    config = _build_config(spec.config_cls, options, name)
-    with _isolated_torch_state(threads), profiling.step("quantize"):
-        start = time.perf_counter()
-        quantized = spec.handler(copy.deepcopy(model), config, calibration_data, **context)
-        cost_s = time.perf_counter() - start
-        quantized.quant_info = _full_info(quantized, model, name, config, cost_s)
-    logger.info("%s %s: %s, %.3f MiB (x%.2f), %.1f s", name, config.bits,
-                quantized.quant_info["execution"], quantized.quant_info["size_mib"],
-                quantized.quant_info["compression"], cost_s)
+    options = resolve_bits(options, bit_width=bit_width, act_choices=spec.config_cls.ACT_BITS)
+    return name, _build_config(spec.config_cls, options, name), context, threads
+
+
+def quantize_in_place(model: nn.Module, config: QuantConfig, calibration_data=None, *,
+                      method: str | None = None, **context) -> nn.Module:
+    """``model`` itself (the caller's copy, consumed) quantized by the handler of ``config``'s
+    method (``method``: its registry name, else the first registered for the config's class),
+    with its ``quant_info`` (sizes, cost, bits). No input checks, copy or state guard: the one
+    prepared path behind ``apply_quantization``, which does those once. Shared: a handler that
+    builds on another method (``mitigation``'s) calls it, inside that guard, on its own copy."""
+    name = method or config_name(config)
+    fp32_size = evaluation.model_size_mib(model)
+    start = time.perf_counter()
+    quantized = _lookup(name).handler(model, config, calibration_data, **context)
+    cost_s = time.perf_counter() - start
+    quantized.quant_info = _full_info(quantized, fp32_size, name, config, cost_s)
     return quantized
 
 
-BAD_BIT_WIDTH = ("bit_width={value!r}: expected an int from 2 to 8 (weights at that many bits; "
-                 "activations too where the method supports it, else 8), or give bits='w4a8'")
-
-
-def _bit_width_options(bit_width, config_cls: type) -> dict:
-    """``bit_width=k``: weights at ``k`` bits, activations at ``k`` bits where the method's config
-    supports them (``ACT_BITS``) and at 8 otherwise (e.g. ``ptq_static`` at 2 or 3 bits)."""
-    if isinstance(bit_width, bool) or not isinstance(bit_width, int) or not 2 <= bit_width <= 8:
-        raise ValueError(BAD_BIT_WIDTH.format(value=bit_width))
-    act_bits = bit_width if bit_width in config_cls.ACT_BITS else 8
-    return {"weight_bits": bit_width, "act_bits": act_bits}
-
-
-def _full_info(quantized: nn.Module, original: nn.Module, name: str, config: QuantConfig,
+def _full_info(quantized: nn.Module, fp32_size: float, name: str, config: QuantConfig,
                cost_s: float) -> "QuantInfo":
     info = getattr(quantized, "quant_info", None) or describe_quantized(quantized)
     if info["execution"] == "real_int8":
         size = evaluation.model_size_mib(quantized)
     else:
         size = packed_size_mib(quantized, weight_bits=FLOAT_BITS, layer_bits=info["layer_bits"])
-    fp32_size = evaluation.model_size_mib(original)
     return QuantInfo(method=name, weight_bits=config.weight_bits, act_bits=config.act_bits,
                      execution=info["execution"], observer=getattr(config, "observer", None),
                      size_mib=size, fp32_size_mib=fp32_size, compression=fp32_size / size,
@@ -594,131 +617,6 @@ def _activation_range(config: QuantConfig) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- layers and bits
-
-# --------------------------------------------------------------------------- observers, qconfigs
-
-class PercentileObserver(HistogramObserver):
-    """Histogram observer whose range is clipped at ``percentile`` (and ``100 - percentile``) of
-    every value seen during calibration, e.g. 99.99 ignores the top 0.01% outliers."""
-
-    def __init__(self, percentile: float = 99.99, **kwargs):
-        super().__init__(**kwargs)
-        self.percentile = percentile
-
-    @torch.jit.export
-    def calculate_qparams(self):
-        if self.histogram.sum() == 0:  # nothing observed: let the parent warn and default
-            return super().calculate_qparams()
-        cdf = torch.cumsum(self.histogram, 0) / self.histogram.sum()
-        edges = torch.linspace(self.min_val.item(), self.max_val.item(), self.bins + 1,
-                               device=cdf.device)
-        tail = 1 - self.percentile / 100
-        low_bin, high_bin = torch.searchsorted(cdf, cdf.new_tensor([tail, 1 - tail])).clamp(
-            max=self.bins - 1).tolist()
-        return self._calculate_qparams(edges[low_bin], edges[high_bin + 1])
-
-
-class _StraightThrough(torch.autograd.Function):
-    """``fake_quantize`` of an activation with the straight-through gradient of
-    ``torch.fake_quantize_per_tensor_affine`` (passed where the rounded value is in range, zero
-    where it is clamped); tensor ``scale``/``zero_point`` as FakeQuantize holds them."""
-
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, low: int, high: int):
-        levels = _levels(x, scale, zero_point)
-        ctx.save_for_backward((levels >= low) & (levels <= high))
-        return _from_levels(levels, scale, zero_point, low, high)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None, None
-
-
-class StraightThroughFakeQuantize(FakeQuantize):
-    """``FakeQuantize`` whose per-tensor fake quantization runs as ``_StraightThrough``: the
-    same values and gradients as torch's kernel, which takes about a third of a QAT step of
-    ViT-Small (2-core AMD EPYC AVX2). Observer updates are FakeQuantize's own."""
-
-    def forward(self, X):
-        if self.is_per_channel or not self.fake_quant_enabled[0]:
-            return super().forward(X)
-        if self.observer_enabled[0]:
-            self.activation_post_process(X.detach())
-            scale, zero_point = self.calculate_qparams()
-            self.scale.resize_(scale.shape).copy_(scale)
-            self.zero_point.resize_(zero_point.shape).copy_(zero_point)
-        return _StraightThrough.apply(X, self.scale, self.zero_point, self.quant_min,
-                                      self.quant_max)
-
-
-_OBSERVER_CLASSES = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver,
-                     "histogram": HistogramObserver, "percentile": PercentileObserver}
-
-
-def _qconfig(weight_bits: int, act_bits: int, observer: str, percentile: float,
-             qat: bool) -> QConfig:
-    """Per-tensor affine unsigned activations, per-channel symmetric signed weights; observers
-    for PTQ, FakeQuantize (straight-through gradients) around them for QAT."""
-    activation = dict(observer=_OBSERVER_CLASSES[observer], dtype=torch.quint8,
-                      qscheme=torch.per_tensor_affine, quant_min=0, quant_max=2**act_bits - 1)
-    if observer == "percentile":
-        activation["percentile"] = percentile
-    weight = dict(observer=MovingAveragePerChannelMinMaxObserver if qat
-                  else PerChannelMinMaxObserver, dtype=torch.qint8,
-                  qscheme=torch.per_channel_symmetric, quant_min=-2**(weight_bits - 1),
-                  quant_max=2**(weight_bits - 1) - 1)
-    if qat:
-        return QConfig(activation=StraightThroughFakeQuantize.with_args(**activation),
-                       weight=FakeQuantize.with_args(**weight))
-    return QConfig(activation=activation.pop("observer").with_args(**activation),
-                   weight=weight.pop("observer").with_args(**weight))
-
-
-def _keeps_backend_qconfig(qconfig: QConfig, act_bits: int) -> bool:
-    """Backend entries to keep: shape ops that reuse their input's qparams, and (at 8-bit
-    activations) ops with fixed output qparams such as sigmoid."""
-    factory = getattr(qconfig.activation, "p", qconfig.activation)  # with_args wraps a partial
-    cls = getattr(factory, "func", factory)
-    if cls is FixedQParamsFakeQuantize or issubclass(cls, FixedQParamsObserver):
-        return act_bits == 8
-    return issubclass(cls, ReuseInputObserver)
-
-
-# Squeeze-excitation gates (EfficientNet) stay float: quantized, their pooled inputs and per-channel
-# sigmoid gates turn single rounding steps of the integer kernels into different predictions
-# (real INT8 agreed with its twin on 84% of test images; with float gates on 99.8%, AVX2).
-FLOAT_BLOCKS = (SqueezeExcitation,)
-
-
-def qconfig_mapping(model: nn.Module, config: PTQStaticConfig, *, qat: bool = False
-                    ) -> QConfigMapping:
-    """The x86 QConfigMapping for ``config``: its global bit widths, ``layer_bits`` overrides and
-    ``fp32_layers`` (qconfig None), ``FLOAT_BLOCKS`` kept float, with the backend's
-    fixed-qparams/shape-op entries."""
-    _check_layer_names(model, dict(config.layer_bits), "layer_bits")
-    _check_layer_names(model, config.fp32_layers, "fp32_layers")
-
-    def make(weight_bits: int) -> QConfig:
-        return _qconfig(weight_bits, config.act_bits, config.observer, config.percentile, qat)
-
-    mapping = QConfigMapping().set_global(make(config.weight_bits))
-    backend = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(
-        BACKEND_ENGINE)
-    for op, qconfig in backend.object_type_qconfigs.items():
-        if _keeps_backend_qconfig(qconfig, config.act_bits):
-            mapping.set_object_type(op, qconfig)
-    for name, module in model.named_modules():
-        if isinstance(module, FLOAT_BLOCKS):
-            mapping.set_module_name(name, None)
-    for name, bits in config.layer_bits:
-        mapping.set_module_name(name, make(bits))
-    for name in config.fp32_layers:
-        mapping.set_module_name(name, None)
-    return mapping
-
-
 # --------------------------------------------------------------------------- building blocks
 
 def _image_batches(data, name: str, method: str) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
@@ -732,7 +630,7 @@ def _image_batches(data, name: str, method: str) -> tuple[torch.Tensor, Iterator
         data = [data]
     if isinstance(data, torch.utils.data.Dataset):
         raise ValueError(NOT_A_LOADER.format(name=name, kind=type(data).__name__))
-    batches = (_images(batch) for batch in data)
+    batches = (batch_images(batch) for batch in data)
     first = next(batches, None)
     if first is None:
         raise ValueError(f"{name} yielded no batches; pass a DataLoader with at least one batch "
@@ -764,10 +662,10 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
         raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx ({error}); static "
                          "PTQ and QAT need an FX-traceable model: use 'ptq_dynamic' or make the "
                          "data-dependent control flow static") from error
-    _share_dropout_quantizers(prepared)
+    share_dropout_quantizers(prepared)
     prepared.integer_twin = config.all_int8  # its simulated form computes as the kernels do
     if config.act_bits == 8:
-        prepared.narrowed_inputs = _narrow_integer_inputs(prepared, config.resolved_activation_range)
+        prepared.narrowed_inputs = narrow_integer_inputs(prepared, config.resolved_activation_range)
     return prepared
 
 
@@ -795,81 +693,15 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
     convert = convert_fx if execution == "real_int8" else _convert_to_reference_decomposed_fx
     model = convert(prepared).eval()
     if execution == "real_int8":
-        _clamp_inputs(model, narrowed)
+        clamp_inputs(model, narrowed)
     else:
-        _fuse_fake_quantize_pairs(model)
-        _reuse_fake_quantized_weights(model)
+        fuse_fake_quantize_pairs(model)
+        reuse_fake_quantized_weights(model)
         if getattr(prepared, "integer_twin", False):
-            _average_pools_in_levels(model, fake_quantize)
-            _integer_kernel_layers(model, fake_quantize)
+            average_pools_in_levels(model, fake_quantize)
+            integer_kernel_layers(model, fake_quantize)
     model.quant_info = describe_quantized(model, execution)
     return model
-
-
-_QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
-_DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default
-
-
-def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, low: int, high: int) -> torch.Tensor:
-    """The decomposed reference's quantize -> dequantize of an activation, op for op (the same
-    float32 results: round half to even, clamp, back to float), in place after the first op.
-    About 15x faster than the pair of decomposed ops and 7x faster than
-    ``torch.fake_quantize_per_tensor_affine`` on a ViT activation (2-core AMD EPYC AVX2)."""
-    return _from_levels(_levels(x, scale, zero_point), scale, zero_point, low, high)
-
-
-def _levels(x: torch.Tensor, scale, zero_point) -> torch.Tensor:
-    """round(x / scale) + zero_point, unclamped, in a new tensor."""
-    return torch.mul(x, 1.0 / scale).round_().add_(zero_point)
-
-
-def _from_levels(levels: torch.Tensor, scale, zero_point, low: int, high: int) -> torch.Tensor:
-    """Clamp integer ``levels`` to low..high and map them back to floats, in place."""
-    return levels.clamp_(low, high).sub_(zero_point).mul_(scale)
-
-
-def _fuse_fake_quantize_pairs(model: torch.fx.GraphModule) -> None:
-    """Replace each activation's quantize -> dequantize pair of the decomposed reference graph
-    (elementwise passes, fresh tensors and two dtype copies) by one ``fake_quantize`` call with
-    the same scale, zero point and integer range."""
-    graph = model.graph
-    for node in list(graph.nodes):
-        source = node.args[0] if node.target is _DEQUANTIZE else None
-        if (source is None or getattr(source, "target", None) is not _QUANTIZE
-                or len(source.users) != 1 or tuple(node.args[1:]) != tuple(source.args[1:])
-                or not all(isinstance(a, (int, float)) for a in source.args[1:5])):
-            continue
-        value, scale, zero_point, low, high, _dtype = source.args
-        with graph.inserting_before(node):
-            fused = graph.call_function(fake_quantize, (value, scale, zero_point, low, high))
-        node.replace_all_uses_with(fused)
-        graph.erase_node(node)
-        graph.erase_node(source)
-    graph.lint()
-    model.recompile()
-
-
-def _reuse_fake_quantized_weights(model: nn.Module) -> None:
-    """A reference module quantizes and dequantizes its weight on every forward pass (about a
-    third of a simulated model's prediction time); compute it once and again only when the
-    weight or its quantization parameters change in place. Training (weights needing grad
-    with grad enabled) still goes through the module's own ``get_weight``."""
-    for module in model.modules():
-        if isinstance(module, ReferenceQuantizedModule):
-            module.get_weight = types.MethodType(_fake_quantized_weight, module)
-
-
-def _fake_quantized_weight(module) -> torch.Tensor:
-    compute = type(module).get_weight
-    if torch.is_grad_enabled() and module.weight.requires_grad:
-        return compute(module)
-    key = (module.weight._version, module.weight_scale._version, module.weight_zero_point._version)
-    cached = module.__dict__.get("_fake_quantized_weight")
-    if cached is None or cached[0] != key:
-        with torch.inference_mode(False), torch.no_grad():  # a tensor usable outside inference
-            cached = (key, compute(module))
-        module.__dict__["_fake_quantized_weight"] = cached
-    return cached[1]
 
 
 # --------------------------------------------------------------------------- built-in methods

@@ -30,15 +30,15 @@ class RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == __name__:
             return True
-        decided = getattr(record, "_shown_once", None)  # each handler sees the same record
+        decided = getattr(record, "quiet_logs_shown", None)  # each handler sees the same record
         if decided is not None:
             return decided
         key = (record.name, record.levelname, record.getMessage())
         self.counts[key] += 1
         if self.counts[key] == 1:
             self.first[key] = record.created
-        record._shown_once = self.counts[key] == 1
-        return record._shown_once
+        record.quiet_logs_shown = self.counts[key] == 1
+        return record.quiet_logs_shown
 
     def repeated(self) -> list[tuple[tuple[str, str, str], int]]:
         """((logger, level, message), times) of every message seen more than once."""

@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cpu_policy  # noqa: E402,F401  (passive OpenMP waiting, as main.py runs)
+import qconfigs  # noqa: E402
 import quantization  # noqa: E402
 from models import build_model  # noqa: E402
 from torch.ao.quantization import FakeQuantize, disable_observer  # noqa: E402
@@ -79,7 +80,7 @@ def _qat_models(arch: str):
             images[:2], qat=True)
         if name == "torch":
             for module in prepared.modules():
-                if isinstance(module, quantization.StraightThroughFakeQuantize):
+                if isinstance(module, qconfigs.StraightThroughFakeQuantize):
                     module.forward = FakeQuantize.forward.__get__(module)
         forms[name] = (prepared, torch.optim.AdamW(prepared.parameters(), lr=1e-3))
     return forms
