@@ -24,6 +24,7 @@ constraint. The phase helpers are ``calibration_draws`` (paired balanced/random 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import warnings
@@ -368,9 +369,9 @@ def _sample_ids(data) -> tuple | None:
 
 
 def _copy_table(table: pd.DataFrame) -> pd.DataFrame:
-    copy = table.copy()
-    copy.attrs["reference"] = dict(table.attrs["reference"])
-    return copy
+    copied = table.copy()
+    copied.attrs["reference"] = dict(table.attrs["reference"])
+    return copied
 
 
 # --------------------------------------------------------------------------- sensitivity ranking, bit allocation
@@ -486,6 +487,13 @@ def _base_options(config, base_cls: type, **overrides) -> dict:
     return {**{key: value for key, value in config.to_dict().items() if key in known}, **overrides}
 
 
+def _plain_ptq(model, config, calibration_data, device, progress: bool, **overrides) -> nn.Module:
+    """Static PTQ of `model` (the handler's own copy) with the PTQ fields of `config` and
+    `overrides`, on the engine's one prepared path (no second copy or state guard)."""
+    base = PTQStaticConfig(**_base_options(config, PTQStaticConfig, **overrides))
+    return quantization.quantize_in_place(model, base, calibration_data, device=device, progress=progress)
+
+
 @dataclass(frozen=True)
 class BiasAwareCalibrationConfig(PTQStaticConfig):
     """Static PTQ calibrated on `calibration_size` samples drawn from the calibration dataset as
@@ -508,8 +516,7 @@ class BiasAwareCalibrationConfig(PTQStaticConfig):
 def _bias_aware_calibration(model, config, calibration_data, *, device="cpu", seed=0, progress=False, **_):
     loader = _calibration_loader(calibration_data, config.calibration, config.calibration_size, seed,
                                  config.batch_size)
-    quantized = apply_quantization(model, "ptq_static", calibration_data=loader, device=device, seed=seed,
-                                   progress=progress, **_base_options(config, PTQStaticConfig))
+    quantized = _plain_ptq(model, config, loader, device, progress)
     quantized.quant_info = quantized.quant_info.replace(**calibration_facts(loader, config.calibration))
     return quantized
 
@@ -580,9 +587,8 @@ def _mixed_precision(model, config, calibration_data, *, eval_data=None, device=
         layer_bits = allocate_bits(sensitivity, None, config.resolved_budget, config.criterion, choices,
                                    unit=config.budget_unit)
     logger.info("mixed_precision allocation: %s (fp32: %s)", layer_bits, fp32_layers)
-    return apply_quantization(model, "ptq_static", calibration_data=calibration_data, device=device, seed=seed,
-                              progress=progress,
-                              **_base_options(config, PTQStaticConfig, layer_bits=layer_bits, fp32_layers=fp32_layers))
+    return _plain_ptq(model, config, calibration_data, device, progress, layer_bits=layer_bits,
+                      fp32_layers=fp32_layers)
 
 
 @dataclass(frozen=True)
@@ -616,9 +622,8 @@ def _sensitive_layer_preservation(model, config, calibration_data, *, eval_data=
     preserved = choose_preserved_layers(sensitivity, config.criterion, config.preserve_count,
                                         config.preserve_budget_mib, config.weight_bits)
     logger.info("sensitive_layer_preservation keeps FP32: %s", preserved or "nothing (no layer hurts)")
-    return apply_quantization(model, "ptq_static", calibration_data=calibration_data, device=device, seed=seed,
-                              progress=progress,
-                              **_base_options(config, PTQStaticConfig, fp32_layers=[*config.fp32_layers, *preserved]))
+    return _plain_ptq(model, config, calibration_data, device, progress,
+                      fp32_layers=[*config.fp32_layers, *preserved])
 
 
 @dataclass(frozen=True)
@@ -637,9 +642,10 @@ class FairnessFinetuneConfig(QATConfig):
                                                   needs=("train_loader",)))
 def _fairness_finetune(model, config, calibration_data, *, train_loader=None, val_loader=None, device="auto", seed=0,
                        progress=True, **_):
-    return apply_quantization(model, "qat", calibration_data=calibration_data, train_loader=train_loader,
-                              val_loader=val_loader, loss_hook=fairness_loss_hook(config.penalty, config.lam),
-                              device=device, seed=seed, progress=progress, **_base_options(config, QATConfig))
+    return quantization.quantize_in_place(
+        model, QATConfig(**_base_options(config, QATConfig)), calibration_data, train_loader=train_loader,
+        val_loader=val_loader, loss_hook=fairness_loss_hook(config.penalty, config.lam), device=device, seed=seed,
+        progress=progress)
 
 
 # --------------------------------------------------------------------------- FairnessAwareQuantizer
@@ -739,10 +745,10 @@ class _FairnessSearch:
     def _step(self, model, calibration_loader, check_loader, change: str, layer_bits: dict, fp32_layers: list):
         """Quantize with this precision, measure it on the check data and append it to `history`."""
         config = self.config
-        quantized = apply_quantization(model, "ptq_static", calibration_data=calibration_loader,
-                                       weight_bits=config.weight_bits, act_bits=config.act_bits,
-                                       observer=config.observer, layer_bits=layer_bits, fp32_layers=fp32_layers,
-                                       device=self.device, seed=self.seed, progress=False)
+        step = PTQStaticConfig(weight_bits=config.weight_bits, act_bits=config.act_bits, observer=config.observer,
+                               layer_bits=layer_bits, fp32_layers=fp32_layers)
+        quantized = quantization.quantize_in_place(copy.deepcopy(model), step, calibration_loader,
+                                                   device=self.device, progress=False)
         metrics = evaluate_groups(quantized, check_loader, self.attributes, device=self.device)
         quantized.quant_info = quantized.quant_info.replace(val_dp_gap=metrics["dp_gap"])
         self.history.append({"step": len(self.history), "change": change, "dp_gap": metrics["dp_gap"],
