@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 import datasets
-import mitigation  # registers the mitigation methods
+import mitigation  # noqa: F401  (registers the mitigation methods)
 import profiling
 from config import ExperimentConfig, config_to_dict, expand_method_specs, load_config, save_config
 from datasets import calibration_seed
@@ -36,32 +36,17 @@ log = logging.getLogger(__name__)
 
 
 class Context:
-    """What every unit of one run shares: the config, the data splits and their loaders.
+    """The run's data that every unit of one run shares: the config, the run folder, the data
+    splits, their loaders and the device, and the FP32 baselines' caches (``baselines``).
 
     Splits are loaded on first use, so listing the units (to skip finished ones) costs nothing.
-    ``Context.for_run(run_dir)`` gives this process's context of a run folder.
+    ``context_for_run(run_dir)`` gives this process's context of a run folder.
     """
-
-    _open: dict[str, "Context"] = {}
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
-        self._fp32_references: dict[str, dict] = {}  # arch -> {batch size: (ms, name)}
-        self._fp32_models: dict[str, tuple] = {}  # arch -> (checkpoint mtime, model)
-        self._twin_predictions: dict[str, object] = {}  # twin key -> predicted labels
-        Context._open[_key(self.run_dir)] = self
-
-    @classmethod
-    def for_run(cls, run_dir: str | Path) -> "Context":
-        """The context of ``run_dir`` in this process, built from its ``config.yaml`` once."""
-        context = cls._open.get(_key(run_dir))
-        if context is None:
-            path = Path(run_dir) / "config.yaml"
-            if not path.is_file():
-                raise FileNotFoundError(NO_RUN_CONFIG.format(path=path))
-            context = cls(load_config(path), run_dir)
-        return context
+        self.baselines = Baselines(cfg, self.run_dir)
 
     @cached_property
     def splits(self):
@@ -77,62 +62,34 @@ class Context:
         check_calibration_sizes(self.cfg, len(splits.train))
         return splits
 
-    def loader(self, dataset, shuffle: bool = False):
-        return datasets.make_loader(dataset, self.cfg.data.batch_size, shuffle=shuffle,
-                                    seed=self.cfg.seed, num_workers=self.cfg.data.num_workers)
-
     @cached_property
     def device(self):
         return resolve_device(self.cfg.runtime.device)
 
-    def checkpoint_path(self, arch: str) -> Path:
-        return self.run_dir / checkpoint_file(self.cfg, arch)
+    def loader(self, dataset, shuffle: bool = False):
+        return datasets.make_loader(dataset, self.cfg.data.batch_size, shuffle=shuffle,
+                                    seed=self.cfg.seed, num_workers=self.cfg.data.num_workers)
 
-    def require_baseline(self, arch: str) -> None:
-        """Stop before a sweep starts when the FP32 model or its predictions are missing."""
-        for path in (self.checkpoint_path(arch), predictions_path(self.run_dir, baseline_id(self.cfg, arch))):
-            if not path.is_file():
-                raise FileNotFoundError(f"no FP32 baseline for {arch!r} ({path} is missing): run "
-                                        "`python main.py --phase baseline` with the same config first")
-        if not zipfile.is_zipfile(self.checkpoint_path(arch)):  # torch.save writes a zip archive
-            raise ValueError(DAMAGED_CHECKPOINT.format(path=self.checkpoint_path(arch)))
-        self._load_fp32(arch)  # read once, up front: a checkpoint no unit can use stops the phase
+    def calibration_loader(self, kind: str, n: int, seed: int, draw: int = 0):
+        """A loader over ``n`` training images of calibration kind ``kind``, draw ``draw``."""
+        if kind == "none":
+            return None
+        subset = datasets.calibration_subset(self.splits.train, kind, n, calibration_seed(seed, draw))
+        return self.loader(subset)
 
-    def baseline_needs(self, arch: str) -> tuple[str, str]:
-        """The files (relative to the run folder) a unit quantizing ``arch`` needs."""
-        predictions = predictions_path(self.run_dir, baseline_id(self.cfg, arch))
-        return (str(checkpoint_file(self.cfg, arch)), str(predictions.relative_to(self.run_dir)))
+    def method_context(self, method: str, seed: int) -> dict:
+        """The non-config arguments ``method`` accepts (its registered context keys)."""
+        available = {"device": self.device, "seed": seed, "progress": self.cfg.runtime.progress,
+                     "train_loader": lambda: self.loader(self.splits.train, shuffle=True),
+                     "val_loader": lambda: self.loader(self.splits.val),
+                     "eval_data": lambda: self.loader(self.splits.val)}
+        return {key: value() if callable(value) else value
+                for key, value in available.items() if key in context_keys(method)}
 
-    def fp32_model(self, arch: str):
-        """A fresh copy of the FP32 model of ``arch``, read from its checkpoint once per process
-        (again when the checkpoint changes)."""
-        self.require_baseline(arch)
-        return copy.deepcopy(self._fp32_models[arch][1])
-
-    def _load_fp32(self, arch: str) -> None:
-        """Read the FP32 checkpoint of ``arch`` into the cache (again when it changed); one that
-        cannot be read (a non-tensor object, a model it does not fit) is a ValueError with the
-        documented fix, never torch's advice to unpickle it."""
-        path = self.checkpoint_path(arch)
-        stamp = path.stat().st_mtime_ns
-        if self._fp32_models.get(arch, (None,))[0] == stamp:
-            return
-        try:
-            model, _ = load_model_from_checkpoint(path)
-        except (ValueError, RuntimeError, KeyError, TypeError) as error:
-            raise ValueError(UNUSABLE_CHECKPOINT.format(
-                path=path, reason=_reason(error).replace(f"{path} ", "it "))) from None
-        self._fp32_models[arch] = (stamp, model.eval())
-
-    def twin_labels(self, arch: str, model, method: str, options: dict, calibration, seed: int):
-        """Test-set labels of the simulated twin of ``method`` (fake quantization of the same
-        calibration), built once per process: a runtime's w8a8 model and torch's share it."""
-        key = json.dumps([arch, method, options, list(calibration), seed], sort_keys=True)
-        if key not in self._twin_predictions:
-            twin, _ = _quantize(self, model, method, options, calibration, seed,
-                                execution="simulated")
-            self._twin_predictions[key] = self.predict(twin)["y_pred"].values
-        return self._twin_predictions[key]
+    def predict(self, model):
+        with profiling.step("prediction"):
+            return predict(model, self.loader(self.splits.test), device=self.device,
+                           progress=self.cfg.runtime.progress)
 
     def score(self, predictions, reference=None):
         """Point estimates only: the analysis phase computes every interval and test, once."""
@@ -142,63 +99,79 @@ class Context:
                                          ci=analysis.ci, seed=self.cfg.seed,
                                          min_group_size=analysis.min_group_size)
 
-    def calibration_loader(self, kind: str, n: int, seed: int, draw: int = 0):
-        """A loader over ``n`` training images of calibration kind ``kind``, draw ``draw``."""
-        if kind == "none":
-            return None
-        subset = datasets.calibration_subset(self.splits.train, kind, n, calibration_seed(seed, draw))
-        return self.loader(subset)
 
-    def context(self, method: str, seed: int) -> dict:
-        """The non-config arguments ``method`` accepts (its registered context keys)."""
-        available = {"device": self.device, "seed": seed, "progress": self.cfg.runtime.progress,
-                     "train_loader": lambda: self.loader(self.splits.train, shuffle=True),
-                     "val_loader": lambda: self.loader(self.splits.val),
-                     "eval_data": lambda: self.loader(self.splits.val)}
-        return {key: value() if callable(value) else value
-                for key, value in available.items() if key in context_keys(method)}
+class Baselines:
+    """The FP32 baselines of one run as its units use them, each read or measured once per
+    process: the FP32 models (again when a checkpoint changes), their predictions, the fastest
+    FP32 latency of each architecture and the simulated twins' test-set labels."""
 
-    def fp32_predictions(self, arch: str):
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, run_dir
+        self._models: dict[str, tuple] = {}  # arch -> (checkpoint mtime, model)
+        self._latency: dict[str, dict] = {}  # arch -> {batch size: (ms, name)}
+        self._twins: dict[str, object] = {}  # twin key -> predicted labels
+
+    def require(self, arch: str) -> None:
+        """Stop before a sweep starts when the FP32 model or its predictions are missing; read
+        the checkpoint (again when it changed): one no unit can use stops the phase."""
+        path = self.run_dir / checkpoint_file(self.cfg, arch)
+        for needed in (path, predictions_path(self.run_dir, baseline_id(self.cfg, arch))):
+            if not needed.is_file():
+                raise FileNotFoundError(NO_BASELINE.format(arch=arch, path=needed))
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            raise ValueError(DAMAGED_CHECKPOINT.format(path=path))
+        stamp = path.stat().st_mtime_ns
+        if self._models.get(arch, (None,))[0] != stamp:
+            self._models[arch] = (stamp, _read_checkpoint(path))
+
+    def fp32_model(self, arch: str):
+        """A fresh copy of the FP32 model of ``arch``, read from its checkpoint once."""
+        self.require(arch)
+        return copy.deepcopy(self._models[arch][1])
+
+    def predictions(self, arch: str):
         return load_predictions(self.run_dir, baseline_id(self.cfg, arch))
-
-    def latency_comparison(self, arch: str, fp32_model, int8_model) -> dict:
-        """An integer model vs the fastest FP32 of ``arch`` on this machine (timed once per
-        architecture), same process, at the configured batch sizes."""
-        with profiling.step("latency"):
-            report = latency_report(fp32_model, int8_model, self.cfg.data.image_size,
-                                    reference=self.fp32_reference(arch, fp32_model),
-                                    **self._latency_options)
-        return {**report, **cpu_load()}
-
-    @property
-    def _latency_options(self) -> dict:
-        runtime = self.cfg.runtime
-        return dict(batch_sizes=runtime.latency_batch_sizes, threads=runtime.threads,
-                    warmup=runtime.latency_warmup, repeats=runtime.latency_repeats)
 
     def fp32_reference(self, arch: str, fp32_model) -> dict:
         """{batch size: (ms, name)} of the fastest FP32 of ``arch``: torch eager in both layouts
         and the FP32 model of every configured runtime."""
-        if arch not in self._fp32_references:
-            folder = self.run_dir / "models" / self.cfg.data.dataset_name / arch_slug(arch)
-            others = {f"{name}_fp32": fp32_runtime_model(name, fp32_model, self.cfg.data.image_size,
-                                                         folder / name, threads=self.cfg.runtime.threads)
-                      for name in self.cfg.runtime.backends if name != "torch"}
-            report = latency_report(fp32_model, fp32_model, self.cfg.data.image_size,
-                                    fp32_models=others, **self._latency_options)
-            self._fp32_references[arch] = {
+        if arch not in self._latency:
+            cfg = self.cfg
+            folder = self.run_dir / "models" / cfg.data.dataset_name / arch_slug(arch)
+            others = {f"{name}_fp32": fp32_runtime_model(name, fp32_model, cfg.data.image_size,
+                                                         folder / name, threads=cfg.runtime.threads)
+                      for name in cfg.runtime.backends if name != "torch"}
+            report = latency_report(fp32_model, fp32_model, cfg.data.image_size,
+                                    fp32_models=others, **latency_options(cfg))
+            self._latency[arch] = {
                 n: (report[f"fp32_latency_ms_b{n}"], report[f"fp32_reference_b{n}"])
-                for n in self.cfg.runtime.latency_batch_sizes}
-        return self._fp32_references[arch]
+                for n in cfg.runtime.latency_batch_sizes}
+        return self._latency[arch]
 
-    def predict(self, model):
-        with profiling.step("prediction"):
-            return predict(model, self.loader(self.splits.test), device=self.device,
-                           progress=self.cfg.runtime.progress)
+    def twin_labels(self, key: str, build):
+        """The twin labels under ``key``, made by ``build()`` the first time."""
+        if key not in self._twins:
+            self._twins[key] = build()
+        return self._twins[key]
 
-    def unit(self, config_id: str, fields: dict, runner: str, args: dict, phase: str,
-             needs: tuple = ()) -> WorkUnit:
-        return WorkUnit(config_id, fields, runner, args, str(self.run_dir), phase, needs)
+
+def latency_options(cfg: ExperimentConfig) -> dict:
+    """The configured latency batch sizes, threads, warm-up and repeats."""
+    runtime = cfg.runtime
+    return dict(batch_sizes=runtime.latency_batch_sizes, threads=runtime.threads,
+                warmup=runtime.latency_warmup, repeats=runtime.latency_repeats)
+
+
+def _read_checkpoint(path: Path):
+    """The FP32 model of a checkpoint, in eval mode; one that cannot be read (a non-tensor
+    object, a model it does not fit) is a ValueError with the documented fix, never torch's
+    advice to unpickle it."""
+    try:
+        model, _ = load_model_from_checkpoint(path)
+    except (ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise ValueError(UNUSABLE_CHECKPOINT.format(
+            path=path, reason=_reason(error).replace(f"{path} ", "it "))) from None
+    return model.eval()
 
 
 def _reason(error: Exception) -> str:
@@ -212,16 +185,62 @@ def _reason(error: Exception) -> str:
     return text if len(text) <= 200 else text[:200] + "…"
 
 
-def _key(run_dir) -> str:
-    return str(Path(run_dir).resolve())
+_RUN_CONTEXTS: dict[str, Context] = {}
+"""This process's contexts of the run folders its units came from (``context_for_run``)."""
 
 
-def execute(unit: WorkUnit):
+def context_for_run(run_dir: str | Path) -> Context:
+    """The context of ``run_dir`` in this process, built from its ``config.yaml`` once."""
+    key = str(Path(run_dir).resolve())
+    if key not in _RUN_CONTEXTS:
+        path = Path(run_dir) / "config.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(NO_RUN_CONFIG.format(path=path))
+        _RUN_CONTEXTS[key] = Context(load_config(path), run_dir)
+    return _RUN_CONTEXTS[key]
+
+
+def execute(unit: WorkUnit, ctx: Context | None = None):
     """Run one unit: ``(record, predictions, per_group)``. Works in any process that sees the
-    run folder."""
-    return RUNNERS[unit.runner](Context.for_run(unit.run_dir), **unit.args)
+    run folder; ``ctx``: the caller's context of that run (else ``context_for_run``)."""
+    return RUNNERS[unit.runner](ctx or context_for_run(unit.run_dir), **unit.args)
 
 
+def _unit(ctx: Context, config_id: str, fields: dict, runner: str, args: dict, phase: str,
+          needs: tuple = ()) -> WorkUnit:
+    return WorkUnit(config_id, fields, runner, args, str(ctx.run_dir), phase, needs)
+
+
+def _baseline_needs(ctx: Context, arch: str) -> tuple[str, str]:
+    """The files (relative to the run folder) a unit quantizing ``arch`` needs."""
+    predictions = predictions_path(ctx.run_dir, baseline_id(ctx.cfg, arch))
+    return (str(checkpoint_file(ctx.cfg, arch)), str(predictions.relative_to(ctx.run_dir)))
+
+
+def _latency_comparison(ctx: Context, arch: str, fp32_model, int8_model) -> dict:
+    """An integer model vs the fastest FP32 of ``arch`` on this machine (timed once per
+    architecture), same process, at the configured batch sizes."""
+    with profiling.step("latency"):
+        report = latency_report(fp32_model, int8_model, ctx.cfg.data.image_size,
+                                reference=ctx.baselines.fp32_reference(arch, fp32_model),
+                                **latency_options(ctx.cfg))
+    return {**report, **cpu_load()}
+
+
+def _twin_labels(ctx: Context, arch: str, model, method: str, options: dict, calibration,
+                 seed: int):
+    """Test-set labels of the simulated twin of ``method`` (fake quantization of the same
+    calibration), built once per process: a runtime's w8a8 model and torch's share it."""
+    def build():
+        twin, _ = _quantize(ctx, model, method, options, calibration, seed, execution="simulated")
+        return ctx.predict(twin)["y_pred"].values
+
+    key = json.dumps([arch, method, options, list(calibration), seed], sort_keys=True)
+    return ctx.baselines.twin_labels(key, build)
+
+
+NO_BASELINE = ("no FP32 baseline for {arch!r} ({path} is missing): run "
+               "`python main.py --phase baseline` with the same config first")
 NO_RUN_CONFIG = ("{path} is missing: a work unit rebuilds its run from the run folder's config, "
                  "which `python main.py` writes before any unit runs; check that this machine "
                  "sees the run folder (shared storage) at the same path")
@@ -323,7 +342,7 @@ def checkpoint_file(cfg: ExperimentConfig, arch: str) -> Path:
 
 def baseline_units(ctx: Context, force: bool = False) -> list[WorkUnit]:
     cfg = ctx.cfg
-    return [ctx.unit(baseline_id(cfg, arch),
+    return [_unit(ctx, baseline_id(cfg, arch),
                      {"dataset": cfg.data.dataset_name, "arch": arch, "method": "fp32",
                       "weight_bits": 32, "act_bits": 32, "calibration": "none", "seed": cfg.seed,
                       "execution": "fp32", "synthetic": cfg.data.dataset == "synthetic"},
@@ -344,7 +363,7 @@ def run_baseline(ctx: Context, arch: str, retrain: bool = False):
 def _trained_model(ctx: Context, arch: str, retrain: bool):
     """The FP32 model of ``arch``: its checkpoint, or built (from ``models.weights`` when given)
     and trained for ``training.epochs``; with 0 epochs the given weights are only evaluated."""
-    cfg, path = ctx.cfg, ctx.checkpoint_path(arch)
+    cfg, path = ctx.cfg, ctx.run_dir / checkpoint_file(ctx.cfg, arch)
     if path.is_file() and not retrain:
         log.info("reusing checkpoint %s", path)
         model, meta = load_model_from_checkpoint(path)
@@ -417,7 +436,7 @@ def quantization_units(ctx: Context, check: bool = True) -> list[WorkUnit]:
                     units.append(_quantization_unit(ctx, arch, name, options, calibration, seed))
                     units += _runtime_units(ctx, arch, name, options, calibration, seed)
     for arch in cfg.models.architectures if check else ():  # after the grid: a bad method name first
-        ctx.require_baseline(arch)
+        ctx.baselines.require(arch)
     return units
 
 
@@ -463,10 +482,10 @@ def _quantization_unit(ctx: Context, arch: str, method: str, options: dict,
     config_id = configuration_id(cfg.data.dataset_name, arch, method, bits, options, label, seed)
     fields = {"dataset": cfg.data.dataset_name, "arch": arch, "method": method, "calibration": label,
               "seed": seed, "options": {k: v for k, v in options.items() if k != "bits"}}
-    return ctx.unit(config_id, fields, "quantization",
+    return _unit(ctx, config_id, fields, "quantization",
                     {"arch": arch, "method": method, "options": options,
                      "calibration": list(calibration), "seed": seed},
-                    "quantization", ctx.baseline_needs(arch))
+                    "quantization", _baseline_needs(ctx, arch))
 
 
 def _quantize(ctx: Context, model, method: str, options: dict, calibration, seed: int,
@@ -481,7 +500,7 @@ def _quantize(ctx: Context, model, method: str, options: dict, calibration, seed
     else:
         data = ctx.splits.train if need == "dataset" else None
     draw_s = time.perf_counter() - start
-    context = ctx.context(method, calibration_seed(seed, draw) if need == "dataset" else seed)
+    context = ctx.method_context(method, calibration_seed(seed, draw) if need == "dataset" else seed)
     quantized = apply_quantization(model, method, calibration_data=data, **options, **overrides,
                                    **context)
     if need == "loader":
@@ -492,15 +511,15 @@ def _quantize(ctx: Context, model, method: str, options: dict, calibration, seed
 
 def run_quantization(ctx: Context, arch: str, method: str, options: dict, calibration, seed: int):
     """Quantize one FP32 checkpoint, evaluate it and compare it with its FP32 predictions."""
-    model = ctx.fp32_model(arch)
+    model = ctx.baselines.fp32_model(arch)
     quantized, _ = _quantize(ctx, model, method, options, calibration, seed)
     predictions = ctx.predict(quantized)
-    record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
+    record, per_group = ctx.score(predictions, ctx.baselines.predictions(arch))
     record.update(quantized.quant_info.record())
     if quantized.quant_info.execution == "real_int8":
-        record.update(ctx.latency_comparison(arch, model, quantized))
+        record.update(_latency_comparison(ctx, arch, model, quantized))
         if method_traits(method).twin and ctx.cfg.quantization.check_agreement:
-            twin = ctx.twin_labels(arch, model, method, options, calibration, seed)
+            twin = _twin_labels(ctx, arch, model, method, options, calibration, seed)
             record["agreement_with_simulated"] = _agreement(twin, predictions)
     return record, predictions, per_group
 
@@ -525,11 +544,11 @@ def _runtime_units(ctx: Context, arch: str, method: str, options: dict,
         fields = {"dataset": ctx.cfg.data.dataset_name, "arch": arch, "method": method,
                   "calibration": calibration_label(calibration), "seed": seed, "backend": backend,
                   "options": {"backend": backend}}
-        units.append(ctx.unit(config_id, fields, "runtime",
+        units.append(_unit(ctx, config_id, fields, "runtime",
                               {"arch": arch, "backend": backend, "method": method,
                                "calibration": list(calibration), "seed": seed,
                                "config_id": config_id},
-                              "quantization", ctx.baseline_needs(arch)))
+                              "quantization", _baseline_needs(ctx, arch)))
     return units
 
 
@@ -537,17 +556,17 @@ def run_runtime(ctx: Context, arch: str, backend: str, method: str, calibration,
                 config_id: str):
     """Quantize one FP32 checkpoint with another runtime (artifact under ``models/<config_id>``),
     evaluate it, and compare it with its FP32 predictions and with the torch twin."""
-    model = ctx.fp32_model(arch)
+    model = ctx.baselines.fp32_model(arch)
     calibration_loader = ctx.calibration_loader(*calibration, seed=seed)
     quantized = quantize_with_runtime(backend, model, calibration_loader, ctx.cfg.data.image_size,
                                       ctx.run_dir / "models" / config_id,
                                       threads=ctx.cfg.runtime.threads)
     predictions = ctx.predict(quantized)
-    record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
+    record, per_group = ctx.score(predictions, ctx.baselines.predictions(arch))
     record.update(quantized.quant_info.record())
     record["artifact"] = str(quantized.files[0].relative_to(ctx.run_dir))
-    record.update(ctx.latency_comparison(arch, model, quantized))
-    twin = ctx.twin_labels(arch, model, method, {"bits": "w8a8"}, calibration, seed)
+    record.update(_latency_comparison(ctx, arch, model, quantized))
+    twin = _twin_labels(ctx, arch, model, method, {"bits": "w8a8"}, calibration, seed)
     record["agreement_with_simulated"] = _agreement(twin, predictions)
     return record, predictions, per_group
 
@@ -589,7 +608,7 @@ def mitigation_units(ctx: Context, check: bool = True) -> list[WorkUnit]:
             for unit in _mitigation_units_of(ctx, arch, name, with_run_defaults(cfg, name, options)):
                 units.setdefault(unit.config_id, unit)
     for arch in architectures if check else ():
-        ctx.require_baseline(arch)
+        ctx.baselines.require(arch)
     return list(units.values())
 
 
@@ -622,19 +641,19 @@ def _mitigation_unit(ctx: Context, arch: str, name: str, options: dict, kind: st
               "calibration": calibration, "calibration_kind": kind,
               "calibration_size": 0 if kind == "none" else size, "draw": draw, "seed": cfg.seed,
               "compare_to": compare_to, "variant": _options_label(options, sep=",")}
-    return ctx.unit(config_id, fields, "mitigation",
+    return _unit(ctx, config_id, fields, "mitigation",
                     {"arch": arch, "name": name, "options": options, "kind": kind, "size": size,
                      "draw": draw, "config_id": config_id, "control": control},
-                    "mitigation", ctx.baseline_needs(arch))
+                    "mitigation", _baseline_needs(ctx, arch))
 
 
 def run_mitigation(ctx: Context, arch: str, name: str, options: dict, kind: str, size: int,
                    draw: int, config_id: str, control: bool = False):
     """Run one mitigation (or its control) and compare it with the FP32 predictions."""
-    model = ctx.fp32_model(arch)
+    model = ctx.baselines.fp32_model(arch)
     quantized, draw_s = _quantize(ctx, model, name, options, (kind, size), ctx.cfg.seed, draw)
     predictions = ctx.predict(quantized)
-    record, per_group = ctx.score(predictions, ctx.fp32_predictions(arch))
+    record, per_group = ctx.score(predictions, ctx.baselines.predictions(arch))
     info = quantized.quant_info
     record.update(info.record(), calibration_cost_s=round(info.cost_s + draw_s, 3),
                   epochs=info.config.get("epochs", 0))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import cpu_policy  # noqa: F401  (first: libgomp reads OMP_WAIT_POLICY once, when torch loads)
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -28,23 +29,23 @@ PHASES = ("baseline", "quantization", "mitigation", "analysis")
 log = logging.getLogger("main")
 
 
-def run_baseline(ctx: experiment.Context, force: bool) -> int:
+def phase_baseline(ctx: experiment.Context, force: bool) -> int:
     return _sweep(ctx, "baseline", experiment.baseline_units(ctx, force), force)
 
 
-def run_quantization(ctx: experiment.Context, force: bool) -> int:
+def phase_quantization(ctx: experiment.Context, force: bool) -> int:
     return _sweep(ctx, "quantization", experiment.quantization_units(ctx), force)
 
 
-def run_mitigation(ctx: experiment.Context, force: bool) -> int:
+def phase_mitigation(ctx: experiment.Context, force: bool) -> int:
     return _sweep(ctx, "mitigation", experiment.mitigation_units(ctx), force)
 
 
 def _sweep(ctx: experiment.Context, phase: str, units, force: bool) -> int:
     """Run the units not done yet; returns how many failed (each is recorded with its error)."""
     store = _store(ctx, phase, units, force)
-    counts = run_sweep(store, units, execute=experiment.execute, force=force, desc=phase,
-                       progress=ctx.cfg.runtime.progress)
+    counts = run_sweep(store, units, execute=functools.partial(experiment.execute, ctx=ctx),
+                       force=force, desc=phase, progress=ctx.cfg.runtime.progress)
     return _report(store, counts)
 
 
@@ -83,7 +84,7 @@ def _sweep_on_ray(ctx: experiment.Context, phases: list[str], force: bool) -> in
     return sum(_report(store, count) for (store, _), count in zip(sweeps, counts))
 
 
-def run_analysis(ctx: experiment.Context, force: bool) -> int:
+def phase_analysis(ctx: experiment.Context, force: bool) -> int:
     import analysis
     refresh_tables(ctx.run_dir)  # tables left stale by a killed run hold every commit again
     settings = ctx.cfg.analysis
@@ -98,8 +99,8 @@ def run_analysis(ctx: experiment.Context, force: bool) -> int:
     return 0
 
 
-PHASE_FUNCTIONS = {"baseline": run_baseline, "quantization": run_quantization,
-                   "mitigation": run_mitigation, "analysis": run_analysis}
+PHASE_FUNCTIONS = {"baseline": phase_baseline, "quantization": phase_quantization,
+                   "mitigation": phase_mitigation, "analysis": phase_analysis}
 
 
 def run_phases(ctx: experiment.Context, phases, force: bool) -> int:

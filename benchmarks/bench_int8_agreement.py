@@ -43,13 +43,13 @@ def accuracy(table) -> float:
 
 
 def measure(ctx: experiment.Context, arch: str, size: int) -> dict:
-    model = ctx.fp32_model(arch)
+    model = ctx.baselines.fp32_model(arch)
     calibration = ctx.calibration_loader("random", size, seed=ctx.cfg.seed)
     options = dict(calibration_data=calibration, seed=ctx.cfg.seed, progress=False)
     real = ctx.predict(apply_quantization(model, "ptq_static", **options))
     twin = ctx.predict(apply_quantization(model, "ptq_static", execution="simulated", **options))
     row = {"arch": arch, "agreement": float((real["y_pred"] == twin["y_pred"]).mean()),
-           "fp32": accuracy(ctx.fp32_predictions(arch)), "real_int8": accuracy(real)}
+           "fp32": accuracy(ctx.baselines.predictions(arch)), "real_int8": accuracy(real)}
     for forced in ("full", "reduced"):
         simulated = apply_quantization(model, "ptq_static", execution="simulated",
                                        activation_range=forced, **options)

@@ -145,7 +145,7 @@ def test_killing_the_driver_loses_and_duplicates_nothing(runs, tmp_path):
 @pytest.mark.ray
 def test_a_failing_unit_is_recorded_and_the_rest_finish(runs, tmp_path, caplog):
     copy = _fresh_quantization(runs[1], tmp_path)
-    ctx = experiment.Context.for_run(str(copy))
+    ctx = experiment.context_for_run(str(copy))
     units = experiment.quantization_units(ctx)
     broken = dataclasses.replace(units[0], args={**units[0].args, "options": {
         **units[0].args["options"], "observer": "no_such_observer"}})  # raises on the worker

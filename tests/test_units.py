@@ -27,7 +27,7 @@ TIMING = re.compile(r"wall_s|cost_s|latency|speedup|reference_b|form_b|layout_b|
 
 
 def _units(run_dir):
-    ctx = experiment.Context.for_run(run_dir)
+    ctx = experiment.context_for_run(run_dir)
     return (experiment.baseline_units(ctx) + experiment.quantization_units(ctx)
             + experiment.mitigation_units(ctx))
 
@@ -107,17 +107,17 @@ def test_a_method_defined_in_this_file_alone_is_swept(smoke_run, tmp_path):
 
 def test_the_simulated_twin_and_the_fp32_model_are_built_once_per_process(smoke_run, monkeypatch):
     _, run_dir = smoke_run
-    ctx = experiment.Context(experiment.Context.for_run(run_dir).cfg, run_dir)  # fresh caches
+    ctx = experiment.Context(experiment.context_for_run(run_dir).cfg, run_dir)  # fresh caches
     built, loaded, quantize, load = [], [], experiment._quantize, experiment.load_model_from_checkpoint
     monkeypatch.setattr(experiment, "_quantize", lambda *a, **k: built.append(k) or quantize(*a, **k))
     monkeypatch.setattr(experiment, "load_model_from_checkpoint",
                         lambda path: loaded.append(path) or load(path))
     unit = next(u for u in experiment.quantization_units(ctx) if "ptq_static/w8a8" in u.config_id)
-    first, second = (experiment.execute(unit)[0] for _ in range(2))
+    first, second = (experiment.execute(unit, ctx)[0] for _ in range(2))
     assert first["agreement_with_simulated"] == second["agreement_with_simulated"]
     assert [k.get("execution") for k in built] == [None, "simulated", None]  # twin once
     assert len(loaded) == 1
     arch = unit.args["arch"]
-    a, b = ctx.fp32_model(arch), ctx.fp32_model(arch)
+    a, b = ctx.baselines.fp32_model(arch), ctx.baselines.fp32_model(arch)
     assert a is not b and all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
                                                                b.state_dict().values()))
