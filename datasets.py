@@ -54,30 +54,29 @@ Randomness: ``load_dataset(seed=...)`` drives the splits of UTKFace/FairFace and
 Images: centre-cropped to a square, resized to ``image_size`` (bilinear, antialiased) and
 normalised with mean 0.5 / std 0.5 per channel, i.e. to [-1, 1]. When all decoded images fit in
 ``cache_limit_gib`` they are cached as a uint8 tensor in shared memory, so later epochs (and
-DataLoader workers) do not decode again.
+DataLoader workers) do not decode again. Decoding, the cache and the load-time image checks live
+in ``image_files``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from face_files import (AGE_GROUPS, FAIRFACE_RACES, SPLITS, UTK_RACES,  # noqa: F401
                         derive_columns, read_celeba, read_fairface, read_utkface,
                         parse_utkface_name, read_celeba_attributes, read_celeba_partition)
+from image_files import (ImageStore, check_images, drop_missing_files, drop_unreadable,
+                         normalize_image)
 from manifest import (Manifest, bad_image_rows, check_groups_in_splits, group_labels,
-                      read_manifest, special_kind, warn_small_groups)
+                      read_manifest, warn_small_groups)
 from synthetic import (CELEBA_ATTRIBUTES, SYNTHETIC_DEFAULTS, SYNTHETIC_GROUPS,  # noqa: F401
                        SYNTHETIC_OPTIONS, SYNTHETIC_PARAMS_FILE, check_fractions,
                        ensure_synthetic_celeba, generate_synthetic_celeba, largest_remainder,
@@ -89,9 +88,6 @@ KNOWN_DATASETS = ("synthetic", "celeba", "utkface", "fairface", "manifest")
 NORMALIZE_MEAN = (0.5, 0.5, 0.5)
 NORMALIZE_STD = (0.5, 0.5, 0.5)
 
-IMAGE_CHECK_FILE = ".checked_images.json"
-"""Per dataset folder: size and mtime of every image that decoded, so a rerun skips decoding it."""
-
 SYNTHETIC_UNWRITABLE = ("Cannot write the synthetic dataset under '{root}' ({reason}). Pass a "
                         "writable root folder (config: data.root, e.g. --set data.root=data/datasets)")
 POSITIVE_ONLY_FOR_MANIFEST = ("positive={positive!r} applies to manifest datasets only; {dataset!r} has "
@@ -101,66 +97,6 @@ BAD_DATASET_NAME = ("dataset name {name!r} cannot name a dataset: expected a non
                     "'my_faces' (config: data.name)")
 BAD_MIN_GROUP_SIZE = ("min_group_size must be an integer >= 0 or None, got {value!r}; e.g. 30 "
                       "(config: analysis.min_group_size)")
-BAD_IMAGES = ("{count} image file(s) of {dataset} are empty, not regular files or cannot be "
-              "decoded: {examples}. "
-              "Replace them (re-download the dataset) or skip them with skip_bad_images=True "
-              "(config: data.skip_bad_images: true), which drops and counts them")
-
-
-# --------------------------------------------------------------------------- images
-
-def decode_image(path: str | Path, image_size: int) -> torch.Tensor:
-    """Read an image file as a uint8 tensor [3, image_size, image_size] (centre crop + resize).
-
-    Raises ValueError naming the file when it cannot be decoded.
-    """
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale
-            img = img.convert("RGB")
-            side = min(img.size)
-            left, top = (img.width - side) // 2, (img.height - side) // 2
-            img = img.crop((left, top, left + side, top + side))
-            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(
-            f"Cannot read image '{path}': {exc}. Replace the file (re-download the dataset) "
-            f"or pass skip_bad_images=True to skip unreadable images."
-        ) from exc
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
-
-
-def normalize_image(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [3,H,W] -> float [3,H,W] in [-1, 1] (mean 0.5, std 0.5)."""
-    return pixels.float().div_(127.5).sub_(1.0)
-
-
-class _ImageStore:
-    """Image paths plus an optional shared-memory cache of decoded uint8 pixels."""
-
-    def __init__(self, paths, image_size: int, cache: bool):
-        self.paths = np.asarray([str(p) for p in paths], dtype=str)  # no per-item refcounts
-        self.image_size = int(image_size)
-        self.pixels = self.filled = None
-        if cache:
-            n = len(self.paths)
-            self.pixels = torch.zeros((n, 3, image_size, image_size), dtype=torch.uint8)
-            self.filled = torch.zeros(n, dtype=torch.bool)
-            try:  # shared, so DataLoader workers fill one cache instead of one each
-                self.pixels.share_memory_()
-                self.filled.share_memory_()
-            except RuntimeError as exc:
-                logger.warning("Image cache stays process-local (no shared memory: %s)", exc)
-
-    def load(self, row: int) -> torch.Tensor:
-        if self.filled is not None and self.filled[row]:
-            return self.pixels[row]
-        pixels = decode_image(self.paths[row], self.image_size)
-        if self.filled is not None:
-            self.pixels[row] = pixels
-            self.filled[row] = True
-        return pixels
 
 
 # --------------------------------------------------------------------------- dataset
@@ -173,7 +109,7 @@ class FaceDataset(Dataset):
     sample_id)`` with ``group_code`` indexing ``group_names``. Build it with ``load_dataset``.
     """
 
-    def __init__(self, metadata: pd.DataFrame, store: _ImageStore, rows, *, name: str,
+    def __init__(self, metadata: pd.DataFrame, store: ImageStore, rows, *, name: str,
                  target_name: str, sensitive_attrs: list[str], group_names: list[str],
                  synthetic: bool):
         self.metadata = metadata.reset_index(drop=True)
@@ -233,7 +169,7 @@ class FaceDataset(Dataset):
         """
         metadata, sensitive_attrs, group_names = _protocol_table(
             metadata, sensitive_attrs, group_names, what="from_files' metadata", length=len(paths))
-        store = _ImageStore(paths, image_size, cache)
+        store = ImageStore(paths, image_size, cache)
         return cls(metadata, store, np.arange(len(metadata)), name=name, target_name=target_name,
                    sensitive_attrs=sensitive_attrs, group_names=group_names, synthetic=False)
 
@@ -687,7 +623,7 @@ def load_dataset(dataset: str, root: str | Path, *, target: str | None = None,
         paths, places = paths[keep], places[keep]
     cache = len(paths) * 3 * image_size ** 2 < cache_limit_gib * 2 ** 30
     if source.manifest is None:
-        rows = _drop_unreadable(paths, source.folder, name, skip_bad_images)
+        rows = drop_unreadable(paths, source.folder, name, skip_bad_images)
     else:
         undecodable = bad_image_rows(source.manifest.path, places, metadata["sample_id"].to_numpy(),
                                      check_images(paths, None), skip_bad_images)
@@ -696,7 +632,7 @@ def load_dataset(dataset: str, root: str | Path, *, target: str | None = None,
         rows = np.flatnonzero(~undecodable)
     if len(rows) < len(paths):
         metadata, paths = metadata.iloc[rows].reset_index(drop=True), paths[rows]
-    store = _ImageStore(paths, image_size, cache)
+    store = ImageStore(paths, image_size, cache)
     rows = np.arange(len(paths))
     if source.manifest is None:
         _check_groups_in_splits(metadata, group_names, name)
@@ -741,7 +677,7 @@ def _builtin_source(dataset: str, root: Path, fractions, synthetic, target, sens
     frame, schema, folder, is_synthetic = _read_raw(dataset, root, fractions, synthetic)
     metadata, target, columns = derive_columns(frame, schema, dataset, target, sensitive)
     group_names = sorted(metadata["group"].unique())
-    metadata, paths = _drop_missing_files(metadata, frame["path"].to_numpy(), skip_bad_images)
+    metadata, paths = drop_missing_files(metadata, frame["path"].to_numpy(), skip_bad_images)
     places = metadata["sample_id"].to_numpy()
     return _Source(metadata, paths, places, target, columns, group_names, folder, is_synthetic,
                    dataset)
@@ -816,109 +752,6 @@ def _cap_splits(metadata: pd.DataFrame, cap: int, rng) -> np.ndarray:
         for group, count in zip(names, largest_remainder(cap, sizes, rng)):
             keep.append(rng.choice(rows[groups == group], size=count, replace=False))
     return np.sort(np.concatenate(keep))
-
-
-def _drop_missing_files(metadata: pd.DataFrame, paths: np.ndarray, skip: bool):
-    """Drop rows whose image file is absent (with a warning) or fail naming them."""
-    present = set()
-    for parent in {os.path.dirname(p) for p in paths}:
-        if os.path.isdir(parent):
-            present.update(os.path.join(parent, f) for f in os.listdir(parent))
-    missing = np.array([p not in present for p in paths], dtype=bool)
-    if missing.any() and not skip:
-        examples = ", ".join(paths[missing][:3])
-        raise FileNotFoundError(
-            f"{missing.sum()} image file(s) listed by the dataset are missing, e.g. {examples}. "
-            f"Restore them (re-download the dataset) or pass skip_bad_images=True to skip them.")
-    if missing.any():
-        logger.warning("Skipped %d missing image file(s), e.g. %s", missing.sum(),
-                       paths[missing][0])
-    return metadata[~missing].reset_index(drop=True), paths[~missing]
-
-
-def _drop_unreadable(paths: np.ndarray, folder: Path, name: str, skip: bool) -> np.ndarray:
-    """Positions of the images that decode; the others stop the load or are dropped (``skip``)."""
-    bad = check_images(paths, folder)
-    if bad and not skip:
-        examples = "; ".join(f"{paths[i]} ({reason})" for i, reason in list(bad.items())[:5])
-        raise ValueError(BAD_IMAGES.format(count=len(bad), dataset=name, examples=examples))
-    if bad:
-        logger.warning("Skipped %d unreadable image(s), e.g. %s (%s)", len(bad),
-                       paths[next(iter(bad))], next(iter(bad.values())))
-    return np.setdiff1d(np.arange(len(paths)), list(bad))
-
-
-def check_images(paths, folder: Path | None, workers: int | None = None) -> dict[int, str]:
-    """{position: reason} of the images in ``paths`` that are empty or do not decode.
-
-    Decodes in ``workers`` threads (default: one per core) at a tiny draft scale, which still
-    reads every byte of a JPEG. Images that decoded before with the same size and mtime (the
-    record in ``folder/.checked_images.json``) are not decoded again. ``folder=None`` (a user's
-    manifest folder): no record is read or written, every image is decoded.
-    """
-    record_path = None if folder is None else Path(folder) / IMAGE_CHECK_FILE
-    checked = {} if record_path is None else _read_check_record(record_path)
-    stats, todo = {}, []
-    for i, path in enumerate(paths):
-        try:
-            stat = os.stat(path)
-        except OSError as exc:
-            stats[i] = None
-            todo.append((i, exc.strerror))
-            continue
-        kind = special_kind(stat.st_mode)
-        if kind is not None:  # a FIFO, a device: never opened (it could block or never end)
-            stats[i] = None
-            todo.append((i, f"not a regular file but {kind}"))
-            continue
-        stats[i] = [stat.st_size, stat.st_mtime_ns]
-        if checked.get(str(path)) != stats[i]:
-            todo.append((i, None))
-    bad = {i: reason for i, reason in todo if reason is not None}
-    pending = [i for i, reason in todo if reason is None]
-    if pending:
-        workers = workers or os.cpu_count() or 1
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            reasons = list(tqdm(pool.map(lambda i: _image_problem(paths[i]), pending),
-                                total=len(pending), desc="checking images", leave=False))
-        bad.update({i: reason for i, reason in zip(pending, reasons) if reason is not None})
-        good = {str(paths[i]): stats[i] for i in range(len(paths)) if i not in bad and stats[i]}
-        if record_path is not None:
-            _write_check_record(record_path, {**checked, **good})
-    return dict(sorted(bad.items()))
-
-
-def _image_problem(path) -> str | None:
-    """Why the image at ``path`` cannot be used, or None when it decodes."""
-    try:
-        if os.path.getsize(path) == 0:
-            return "empty file, 0 bytes"
-        with Image.open(path) as img:
-            img.draft("RGB", (8, 8))
-            img.load()
-    except Image.UnidentifiedImageError:
-        return "not an image format PIL can read"
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        return str(exc) or type(exc).__name__
-    return None
-
-
-def _read_check_record(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text())
-        return record if isinstance(record, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_check_record(path: Path, record: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only dataset folder: check again next time
-        tmp.unlink(missing_ok=True)
-        logger.info("Could not record checked images in %s (%s)", path, exc)
 
 
 def _check_groups_in_splits(metadata: pd.DataFrame, group_names: list[str], name: str) -> None:

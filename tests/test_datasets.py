@@ -463,10 +463,10 @@ def test_empty_and_truncated_images_are_all_named_at_load(celeba_root):
 
 
 def test_checked_images_are_not_decoded_again_until_they_change(celeba_root, monkeypatch):
-    import datasets
+    import image_files
     decoded = []
-    real = datasets._image_problem
-    monkeypatch.setattr(datasets, "_image_problem", lambda path: decoded.append(path) or real(path))
+    real = image_files.image_problem
+    monkeypatch.setattr(image_files, "image_problem", lambda path: decoded.append(path) or real(path))
     load_dataset("celeba", celeba_root)
     assert len(decoded) == 24
     decoded.clear()
