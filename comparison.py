@@ -91,9 +91,10 @@ def _readable_label(method: str, config) -> str:
     return " ".join([head, *rest])
 
 
-def _plan(methods: Sequence, calibration_data, context: Mapping) -> list[_Run]:
+def plan_methods(methods: Sequence, calibration_data, context: Mapping) -> list[_Run]:
     """Every method checked (name, options, the inputs it needs) before any of them runs; each
-    context item goes to the methods that take it."""
+    context item goes to the methods that take it. Public: the plan a comparison runs, with
+    each method's label and context."""
     runs, taken = [], set()
     for spec in methods:
         label, method, options = _method_spec(spec)
@@ -172,7 +173,7 @@ def compare_quantization_methods(model: nn.Module, methods: Sequence, test_loade
     """
     if not methods:
         raise ValueError("methods is empty; pass e.g. ['PTQ_INT8', 'PTQ_INT4', 'dynamic']")
-    runs = _plan(methods, calibration_data, context)
+    runs = plan_methods(methods, calibration_data, context)
     _check_sensitive_attrs(test_loader, sensitive_attrs)
     reference = _regroup(evaluation.predict(model, test_loader, device, progress=False),
                          sensitive_attrs)

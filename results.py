@@ -181,9 +181,9 @@ class ResultStore:
             predictions: bool = False) -> None:
         """Commit one configuration (replacing an earlier commit of its id), then refresh the
         derived tables. ``predictions``: its predictions file was saved before this call."""
-        record = _json_safe(record)
+        record = json_safe(record)
         config_id = record["config_id"]
-        rows = [] if per_group is None else _json_safe(
+        rows = [] if per_group is None else json_safe(
             per_group.assign(config_id=config_id)[GROUP_COLUMNS].to_dict("records"))
         entry = {"record": record, "per_group": rows, "committed_ns": time.time_ns(),
                  "predictions": str(predictions_path(".", config_id)) if predictions else None}
@@ -338,7 +338,7 @@ def _legacy_groups(path: Path) -> dict[str, list[dict]]:
         frame = pd.read_csv(path)[GROUP_COLUMNS]
     except (OSError, ValueError, KeyError, pd.errors.ParserError):
         return {}
-    return {config_id: _json_safe(rows.to_dict("records"))
+    return {config_id: json_safe(rows.to_dict("records"))
             for config_id, rows in frame.groupby("config_id", sort=False)}
 
 
@@ -505,12 +505,13 @@ def commit_result(store: ResultStore, unit: WorkUnit, outcome: Outcome | BaseExc
     return True
 
 
-def _json_safe(value):
-    """NaN/inf → None and numpy scalars → Python, so the JSON file stays standard."""
+def json_safe(value):
+    """NaN/inf → None and numpy scalars → Python, so the JSON file stays standard. Public: a
+    record compared with a stored one goes through it first."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -341,9 +341,9 @@ def test_compare_checks_every_method_and_input_before_running_any(tiny_synthetic
 def test_compare_hands_each_context_item_only_to_the_methods_that_take_it(monkeypatch):
     import comparison
 
-    plan = comparison._plan(["PTQ_INT8", "QAT_INT4", {"method": "ptq_static", "bits": "w4a8"},
-                             {"method": "ptq_static", "bits": "w4a8"}],
-                            calibration_data="calib", context={"train_loader": "train"})
+    spec = {"method": "ptq_static", "bits": "w4a8"}
+    plan = comparison.plan_methods(["PTQ_INT8", "QAT_INT4", spec, dict(spec)],
+                                   calibration_data="calib", context={"train_loader": "train"})
     assert [run.label for run in plan] == ["PTQ_INT8", "QAT_INT4", "ptq_static w4a8",
                                            "ptq_static w4a8 #2"]
     assert [run.context for run in plan] == [{}, {"train_loader": "train"}, {}, {}]

@@ -17,7 +17,7 @@ from torch import nn
 import experiment
 import main
 from quantization import MethodTraits, QuantConfig, describe_quantized, register_method
-from results import ResultStore, _json_safe
+from results import ResultStore, json_safe
 from test_main import _args, smoke_run  # noqa: F401  (the smoke run, as a fixture of this module)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_every_smoke_unit_runs_the_same_in_a_fresh_process(smoke_run, tmp_path):
         outs = [tmp_path / f"{i}.pkl" for i in range(len(units))]
         fresh = dict(zip([u.config_id for u in units], pool.map(_run_fresh, units, outs)))
     for config_id, record in fresh.items():
-        record = json.loads(json.dumps(_json_safe(record)))
+        record = json.loads(json.dumps(json_safe(record)))
         kept = {k: v for k, v in record.items() if not TIMING.search(k)}
         assert kept == {k: stored[config_id][k] for k in kept}, config_id
 
@@ -108,8 +108,10 @@ def test_a_method_defined_in_this_file_alone_is_swept(smoke_run, tmp_path):
 def test_the_simulated_twin_and_the_fp32_model_are_built_once_per_process(smoke_run, monkeypatch):
     _, run_dir = smoke_run
     ctx = experiment.Context(experiment.context_for_run(run_dir).cfg, run_dir)  # fresh caches
-    built, loaded, quantize, load = [], [], experiment._quantize, experiment.load_model_from_checkpoint
-    monkeypatch.setattr(experiment, "_quantize", lambda *a, **k: built.append(k) or quantize(*a, **k))
+    built, loaded = [], []
+    quantize, load = experiment.apply_quantization, experiment.load_model_from_checkpoint
+    monkeypatch.setattr(experiment, "apply_quantization",
+                        lambda *a, **k: built.append(k) or quantize(*a, **k))
     monkeypatch.setattr(experiment, "load_model_from_checkpoint",
                         lambda path: loaded.append(path) or load(path))
     unit = next(u for u in experiment.quantization_units(ctx) if "ptq_static/w8a8" in u.config_id)
