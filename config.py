@@ -107,6 +107,8 @@ class SyntheticConfig:
     smiling_rate: Optional[dict] = None
     cue_strength: Optional[dict] = None
     exposure: dict = field(default_factory=dict)
+    mouth_scale: float = 1.0
+    """Size of the smile cue (mouth, curvature, teeth) relative to the face; docs/synthetic.md."""
     seed: int = 0
     """The generator's own seed (docs/synthetic.md): the run's ``seed`` does not redraw the data."""
 
