@@ -1,6 +1,6 @@
 """Re-try the bad inputs and faults of issues 11 and 25 as a new user would, and count the outcomes.
 
-    python benchmarks/bad_inputs.py            # 3-5 minutes on 2 cores; one line per case
+    python -m benchmarks.bad_inputs            # 3-5 minutes on 2 cores; one line per case
 
 CLI cases run ``main.py`` as its own process on the smoke config in a temporary folder; notebook
 cases call the API in this process. Outcomes: ``clear`` (refused with a ValueError/TypeError/
@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CLEAR_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
 
@@ -195,7 +194,6 @@ def _cuda() -> bool:
 
 DISK_FULL = """
 import errno, os, sys
-sys.path.insert(0, {root!r})
 def full(fd):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 os.fsync = full  # the commit point of every configuration
@@ -209,7 +207,7 @@ def _disk_full_and_checkpoint(tmp: Path) -> dict[str, str]:
     args = ["--config", "configs/smoke.yaml", "--log-level", "ERROR", "--set",
             f"results_dir={tmp / 'full' / 'results'}", "--set", f"data.root={tmp / 'data'}",
             "--phase", "baseline"]
-    done = subprocess.run([sys.executable, "-c", DISK_FULL.format(root=str(ROOT), args=args)],
+    done = subprocess.run([sys.executable, "-c", DISK_FULL.format(args=args)],
                           cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     leftovers = list((tmp / "full").rglob("*.tmp"))
@@ -246,9 +244,9 @@ def store_cases(tmp: Path) -> dict[str, str]:
         out = "works" if ran == [2] else "unclear"
     except Exception:  # noqa: BLE001
         out = "traceback"
-    from results import load_predictions, save_predictions
-
     import pandas as pd
+
+    from results import load_predictions, save_predictions
     save_predictions(run_dir, "p", pd.DataFrame({"sample_id": ["x"] * 500}))
     damaged = run_dir / "predictions" / "p.csv.gz"
     damaged.write_bytes(damaged.read_bytes()[:20])

@@ -1,7 +1,7 @@
 """The Ray executor against the local one, and a cluster wall-time estimate from measured costs.
 
-    python benchmarks/bench_executor.py                        # smoke quantization: local vs Ray
-    python benchmarks/bench_executor.py --estimate results/default --config configs/celeba_full.yaml
+    python -m benchmarks.bench_executor                        # smoke quantization: local vs Ray
+    python -m benchmarks.bench_executor --estimate results/default --config configs/celeba_full.yaml
 
 The first form trains the smoke baseline once in a temporary folder, then times the smoke
 quantization phase (``--force``, in this process) three ways, each twice (cold: the first run
@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import heapq
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import config as config_module
+import experiment
+import main as cli
+from results import ResultStore
 
-import config as config_module  # noqa: E402
-import experiment  # noqa: E402
-import main as cli  # noqa: E402
-from results import ResultStore  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 NODES = (1, 4, 16)

@@ -4,7 +4,6 @@ Each process here is real: a child is SIGKILLed right after one file write (test
 then a rerun must hold every configuration exactly once in every table (and in the analysis).
 The promises are listed in docs/reliability.md.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -17,19 +16,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import _kill_after_write as helper
 import main
 from results import GROUP_TABLE, LOCK_FILE, ResultStore, RunFolderBusy, RunLock, run_sweep
 
-HELPER = Path(__file__).with_name("_kill_after_write.py")
-ROOT = HELPER.parent.parent
-_spec = importlib.util.spec_from_file_location("kill_helper", HELPER)
-helper = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helper)
+ROOT = Path(__file__).resolve().parents[1]
 FAKE_IDS = helper.FAKE_IDS
 
 
 def _child(kill_at, *args, env=None, wait=True):
-    command = [sys.executable, str(HELPER), str(kill_at), *map(str, args)]
+    command = [sys.executable, "-m", "tests._kill_after_write", str(kill_at), *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if not wait:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -198,7 +194,6 @@ def test_the_cli_refuses_a_run_folder_held_by_another_process(tmp_path, capsys):
 STRESS_WRITER = """
 import sys
 import pandas as pd
-sys.path.insert(0, ".")
 from results import ResultStore
 store = ResultStore(sys.argv[1], "quantization_results")
 for i in range(int(sys.argv[3])):

@@ -15,7 +15,7 @@ that a whole analysis runs without importing torch."""
 
 
 def no_torch_pytest(*args):
-    return subprocess.run([sys.executable, "tests/_no_torch.py", "-q", "-p", "no:cacheprovider",
+    return subprocess.run([sys.executable, "-m", "tests._no_torch", "-q", "-p", "no:cacheprovider",
                            *args], cwd=ROOT, capture_output=True, text=True)
 
 
