@@ -13,8 +13,15 @@ from tqdm.auto import tqdm
 
 import evaluation
 from fairness_metrics import PREDICTION_COLUMNS, intersectional_labels, summarize_predictions
-from quantization import (FLOAT_BITS, SHORT_NAMES, apply_quantization, context_keys, method_config,
-                          method_traits, resolve_method)
+from quantization import (
+    FLOAT_BITS,
+    SHORT_NAMES,
+    apply_quantization,
+    context_keys,
+    method_config,
+    method_traits,
+    resolve_method,
+)
 
 __all__ = ["QuantizationComparison", "compare_quantization_methods"]
 

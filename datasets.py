@@ -73,15 +73,41 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from face_files import (AGE_GROUPS, FAIRFACE_RACES, SPLITS, UTK_RACES,  # noqa: F401
-                        _derive_columns, _read_celeba, _read_fairface, _read_utkface,
-                        parse_utkface_name, read_celeba_attributes, read_celeba_partition)
-from manifest import (Manifest, bad_image_rows, check_groups_in_splits, group_labels,
-                      read_manifest, special_kind, warn_small_groups)
-from synthetic import (CELEBA_ATTRIBUTES, SYNTHETIC_DEFAULTS, SYNTHETIC_GROUPS,  # noqa: F401
-                       SYNTHETIC_OPTIONS, SYNTHETIC_PARAMS_FILE, check_fractions,
-                       ensure_synthetic_celeba, generate_synthetic_celeba, largest_remainder,
-                       stored_synthetic_params, stratified_parts)
+from face_files import (  # noqa: F401
+    AGE_GROUPS,
+    FAIRFACE_RACES,
+    SPLITS,
+    UTK_RACES,
+    _derive_columns,
+    _read_celeba,
+    _read_fairface,
+    _read_utkface,
+    parse_utkface_name,
+    read_celeba_attributes,
+    read_celeba_partition,
+)
+from manifest import (
+    Manifest,
+    bad_image_rows,
+    check_groups_in_splits,
+    group_labels,
+    read_manifest,
+    special_kind,
+    warn_small_groups,
+)
+from synthetic import (  # noqa: F401
+    CELEBA_ATTRIBUTES,
+    SYNTHETIC_DEFAULTS,
+    SYNTHETIC_GROUPS,
+    SYNTHETIC_OPTIONS,
+    SYNTHETIC_PARAMS_FILE,
+    check_fractions,
+    ensure_synthetic_celeba,
+    generate_synthetic_celeba,
+    largest_remainder,
+    stored_synthetic_params,
+    stratified_parts,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -18,16 +18,30 @@ from functools import cached_property
 from pathlib import Path
 
 import datasets
-import mitigation  # registers the mitigation methods
+import mitigation  # noqa: F401  (registers the mitigation methods)
 import profiling
 from config import ExperimentConfig, config_to_dict, expand_method_specs, load_config, save_config
 from datasets import calibration_seed
 from evaluation import cpu_load, fp32_reference_latency, model_size_mib, predict
 from fairness_metrics import summarize_predictions
-from models import (arch_slug, build_model, check_model_name, count_parameters,
-                    export_torchscript, load_model_from_checkpoint, save_checkpoint)
-from quantization import (apply_quantization, context_keys, kernel_capability, latency_report,
-                          list_methods, method_config, method_traits)
+from models import (
+    arch_slug,
+    build_model,
+    check_model_name,
+    count_parameters,
+    export_torchscript,
+    load_model_from_checkpoint,
+    save_checkpoint,
+)
+from quantization import (
+    apply_quantization,
+    context_keys,
+    kernel_capability,
+    latency_report,
+    list_methods,
+    method_config,
+    method_traits,
+)
 from results import WorkUnit, holds_results, load_predictions, predictions_path
 from runtimes import fp32_runtime_model, get_runtime, quantize_with_runtime
 from training import fit, resolve_device, seed_everything

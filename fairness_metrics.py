@@ -17,9 +17,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from resampling import _resample, _resample_by_label, _swap, bootstrap_interval, bootstrap_tost, swap_p
-from resampling import (BAD_P_VALUES, TOO_FEW_RUNS, benjamini_hochberg, cohens_d,  # noqa: F401
-                        hedges_g, holm)  # public names of this module since before the split
+from resampling import (  # noqa: F401
+    BAD_P_VALUES,
+    TOO_FEW_RUNS,
+    _resample,
+    _resample_by_label,
+    _swap,
+    benjamini_hochberg,
+    bootstrap_interval,
+    bootstrap_tost,
+    cohens_d,
+    hedges_g,  # public names of this module since before the split
+    holm,
+    swap_p,
+)
 
 logger = logging.getLogger(__name__)
 

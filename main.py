@@ -21,8 +21,15 @@ import config as config_module
 import experiment
 import profiling
 import quiet_logs
-from results import (DISK_FULL_ELSEWHERE, FULL_ERRNOS, ResultStore, RunFolderBusy, RunLock, refresh_tables,
-                     run_sweep)
+from results import (
+    DISK_FULL_ELSEWHERE,
+    FULL_ERRNOS,
+    ResultStore,
+    RunFolderBusy,
+    RunLock,
+    refresh_tables,
+    run_sweep,
+)
 
 PHASES = ("baseline", "quantization", "mitigation", "analysis")
 log = logging.getLogger("main")

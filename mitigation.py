@@ -43,7 +43,13 @@ import fairness_metrics
 import profiling
 import quantization
 from checks import check_choice
-from quantization import PTQStaticConfig, QATConfig, apply_quantization, quantizable_layers, register_method
+from quantization import (
+    PTQStaticConfig,
+    QATConfig,
+    apply_quantization,
+    quantizable_layers,
+    register_method,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -84,31 +84,63 @@ from typing import Callable, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
-from torch.ao.quantization import (QConfig, QConfigMapping, disable_observer,
-                                   get_default_qat_qconfig_mapping, get_default_qconfig_mapping,
-                                   per_channel_dynamic_qconfig, quantize_dynamic)
-from torch.ao.quantization.fake_quantize import FakeQuantize, FixedQParamsFakeQuantize
-from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObserver,
-                                            MinMaxObserver, MovingAverageMinMaxObserver,
-                                            MovingAveragePerChannelMinMaxObserver,
-                                            PerChannelMinMaxObserver,
-                                            ReuseInputObserver)
-from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_fx, convert_fx,
-                                               prepare_fx, prepare_qat_fx)
 from torch.ao.nn.quantized.reference.modules.utils import ReferenceQuantizedModule
+from torch.ao.quantization import (
+    QConfig,
+    QConfigMapping,
+    disable_observer,
+    get_default_qat_qconfig_mapping,
+    get_default_qconfig_mapping,
+    per_channel_dynamic_qconfig,
+    quantize_dynamic,
+)
+from torch.ao.quantization.fake_quantize import FakeQuantize, FixedQParamsFakeQuantize
+from torch.ao.quantization.observer import (
+    FixedQParamsObserver,
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+    ReuseInputObserver,
+)
+from torch.ao.quantization.quantize_fx import (
+    _convert_to_reference_decomposed_fx,
+    convert_fx,
+    prepare_fx,
+    prepare_qat_fx,
+)
 from torchvision.ops import SqueezeExcitation
+from tqdm.auto import tqdm
 
 import evaluation
 import profiling
 import training
 from checks import check_choice, parse_bits
-from int8_kernels import (BACKEND_ENGINE, _average_pools_in_levels, _clamp_inputs, _integer_kernel_layers, _isolated_torch_state, _narrow_integer_inputs,
-                          _share_dropout_quantizers, default_activation_range, kernel_capability)
-from quant_inspect import (FLOAT_BITS, _check_layer_names, _images, describe_quantized, layer_bit_widths, latency_report,
-                           packed_size_mib, prediction_agreement, quantizable_layers,
-                           traced_and_frozen, weight_levels)
+from int8_kernels import (
+    BACKEND_ENGINE,
+    _average_pools_in_levels,
+    _clamp_inputs,
+    _integer_kernel_layers,
+    _isolated_torch_state,
+    _narrow_integer_inputs,
+    _share_dropout_quantizers,
+    default_activation_range,
+    kernel_capability,
+)
+from quant_inspect import (
+    FLOAT_BITS,
+    _check_layer_names,
+    _images,
+    describe_quantized,
+    latency_report,
+    layer_bit_widths,
+    packed_size_mib,
+    prediction_agreement,
+    quantizable_layers,
+    traced_and_frozen,
+    weight_levels,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,9 +24,12 @@ import calibration_study as cs
 import cards
 import report_html
 import verdicts as vd
-from verdicts import VERDICT_RULES
 from results import atomic_write_frame, atomic_write_text
 from stats_tables import COMPARISONS, DEPLOYABLE_EXECUTIONS, RESULT_FILES, format_number
+from verdicts import VERDICT_RULES
+
+if TYPE_CHECKING:  # the name in annotations only: analysis imports report, never the reverse
+    from analysis import Analysis
 
 logger = logging.getLogger(__name__)
 

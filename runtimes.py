@@ -146,8 +146,13 @@ def _quiet_root_logger(fragment: str):
 
 
 def _ort_int8(model, calibration, image_size, folder: Path, threads: int) -> RuntimeModel:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 import fairness_metrics as fm
 import verdicts as vd
-from results import load_predictions, predictions_path
+from results import load_predictions
 from unit_stats import cohens_h
 
 logger = logging.getLogger(__name__)

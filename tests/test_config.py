@@ -5,9 +5,14 @@ import yaml
 
 import config
 from checks import BAD_BITS, NOT_A_CHOICE, check_choice
-
-from config import (ExperimentConfig, config_to_dict, expand_method_specs, load_config,
-                    parse_bits, save_config)
+from config import (
+    ExperimentConfig,
+    config_to_dict,
+    expand_method_specs,
+    load_config,
+    parse_bits,
+    save_config,
+)
 
 
 def test_defaults_and_overrides_apply_with_types():

@@ -9,12 +9,29 @@ from PIL import Image
 
 import config
 import synthetic
-from datasets import (CALIBRATION_KINDS, CELEBA_ATTRIBUTES, FAIRFACE_RACES, UTK_RACES,
-                      UNKNOWN_CALIBRATION_KIND, balanced_subset, calibration_seed,
-                      calibration_subset, load_dataset, make_loader, minority_enriched_shares,
-                      random_subset, read_celeba_attributes)
-from synthetic import (BAD_EXPOSURE, BAD_EXPOSURE_GAIN, BAD_EXPOSURE_GROUP, apply_exposure,
-                       ensure_synthetic_celeba, generate_synthetic_celeba)
+from datasets import (
+    CALIBRATION_KINDS,
+    CELEBA_ATTRIBUTES,
+    FAIRFACE_RACES,
+    UNKNOWN_CALIBRATION_KIND,
+    UTK_RACES,
+    balanced_subset,
+    calibration_seed,
+    calibration_subset,
+    load_dataset,
+    make_loader,
+    minority_enriched_shares,
+    random_subset,
+    read_celeba_attributes,
+)
+from synthetic import (
+    BAD_EXPOSURE,
+    BAD_EXPOSURE_GAIN,
+    BAD_EXPOSURE_GROUP,
+    apply_exposure,
+    ensure_synthetic_celeba,
+    generate_synthetic_celeba,
+)
 
 # ----------------------------------------------------------------------------- fixture writers
 

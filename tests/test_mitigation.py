@@ -4,7 +4,6 @@ import torch
 
 import mitigation as mit
 
-
 # --------------------------------------------------------------------------- penalties
 
 def test_dp_penalty_is_spread_of_group_mean_probability():

@@ -1,11 +1,10 @@
 import logging
-import urllib.error
 
 import numpy as np
 import pytest
 import timm.models._builder
-import torchvision
 import torch
+import torchvision
 from torch import nn
 from torch.fx import symbolic_trace
 

@@ -1,13 +1,18 @@
 """The notebook entry points stop bad arguments at the boundary, with the fix in the message."""
-import logging
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datasets import make_loader
-from fairness_metrics import (BAD_IMAGE_SHAPE, META_DEVICE, NO_SENSITIVE_ATTR, NOT_A_LOADER,
-                              NOT_A_MODEL, compute_fairness_metrics)
+from fairness_metrics import (
+    BAD_IMAGE_SHAPE,
+    META_DEVICE,
+    NO_SENSITIVE_ATTR,
+    NOT_A_LOADER,
+    NOT_A_MODEL,
+    compute_fairness_metrics,
+)
 from models import build_model
 
 

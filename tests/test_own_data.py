@@ -72,8 +72,8 @@ def test_the_whole_study_runs_on_a_manifest_with_timm_and_torchvision_models(cli
 
 
 def test_trained_weights_with_zero_epochs_are_evaluated_not_retrained(tmp_path):
-    from models import build_model
     from evaluation import predict
+    from models import build_model
 
     torch.manual_seed(3)
     model = build_model("tiny_cnn", num_classes=2, image_size=32).eval()
@@ -112,8 +112,8 @@ def test_the_original_notebook_snippets_run_as_written(clinic_manifest):
     model.eval()
 
     # --- snippet 1, as written
-    from quantization import apply_quantization
     from fairness_metrics import compute_fairness_metrics
+    from quantization import apply_quantization
     quantized_model = apply_quantization(model, method='bias_aware_calibration', bit_width=8, calibration_data=calib_loader)
     metrics = compute_fairness_metrics(quantized_model, test_loader, sensitive_attr='gender')
     print(metrics['demographic_parity'], metrics['equalized_odds'], metrics['model_size_mb'])

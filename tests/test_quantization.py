@@ -14,10 +14,20 @@ from torch.utils.data import DataLoader, TensorDataset
 import int8_kernels
 import quantization
 from models import build_model
-from quantization import (PTQStaticConfig, PercentileObserver, apply_quantization,
-                          describe_quantized, latency_report,
-                          list_methods, method_config, packed_size_mib, prediction_agreement,
-                          quantizable_layers, register_method, weight_levels)
+from quantization import (
+    PercentileObserver,
+    PTQStaticConfig,
+    apply_quantization,
+    describe_quantized,
+    latency_report,
+    list_methods,
+    method_config,
+    packed_size_mib,
+    prediction_agreement,
+    quantizable_layers,
+    register_method,
+    weight_levels,
+)
 from training import fit
 
 SIZE = 16

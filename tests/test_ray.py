@@ -23,7 +23,6 @@ from config import BAD_RAY_ADDRESS, BAD_RAY_RESOURCE, DEFAULT_RAY_RESOURCES, loa
 from executors import FAILED_ON, NEEDS_MISSING, NODE_CANNOT_SEE, check_nodes_see, run_on_ray
 from results import ResultStore
 
-
 TIMING = re.compile(r"^(wall_s|cost_s|train_time_s|calibration_cost_s|node|load_avg_1m|other_cores|"
                     r"cpu_shared|fp32_latency_ms_b\d+|"
                     r"latency_ms_b\d+|latency_layout_b\d+|fp32_reference_b\d+|int8_form_b\d+|"

@@ -67,4 +67,4 @@ def test_the_smoke_log_states_a_repeated_message_once_with_its_count(smoke):
     counts = [line for line in lines if re.search(r"of fairness_metrics first logged at .* "
                                                   r"occurred \d+ times in this run", line)]
     assert len(counts) == 1 and int(re.search(r"occurred (\d+) times", counts[0]).group(1)) > 1
-    assert len(lines) == len(set(lines)), [l for l in set(lines) if lines.count(l) > 1]  # no line twice
+    assert len(lines) == len(set(lines)), [line for line in set(lines) if lines.count(line) > 1]  # no line twice

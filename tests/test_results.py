@@ -172,8 +172,9 @@ def test_a_results_dir_that_is_a_file_or_unwritable_is_named(tmp_path):
 
 
 def test_a_second_lock_in_the_same_folder_is_refused_until_released(tmp_path):
-    from results import RunFolderBusy, RunLock
     import os
+
+    from results import RunFolderBusy, RunLock
     with RunLock(tmp_path):
         with pytest.raises(RunFolderBusy, match=f"in use by process {os.getpid()}"):
             RunLock(tmp_path).acquire()
