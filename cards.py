@@ -172,7 +172,8 @@ def markdown(c: dict) -> str:
               f"- {cal['calibration']}: kind {cal['kind']}, size {format_number(cal['size'])}",
               f"- group counts: {cal['group_counts']}", "",
               "## Per-group performance (test set)", "",
-              "| group | n | accuracy | TPR | FPR | accuracy drop vs FP32 |", "|---|---|---|---|---|---|"]
+              "| group | n | accuracy | TPR | FPR | accuracy drop vs FP32 |",
+              "|---|---|---|---|---|---|"]
     for g in c["per_group"]:
         def iv(name):
             return (f"{format_number(g.get(name))} [{format_number(g.get(name + '_low'))}, "

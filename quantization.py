@@ -157,7 +157,8 @@ __all__ = [
     "MethodTraits", "QuantConfig", "QuantInfo", "SHORT_NAMES", "apply_quantization", "calibrate",
     "context_keys", "convert_quantized",
     "default_activation_range", "describe_quantized", "kernel_capability", "latency_report",
-    "layer_bit_widths", "list_methods", "method_config", "method_traits", "packed_size_mib", "parse_bits",
+    "layer_bit_widths", "list_methods", "method_config", "method_traits", "packed_size_mib",
+    "parse_bits",
     "prediction_agreement", "prepare_quantization", "qconfig_mapping", "quantizable_layers",
     "register_method", "resolve_method", "traced_and_frozen", "weight_levels",
     "load_plugins", *(name for names in PLUGINS.values() for name in names),
@@ -282,7 +283,8 @@ class PTQStaticConfig(QuantConfig):
 
     @property
     def resolved_activation_range(self) -> str:
-        """``'full'`` or ``'reduced'``: ``activation_range`` with ``'auto'`` decided for this CPU."""
+        """``'full'`` or ``'reduced'``: ``activation_range`` with ``'auto'`` decided for this
+        CPU."""
         if self.activation_range == "auto":
             return default_activation_range()
         return self.activation_range
@@ -799,7 +801,8 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
     _share_dropout_quantizers(prepared)
     prepared.integer_twin = config.all_int8  # its simulated form computes as the kernels do
     if config.act_bits == 8:
-        prepared.narrowed_inputs = _narrow_integer_inputs(prepared, config.resolved_activation_range)
+        prepared.narrowed_inputs = _narrow_integer_inputs(prepared,
+                                                          config.resolved_activation_range)
     return prepared
 
 
@@ -842,7 +845,8 @@ _QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
 _DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default
 
 
-def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, low: int, high: int) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, low: int,
+                  high: int) -> torch.Tensor:
     """The decomposed reference's quantize -> dequantize of an activation, op for op (the same
     float32 results: round half to even, clamp, back to float), in place after the first op.
     About 15x faster than the pair of decomposed ops and 7x faster than

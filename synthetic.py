@@ -357,7 +357,8 @@ def _draw_faces(faces: dict, size: int, rng, exposure: dict | None = None) -> np
     lip_color = np.where(faces["lipstick"][:, None], [[0.70, 0.08, 0.15]], skin * 0.4)
     paint(mouth, lip_color)
     # An open smile shows teeth, as bright as the smile is curved (so a weak cue stays faint).
-    teeth = soft((1 - np.hypot(dx / (0.7 * half_width), (dy - 0.15 * s + 0.01 * s) / (0.03 * s))) * 0.03 * s)
+    teeth = soft((1 - np.hypot(dx / (0.7 * half_width),
+                               (dy - 0.15 * s + 0.01 * s) / (0.03 * s))) * 0.03 * s)
     paint(teeth * np.clip(curve / MOUTH_CURVE, 0, 1), np.full((b, 3), 0.95))
     img *= rng.uniform(0.85, 1.15, (b, 1, 1, 1)).astype(np.float32)
     img += 0.02 * rng.standard_normal((b, size, size, 1), dtype=np.float32)  # sensor noise

@@ -83,7 +83,8 @@ def measured_costs(run_dir: Path) -> dict:
     for phase in cli.SWEEP_UNITS:
         for record in ResultStore(run_dir, f"{phase}_results").records():
             if record.get("status") == "ok" and record.get("wall_s") is not None:
-                costs.setdefault((phase, record["arch"], record["method"]), []).append(record["wall_s"])
+                costs.setdefault((phase, record["arch"], record["method"]),
+                                 []).append(record["wall_s"])
     return {key: statistics.mean(values) for key, values in costs.items()}
 
 
@@ -113,7 +114,8 @@ def estimate(units: list, costs: dict, scale: float, nodes: int) -> float:
                                               unit.fields["method"]) for unit in units}
     base_done = {}  # arch -> when its baseline finishes
     free = [0.0] * nodes
-    for unit in sorted((u for u in units if u.phase == "baseline"), key=lambda u: -cost[u.config_id]):
+    for unit in sorted((u for u in units if u.phase == "baseline"),
+                       key=lambda u: -cost[u.config_id]):
         start = heapq.heappop(free)
         base_done[unit.fields["arch"]] = start + cost[unit.config_id]
         heapq.heappush(free, base_done[unit.fields["arch"]])

@@ -1,4 +1,5 @@
-"""Real INT8 against its simulated twin, and what the 7-bit activation range costs, per architecture.
+"""Real INT8 against its simulated twin, and what the 7-bit activation range costs, per
+architecture.
 
     python -m benchmarks.bench_int8_agreement                       # checkpoints of results/default
     python -m benchmarks.bench_int8_agreement --set results_dir=/tmp/r --set runtime.threads=1

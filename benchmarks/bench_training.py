@@ -106,8 +106,8 @@ def start_worker(arch: str, variant: str, args) -> subprocess.Popen:
     changes, threads, flags = VARIANTS[variant]
     env = {name: value for name, value in os.environ.items() if name not in changes}
     env.update({name: value for name, value in changes.items() if value is not None})
-    command = [sys.executable, "-m", "benchmarks.bench_training", "--worker", arch, "--threads", str(threads),
-               "--sizes", str(args.sizes[0]), "--batch-size", str(args.batch_size),
+    command = [sys.executable, "-m", "benchmarks.bench_training", "--worker", arch, "--threads",
+               str(threads), "--sizes", str(args.sizes[0]), "--batch-size", str(args.batch_size),
                "--steps", str(args.steps), *flags]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                env=env, cwd=Path(__file__).resolve().parents[1])

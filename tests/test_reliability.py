@@ -1,8 +1,8 @@
 """What a kill at any write keeps, what two processes on one run folder do, and a stale lock.
 
-Each process here is real: a child is SIGKILLed right after one file write (tests/_kill_after_write.py),
-then a rerun must hold every configuration exactly once in every table (and in the analysis).
-The promises are listed in docs/reliability.md.
+Each process here is real: a child is SIGKILLed right after one file write
+(tests/_kill_after_write.py), then a rerun must hold every configuration exactly once in every table
+(and in the analysis). The promises are listed in docs/reliability.md.
 """
 import json
 import os
@@ -64,7 +64,8 @@ def _ran(log: Path) -> list[str]:
 # ----------------------------------------------------------------------------- kill at any write
 
 def test_a_kill_right_after_each_write_of_a_commit_loses_nothing(tmp_path, monkeypatch):
-    listing = _child(0, "fake", tmp_path / "listing", env={"RUN_LOG": str(tmp_path / "listing.log")})
+    listing = _child(0, "fake", tmp_path / "listing",
+                     env={"RUN_LOG": str(tmp_path / "listing.log")})
     assert listing.returncode == 0, listing.stderr
     writes = _writes(listing.stdout)
     points = _commit_writes(writes, FAKE_IDS[-1], None)  # the last: no later commit rebuilds
@@ -76,7 +77,8 @@ def test_a_kill_right_after_each_write_of_a_commit_loses_nothing(tmp_path, monke
         run_dir, log = tmp_path / f"kill{kill_at}", tmp_path / f"kill{kill_at}.log"
         killed = _child(kill_at, "fake", run_dir, env={"RUN_LOG": str(log)})
         assert killed.returncode == -signal.SIGKILL
-        assert _writes(killed.stdout)[-1] == writes[kill_at - 1].replace("listing", f"kill{kill_at}")
+        assert _writes(killed.stdout)[-1] == writes[kill_at - 1].replace("listing",
+                                                                         f"kill{kill_at}")
         monkeypatch.setenv("RUN_LOG", str(log))
         with RunLock(run_dir):  # the killed holder's lock is taken over
             run_sweep(ResultStore(run_dir, "quantization_results"), helper.fake_units(),
@@ -94,8 +96,10 @@ def _args(tmp_path, run_root, *extra):
             "--set", "runtime.latency_batch_sizes=[1]", *extra]
 
 
-QUICK_GRID = ["--set", "quantization.methods=[{method: ptq_dynamic}, {method: ptq_static, bits: [w8a8]}]",
-              "--set", "quantization.check_agreement=false", "--set", "analysis.bootstrap_resamples=20"]
+QUICK_GRID = ["--set",
+              "quantization.methods=[{method: ptq_dynamic}, {method: ptq_static, bits: [w8a8]}]",
+              "--set", "quantization.check_agreement=false", "--set",
+              "analysis.bootstrap_resamples=20"]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +140,7 @@ def test_cli_killed_after_each_write_of_a_commit_then_rerun_has_every_config_onc
         assert sorted(rows["config_id"]) == sorted(ids + ["synthetic/tiny_cnn/fp32/seed=0"])
 
 
-# ----------------------------------------------------------------------------- one writer per folder
+# ---------------------------------------------------------------------------- one writer per folder
 
 def test_two_processes_on_one_run_folder_lose_nothing_and_do_nothing_twice(tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
@@ -147,7 +151,8 @@ def test_two_processes_on_one_run_folder_lose_nothing_and_do_nothing_twice(tmp_p
     first_out, first_err = first.communicate(timeout=120)
     assert first.returncode == 0, first_err
     assert second.returncode == 3
-    assert f"in use by process {first.pid}" in second.stderr and "--set run_name=NEW" in second.stderr
+    assert f"in use by process {first.pid}" in second.stderr
+    assert "--set run_name=NEW" in second.stderr
     assert sorted(_ran(log)) == sorted(FAKE_IDS)  # each configuration ran once, by the holder
     _assert_each_once(run_dir, "quantization_results", FAKE_IDS)
 
