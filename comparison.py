@@ -144,8 +144,8 @@ def _check_sensitive_attrs(test_loader, sensitive_attrs: Sequence[str] | None) -
         return
     missing = [attr for attr in sensitive_attrs if attr not in metadata.columns]
     if missing:
-        available = [c for c in metadata.columns if c not in (*PREDICTION_COLUMNS, "split",
-                                                              "target")]
+        available = [c for c in metadata.columns
+                     if c not in (*PREDICTION_COLUMNS, "split", "target")]
         raise ValueError(f"sensitive_attrs {missing} are not columns of the test set's metadata; "
                          f"it has {available}. Pass some of those; nothing was run")
 

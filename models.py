@@ -729,9 +729,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
     """
     plain_meta = json.loads(json.dumps(meta, default=_plain_value))
     state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    return atomic_write(path,
-                        lambda temp: torch.save({"state_dict": state_dict, "meta": plain_meta},
-                                                temp))
+    checkpoint = {"state_dict": state_dict, "meta": plain_meta}
+    return atomic_write(path, lambda temp: torch.save(checkpoint, temp))
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike, image_size: int) -> Path:

@@ -239,8 +239,8 @@ def store_cases(tmp: Path) -> dict[str, str]:
     text = json.dumps(records, indent=1)
     (run_dir / "quantization_results.json").write_text(text[: text.index('"c2"')])
     ran = []
-    units = [WorkUnit(f"c{i}", {}, "fake", {"i": i}, str(run_dir),
-                      "quantization") for i in range(3)]
+    units = [WorkUnit(f"c{i}", {}, "fake", {"i": i}, str(run_dir), "quantization")
+             for i in range(3)]
     try:
         run_sweep(ResultStore(run_dir, "quantization_results"), units, progress=False,
                   execute=lambda unit: ran.append(unit.args["i"]) or ({}, None, None))
@@ -306,8 +306,8 @@ def api_cases(tmp: Path) -> dict[str, str]:
         "1-channel batch": api_outcome(lambda: compute_fairness_metrics(model,
                                                                         DataLoader(Gray(), 32))),
         "meta-device model": api_outcome(lambda: compute_fairness_metrics(meta_model, test)),
-        "caller's model mode restored": "works" if api_outcome(mode_restored,
-                                                               False) == "works" else "silent",
+        "caller's model mode restored":
+            "works" if api_outcome(mode_restored, False) == "works" else "silent",
         "FaceDataset as calibration_data": api_outcome(
             lambda: apply_quantization(model, "ptq_static", calibration_data=splits.train)),
         "bias_aware seed call, loader < 512": api_outcome(lambda: apply_quantization(
@@ -331,8 +331,8 @@ def api_cases(tmp: Path) -> dict[str, str]:
             lambda: _relative_root_then_chdir(tmp), False),
         "fairface csv lists an absolute path": api_outcome(lambda: _fairface_absolute(tmp)),
         "--set run_name=on keeps the text": api_outcome(lambda: _typed_name(), False),
-        "data.synthetic.seed as docs/synthetic.md says": api_outcome(lambda: _synthetic_seed(),
-                                                                     False),
+        "data.synthetic.seed as docs/synthetic.md says":
+            api_outcome(lambda: _synthetic_seed(), False),
     }
     return out
 

@@ -83,8 +83,8 @@ def measured_costs(run_dir: Path) -> dict:
     for phase in cli.SWEEP_UNITS:
         for record in ResultStore(run_dir, f"{phase}_results").records():
             if record.get("status") == "ok" and record.get("wall_s") is not None:
-                costs.setdefault((phase, record["arch"], record["method"]),
-                                 []).append(record["wall_s"])
+                key = (phase, record["arch"], record["method"])
+                costs.setdefault(key, []).append(record["wall_s"])
     return {key: statistics.mean(values) for key, values in costs.items()}
 
 
