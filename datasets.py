@@ -70,17 +70,47 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from face_files import (AGE_GROUPS, FAIRFACE_RACES, SPLITS, UTK_RACES,  # noqa: F401
-                        derive_columns, read_celeba, read_fairface, read_utkface,
-                        parse_utkface_name, read_celeba_attributes, read_celeba_partition)
-from image_files import (ImageStore, check_images, drop_missing_files, drop_unreadable,
-                         normalize_image)
-from manifest import (Manifest, bad_image_rows, check_groups_in_splits, group_labels,
-                      read_manifest, warn_small_groups)
-from synthetic import (CELEBA_ATTRIBUTES, SYNTHETIC_DEFAULTS, SYNTHETIC_GROUPS,  # noqa: F401
-                       SYNTHETIC_OPTIONS, SYNTHETIC_PARAMS_FILE, check_fractions,
-                       ensure_synthetic_celeba, generate_synthetic_celeba, largest_remainder,
-                       stored_synthetic_params, stratified_parts)
+from face_files import (  # noqa: F401
+    AGE_GROUPS,
+    FAIRFACE_RACES,
+    SPLITS,
+    UTK_RACES,
+    derive_columns,
+    parse_utkface_name,
+    read_celeba,
+    read_celeba_attributes,
+    read_celeba_partition,
+    read_fairface,
+    read_utkface,
+)
+from image_files import (
+    ImageStore,
+    check_images,
+    drop_missing_files,
+    drop_unreadable,
+    normalize_image,
+)
+from manifest import (
+    Manifest,
+    bad_image_rows,
+    check_groups_in_splits,
+    group_labels,
+    read_manifest,
+    warn_small_groups,
+)
+from synthetic import (  # noqa: F401
+    CELEBA_ATTRIBUTES,
+    SYNTHETIC_DEFAULTS,
+    SYNTHETIC_GROUPS,
+    SYNTHETIC_OPTIONS,
+    SYNTHETIC_PARAMS_FILE,
+    check_fractions,
+    ensure_synthetic_celeba,
+    generate_synthetic_celeba,
+    largest_remainder,
+    stored_synthetic_params,
+    stratified_parts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +119,14 @@ NORMALIZE_MEAN = (0.5, 0.5, 0.5)
 NORMALIZE_STD = (0.5, 0.5, 0.5)
 
 SYNTHETIC_UNWRITABLE = ("Cannot write the synthetic dataset under '{root}' ({reason}). Pass a "
-                        "writable root folder (config: data.root, e.g. --set data.root=data/datasets)")
-POSITIVE_ONLY_FOR_MANIFEST = ("positive={positive!r} applies to manifest datasets only; {dataset!r} has "
+                        "writable root folder (config: data.root, e.g. --set "
+                        "data.root=data/datasets)")
+POSITIVE_ONLY_FOR_MANIFEST = ("positive={positive!r} applies to manifest datasets only; "
+                              "{dataset!r} has "
                              "its own binary targets. Leave positive unset (config: data.positive)")
-BAD_DATASET_NAME = ("dataset name {name!r} cannot name a dataset: expected a non-empty text without "
-                    "'/' or '\\' (it becomes a folder in the results). Pass another name=, e.g. "
-                    "'my_faces' (config: data.name)")
+BAD_DATASET_NAME = ("dataset name {name!r} cannot name a dataset: expected a non-empty text "
+                    "without '/' or '\\' (it becomes a folder in the results). Pass another name=, "
+                    "e.g. 'my_faces' (config: data.name)")
 BAD_MIN_GROUP_SIZE = ("min_group_size must be an integer >= 0 or None, got {value!r}; e.g. 30 "
                       "(config: analysis.min_group_size)")
 
@@ -211,15 +243,16 @@ NOT_A_GROUP_DATASET = (
     "\"path/to/metadata.csv\", target=..., sensitive=[...])")
 METADATA_COLUMNS_MISSING = ("{what}: metadata lacks column(s) {missing}; it has {columns}. The "
                             "group-dataset protocol ({doc}) needs sample_id, target and every "
-                            "column of sensitive_attrs {sensitive}. Add them or fix sensitive_attrs")
+                            "column of sensitive_attrs {sensitive}. Add them or fix "
+                            "sensitive_attrs")
 METADATA_LENGTH = ("{what}: metadata has {rows} rows but the dataset has {items} items; row i must "
                    "describe item i ({doc}). Build metadata with one row per item, in item order")
-METADATA_BAD_TARGET = ("{what}: metadata column target holds {value!r} at row {row}; expected 0 or 1. "
-                       "Map the label to 0/1 (1 = the positive class)")
+METADATA_BAD_TARGET = ("{what}: metadata column target holds {value!r} at row {row}; expected 0 or "
+                       "1. Map the label to 0/1 (1 = the positive class)")
 METADATA_EMPTY_SENSITIVE = ("{what}: metadata column {column!r} is empty at row {row}; every item "
                             "needs a value for each sensitive attribute. Fill it (e.g. 'unknown')")
-METADATA_DUPLICATE_IDS = ("{what}: metadata has {count} repeated sample_id value(s), e.g. {example!r}; "
-                          "each item needs its own id (e.g. its file path)")
+METADATA_DUPLICATE_IDS = ("{what}: metadata has {count} repeated sample_id value(s), e.g. "
+                          "{example!r}; each item needs its own id (e.g. its file path)")
 UNKNOWN_GROUPS = ("{what}: groups {unknown} are not in group_names {group_names}; group_names must "
                   "list every group of the metadata (or leave it out: it is derived)")
 ITEM_NOT_ALIGNED = ("{what}: item {index} has sample_id {found!r} but metadata row {index} says "
@@ -716,7 +749,8 @@ def _read_raw(name: str, root: Path, fractions, synthetic_options):
         try:
             folder = ensure_synthetic_celeba(root, split_fractions=fractions, **options)
         except OSError as exc:
-            raise ValueError(SYNTHETIC_UNWRITABLE.format(root=root, reason=exc.strerror or exc)) from None
+            raise ValueError(SYNTHETIC_UNWRITABLE.format(root=root,
+                                                         reason=exc.strerror or exc)) from None
     else:
         folder = root / name
     readers = {"synthetic": read_celeba, "celeba": read_celeba, "utkface": read_utkface,

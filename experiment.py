@@ -24,10 +24,24 @@ from config import ExperimentConfig, config_to_dict, expand_method_specs, load_c
 from datasets import calibration_seed
 from evaluation import cpu_load, fp32_reference_latency, model_size_mib, predict
 from fairness_metrics import summarize_predictions
-from models import (arch_slug, build_model, check_model_name, count_parameters,
-                    export_torchscript, load_model_from_checkpoint, save_checkpoint)
-from quantization import (apply_quantization, context_keys, kernel_capability, latency_report,
-                          list_methods, method_config, method_traits)
+from models import (
+    arch_slug,
+    build_model,
+    check_model_name,
+    count_parameters,
+    export_torchscript,
+    load_model_from_checkpoint,
+    save_checkpoint,
+)
+from quantization import (
+    apply_quantization,
+    context_keys,
+    kernel_capability,
+    latency_report,
+    list_methods,
+    method_config,
+    method_traits,
+)
 from results import WorkUnit, holds_results, load_predictions, predictions_path
 from runtimes import fp32_runtime_model, get_runtime, quantize_with_runtime
 from training import fit, resolve_device, seed_everything
@@ -74,7 +88,8 @@ class Context:
         """A loader over ``n`` training images of calibration kind ``kind``, draw ``draw``."""
         if kind == "none":
             return None
-        subset = datasets.calibration_subset(self.splits.train, kind, n, calibration_seed(seed, draw))
+        subset = datasets.calibration_subset(self.splits.train, kind, n,
+                                             calibration_seed(seed, draw))
         return self.loader(subset)
 
     def method_context(self, method: str, seed: int) -> dict:
@@ -368,7 +383,8 @@ def _trained_model(ctx: Context, arch: str, retrain: bool):
         log.info("reusing checkpoint %s", path)
         model, meta = load_model_from_checkpoint(path)
         return model.eval(), {k: meta.get(k) for k in TRAINING_FIELDS}
-    seed_everything(cfg.seed)  # the initial weights depend on the seed alone, not on what ran before
+    # the initial weights depend on the seed alone, not on what ran before
+    seed_everything(cfg.seed)
     weights = cfg.models.weights.get(arch)
     model = build_model(arch, num_classes=2, image_size=cfg.data.image_size,
                         pretrained=cfg.models.pretrained and weights is None, weights_path=weights,
@@ -435,7 +451,8 @@ def quantization_units(ctx: Context, check: bool = True) -> list[WorkUnit]:
                 for calibration in _calibrations(cfg, name):
                     units.append(_quantization_unit(ctx, arch, name, options, calibration, seed))
                     units += _runtime_units(ctx, arch, name, options, calibration, seed)
-    for arch in cfg.models.architectures if check else ():  # after the grid: a bad method name first
+    # after the grid: a bad method name first
+    for arch in cfg.models.architectures if check else ():
         ctx.baselines.require(arch)
     return units
 
@@ -455,8 +472,10 @@ def configuration_id(dataset: str, arch: str, method: str, bits: str, options: d
                      calibration: str, seed: int, draw: int | None = None) -> str:
     """E.g. ``synthetic/resnet50/ptq_static/w4a8/observer=minmax/calib=random-512/seed=0``."""
     extras = _options_label(options, sep="/")
-    return "/".join(part for part in [dataset, arch_slug(arch), method, bits, extras, f"calib={calibration}",
-                                      "" if draw is None else f"draw={draw}", f"seed={seed}"] if part)
+    return "/".join(part for part in [dataset, arch_slug(arch), method, bits, extras,
+                                      f"calib={calibration}",
+                                      "" if draw is None else f"draw={draw}",
+                                      f"seed={seed}"] if part)
 
 
 def _options_label(options: dict, sep: str) -> str:
@@ -480,7 +499,8 @@ def _quantization_unit(ctx: Context, arch: str, method: str, options: dict,
     label = calibration_label(calibration)
     bits = method_config(method, **options).bits  # also rejects a bad method or option up front
     config_id = configuration_id(cfg.data.dataset_name, arch, method, bits, options, label, seed)
-    fields = {"dataset": cfg.data.dataset_name, "arch": arch, "method": method, "calibration": label,
+    fields = {"dataset": cfg.data.dataset_name, "arch": arch, "method": method,
+              "calibration": label,
               "seed": seed, "options": {k: v for k, v in options.items() if k != "bits"}}
     return _unit(ctx, config_id, fields, "quantization",
                     {"arch": arch, "method": method, "options": options,
@@ -500,7 +520,8 @@ def _quantize(ctx: Context, model, method: str, options: dict, calibration, seed
     else:
         data = ctx.splits.train if need == "dataset" else None
     draw_s = time.perf_counter() - start
-    context = ctx.method_context(method, calibration_seed(seed, draw) if need == "dataset" else seed)
+    method_seed = calibration_seed(seed, draw) if need == "dataset" else seed
+    context = ctx.method_context(method, method_seed)
     quantized = apply_quantization(model, method, calibration_data=data, **options, **overrides,
                                    **context)
     if need == "loader":
@@ -605,7 +626,8 @@ def mitigation_units(ctx: Context, check: bool = True) -> list[WorkUnit]:
     architectures = cfg.mitigation.architectures or cfg.models.architectures
     for arch in architectures:
         for name, options in methods_for(arch, cfg.mitigation.methods):
-            for unit in _mitigation_units_of(ctx, arch, name, with_run_defaults(cfg, name, options)):
+            for unit in _mitigation_units_of(ctx, arch, name,
+                                             with_run_defaults(cfg, name, options)):
                 units.setdefault(unit.config_id, unit)
     for arch in architectures if check else ():
         ctx.baselines.require(arch)
@@ -635,7 +657,8 @@ def _mitigation_unit(ctx: Context, arch: str, name: str, options: dict, kind: st
                      draw: int, compare_to: str | None = None, control: bool = False) -> WorkUnit:
     cfg = ctx.cfg
     calibration = calibration_label((kind, size))
-    config_id = configuration_id(cfg.data.dataset_name, arch, name, method_config(name, **options).bits,
+    config_id = configuration_id(cfg.data.dataset_name, arch, name,
+                                 method_config(name, **options).bits,
                                  options, calibration, cfg.seed, draw)
     fields = {"dataset": cfg.data.dataset_name, "arch": arch, "method": name,
               "calibration": calibration, "calibration_kind": kind,

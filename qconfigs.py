@@ -15,13 +15,22 @@ import torch
 import torch.ao.quantization.quantize_fx  # noqa: F401  (registers the quantized_decomposed ops)
 from torch import nn
 from torch.ao.nn.quantized.reference.modules.utils import ReferenceQuantizedModule
-from torch.ao.quantization import (QConfig, QConfigMapping, get_default_qat_qconfig_mapping,
-                                   get_default_qconfig_mapping)
+from torch.ao.quantization import (
+    QConfig,
+    QConfigMapping,
+    get_default_qat_qconfig_mapping,
+    get_default_qconfig_mapping,
+)
 from torch.ao.quantization.fake_quantize import FakeQuantize, FixedQParamsFakeQuantize
-from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObserver,
-                                            MinMaxObserver, MovingAverageMinMaxObserver,
-                                            MovingAveragePerChannelMinMaxObserver,
-                                            PerChannelMinMaxObserver, ReuseInputObserver)
+from torch.ao.quantization.observer import (
+    FixedQParamsObserver,
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+    ReuseInputObserver,
+)
 from torchvision.ops import SqueezeExcitation
 
 from int8_kernels import BACKEND_ENGINE

@@ -67,9 +67,9 @@ keeps that op's scale through pooling, reshapes and dropout, whose own quantizer
 its input's), so the simulated twin uses exactly the same levels; the real model clamps that
 tensor to 0..127 (``QuantizedRangeClamp``), since ``convert_fx`` keeps only scale and zero point
 and would pass values above the calibrated maximum as 128..255.
-What stays float: layers named in ``fp32_layers``, squeeze-excitation blocks (``qconfigs.FLOAT_BLOCKS``:
-EfficientNet's gates; their convs appear in ``fp32_layers``) and, in a real INT8
-model, ops without integer kernels, run between dequantize and quantize;
+What stays float: layers named in ``fp32_layers``, squeeze-excitation blocks
+(``qconfigs.FLOAT_BLOCKS``: EfficientNet's gates; their convs appear in ``fp32_layers``) and, in
+a real INT8 model, ops without integer kernels, run between dequantize and quantize;
 ``quant_info['float_ops']`` lists the latter. For a timm ViT: the patch-embedding flatten, the
 qkv ``unbind``, ``scaled_dot_product_attention``, every MLP GELU and the final LayerNorm (all its
 Linear layers, the block LayerNorms and the residual adds are integer; the class-token ``cat``
@@ -89,22 +89,47 @@ from typing import Callable, ClassVar, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 from torch.ao.quantization import disable_observer, per_channel_dynamic_qconfig, quantize_dynamic
-from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_fx, convert_fx,
-                                               prepare_fx, prepare_qat_fx)
+from torch.ao.quantization.quantize_fx import (
+    _convert_to_reference_decomposed_fx,
+    convert_fx,
+    prepare_fx,
+    prepare_qat_fx,
+)
 from tqdm.auto import tqdm
 
 import evaluation
 import profiling
 import training
 from checks import check_choice, parse_bits
-from int8_kernels import (average_pools_in_levels, clamp_inputs, default_activation_range,
-                          integer_kernel_layers, isolated_torch_state, kernel_capability,
-                          narrow_integer_inputs, share_dropout_quantizers)
-from qconfigs import (PercentileObserver, fake_quantize, fuse_fake_quantize_pairs, qconfig_mapping,
-                      reuse_fake_quantized_weights)
-from quant_inspect import (FLOAT_BITS, batch_images, describe_quantized, layer_bit_widths,
-                           latency_report, packed_size_mib, prediction_agreement,
-                           quantizable_layers, traced_and_frozen, weight_levels)
+from int8_kernels import (
+    average_pools_in_levels,
+    clamp_inputs,
+    default_activation_range,
+    integer_kernel_layers,
+    isolated_torch_state,
+    kernel_capability,
+    narrow_integer_inputs,
+    share_dropout_quantizers,
+)
+from qconfigs import (
+    PercentileObserver,
+    fake_quantize,
+    fuse_fake_quantize_pairs,
+    qconfig_mapping,
+    reuse_fake_quantized_weights,
+)
+from quant_inspect import (
+    FLOAT_BITS,
+    batch_images,
+    describe_quantized,
+    latency_report,
+    layer_bit_widths,
+    packed_size_mib,
+    prediction_agreement,
+    quantizable_layers,
+    traced_and_frozen,
+    weight_levels,
+)
 
 logger = logging.getLogger(__name__)
 

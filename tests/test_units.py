@@ -16,10 +16,12 @@ from torch import nn
 
 import experiment
 import main
+import test_main
 from quantization import MethodTraits, QuantConfig, describe_quantized, register_method
 from results import ResultStore, json_safe
-from test_main import _args, smoke_run  # noqa: F401  (the smoke run, as a fixture of this module)
+from test_main import _args
 
+smoke_run = test_main.smoke_run  # the smoke run, as a fixture of this module
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = re.compile(r"wall_s|cost_s|latency|speedup|reference_b|form_b|layout_b|train_time"
                     r"|load_avg|other_cores|cpu_shared")
