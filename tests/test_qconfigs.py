@@ -7,33 +7,18 @@ import pytest
 import torch
 from torch import nn
 from torch.ao.quantization.quantize_fx import _convert_to_reference_decomposed_fx
-from torch.utils.data import DataLoader, TensorDataset
 
 import qconfigs
 import quantization
 from models import build_model
 from qconfigs import PercentileObserver
-from quantization import PTQStaticConfig, apply_quantization
-
-SIZE = 16
+from quantization import PTQStaticConfig
+from test_quantization import SIZE, loader, ptq, toy_data
 
 
 @pytest.fixture(scope="module")
 def data():
-    """Toy images as contract 4-tuples."""
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 2, (256,), generator=generator)
-    images = torch.randn(256, 3, SIZE, SIZE, generator=generator) * 0.5
-    images += (labels.float() * 2 - 1).view(-1, 1, 1, 1) * 0.5
-    return TensorDataset(images, labels, torch.zeros(256, dtype=torch.long), torch.arange(256))
-
-
-def loader(dataset, batch_size=32):
-    return DataLoader(dataset, batch_size=batch_size)
-
-
-def ptq(model, data, **options):
-    return apply_quantization(model, calibration_data=loader(data), observer="minmax", **options)
+    return toy_data()
 
 
 def test_percentile_observer_clips_outliers_that_minmax_keeps():
