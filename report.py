@@ -349,7 +349,8 @@ def run_summary(analysis: "Analysis") -> dict:
     run, table = analysis.run, analysis.table
     present = [name for name in RESULT_FILES.values() if name not in run.missing_files]
     return {"run_dir": str(run.run_dir), "datasets": sorted(table["dataset"].unique()),
-            "synthetic": _is_synthetic(analysis), "architectures": sorted(table["arch"].unique()),
+            "synthetic": answer_module.is_synthetic(analysis),
+            "architectures": sorted(table["arch"].unique()),
             "inputs_present": present, "inputs_missing": run.missing_files,
             "n_configurations": len(table), "n_comparisons": len(analysis.pairs),
             "n_failed": len(analysis.failed),
@@ -358,10 +359,6 @@ def run_summary(analysis: "Analysis") -> dict:
             "comparisons": COMPARISONS, "answer": answer_module.answer(analysis),
             "families": "Holm and Benjamini-Hochberg adjust the p-values of one comparison kind "
                         "and one metric together (e.g. every vs_fp32 change of dp_gap)."}
-
-
-def _is_synthetic(analysis: "Analysis") -> bool:
-    return answer_module._synthetic(analysis)
 
 
 def report(analysis: "Analysis", figures: dict[str, Path]) -> str:
