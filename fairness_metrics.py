@@ -448,9 +448,12 @@ def _check_table(table, name):
                                               example=duplicated.iloc[0]))
 
 
-def _aligned_reference(pred, reference):
-    """The reference's y_pred in the row order of `pred`, after checking both cover the same
-    samples with the same labels."""
+def aligned_reference(pred, reference) -> pd.DataFrame:
+    """The rows of ``reference`` in the sample order of ``pred``, after checking both tables and
+    that they cover the same samples with the same labels.
+
+    Shared: the one alignment of two prediction tables (``prediction_store`` pairs with it)."""
+    _check_table(pred, "pred")
     _check_table(reference, "reference")
     reference = reference.set_index("sample_id")
     only_pred = pred["sample_id"][~pred["sample_id"].isin(reference.index)].tolist()
@@ -464,7 +467,7 @@ def _aligned_reference(pred, reference):
     if differs.any():
         raise ValueError(LABEL_MISMATCH.format(count=int(differs.sum()),
                                                example=reference.index[differs][0]))
-    return reference["y_pred"].to_numpy()
+    return reference.reset_index()
 
 
 def _stat_rows(frame, suffixes, prefix=""):
@@ -539,7 +542,8 @@ def summarize_predictions(pred: pd.DataFrame, *, reference: pd.DataFrame | None 
     _check_table(pred, "pred")
     if n_resamples != 0:
         _check_bootstrap_args(n_resamples, ci)
-    y_reference = None if reference is None else _aligned_reference(pred, reference)
+    y_reference = (None if reference is None
+                   else aligned_reference(pred, reference)["y_pred"].to_numpy())
     y_true, y_pred = pred["y_true"].to_numpy(), pred["y_pred"].to_numpy()
     labels = intersectional_labels(pred["group"])
     table = group_table(y_true, y_pred, sensitive_features=labels, min_group_size=min_group_size)
