@@ -17,8 +17,8 @@ averaged over the architecture's bits, observers and sizes of that kind, then ju
 way. The measured calibration cost ratio (kind / random, median over draws with its range) is
 reported beside the verdict, never as a criterion.
 
-The *focus group* is the group planted by ``data.synthetic.exposure`` when the run has one
-planted group; otherwise the smallest group of the test set.
+The *focus group* is the group ``data.synthetic.exposure`` plants a lighting difference on, when
+the run has one (``synthetic.planted_groups``); otherwise the smallest group of the test set.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 import fairness_metrics as fm
+import synthetic
 import unit_stats as us
 import verdicts as vd
 from prediction_store import PredictionStore
@@ -64,12 +65,13 @@ def direction(metric: str) -> bool:
 
 
 def focus_group(config: dict, groups) -> str:
-    """The single planted group of ``data.synthetic.exposure``, else the smallest of ``groups``
-    (an array of test-sample group labels)."""
+    """The group ``data.synthetic.exposure`` plants a lighting difference on
+    (``synthetic.planted_groups``), else the smallest of ``groups`` (test-sample group labels)."""
     data = config.get("data") or {}
-    planted = sorted(((data.get("synthetic") or {}).get("exposure") or {}))
-    if data.get("dataset", "synthetic") == "synthetic" and len(planted) == 1:
-        return planted[0]
+    if data.get("dataset", "synthetic") == "synthetic":
+        planted = synthetic.planted_groups(data.get("synthetic"))["lighting"]
+        if planted is not None:
+            return planted
     names, counts = np.unique(np.asarray(groups, dtype=str), return_counts=True)
     return str(names[np.argmin(counts)])
 

@@ -381,6 +381,7 @@ def report_sections(analysis: "Analysis", figures: dict[str, Path]) -> dict[str,
         "title": f"# Quantization and fairness: analysis of `{analysis.run.run_dir.name}`",
         "answer": answer_module.markdown(summary["answer"]),
         "recommendation": _recommendation_section(analysis),
+        "plants": _plants_section(analysis),
         "per_group": _per_group_section(analysis) + figure("group_drops"),
         "pareto": _pareto_section(analysis) + figure("pareto"),
         "runtimes": _backends_section(tables) + (figure("backends") if len(tables["backends"])
@@ -513,6 +514,28 @@ def _calibration_section(analysis: "Analysis") -> str:
         "draws) is measured and reported beside the verdict, never a criterion. Full table: "
         "`tables/calibration_study.csv`.", "",
         markdown_table(cs.verdict_table(study, format_number))])
+
+
+def _plants_section(analysis: "Analysis") -> str:
+    checks = analysis.plants
+    if checks.empty:
+        return ""
+    judged = checks[checks["matches"].notna()]
+    held = int(judged["matches"].astype(bool).sum())
+    frame = checks.assign(
+        reached=[r.verdict and f"{format_number(r.change)} [{format_number(r.change_low)}, "
+                 f"{format_number(r.change_high)}] {r.verdict}" for r in checks.itertuples()],
+        matches=checks["matches"].map({True: "yes", False: "**no**"}).fillna("–"))
+    return "\n".join([
+        "## Planted effects (synthetic benchmark)", "",
+        "The synthetic set plants effects with known answers (docs/synthetic.md, *Planted "
+        "effects*), so the run can be checked against them: each known answer beside the "
+        f"verdict this run reached. **{held} of {len(judged)} match.** A mismatch means the "
+        "run could not see an effect that is there, or saw one in the wrong direction: read "
+        "the other verdicts of this run with that in mind.", "",
+        markdown_table(frame[["plant", "group", "arch", "where", "known_answer", "reached",
+                              "matches"]].rename(columns={"known_answer": "known answer",
+                                                          "reached": "verdict reached"}))])
 
 
 def _backends_section(tables: dict[str, pd.DataFrame]) -> str:
