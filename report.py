@@ -273,6 +273,8 @@ TABLE_CAPTIONS = {
                          "per-draw change (kind minus random calibration) of each criterion with "
                          "its interval, Holm-adjusted p-values, verdict, and the measured "
                          "calibration cost ratio.",
+    "planted_effects": "Planted effects of the synthetic set: each known answer beside the "
+                       "verdict the run reached.",
 }
 
 
