@@ -168,7 +168,7 @@ def _unit_changes(units, store: PredictionStore, first: str, focus, n_replicates
         pair = store.pair(treatment, control, order=first)
         new, old = group_metrics(pair.predictions, focus), group_metrics(pair.reference, focus)
         changes.append({m: new[m] - old[m] for m in CRITERIA})
-        pairs.append((pair.y_pred, pair.y_reference))
+        pairs.append(pair.arrays()[1:3])  # (y_pred, y_reference)
     y_true, groups = store.table(first)["y_true"].to_numpy(), store.table(first)["group"].to_numpy()
     replicates = {}
     for metric in CRITERIA:

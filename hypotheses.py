@@ -385,10 +385,10 @@ def _evidence(rows: pd.DataFrame, criterion: Criterion, replicates, inputs: Hypo
 
 def _single(row, metric: str, margin: float, inputs: HypothesisInputs) -> us.Evidence:
     """One paired comparison: the swap test, the bootstrap interval and TOST at ``margin``."""
-    pair = inputs.store.pair(row["config_id"], row["reference_id"])
+    y_true, y_pred, y_reference, groups = inputs.store.pair(row["config_id"],
+                                                            row["reference_id"]).arrays()
     settings = inputs.settings
-    frame = fm.paired_bootstrap(pair.y_true, pair.y_pred, pair.y_reference,
-                                sensitive_features=pair.groups,
+    frame = fm.paired_bootstrap(y_true, y_pred, y_reference, sensitive_features=groups,
                                 n_resamples=settings.n_resamples, ci=settings.ci,
                                 seed=settings.seed, margins={metric: margin})
     r = frame.set_index(["group", "metric"]).loc[(fm.OVERALL, metric)]
@@ -412,11 +412,13 @@ def _replicates(rows: pd.DataFrame, metric: str, inputs: HypothesisInputs):
         members = np.flatnonzero(test_sets == test_set)
         block = rows.iloc[members]
         first_id = block["config_id"].iloc[0]
-        pairs = [store.pair(c, r, order=first_id)
-                 for c, r in zip(block["config_id"], block["reference_id"])]
+        arrays = [store.pair(c, r, order=first_id).arrays()
+                  for c, r in zip(block["config_id"], block["reference_id"])]
+        y_true, _, _, groups = arrays[0]
+        units = [(y_pred, y_reference) for _, y_pred, y_reference, _ in arrays]
         out[:, members] = us.shared_paired_replicates(
-            pairs[0].y_true, [(p.y_pred, p.y_reference) for p in pairs], pairs[0].groups, metric,
-            n_resamples=n_replicates, seed=[inputs.settings.seed, number])  # independent blocks
+            y_true, units, groups, metric, n_resamples=n_replicates,
+            seed=[inputs.settings.seed, number])  # independent blocks
     return out
 
 

@@ -31,21 +31,10 @@ class PairedPredictions:
     predictions: pd.DataFrame
     reference: pd.DataFrame
 
-    @property
-    def y_true(self) -> np.ndarray:
-        return self.predictions["y_true"].to_numpy()
-
-    @property
-    def y_pred(self) -> np.ndarray:
-        return self.predictions["y_pred"].to_numpy()
-
-    @property
-    def y_reference(self) -> np.ndarray:
-        return self.reference["y_pred"].to_numpy()
-
-    @property
-    def groups(self) -> np.ndarray:
-        return self.predictions["group"].to_numpy()
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(y_true, y_pred, y_reference, groups)``: what a paired test reads."""
+        return (self.predictions["y_true"].to_numpy(), self.predictions["y_pred"].to_numpy(),
+                self.reference["y_pred"].to_numpy(), self.predictions["group"].to_numpy())
 
 
 class PredictionStore:

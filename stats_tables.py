@@ -587,8 +587,7 @@ def _paired_accuracy_p(store: PredictionStore | None, config_id: str, best_id: s
     without prediction tables, which then counts as a tie: no test says otherwise)."""
     if store is None:
         return math.nan
-    pair = store.pair(config_id, best_id)
-    frame = fm.paired_bootstrap(pair.y_true, pair.y_pred, pair.y_reference,
-                                sensitive_features=pair.groups,
+    y_true, y_pred, y_reference, groups = store.pair(config_id, best_id).arrays()
+    frame = fm.paired_bootstrap(y_true, y_pred, y_reference, sensitive_features=groups,
                                 n_resamples=settings.n_resamples, seed=settings.seed)
     return float(frame.set_index(["group", "metric"]).loc[(fm.OVERALL, "accuracy"), "p"])

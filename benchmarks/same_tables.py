@@ -81,7 +81,8 @@ def first_difference(old, new, where: str = "/") -> str | None:
 def difference(name: str, before: Path, after: Path, roots: tuple[Path, Path]) -> str:
     """Why the two files differ, or an empty string when they hold the same tables."""
     if name.endswith(".json"):
-        old, new = (json_value(json.loads(p.read_text()), r) for p, r in zip((before, after), roots))
+        old, new = (json_value(json.loads(path.read_text()), root)
+                    for path, root in zip((before, after), roots))
         where = first_difference(old, new)
         return f"JSON differs at {where}" if where is not None else ""
     old, new = (csv_cells(p, r) for p, r in zip((before, after), roots))

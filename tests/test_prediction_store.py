@@ -40,12 +40,14 @@ def test_a_pair_follows_the_model_rows_or_a_third_order():
     pair = store.pair("m", "ref")
     assert list(pair.reference["sample_id"]) == list(pair.predictions["sample_id"])
     assert list(pair.predictions["sample_id"]) == ["s3", "s2", "s1", "s0"]
-    np.testing.assert_array_equal(pair.y_reference, [1, 1, 1, 1])
-    np.testing.assert_array_equal(pair.y_true, [0, 1, 0, 1])
+    y_true, _, y_reference, _ = pair.arrays()
+    np.testing.assert_array_equal(y_reference, [1, 1, 1, 1])
+    np.testing.assert_array_equal(y_true, [0, 1, 0, 1])
     in_first = store.pair("m", "ref", order="first")
     assert list(in_first.predictions["sample_id"]) == ["s1", "s0", "s3", "s2"]
-    np.testing.assert_array_equal(in_first.y_pred, [1, 0, 1, 0])  # s1, s0, s3, s2 of m
-    np.testing.assert_array_equal(in_first.groups, ["a", "a", "b", "b"])
+    _, y_pred, _, groups = in_first.arrays()
+    np.testing.assert_array_equal(y_pred, [1, 0, 1, 0])  # s1, s0, s3, s2 of m
+    np.testing.assert_array_equal(groups, ["a", "a", "b", "b"])
 
 
 def test_other_samples_or_labels_are_refused_naming_both_configurations():
