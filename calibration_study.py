@@ -48,7 +48,8 @@ ALL = "all"
 """The value of a pooled key in an architecture row."""
 REPLICATES = 400
 COLUMNS = CELL_KEYS + ["scope", "focus_group", "metric", "margin", "n_draws", "change",
-                       "change_low", "change_high", "p_difference", "p_difference_holm", "p_equivalent",
+                       "change_low", "change_high", "p_difference", "p_difference_holm",
+                       "p_equivalent",
                        "p_equivalent_holm", "verdict", "note", "cost_ratio", "cost_ratio_low",
                        "cost_ratio_high"]
 TOO_FEW_DRAWS = "{n} paired draws, fewer than the {minimum} a verdict needs"
@@ -200,7 +201,8 @@ def _judge(head: dict, units: pd.DataFrame, deltas: pd.DataFrame, replicates: di
 def cost_ratio(units: pd.DataFrame) -> dict:
     """Calibration cost of the kind / of random, per draw: median and range over the draws."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = units["cost_s"].to_numpy(dtype=float) / units["reference_cost_s"].to_numpy(dtype=float)
+        ratios = (units["cost_s"].to_numpy(dtype=float)
+                  / units["reference_cost_s"].to_numpy(dtype=float))
     ratios = ratios[np.isfinite(ratios)]
     if not ratios.size:
         return {"cost_ratio": math.nan, "cost_ratio_low": math.nan, "cost_ratio_high": math.nan}
@@ -222,7 +224,8 @@ def verdict_table(result: pd.DataFrame, fmt: Callable = str) -> pd.DataFrame:
             row[f"Δ {r['metric']}"] = (f"{fmt(r['change'])} [{fmt(r['change_low'])}, "
                                        f"{fmt(r['change_high'])}] {r['verdict']}")
         first = frame.iloc[0]
-        row["cost ratio vs random"] = (f"{fmt(first['cost_ratio'])} [{fmt(first['cost_ratio_low'])}, "
+        row["cost ratio vs random"] = (f"{fmt(first['cost_ratio'])} "
+                                       f"[{fmt(first['cost_ratio_low'])}, "
                                        f"{fmt(first['cost_ratio_high'])}]")
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -1,6 +1,6 @@
 """Whether two run folders hold the same tables, apart from timing and paths.
 
-    python benchmarks/same_tables.py /tmp/run_before /tmp/run_after
+    python -m benchmarks.same_tables /tmp/run_before /tmp/run_after
 
 Compares every ``.csv``, ``.csv.gz`` and ``.json`` under the two folders (matched by their path
 relative to each folder), cell by cell as written. Left out of the comparison: columns and keys

@@ -5,8 +5,8 @@ import pytest
 import calibration_study as cs
 import unit_stats as us
 import verdicts as vd
-from prediction_store import PredictionStore
 from config import DEFAULT_MARGINS
+from prediction_store import PredictionStore
 
 GROUPS = ("Female/Old", "Female/Young", "Male/Old", "Male/Young")
 SIZES = (80, 240, 120, 160)

@@ -18,7 +18,7 @@ def write_run(folder: Path, accuracy: float, latency: float) -> Path:
 
 
 def same_tables(before: Path, after: Path):
-    return subprocess.run([sys.executable, "benchmarks/same_tables.py", str(before), str(after)],
+    return subprocess.run([sys.executable, "-m", "benchmarks.same_tables", str(before), str(after)],
                           cwd=ROOT, capture_output=True, text=True)
 
 
