@@ -215,7 +215,7 @@ def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_res
     the way the real units do. Returns (n_resamples, k) changes (model - reference) of the
     overall ``metric``, or with ``group`` (a group label) of that group's ``metric`` (accuracy).
     """
-    y_true = fm._binary("y_true", y_true)
+    y_true = fm.binary_array("y_true", y_true)
     labels = fm.intersectional_labels(sensitive_features)
     names, codes = np.unique(labels, return_inverse=True)
     for index, (pred, ref) in enumerate(units):
@@ -225,8 +225,8 @@ def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_res
     n_groups, key = len(names), (group, metric)
     onehots = []
     for pred, ref in units:
-        pred = fm._binary("y_pred", pred, y_true.size)
-        ref = fm._binary("y_pred_reference", ref, y_true.size)
+        pred = fm.binary_array("y_pred", pred, y_true.size)
+        ref = fm.binary_array("y_pred_reference", ref, y_true.size)
         cell = codes * 8 + y_true * 4 + ref * 2 + pred
         onehot = np.zeros((y_true.size, n_groups * 8))
         onehot[np.arange(y_true.size), cell] = 1.0
@@ -244,7 +244,7 @@ def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_res
         columns = []
         for onehot in onehots:
             joint = (weights @ onehot).reshape(block, n_groups, 8)
-            keys, deltas = fm._paired_deltas(joint, names)
+            keys, deltas = fm.paired_deltas(joint, names)
             columns.append(deltas[:, keys.index(key)])
         out.append(np.column_stack(columns))
     return np.vstack(out)
