@@ -91,10 +91,12 @@ from image_files import (
     normalize_image,
 )
 from manifest import (
+    PROTOCOL_DOC,
     Manifest,
     bad_image_rows,
     check_groups_in_splits,
     group_labels,
+    protocol_table,
     read_manifest,
     warn_small_groups,
 )
@@ -199,7 +201,7 @@ class FaceDataset(Dataset):
         ``group`` is derived when absent. The files are read as given (no folder check: use
         ``load_dataset("manifest", ...)`` for validated loading); ``cache`` keeps decoded pixels.
         """
-        metadata, sensitive_attrs, group_names = _protocol_table(
+        metadata, sensitive_attrs, group_names = protocol_table(
             metadata, sensitive_attrs, group_names, what="from_files' metadata", length=len(paths))
         store = ImageStore(paths, image_size, cache)
         return cls(metadata, store, np.arange(len(metadata)), name=name, target_name=target_name,
@@ -233,7 +235,6 @@ class DatasetSplits:
 # columns, and a ``sensitive_attrs`` list), a torch Subset of either, or a DataLoader over any
 # of them; ``group_dataset`` turns each into one object with what they need (docs/datasets.md).
 
-PROTOCOL_DOC = "docs/datasets.md"
 NOT_A_GROUP_DATASET = (
     "{what} is a {kind} without {missing}, so its samples have no groups. Group-aware functions "
     "need the group-dataset protocol ({doc}): a torch Dataset with a `metadata` pandas DataFrame "
@@ -241,20 +242,6 @@ NOT_A_GROUP_DATASET = (
     "`sensitive_attrs` list naming the sensitive columns. Add them to your Dataset, or list your "
     "images in a metadata.csv and load it with datasets.load_dataset(\"manifest\", "
     "\"path/to/metadata.csv\", target=..., sensitive=[...])")
-METADATA_COLUMNS_MISSING = ("{what}: metadata lacks column(s) {missing}; it has {columns}. The "
-                            "group-dataset protocol ({doc}) needs sample_id, target and every "
-                            "column of sensitive_attrs {sensitive}. Add them or fix "
-                            "sensitive_attrs")
-METADATA_LENGTH = ("{what}: metadata has {rows} rows but the dataset has {items} items; row i must "
-                   "describe item i ({doc}). Build metadata with one row per item, in item order")
-METADATA_BAD_TARGET = ("{what}: metadata column target holds {value!r} at row {row}; expected 0 or "
-                       "1. Map the label to 0/1 (1 = the positive class)")
-METADATA_EMPTY_SENSITIVE = ("{what}: metadata column {column!r} is empty at row {row}; every item "
-                            "needs a value for each sensitive attribute. Fill it (e.g. 'unknown')")
-METADATA_DUPLICATE_IDS = ("{what}: metadata has {count} repeated sample_id value(s), e.g. "
-                          "{example!r}; each item needs its own id (e.g. its file path)")
-UNKNOWN_GROUPS = ("{what}: groups {unknown} are not in group_names {group_names}; group_names must "
-                  "list every group of the metadata (or leave it out: it is derived)")
 ITEM_NOT_ALIGNED = ("{what}: item {index} has sample_id {found!r} but metadata row {index} says "
                     "{expected!r}; metadata must follow the items' order ({doc})")
 SUBSET_POSITIONS = ("subset indices must lie in [0, {n}); got min {low}, max {high}. Use positions "
@@ -278,47 +265,6 @@ def _group_counts(dataset) -> dict[str, int]:
     return {g: int(c) for g, c in zip(dataset.group_names, counts)}
 
 
-def _protocol_table(metadata: pd.DataFrame, sensitive_attrs, group_names, *, what: str,
-                    length: int) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """(metadata with a positional index and a ``group`` column, sensitive list, group names)
-    after checking the protocol's columns and values; ``length``: the number of items."""
-    sensitive = [sensitive_attrs] if isinstance(sensitive_attrs, str) else list(sensitive_attrs)
-    missing = [c for c in ["sample_id", "target", *sensitive] if c not in metadata.columns]
-    if missing:
-        raise ValueError(METADATA_COLUMNS_MISSING.format(
-            what=what, missing=missing, doc=PROTOCOL_DOC, columns=list(metadata.columns),
-            sensitive=sensitive))
-    if len(metadata) != length:
-        raise ValueError(METADATA_LENGTH.format(what=what, rows=len(metadata), items=length,
-                                                doc=PROTOCOL_DOC))
-    metadata = metadata.reset_index(drop=True).copy()
-    target = metadata["target"]
-    bad = ~target.isin([0, 1]) | target.isna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(METADATA_BAD_TARGET.format(what=what, value=target.iat[row], row=row))
-    metadata["target"] = target.astype(np.int64)
-    for column in sensitive:
-        empty = metadata[column].isna() | (metadata[column].astype(str).str.strip() == "")
-        if empty.any():
-            raise ValueError(METADATA_EMPTY_SENSITIVE.format(
-                what=what, column=column, row=int(np.flatnonzero(empty.to_numpy())[0])))
-        metadata[column] = metadata[column].astype(str)
-    metadata["sample_id"] = metadata["sample_id"].astype(str)
-    repeated = metadata["sample_id"][metadata["sample_id"].duplicated()]
-    if len(repeated):
-        raise ValueError(METADATA_DUPLICATE_IDS.format(what=what, count=len(repeated),
-                                                       example=repeated.iat[0]))
-    if "group" not in metadata.columns:
-        metadata["group"] = group_labels(metadata, sensitive).to_numpy()
-    present = sorted(metadata["group"].astype(str).unique())
-    group_names = present if group_names is None else list(group_names)
-    unknown = sorted(set(present) - set(group_names))
-    if unknown:
-        raise ValueError(UNKNOWN_GROUPS.format(what=what, unknown=unknown, group_names=group_names))
-    return metadata, sensitive, group_names
-
-
 class GroupView(Dataset):
     """A user's Dataset seen through the group-dataset protocol (docs/datasets.md).
 
@@ -331,7 +277,7 @@ class GroupView(Dataset):
     """
 
     def __init__(self, dataset, *, what: str = "dataset"):
-        metadata, sensitive, group_names = _protocol_table(
+        metadata, sensitive, group_names = protocol_table(
             dataset.metadata, dataset.sensitive_attrs, getattr(dataset, "group_names", None),
             what=what, length=len(dataset))
         self._set(dataset, np.arange(len(metadata)), metadata, sensitive, group_names, what)

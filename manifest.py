@@ -12,6 +12,9 @@ docs/datasets.md has the format and the rules.
 Every error names where (``line N`` of a CSV, the header being line 1; ``row N`` of a parquet
 file, the first data row being row 1), the bad value, what was expected and the fix; the message
 templates below are module constants so tests and callers can match them.
+
+The metadata table of a user's own Dataset (the group-dataset protocol, docs/datasets.md) is
+checked here too, by ``protocol_table``: the same kind of table, the same kind of errors.
 """
 from __future__ import annotations
 
@@ -509,3 +512,67 @@ def warn_small_groups(metadata: pd.DataFrame, group_names, min_group_size: int |
         warnings.warn(SMALL_GROUPS.format(count=len(small), min_group_size=min_group_size,
                                           groups=groups), UserWarning, stacklevel=3)
     return list(small)
+
+
+# --------------------------------------------------------------------------- group protocol
+# The metadata table of a user's own Dataset (docs/datasets.md, "the group-dataset protocol"),
+# checked as a manifest's rows are; ``datasets.group_dataset`` wraps such a Dataset.
+
+PROTOCOL_DOC = "docs/datasets.md"
+METADATA_COLUMNS_MISSING = ("{what}: metadata lacks column(s) {missing}; it has {columns}. The "
+                            "group-dataset protocol ({doc}) needs sample_id, target and every "
+                            "column of sensitive_attrs {sensitive}. Add them or fix "
+                            "sensitive_attrs")
+METADATA_LENGTH = ("{what}: metadata has {rows} rows but the dataset has {items} items; row i must "
+                   "describe item i ({doc}). Build metadata with one row per item, in item order")
+METADATA_BAD_TARGET = ("{what}: metadata column target holds {value!r} at row {row}; expected 0 or "
+                       "1. Map the label to 0/1 (1 = the positive class)")
+METADATA_EMPTY_SENSITIVE = ("{what}: metadata column {column!r} is empty at row {row}; every item "
+                            "needs a value for each sensitive attribute. Fill it (e.g. 'unknown')")
+METADATA_DUPLICATE_IDS = ("{what}: metadata has {count} repeated sample_id value(s), e.g. "
+                          "{example!r}; each item needs its own id (e.g. its file path)")
+UNKNOWN_GROUPS = ("{what}: groups {unknown} are not in group_names {group_names}; group_names must "
+                  "list every group of the metadata (or leave it out: it is derived)")
+
+
+def protocol_table(metadata: pd.DataFrame, sensitive_attrs, group_names, *, what: str,
+                    length: int) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(metadata with a positional index and a ``group`` column, sensitive list, group names)
+    after checking the group-dataset protocol's columns and values (``METADATA_*``,
+    ``UNKNOWN_GROUPS``); ``length``: the number of items. Shared: ``datasets`` validates a
+    user's Dataset (``GroupView``) and ``FaceDataset.from_files`` with it."""
+    sensitive = [sensitive_attrs] if isinstance(sensitive_attrs, str) else list(sensitive_attrs)
+    missing = [c for c in ["sample_id", "target", *sensitive] if c not in metadata.columns]
+    if missing:
+        raise ValueError(METADATA_COLUMNS_MISSING.format(
+            what=what, missing=missing, doc=PROTOCOL_DOC, columns=list(metadata.columns),
+            sensitive=sensitive))
+    if len(metadata) != length:
+        raise ValueError(METADATA_LENGTH.format(what=what, rows=len(metadata), items=length,
+                                                doc=PROTOCOL_DOC))
+    metadata = metadata.reset_index(drop=True).copy()
+    target = metadata["target"]
+    bad = ~target.isin([0, 1]) | target.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(METADATA_BAD_TARGET.format(what=what, value=target.iat[row], row=row))
+    metadata["target"] = target.astype(np.int64)
+    for column in sensitive:
+        empty = metadata[column].isna() | (metadata[column].astype(str).str.strip() == "")
+        if empty.any():
+            raise ValueError(METADATA_EMPTY_SENSITIVE.format(
+                what=what, column=column, row=int(np.flatnonzero(empty.to_numpy())[0])))
+        metadata[column] = metadata[column].astype(str)
+    metadata["sample_id"] = metadata["sample_id"].astype(str)
+    repeated = metadata["sample_id"][metadata["sample_id"].duplicated()]
+    if len(repeated):
+        raise ValueError(METADATA_DUPLICATE_IDS.format(what=what, count=len(repeated),
+                                                       example=repeated.iat[0]))
+    if "group" not in metadata.columns:
+        metadata["group"] = group_labels(metadata, sensitive).to_numpy()
+    present = sorted(metadata["group"].astype(str).unique())
+    group_names = present if group_names is None else list(group_names)
+    unknown = sorted(set(present) - set(group_names))
+    if unknown:
+        raise ValueError(UNKNOWN_GROUPS.format(what=what, unknown=unknown, group_names=group_names))
+    return metadata, sensitive, group_names

@@ -612,7 +612,7 @@ def test_a_metadata_table_breaking_the_protocol_is_named(damage, template):
 
     mine = _user_dataset()
     damage(mine)
-    with pytest.raises(ValueError, match=pattern((getattr(datasets, template)))):
+    with pytest.raises(ValueError, match=pattern((getattr(manifest, template)))):
         datasets.group_dataset(mine)
 
 
