@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy import stats
+from scipy import sparse, stats
 
 import fairness_metrics as fm
 
@@ -205,33 +205,33 @@ def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_res
         if len(pred) != y_true.size or len(ref) != y_true.size:
             raise ValueError(UNEQUAL_UNITS.format(index=index, got=len(pred),
                                                   expected=y_true.size))
-    n_groups, key = len(names), (group, metric)
-    onehots = []
-    for pred, ref in units:
+    n_groups, key, k = len(names), (group, metric), len(units)
+    # samples in stratum (group x label) order: a resample draws each position uniformly from
+    # its own stratum's positions, so every replicate keeps the strata's sizes
+    strata = codes * 2 + y_true
+    order = np.argsort(strata, kind="stable")
+    sorted_strata = strata[order]
+    starts = np.searchsorted(sorted_strata, sorted_strata, side="left")
+    sizes = np.searchsorted(sorted_strata, sorted_strata, side="right") - starts
+    cells = []  # unit u's (group, y, reference, prediction) cell, in rows u * G * 8 + ...
+    for u, (pred, ref) in enumerate(units):
         pred = fm._binary("y_pred", pred, y_true.size)
         ref = fm._binary("y_pred_reference", ref, y_true.size)
-        cell = codes * 8 + y_true * 4 + ref * 2 + pred
-        onehot = np.zeros((y_true.size, n_groups * 8))
-        onehot[np.arange(y_true.size), cell] = 1.0
-        onehots.append(onehot)
-    strata = codes * 2 + y_true
-    members = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+        cells.append(((u * n_groups + codes) * 8 + y_true * 4 + ref * 2 + pred)[order])
+    n = y_true.size
+    indicator = sparse.csr_matrix((np.ones(k * n), (np.concatenate(cells), np.tile(np.arange(n),
+                                                                                   k))),
+                                  shape=(k * n_groups * 8, n))  # (cells, samples), 0/1
     rng = np.random.default_rng(seed)
     out = []
     for start in range(0, n_resamples, REPLICATE_BLOCK):
         block = min(REPLICATE_BLOCK, n_resamples - start)
-        weights = np.zeros((block, y_true.size))
-        for rows in members:
-            draws = rng.integers(0, rows.size, (block, rows.size))  # with replacement
-            draws += rows.size * np.arange(block)[:, None]
-            weights[:, rows] = np.bincount(draws.ravel(), minlength=block * rows.size).reshape(
-                block, rows.size)  # multiplicities: one multinomial draw per replicate, faster
-        columns = []
-        for onehot in onehots:
-            joint = (weights @ onehot).reshape(block, n_groups, 8)
-            keys, deltas = fm._paired_deltas(joint, names)
-            columns.append(deltas[:, keys.index(key)])
-        out.append(np.column_stack(columns))
+        draws = (rng.random((block, n)) * sizes).astype(np.int64) + starts
+        draws += n * np.arange(block)[:, None]
+        weights = np.bincount(draws.ravel(), minlength=block * n).reshape(block, n)
+        joint = (indicator @ weights.T).T.reshape(block, k, n_groups, 8)  # cell counts
+        keys, deltas = fm._paired_deltas(joint, names)
+        out.append(deltas[..., keys.index(key)])
     return np.vstack(out)
 
 
