@@ -30,6 +30,7 @@ import pandas as pd
 
 import calibration_study as cs
 import hypotheses as hy
+import plants
 import report
 import stats_tables as st
 import verdicts as vd
@@ -64,6 +65,8 @@ class Analysis:
     without_predictions: list[str] = field(default_factory=list)
     calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
     """The calibration composition study (``calibration_study.study``)."""
+    plants: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Each planted effect's known answer beside the verdict reached (``plants.plant_checks``)."""
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables of the report, by file name (written to tables/<name>.csv and .tex)."""
@@ -75,7 +78,7 @@ class Analysis:
                 "group_drop_ratios": self.group_ratios, "recommendation": self.recommendation,
                 "failed": self.failed, "backends": report.backend_table(self.table),
                 "backend_groups": report.backend_group_table(self.table, self.per_group),
-                "calibration_study": self.calibration}
+                "calibration_study": self.calibration, "planted_effects": self.plants}
 
 
 def settings_of(run: RunArtifacts, *, margins: dict | None = None,
@@ -120,15 +123,18 @@ def analyse(run_dir: str | Path, settings: AnalysisSettings | None = None, *,
     context = hy.Context(load=load, settings=settings,
                          fp32_balanced_accuracy_low=dict(zip(zip(fp32["dataset"], fp32["arch"]),
                                                              fp32["balanced_accuracy_low"])))
+    calibration = cs.study(configs, load, config=run.config, margins=settings.margins,
+                           alpha=settings.alpha, ci=settings.ci,
+                           n_resamples=settings.n_resamples, seed=settings.seed)
     return Analysis(
         run=run, settings=settings, table=table, pairs=pairs,
         stats=st.statistics_table(table, pairs), per_group=per_group, group_means=means,
         group_ratios=st.drop_ratios(means), hypotheses=hy.evaluate_hypotheses(pairs, context),
         recommendation=st.recommend(table, load, settings),
-        failed=failed, without_predictions=without,
-        calibration=cs.study(configs, load, config=run.config, margins=settings.margins,
-                             alpha=settings.alpha, ci=settings.ci,
-                             n_resamples=settings.n_resamples, seed=settings.seed))
+        failed=failed, without_predictions=without, calibration=calibration,
+        plants=plants.plant_checks(run.config, calibration, per_group, table,
+                                   alpha=settings.alpha, ci=settings.ci,
+                                   margin=settings.margins["accuracy"]))
 
 
 def _analysable(run: RunArtifacts):

@@ -120,7 +120,8 @@ def _pick(recommended: pd.DataFrame, deployable: bool) -> tuple[float, list[str]
         chosen = rows[rows["size_budget_mib"] == budget]
         compressed = chosen[chosen["method"] != "fp32"]
         if len(compressed):
-            return budget, compressed["config_id"].tolist(), bool((chosen["method"] == "fp32").any())
+            return (budget, compressed["config_id"].tolist(),
+                    bool((chosen["method"] == "fp32").any()))
     return math.nan, [], False
 
 

@@ -10,8 +10,13 @@ module does) registers the mitigation methods beside them.
 from comparison import QuantizationComparison, compare_quantization_methods
 from fairness_metrics import compute_fairness_metrics
 from mitigation import FairnessAwareQuantizer
-from quantization import (SHORT_NAMES, apply_quantization, list_methods, method_config,
-                          register_method)
+from quantization import (
+    SHORT_NAMES,
+    apply_quantization,
+    list_methods,
+    method_config,
+    register_method,
+)
 
 __all__ = ["FairnessAwareQuantizer", "QuantizationComparison", "SHORT_NAMES",
            "apply_quantization", "compare_quantization_methods", "compute_fairness_metrics",

@@ -17,8 +17,8 @@ averaged over the architecture's bits, observers and sizes of that kind, then ju
 way. The measured calibration cost ratio (kind / random, median over draws with its range) is
 reported beside the verdict, never as a criterion.
 
-The *focus group* is the group planted by ``data.synthetic.exposure`` when the run has one
-planted group; otherwise the smallest group of the test set.
+The *focus group* is the group ``data.synthetic.exposure`` plants a lighting difference on, when
+the run has one (``synthetic.planted_groups``); otherwise the smallest group of the test set.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 import fairness_metrics as fm
+import synthetic
 import unit_stats as us
 import verdicts as vd
 
@@ -46,7 +47,8 @@ ALL = "all"
 """The value of a pooled key in an architecture row."""
 REPLICATES = 400
 COLUMNS = CELL_KEYS + ["scope", "focus_group", "metric", "margin", "n_draws", "change",
-                       "change_low", "change_high", "p_difference", "p_difference_holm", "p_equivalent",
+                       "change_low", "change_high", "p_difference", "p_difference_holm",
+                       "p_equivalent",
                        "p_equivalent_holm", "verdict", "note", "cost_ratio", "cost_ratio_low",
                        "cost_ratio_high"]
 TOO_FEW_DRAWS = "{n} paired draws, fewer than the {minimum} a verdict needs"
@@ -63,12 +65,13 @@ def direction(metric: str) -> bool:
 
 
 def focus_group(config: dict, groups) -> str:
-    """The single planted group of ``data.synthetic.exposure``, else the smallest of ``groups``
-    (an array of test-sample group labels)."""
+    """The group ``data.synthetic.exposure`` plants a lighting difference on
+    (``synthetic.planted_groups``), else the smallest of ``groups`` (test-sample group labels)."""
     data = config.get("data") or {}
-    planted = sorted(((data.get("synthetic") or {}).get("exposure") or {}))
-    if data.get("dataset", "synthetic") == "synthetic" and len(planted) == 1:
-        return planted[0]
+    if data.get("dataset", "synthetic") == "synthetic":
+        planted = synthetic.planted_groups(data.get("synthetic"))["lighting"]
+        if planted is not None:
+            return planted
     names, counts = np.unique(np.asarray(groups, dtype=str), return_counts=True)
     return str(names[np.argmin(counts)])
 
@@ -199,7 +202,8 @@ def _judge(head: dict, units: pd.DataFrame, deltas: pd.DataFrame, replicates: di
 def cost_ratio(units: pd.DataFrame) -> dict:
     """Calibration cost of the kind / of random, per draw: median and range over the draws."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = units["cost_s"].to_numpy(dtype=float) / units["reference_cost_s"].to_numpy(dtype=float)
+        ratios = (units["cost_s"].to_numpy(dtype=float)
+                  / units["reference_cost_s"].to_numpy(dtype=float))
     ratios = ratios[np.isfinite(ratios)]
     if not ratios.size:
         return {"cost_ratio": math.nan, "cost_ratio_low": math.nan, "cost_ratio_high": math.nan}
@@ -221,7 +225,8 @@ def verdict_table(result: pd.DataFrame, fmt: Callable = str) -> pd.DataFrame:
             row[f"Δ {r['metric']}"] = (f"{fmt(r['change'])} [{fmt(r['change_low'])}, "
                                        f"{fmt(r['change_high'])}] {r['verdict']}")
         first = frame.iloc[0]
-        row["cost ratio vs random"] = (f"{fmt(first['cost_ratio'])} [{fmt(first['cost_ratio_low'])}, "
+        row["cost ratio vs random"] = (f"{fmt(first['cost_ratio'])} "
+                                       f"[{fmt(first['cost_ratio_low'])}, "
                                        f"{fmt(first['cost_ratio_high'])}]")
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -164,7 +164,7 @@ def markdown(c: dict) -> str:
               "- artifact: none saved by the run",
               f"- size: {format_number(d['size_mib'])} MiB (compression "
               f"{format_number(d['compression'])}×)",
-              f"- speed-up at batch 1 against the fastest FP32: "
+              "- speed-up at batch 1 against the fastest FP32: "
               + (f"{format_number(d['speedup_b1_vs_fastest_fp32'])}×"
                  if d["speedup_b1_vs_fastest_fp32"] is not None else "not measured"),
               f"- CPU kind: {d['cpu_kind'] or 'unknown'}" + (", VNNI" if d["vnni"] is True else ""),
@@ -172,7 +172,8 @@ def markdown(c: dict) -> str:
               f"- {cal['calibration']}: kind {cal['kind']}, size {format_number(cal['size'])}",
               f"- group counts: {cal['group_counts']}", "",
               "## Per-group performance (test set)", "",
-              "| group | n | accuracy | TPR | FPR | accuracy drop vs FP32 |", "|---|---|---|---|---|---|"]
+              "| group | n | accuracy | TPR | FPR | accuracy drop vs FP32 |",
+              "|---|---|---|---|---|---|"]
     for g in c["per_group"]:
         def iv(name):
             return (f"{format_number(g.get(name))} [{format_number(g.get(name + '_low'))}, "

@@ -13,8 +13,15 @@ from tqdm.auto import tqdm
 
 import evaluation
 from fairness_metrics import PREDICTION_COLUMNS, intersectional_labels, summarize_predictions
-from quantization import (FLOAT_BITS, SHORT_NAMES, apply_quantization, context_keys, method_config,
-                          method_traits, resolve_method)
+from quantization import (
+    FLOAT_BITS,
+    SHORT_NAMES,
+    apply_quantization,
+    context_keys,
+    method_config,
+    method_traits,
+    resolve_method,
+)
 
 __all__ = ["QuantizationComparison", "compare_quantization_methods"]
 
@@ -50,10 +57,11 @@ class QuantizationComparison:
 MISSING_INPUT = ("compare_quantization_methods: {methods} cannot run without {key}, which was not "
                  "given: pass {key}=... to the call (e.g. {example}). Every method was checked "
                  "before any ran, so nothing was run")
-UNTAKEN_CONTEXT = ("compare_quantization_methods: {key}= is taken by none of the methods {methods}; "
-                   "they take {accepted}. Drop it or fix its name; nothing was run")
+UNTAKEN_CONTEXT = ("compare_quantization_methods: {key}= is taken by none of the methods "
+                   "{methods}; they take {accepted}. Drop it or fix its name; nothing was run")
 INPUT_EXAMPLES = {"calibration_data": "calibration_data=datasets.make_loader(splits.train, 64)",
-                  "train_loader": "train_loader=datasets.make_loader(splits.train, 64, shuffle=True)"}
+                  "train_loader": "train_loader=datasets.make_loader(splits.train, 64, "
+                                  "shuffle=True)"}
 BAD_SPEC = ("cannot read method spec {spec!r}; use a name ('PTQ_INT8'), a (name, options) tuple or "
             "a dict with 'method' (and optional 'label')")
 
@@ -104,10 +112,12 @@ def _plan(methods: Sequence, calibration_data, context: Mapping) -> list[_Run]:
         taken |= given.keys()
         runs.append(_Run(label or _readable_label(method, config), name, options, given))
     for key in context.keys() - taken:
+        accepted = sorted(set().union(*(context_keys(r.name) for r in runs)))
         raise ValueError(UNTAKEN_CONTEXT.format(key=key, methods=[run.name for run in runs],
-                                                accepted=sorted(set().union(*(context_keys(r.name) for r in runs)))))
+                                                accepted=accepted))
     inputs = {"calibration_data": calibration_data, **context}
-    for key in ("calibration_data", *sorted({k for r in runs for k in method_traits(r.name).needs})):
+    for key in ("calibration_data",
+                *sorted({k for r in runs for k in method_traits(r.name).needs})):
         lacking = [run.label for run in runs
                    if key in method_traits(run.name).required_inputs() and inputs.get(key) is None]
         if lacking:
@@ -134,9 +144,10 @@ def _check_sensitive_attrs(test_loader, sensitive_attrs: Sequence[str] | None) -
         return
     missing = [attr for attr in sensitive_attrs if attr not in metadata.columns]
     if missing:
-        available = [c for c in metadata.columns if c not in (*PREDICTION_COLUMNS, "split", "target")]
-        raise ValueError(f"sensitive_attrs {missing} are not columns of the test set's metadata; it "
-                         f"has {available}. Pass some of those; nothing was run")
+        available = [c for c in metadata.columns
+                     if c not in (*PREDICTION_COLUMNS, "split", "target")]
+        raise ValueError(f"sensitive_attrs {missing} are not columns of the test set's metadata; "
+                         f"it has {available}. Pass some of those; nothing was run")
 
 
 def _regroup(table: pd.DataFrame, sensitive_attrs: Sequence[str] | None) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """Experiment configuration: a frozen dataclass tree loaded from YAML with dotted overrides.
 
-    cfg = load_config("configs/config.yaml", ["training.epochs=2", "models.architectures=[resnet50]"])
+    cfg = load_config("configs/config.yaml",
+                      ["training.epochs=2", "models.architectures=[resnet50]"])
 
 Every key is checked where it enters: an unknown key or a value of the wrong type raises a
 ``ValueError`` that names the key and lists the valid ones. ``save_config`` writes the resolved
@@ -75,14 +76,15 @@ MANIFEST_NEEDS = ("data.dataset=manifest needs data.{key}: {why}, e.g. --set dat
                   "(docs/datasets.md)")
 MANIFEST_UNUSED = ("data.manifest={path!r} is set but data.dataset={dataset!r}: set "
                    "data.dataset=manifest to read it, or drop data.manifest")
-BAD_DATASET_NAME = ("{key}={value!r}: a dataset's name becomes a folder and the first part of every "
-                    "config id, so it {rule}; set data.name, e.g. --set data.name=my_faces")
-BAD_RUN_NAME = ("run_name={value!r}: the run's name becomes the folder <results_dir>/<run_name>, so "
-                "it {rule}; e.g. --set run_name=my_run")
+BAD_DATASET_NAME = ("{key}={value!r}: a dataset's name becomes a folder and the first part of "
+                    "every config id, so it {rule}; set data.name, e.g. --set data.name=my_faces")
+BAD_RUN_NAME = ("run_name={value!r}: the run's name becomes the folder <results_dir>/<run_name>, "
+                "so it {rule}; e.g. --set run_name=my_run")
 NAME_RULE = ("may hold letters, digits, '_', '.' or '-', is not '.' or '..', and has at most "
              f"{MAX_NAME_LENGTH} characters")
-WEIGHTS_UNKNOWN_ARCH = ("models.weights names {unknown}, which models.architectures={known} does not "
-                        "hold; give weights only for architectures that run (or add them there)")
+WEIGHTS_UNKNOWN_ARCH = ("models.weights names {unknown}, which models.architectures={known} does "
+                        "not hold; give weights only for architectures that run (or add them "
+                        "there)")
 EPOCHS_ZERO_NEEDS_WEIGHTS = ("training.epochs=0 evaluates a trained model without training it, but "
                              "{arch!r} has no trained weights: give them with --set "
                              "'models.weights={{{arch}: path/to/state_dict.pt}}', or set "
@@ -107,6 +109,8 @@ class SyntheticConfig:
     smiling_rate: Optional[dict] = None
     cue_strength: Optional[dict] = None
     exposure: dict = field(default_factory=dict)
+    mouth_scale: float = 1.0
+    """Size of the smile cue (mouth, curvature, teeth) relative to the face; docs/synthetic.md."""
     seed: int = 0
     """The generator's own seed (docs/synthetic.md): the run's ``seed`` does not redraw the data."""
 
@@ -193,10 +197,11 @@ class ModelsConfig:
         if not self.architectures:
             raise ValueError("models.architectures is empty: name at least one architecture, "
                              "e.g. [resnet50]")
-        repeated = sorted({arch for arch in self.architectures if self.architectures.count(arch) > 1})
+        repeated = sorted({arch for arch in self.architectures
+                           if self.architectures.count(arch) > 1})
         if repeated:
-            raise ValueError(f"models.architectures names {listed(repeated)} more than once; name each "
-                             "architecture once")
+            raise ValueError(f"models.architectures names {listed(repeated)} more than once; name "
+                             "each architecture once")
         unknown = sorted(set(self.weights) - set(self.architectures))
         if unknown:
             raise ValueError(WEIGHTS_UNKNOWN_ARCH.format(unknown=listed(unknown),
@@ -458,8 +463,10 @@ def _shown(text: str, limit: int = 60) -> str:
 
 # ----------------------------------------------------------------------------- loading
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+def load_config(path: str | Path | None = None,
+                overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value``
+    overrides."""
     raw: dict = {}
     if path is not None:
         path = Path(path)
@@ -485,7 +492,8 @@ def _read_yaml_file(path: Path):
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ValueError(BAD_YAML_FILE.format(path=str(path), where=where, problem=problem)) from None
+        raise ValueError(BAD_YAML_FILE.format(path=str(path), where=where,
+                                              problem=problem)) from None
 
 
 def config_to_dict(cfg) -> dict:
@@ -534,8 +542,8 @@ def _build(cls, raw: Any, prefix: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ValueError(f"{prefix.rstrip('.') or 'config'}={shown(raw)}: expected a mapping with keys "
-                         f"{sorted(f.name for f in dataclasses.fields(cls))}")
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}={shown(raw)}: expected a mapping with "
+                         f"keys {sorted(f.name for f in dataclasses.fields(cls))}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     _check_known_keys(prefix.rstrip(".") or "config", raw, fields)
     hints = typing.get_type_hints(cls)

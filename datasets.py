@@ -73,15 +73,41 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from face_files import (AGE_GROUPS, FAIRFACE_RACES, SPLITS, UTK_RACES,  # noqa: F401
-                        _derive_columns, _read_celeba, _read_fairface, _read_utkface,
-                        parse_utkface_name, read_celeba_attributes, read_celeba_partition)
-from manifest import (Manifest, bad_image_rows, check_groups_in_splits, group_labels,
-                      read_manifest, special_kind, warn_small_groups)
-from synthetic import (CELEBA_ATTRIBUTES, SYNTHETIC_DEFAULTS, SYNTHETIC_GROUPS,  # noqa: F401
-                       SYNTHETIC_OPTIONS, SYNTHETIC_PARAMS_FILE, check_fractions,
-                       ensure_synthetic_celeba, generate_synthetic_celeba, largest_remainder,
-                       stored_synthetic_params, stratified_parts)
+from face_files import (  # noqa: F401
+    AGE_GROUPS,
+    FAIRFACE_RACES,
+    SPLITS,
+    UTK_RACES,
+    _derive_columns,
+    _read_celeba,
+    _read_fairface,
+    _read_utkface,
+    parse_utkface_name,
+    read_celeba_attributes,
+    read_celeba_partition,
+)
+from manifest import (
+    Manifest,
+    bad_image_rows,
+    check_groups_in_splits,
+    group_labels,
+    read_manifest,
+    special_kind,
+    warn_small_groups,
+)
+from synthetic import (  # noqa: F401
+    CELEBA_ATTRIBUTES,
+    SYNTHETIC_DEFAULTS,
+    SYNTHETIC_GROUPS,
+    SYNTHETIC_OPTIONS,
+    SYNTHETIC_PARAMS_FILE,
+    check_fractions,
+    ensure_synthetic_celeba,
+    generate_synthetic_celeba,
+    largest_remainder,
+    stored_synthetic_params,
+    stratified_parts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +119,14 @@ IMAGE_CHECK_FILE = ".checked_images.json"
 """Per dataset folder: size and mtime of every image that decoded, so a rerun skips decoding it."""
 
 SYNTHETIC_UNWRITABLE = ("Cannot write the synthetic dataset under '{root}' ({reason}). Pass a "
-                        "writable root folder (config: data.root, e.g. --set data.root=data/datasets)")
-POSITIVE_ONLY_FOR_MANIFEST = ("positive={positive!r} applies to manifest datasets only; {dataset!r} has "
+                        "writable root folder (config: data.root, e.g. --set "
+                        "data.root=data/datasets)")
+POSITIVE_ONLY_FOR_MANIFEST = ("positive={positive!r} applies to manifest datasets only; "
+                              "{dataset!r} has "
                              "its own binary targets. Leave positive unset (config: data.positive)")
-BAD_DATASET_NAME = ("dataset name {name!r} cannot name a dataset: expected a non-empty text without "
-                    "'/' or '\\' (it becomes a folder in the results). Pass another name=, e.g. "
-                    "'my_faces' (config: data.name)")
+BAD_DATASET_NAME = ("dataset name {name!r} cannot name a dataset: expected a non-empty text "
+                    "without '/' or '\\' (it becomes a folder in the results). Pass another name=, "
+                    "e.g. 'my_faces' (config: data.name)")
 BAD_MIN_GROUP_SIZE = ("min_group_size must be an integer >= 0 or None, got {value!r}; e.g. 30 "
                       "(config: analysis.min_group_size)")
 BAD_IMAGES = ("{count} image file(s) of {dataset} are empty, not regular files or cannot be "
@@ -275,15 +303,16 @@ NOT_A_GROUP_DATASET = (
     "\"path/to/metadata.csv\", target=..., sensitive=[...])")
 METADATA_COLUMNS_MISSING = ("{what}: metadata lacks column(s) {missing}; it has {columns}. The "
                             "group-dataset protocol ({doc}) needs sample_id, target and every "
-                            "column of sensitive_attrs {sensitive}. Add them or fix sensitive_attrs")
+                            "column of sensitive_attrs {sensitive}. Add them or fix "
+                            "sensitive_attrs")
 METADATA_LENGTH = ("{what}: metadata has {rows} rows but the dataset has {items} items; row i must "
                    "describe item i ({doc}). Build metadata with one row per item, in item order")
-METADATA_BAD_TARGET = ("{what}: metadata column target holds {value!r} at row {row}; expected 0 or 1. "
-                       "Map the label to 0/1 (1 = the positive class)")
+METADATA_BAD_TARGET = ("{what}: metadata column target holds {value!r} at row {row}; expected 0 or "
+                       "1. Map the label to 0/1 (1 = the positive class)")
 METADATA_EMPTY_SENSITIVE = ("{what}: metadata column {column!r} is empty at row {row}; every item "
                             "needs a value for each sensitive attribute. Fill it (e.g. 'unknown')")
-METADATA_DUPLICATE_IDS = ("{what}: metadata has {count} repeated sample_id value(s), e.g. {example!r}; "
-                          "each item needs its own id (e.g. its file path)")
+METADATA_DUPLICATE_IDS = ("{what}: metadata has {count} repeated sample_id value(s), e.g. "
+                          "{example!r}; each item needs its own id (e.g. its file path)")
 UNKNOWN_GROUPS = ("{what}: groups {unknown} are not in group_names {group_names}; group_names must "
                   "list every group of the metadata (or leave it out: it is derived)")
 ITEM_NOT_ALIGNED = ("{what}: item {index} has sample_id {found!r} but metadata row {index} says "
@@ -780,7 +809,8 @@ def _read_raw(name: str, root: Path, fractions, synthetic_options):
         try:
             folder = ensure_synthetic_celeba(root, split_fractions=fractions, **options)
         except OSError as exc:
-            raise ValueError(SYNTHETIC_UNWRITABLE.format(root=root, reason=exc.strerror or exc)) from None
+            raise ValueError(SYNTHETIC_UNWRITABLE.format(root=root,
+                                                         reason=exc.strerror or exc)) from None
     else:
         folder = root / name
     readers = {"synthetic": _read_celeba, "celeba": _read_celeba, "utkface": _read_utkface,

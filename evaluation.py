@@ -278,7 +278,8 @@ def fastest_latency(models, image_size: int, batch_size: int = 1, **options) -> 
 
 
 def model_size_mib(model: nn.Module) -> float:
-    """Serialized size of ``model.state_dict()`` in MiB (2**20 bytes); works for quantized models."""
+    """Serialized size of ``model.state_dict()`` in MiB (2**20 bytes); works for quantized
+    models."""
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes / 2**20

@@ -18,16 +18,30 @@ from functools import cached_property
 from pathlib import Path
 
 import datasets
-import mitigation  # registers the mitigation methods
+import mitigation  # noqa: F401  (registers the mitigation methods)
 import profiling
 from config import ExperimentConfig, config_to_dict, expand_method_specs, load_config, save_config
 from datasets import calibration_seed
 from evaluation import cpu_load, fp32_reference_latency, model_size_mib, predict
 from fairness_metrics import summarize_predictions
-from models import (arch_slug, build_model, check_model_name, count_parameters,
-                    export_torchscript, load_model_from_checkpoint, save_checkpoint)
-from quantization import (apply_quantization, context_keys, kernel_capability, latency_report,
-                          list_methods, method_config, method_traits)
+from models import (
+    arch_slug,
+    build_model,
+    check_model_name,
+    count_parameters,
+    export_torchscript,
+    load_model_from_checkpoint,
+    save_checkpoint,
+)
+from quantization import (
+    apply_quantization,
+    context_keys,
+    kernel_capability,
+    latency_report,
+    list_methods,
+    method_config,
+    method_traits,
+)
 from results import WorkUnit, holds_results, load_predictions, predictions_path
 from runtimes import fp32_runtime_model, get_runtime, quantize_with_runtime
 from training import fit, resolve_device, seed_everything
@@ -90,10 +104,12 @@ class Context:
 
     def require_baseline(self, arch: str) -> None:
         """Stop before a sweep starts when the FP32 model or its predictions are missing."""
-        for path in (self.checkpoint_path(arch), predictions_path(self.run_dir, baseline_id(self.cfg, arch))):
+        for path in (self.checkpoint_path(arch),
+                     predictions_path(self.run_dir, baseline_id(self.cfg, arch))):
             if not path.is_file():
                 raise FileNotFoundError(f"no FP32 baseline for {arch!r} ({path} is missing): run "
-                                        "`python main.py --phase baseline` with the same config first")
+                                        "`python main.py --phase baseline` with the same config "
+                                        "first")
         if not zipfile.is_zipfile(self.checkpoint_path(arch)):  # torch.save writes a zip archive
             raise ValueError(DAMAGED_CHECKPOINT.format(path=self.checkpoint_path(arch)))
         self._load_fp32(arch)  # read once, up front: a checkpoint no unit can use stops the phase
@@ -146,7 +162,8 @@ class Context:
         """A loader over ``n`` training images of calibration kind ``kind``, draw ``draw``."""
         if kind == "none":
             return None
-        subset = datasets.calibration_subset(self.splits.train, kind, n, calibration_seed(seed, draw))
+        subset = datasets.calibration_subset(self.splits.train, kind, n,
+                                             calibration_seed(seed, draw))
         return self.loader(subset)
 
     def context(self, method: str, seed: int) -> dict:
@@ -182,7 +199,8 @@ class Context:
         if arch not in self._fp32_references:
             folder = self.run_dir / "models" / self.cfg.data.dataset_name / arch_slug(arch)
             others = {f"{name}_fp32": fp32_runtime_model(name, fp32_model, self.cfg.data.image_size,
-                                                         folder / name, threads=self.cfg.runtime.threads)
+                                                         folder / name,
+                                                         threads=self.cfg.runtime.threads)
                       for name in self.cfg.runtime.backends if name != "torch"}
             report = latency_report(fp32_model, fp32_model, self.cfg.data.image_size,
                                     fp32_models=others, **self._latency_options)
@@ -349,7 +367,8 @@ def _trained_model(ctx: Context, arch: str, retrain: bool):
         log.info("reusing checkpoint %s", path)
         model, meta = load_model_from_checkpoint(path)
         return model.eval(), {k: meta.get(k) for k in TRAINING_FIELDS}
-    seed_everything(cfg.seed)  # the initial weights depend on the seed alone, not on what ran before
+    # the initial weights depend on the seed alone, not on what ran before
+    seed_everything(cfg.seed)
     weights = cfg.models.weights.get(arch)
     model = build_model(arch, num_classes=2, image_size=cfg.data.image_size,
                         pretrained=cfg.models.pretrained and weights is None, weights_path=weights,
@@ -416,7 +435,8 @@ def quantization_units(ctx: Context, check: bool = True) -> list[WorkUnit]:
                 for calibration in _calibrations(cfg, name):
                     units.append(_quantization_unit(ctx, arch, name, options, calibration, seed))
                     units += _runtime_units(ctx, arch, name, options, calibration, seed)
-    for arch in cfg.models.architectures if check else ():  # after the grid: a bad method name first
+    # after the grid: a bad method name first
+    for arch in cfg.models.architectures if check else ():
         ctx.require_baseline(arch)
     return units
 
@@ -436,8 +456,10 @@ def configuration_id(dataset: str, arch: str, method: str, bits: str, options: d
                      calibration: str, seed: int, draw: int | None = None) -> str:
     """E.g. ``synthetic/resnet50/ptq_static/w4a8/observer=minmax/calib=random-512/seed=0``."""
     extras = _options_label(options, sep="/")
-    return "/".join(part for part in [dataset, arch_slug(arch), method, bits, extras, f"calib={calibration}",
-                                      "" if draw is None else f"draw={draw}", f"seed={seed}"] if part)
+    return "/".join(part for part in [dataset, arch_slug(arch), method, bits, extras,
+                                      f"calib={calibration}",
+                                      "" if draw is None else f"draw={draw}",
+                                      f"seed={seed}"] if part)
 
 
 def _options_label(options: dict, sep: str) -> str:
@@ -461,7 +483,8 @@ def _quantization_unit(ctx: Context, arch: str, method: str, options: dict,
     label = calibration_label(calibration)
     bits = method_config(method, **options).bits  # also rejects a bad method or option up front
     config_id = configuration_id(cfg.data.dataset_name, arch, method, bits, options, label, seed)
-    fields = {"dataset": cfg.data.dataset_name, "arch": arch, "method": method, "calibration": label,
+    fields = {"dataset": cfg.data.dataset_name, "arch": arch, "method": method,
+              "calibration": label,
               "seed": seed, "options": {k: v for k, v in options.items() if k != "bits"}}
     return ctx.unit(config_id, fields, "quantization",
                     {"arch": arch, "method": method, "options": options,
@@ -586,7 +609,8 @@ def mitigation_units(ctx: Context, check: bool = True) -> list[WorkUnit]:
     architectures = cfg.mitigation.architectures or cfg.models.architectures
     for arch in architectures:
         for name, options in methods_for(arch, cfg.mitigation.methods):
-            for unit in _mitigation_units_of(ctx, arch, name, with_run_defaults(cfg, name, options)):
+            for unit in _mitigation_units_of(ctx, arch, name,
+                                             with_run_defaults(cfg, name, options)):
                 units.setdefault(unit.config_id, unit)
     for arch in architectures if check else ():
         ctx.require_baseline(arch)
@@ -616,7 +640,8 @@ def _mitigation_unit(ctx: Context, arch: str, name: str, options: dict, kind: st
                      draw: int, compare_to: str | None = None, control: bool = False) -> WorkUnit:
     cfg = ctx.cfg
     calibration = calibration_label((kind, size))
-    config_id = configuration_id(cfg.data.dataset_name, arch, name, method_config(name, **options).bits,
+    config_id = configuration_id(cfg.data.dataset_name, arch, name,
+                                 method_config(name, **options).bits,
                                  options, calibration, cfg.seed, draw)
     fields = {"dataset": cfg.data.dataset_name, "arch": arch, "method": name,
               "calibration": calibration, "calibration_kind": kind,

@@ -36,11 +36,12 @@ NOT_UTF8 = ("{path}, line {line}: byte {byte} is not UTF-8 text, so the file is 
 OUTSIDE_DATASET = ("{path}, line {line}: image {name!r} {how}; a listed image must lie inside the "
                    "dataset's image folder {folder} (the file was not opened). Fix that line or "
                    "re-download the file from {source}; to keep a dataset on another disk, link "
-                   "or point data.root at the whole folder, not image by image (docs/reliability.md)")
-OUTSIDE_DATASET_FILE = ("image {name!r} under {folder} {how}; an image of the dataset must lie inside "
-                        "its folder (the file was not opened). Remove the link, or put the real "
-                        "file there; to keep a dataset on another disk, link or point data.root at "
-                        "the whole folder (docs/reliability.md)")
+                   "or point data.root at the whole folder, not image by image "
+                   "(docs/reliability.md)")
+OUTSIDE_DATASET_FILE = ("image {name!r} under {folder} {how}; an image of the dataset must lie "
+                        "inside its folder (the file was not opened). Remove the link, or put the "
+                        "real file there; to keep a dataset on another disk, link or point "
+                        "data.root at the whole folder (docs/reliability.md)")
 DUPLICATE_ROW = ("{path}, line {line}: {name!r} is already listed on line {first}; each image "
                  "must appear once. Remove the repeated line or re-download the file from "
                  "{source}")
@@ -106,7 +107,8 @@ def read_celeba_partition(path: str | Path, images: str | None = None) -> pd.Ser
     path = Path(path)
     inside = _Inside(path, images, DATASET_SOURCES["celeba"])
     files, splits, first_line = [], [], {}
-    for lineno, line in enumerate(_read_text(path, DATASET_SOURCES["celeba"]).splitlines(), start=1):
+    for lineno, line in enumerate(_read_text(path, DATASET_SOURCES["celeba"]).splitlines(),
+                                  start=1):
         fields = line.split()
         if not fields:
             continue

@@ -17,9 +17,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from resampling import _resample, _resample_by_label, _swap, bootstrap_interval, bootstrap_tost, swap_p
-from resampling import (BAD_P_VALUES, TOO_FEW_RUNS, benjamini_hochberg, cohens_d,  # noqa: F401
-                        hedges_g, holm)  # public names of this module since before the split
+from resampling import (  # noqa: F401
+    BAD_P_VALUES,
+    TOO_FEW_RUNS,
+    _resample,
+    _resample_by_label,
+    _swap,
+    benjamini_hochberg,
+    bootstrap_interval,
+    bootstrap_tost,
+    cohens_d,
+    hedges_g,  # public names of this module since before the split
+    holm,
+    swap_p,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +217,8 @@ def _metric_matrix(counts, names, group_metrics):
 # ---------------------------------------------------------------- point estimates
 
 def overall_metrics(y_true, y_pred) -> dict:
-    """Accuracy, balanced accuracy ((TPR + TNR) / 2), selection rate, TPR and FPR over all samples."""
+    """Accuracy, balanced accuracy ((TPR + TNR) / 2), selection rate, TPR and FPR over all
+    samples."""
     y_true = _binary("y_true", y_true)
     y_pred = _binary("y_pred", y_pred, len(y_true))
     counts = _cell_counts(np.zeros_like(y_true), 1, y_true, y_pred)
@@ -238,7 +250,8 @@ def _warn_undefined_rates(table):
     for rate, missing in (("tpr", "positives"), ("fpr", "negatives")):
         undefined = table.index[table[rate].isna()].tolist()
         if undefined:
-            warnings.warn(UNDEFINED_RATE.format(groups=undefined, missing=missing, rate=rate.upper(),
+            warnings.warn(UNDEFINED_RATE.format(groups=undefined, missing=missing,
+                                                rate=rate.upper(),
                                                 used=len(table) - len(undefined), total=len(table)),
                           UndefinedRateWarning, stacklevel=3)
 
@@ -357,7 +370,8 @@ def _paired_deltas(joint, names):
 
 def paired_bootstrap(y_true, y_pred, y_pred_reference, *, sensitive_features, n_resamples=2000,
                      ci=0.95, seed=0, n_permutations=None, margins=None) -> pd.DataFrame:
-    """Paired interval and exact-size test of the change y_pred - y_pred_reference on the same samples.
+    """Paired interval and exact-size test of the change y_pred - y_pred_reference on the same
+    samples.
 
     Returns columns group, metric, delta, low, high, p for every metric and gap (group ==
     OVERALL) and per-group accuracy.
@@ -491,7 +505,8 @@ def point_estimates(y_true, y_pred, *, sensitive_features, y_pred_reference=None
         keys, estimate = _metric_matrix(counts, names, GROUP_RATES)
         return _keyed_frame(keys, estimate=estimate)
     y_reference = _binary("y_pred_reference", y_pred_reference, len(y_true))
-    keys, delta = _paired_deltas(_cell_counts(codes, len(names), y_true, y_reference, y_pred), names)
+    keys, delta = _paired_deltas(_cell_counts(codes, len(names), y_true, y_reference, y_pred),
+                                 names)
     return _keyed_frame(keys, delta=delta)
 
 
@@ -512,7 +527,8 @@ def _paired_rows(y_true, y_pred, y_reference, labels, options, margins):
     if margins:
         suffixes["p_equivalent"] = "_p_equivalent"
     return [_stat_rows(paired, suffixes, prefix="delta_"), flips,
-            _series_rows(_by_group(mcnemar_exact, labels, y_true, y_pred, y_reference), "mcnemar_p")]
+            _series_rows(_by_group(mcnemar_exact, labels, y_true, y_pred, y_reference),
+                         "mcnemar_p")]
 
 
 def summarize_predictions(pred: pd.DataFrame, *, reference: pd.DataFrame | None = None,

@@ -86,7 +86,8 @@ def _is_dropout(model: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
 
 
 FBGEMM_MIN_GROUPS = 101  # the x86 engine hands convs with more groups than 100 to fbgemm
-NARROW_QUANT_MAX = 127  # 7-bit u8 inputs: 2 * 127 * 128 <= 32767, so int16 pair sums cannot saturate
+# 7-bit u8 inputs: 2 * 127 * 128 <= 32767, so int16 pair sums cannot saturate
+NARROW_QUANT_MAX = 127
 _FLOAT_WEIGHT_OPS = (nn.modules.conv._ConvNd, nn.Linear)
 _INT_WEIGHT_OPS = (_QuantizedConvNd, nnq.Linear)
 
@@ -233,9 +234,10 @@ def _narrow_activation_range(quantizer: nn.Module, quant_max: int) -> None:
 # Average pooling of a quantized tensor: x86's integer kernels (quantized avg_pool2d and
 # adaptive_avg_pool2d, which keep the input's scale and zero point) sum the u8 levels and round
 # the mean half to even: the raw levels for an NCHW tensor, the levels less the zero point for a
-# channels-last one (the layout of every integer conv's output). The reference twin averages the dequantized floats and rounds
-# that, so where the mean of the levels is a tie (x.5) float error picks the side: 3-20% of the
-# pooled values of a 2x2 map differed by one level (EfficientNet-B0's and MobileNetV2's heads).
+# channels-last one (the layout of every integer conv's output). The reference twin averages the
+# dequantized floats and rounds that, so where the mean of the levels is a tie (x.5) float error
+# picks the side: 3-20% of the pooled values of a 2x2 map differed by one level (EfficientNet-B0's
+# and MobileNetV2's heads).
 _AVERAGE_POOL_MODULES = (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd)
 _AVERAGE_POOL_FUNCTIONS = (nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d)
 

@@ -1,6 +1,6 @@
 """Beyond Naive Quantization: what compression does to group fairness.
 
-    python main.py --phase all                       # baseline → quantization → mitigation → analysis
+    python main.py --phase all             # baseline → quantization → mitigation → analysis
     python main.py --phase quantization --set quantization.seeds=[0,1]
     python main.py --phase analysis --config configs/celeba_full.yaml
 
@@ -21,8 +21,15 @@ import config as config_module
 import experiment
 import profiling
 import quiet_logs
-from results import (DISK_FULL_ELSEWHERE, FULL_ERRNOS, ResultStore, RunFolderBusy, RunLock, refresh_tables,
-                     run_sweep)
+from results import (
+    DISK_FULL_ELSEWHERE,
+    FULL_ERRNOS,
+    ResultStore,
+    RunFolderBusy,
+    RunLock,
+    refresh_tables,
+    run_sweep,
+)
 
 PHASES = ("baseline", "quantization", "mitigation", "analysis")
 log = logging.getLogger("main")
@@ -128,7 +135,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     repeats = quiet_logs.install()  # a repeated message is logged once, counted at the end
     try:
         cfg = config_module.load_config(args.config, args.set)

@@ -56,16 +56,17 @@ EMPTY_MANIFEST = ("manifest {path} has no data rows; expected a header line and 
                   "e.g. 'file_name,smiling,skin_type' then 'img/0001.png,yes,III'")
 BAD_HEADER = ("manifest {path}, line 1: column names {names} are {problem}; expected distinct, "
               "non-empty names. Rename the columns in the header line")
-ROW_WIDTH = ("manifest {path}, {where}: {found} field(s), but the header has {expected} ({columns}). "
-             "Fix the row: quote values that contain commas")
+ROW_WIDTH = ("manifest {path}, {where}: {found} field(s), but the header has {expected} "
+             "({columns}). Fix the row: quote values that contain commas")
 NEED_COLUMNS = ("a manifest dataset needs {argument} (config: data.{argument}): name the "
                 "{role} among the manifest's columns {columns}")
 MISSING_COLUMN = ("manifest {path}: no column {column!r} (the {role}); the manifest has columns "
                   "{columns}. Name one of them (config: data.{key}) or add the column")
 RESERVED_COLUMN = ("manifest {path}: column {column!r} cannot be a {role}: the name is reserved "
                    "({reserved}). Rename the column in the manifest, e.g. to {suggestion!r}")
-TARGET_IS_SENSITIVE = ("column {column!r} is both the target and a sensitive attribute {sensitive}; "
-                       "name it once: keep it as the target or as a sensitive attribute")
+TARGET_IS_SENSITIVE = ("column {column!r} is both the target and a sensitive attribute "
+                       "{sensitive}; name it once: keep it as the target or as a sensitive "
+                       "attribute")
 REPEATED_SENSITIVE = ("sensitive attributes {sensitive} name {column!r} more than once; name each "
                       "column once")
 EMPTY_FILE_NAME = ("manifest {path}, {where}: file_name is empty; expected the image's path "
@@ -74,45 +75,47 @@ OUTSIDE_FOLDER = ("manifest {path}, {where}: file_name {value!r} {how}; expected
                   "manifest's folder {folder}, where a user's files are read (the file is not "
                   "opened). Move or copy the image into that folder (a copy, not a symlink to "
                   "outside) and list it by its relative path")
-DUPLICATE_FILE = ("manifest {path}, {where}: file_name {value!r} is the same image as {first_value!r} "
-                  "on {first}; each image must be listed once. Remove one of the two rows")
+DUPLICATE_FILE = ("manifest {path}, {where}: file_name {value!r} is the same image as "
+                  "{first_value!r} on {first}; each image must be listed once. Remove one of the "
+                  "two rows")
 BAD_SPLIT = ("manifest {path}, {where}: split={value!r}; expected one of train, val, test. Fix the "
              "value, or drop the split column for a seeded split stratified by group and label")
 EMPTY_VALUE = ("manifest {path}, {where}: {role} column {column!r} is empty (found {value!r}); "
                "expected a value in every row. Fill it in (e.g. 'unknown' as a group of its own) "
                "or remove the row")
-SLASH_IN_VALUE = ("manifest {path}, {where}: sensitive column {column!r} holds {value!r}; groups are "
-                  "sensitive values joined by '/', so a value cannot contain '/'. Replace it, e.g. "
-                  "with {suggestion!r}")
+SLASH_IN_VALUE = ("manifest {path}, {where}: sensitive column {column!r} holds {value!r}; groups "
+                  "are sensitive values joined by '/', so a value cannot contain '/'. Replace it, "
+                  "e.g. with {suggestion!r}")
 TARGET_NOT_BINARY = ("manifest {path}, {where}: target column {column!r} holds {value!r}, a third "
                      "value after {first_two}; without `positive` the target must be 0/1 (or "
                      "true/false). Pass positive=<the value that means 1> (config: data.positive), "
                      "every other value then counts as 0, or fix the row")
-TARGET_NOT_ZERO_ONE = ("manifest {path}, {where}: target column {column!r} holds {value!r}; without "
-                       "`positive` the target must be 0/1 (or true/false), its values are {values}. "
-                       "Pass positive=<the value that means 1> (config: data.positive), e.g. "
-                       "positive={value!r}")
-TARGET_ONE_VALUE = ("manifest {path}: target column {column!r} holds only {value!r} (all {n} rows); "
-                    "a binary target needs both of its values. Add rows of the other label or name "
-                    "another target column")
+TARGET_NOT_ZERO_ONE = ("manifest {path}, {where}: target column {column!r} holds {value!r}; "
+                       "without `positive` the target must be 0/1 (or true/false), its values are "
+                       "{values}. Pass positive=<the value that means 1> (config: data.positive), "
+                       "e.g. positive={value!r}")
+TARGET_ONE_VALUE = ("manifest {path}: target column {column!r} holds only {value!r} (all {n} "
+                    "rows); a binary target needs both of its values. Add rows of the other label "
+                    "or name another target column")
 POSITIVE_NOT_FOUND = ("positive={positive!r} is not a value of target column {column!r} in {path}; "
                       "its values are {values} (compared as text). Pass one of them (config: "
                       "data.positive)")
 MISSING_IMAGE = ("manifest {path}, {where}: image {value!r} does not exist ({file}). Add the file, "
                  "fix file_name, or pass skip_bad_images=True (config: data.skip_bad_images) to "
                  "drop and count such rows")
-NOT_A_FILE = ("manifest {path}, {where}: {value!r} is not a regular file ({kind}); expected an image "
-              "file. Fix file_name, or pass skip_bad_images=True (config: data.skip_bad_images) to "
-              "drop and count such rows")
+NOT_A_FILE = ("manifest {path}, {where}: {value!r} is not a regular file ({kind}); expected an "
+              "image file. Fix file_name, or pass skip_bad_images=True (config: "
+              "data.skip_bad_images) to drop and count such rows")
 BAD_IMAGE = ("manifest {path}, {where}: image {value!r} cannot be decoded ({reason}); expected an "
              "image file PIL can read. Replace the file, or pass skip_bad_images=True (config: "
              "data.skip_bad_images) to drop and count such rows")
-GROUP_NOT_IN_SPLIT = ("manifest {path}: group {group!r} has no rows in the {split} split (its rows: "
-                      "{counts}); every group needs samples in train, val and test. {fix}")
+GROUP_NOT_IN_SPLIT = ("manifest {path}: group {group!r} has no rows in the {split} split (its "
+                      "rows: {counts}); every group needs samples in train, val and test. {fix}")
 FIX_WITH_SPLIT_COLUMN = ("Give some of its rows split={split} in the manifest, or drop the split "
                          "column for a seeded split")
-FIX_WITHOUT_SPLIT_COLUMN = ("Add images of that group, raise max_per_split, change split_fractions, "
-                            "or merge it with another value of its sensitive column")
+FIX_WITHOUT_SPLIT_COLUMN = ("Add images of that group, raise max_per_split, change "
+                            "split_fractions, or merge it with another value of its sensitive "
+                            "column")
 SMALL_GROUPS = ("{count} group(s) have fewer than min_group_size={min_group_size} test samples: "
                 "{groups}; the fairness metrics leave such groups out of the gaps. Add images of "
                 "them, give the test split a larger share, or merge values of their sensitive "

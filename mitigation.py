@@ -1,4 +1,5 @@
-"""Mitigation methods: how much of the fairness that quantization costs can be won back, and at what price.
+"""Mitigation methods: how much of the fairness that quantization costs can be won back, and at what
+price.
 
 Every method answers one question against plain quantization at the same bit width; the answer
 may be "none". Methods registered into the ``quantization`` registry at import (so
@@ -43,7 +44,13 @@ import fairness_metrics
 import profiling
 import quantization
 from checks import check_choice
-from quantization import PTQStaticConfig, QATConfig, apply_quantization, quantizable_layers, register_method
+from quantization import (
+    PTQStaticConfig,
+    QATConfig,
+    apply_quantization,
+    quantizable_layers,
+    register_method,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +92,8 @@ def positive_probability(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _spread_of_group_means(values: torch.Tensor, group_codes: torch.Tensor) -> torch.Tensor:
-    """max - min over the groups present of the mean of `values`; 0 (still differentiable) below 2 groups."""
+    """max - min over the groups present of the mean of `values`; 0 (still differentiable) below 2
+    groups."""
     means = [values[group_codes == g].mean() for g in torch.unique(group_codes)]
     if len(means) < 2:
         return values.sum() * 0.0
@@ -95,11 +103,13 @@ def _spread_of_group_means(values: torch.Tensor, group_codes: torch.Tensor) -> t
 
 def dp_penalty(logits: torch.Tensor, group_codes: torch.Tensor) -> torch.Tensor:
     """Demographic-parity surrogate: spread (max - min) of the mean predicted positive probability
-    across the groups present in the batch. Soft version of the DP gap (max - min selection rate)."""
+    across the groups present in the batch. Soft version of the DP gap (max - min selection
+    rate)."""
     return _spread_of_group_means(positive_probability(logits), group_codes)
 
 
-def eo_penalty(logits: torch.Tensor, targets: torch.Tensor, group_codes: torch.Tensor) -> torch.Tensor:
+def eo_penalty(logits: torch.Tensor, targets: torch.Tensor,
+               group_codes: torch.Tensor) -> torch.Tensor:
     """Equalized-odds surrogate: the DP surrogate computed separately among positives (soft TPR gap)
     and negatives (soft FPR gap); the larger of the two, like the EO gap = max(TPR gap, FPR gap)."""
     probs = positive_probability(logits)
@@ -120,7 +130,8 @@ def fairness_loss_hook(penalty: str = "dp", lam: float = 1.0) -> Callable:
     """`training.fit` loss hook: base loss + lam * penalty(logits, targets, group_codes)."""
     check_choice("penalty", penalty, PENALTIES)
     if lam < 0:
-        raise ValueError(f"fairness penalty weight lam={lam} is negative; use lam >= 0 (0 disables it).")
+        raise ValueError(f"fairness penalty weight lam={lam} is negative; use lam >= 0 (0 disables "
+                         "it).")
     surrogate = PENALTIES[penalty]
 
     def hook(logits, targets, group_codes, base_loss):
@@ -136,7 +147,8 @@ def fairness_loss_hook(penalty: str = "dp", lam: float = 1.0) -> Callable:
 
 
 def _as_loader(data, what: str, batch_size: int = 64) -> DataLoader:
-    """A DataLoader is used as is; a group dataset (docs/datasets.md) is wrapped in an unshuffled one."""
+    """A DataLoader is used as is; a group dataset (docs/datasets.md) is wrapped in an unshuffled
+    one."""
     if isinstance(data, DataLoader):
         return data
     return datasets.make_loader(datasets.group_dataset(data, what), batch_size)
@@ -147,12 +159,15 @@ def _check_attributes(sensitive_attributes: Sequence[str] | None, available: Seq
     if missing:
         raise ValueError(
             f"sensitive attributes {missing} are not in the dataset; it has {list(available)}. "
-            "Pass some of those (their intersection defines the groups), or None for the dataset's groups."
+            "Pass some of those (their intersection defines the groups), or None for the dataset's "
+            "groups."
         )
 
 
-def group_report(predictions: pd.DataFrame, sensitive_attributes: Sequence[str] | None = None) -> dict:
-    """Accuracy, mean loss, worst group (by loss) and its loss and accuracy, and the DP gap of a prediction table.
+def group_report(predictions: pd.DataFrame,
+                 sensitive_attributes: Sequence[str] | None = None) -> dict:
+    """Accuracy, mean loss, worst group (by loss) and its loss and accuracy, and the DP gap of a
+    prediction table.
 
     Groups are the intersection of `sensitive_attributes` (columns of the table, joined in that
     order, e.g. 'Female/Old'), or the table's `group` column when None. The loss is the per-sample
@@ -160,7 +175,9 @@ def group_report(predictions: pd.DataFrame, sensitive_attributes: Sequence[str] 
     the groups) and worst-group accuracy come from fairness_metrics.
     """
     if sensitive_attributes:
-        _check_attributes(sensitive_attributes, [c for c in predictions.columns if c not in fairness_metrics.PREDICTION_COLUMNS])
+        _check_attributes(sensitive_attributes,
+                          [c for c in predictions.columns
+                           if c not in fairness_metrics.PREDICTION_COLUMNS])
         labels = fairness_metrics.intersectional_labels(predictions[list(sensitive_attributes)])
     else:
         labels = predictions["group"].to_numpy(dtype=str)
@@ -170,7 +187,8 @@ def group_report(predictions: pd.DataFrame, sensitive_attributes: Sequence[str] 
     group_loss = loss.groupby(labels).mean()
     with warnings.catch_warnings():  # undefined TPR/FPR of a group do not enter these metrics
         warnings.simplefilter("ignore", fairness_metrics.UndefinedRateWarning)
-        table = fairness_metrics.group_table(y_true, y_pred, sensitive_features=labels, min_group_size=0)
+        table = fairness_metrics.group_table(y_true, y_pred, sensitive_features=labels,
+                                             min_group_size=0)
     gaps = fairness_metrics.fairness_gaps(table)
     return {
         "accuracy": float((y_true == y_pred).mean()),
@@ -184,8 +202,10 @@ def group_report(predictions: pd.DataFrame, sensitive_attributes: Sequence[str] 
 
 def evaluate_groups(model: nn.Module, data, sensitive_attributes: Sequence[str] | None = None, *,
                     device="auto") -> dict:
-    """`group_report` of `model`'s predictions on `data` (a group dataset or a DataLoader over one)."""
-    predictions = evaluation.predict(model, _as_loader(data, "evaluation data"), device, progress=False)
+    """`group_report` of `model`'s predictions on `data` (a group dataset or a DataLoader over
+    one)."""
+    predictions = evaluation.predict(model, _as_loader(data, "evaluation data"), device,
+                                     progress=False)
     return group_report(predictions, sensitive_attributes)
 
 
@@ -196,7 +216,8 @@ CALIBRATION_KINDS = datasets.CALIBRATION_KINDS
 ``datasets.CALIBRATION_KINDS``."""
 
 
-def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5, seed: int = 0) -> list:
+def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5,
+                      seed: int = 0) -> list:
     """`draws` calibration subsets of `n` samples of `dataset` of one kind (`CALIBRATION_KINDS`).
 
     Draw i uses `datasets.calibration_seed(seed, i)`, the seed every kind's draw i uses, so
@@ -204,7 +225,8 @@ def calibration_draws(dataset, n: int, kind: str = "balanced", draws: int = 5, s
     """
     check_choice("calibration", kind, CALIBRATION_KINDS)
     if not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"draws={draws!r} must be a positive integer (the number of calibration draws), e.g. 5.")
+        raise ValueError(f"draws={draws!r} must be a positive integer (the number of calibration "
+                         "draws), e.g. 5.")
     dataset = datasets.group_dataset(dataset, "the calibration dataset")
     return [datasets.calibration_subset(dataset, kind, n, datasets.calibration_seed(seed, i))
             for i in range(draws)]
@@ -215,10 +237,11 @@ DEFAULT_CALIBRATION_SIZE = 512
 CALIBRATION_SIZE_TOO_LARGE = ("calibration_size={n} is larger than the {available} samples of "
                               "calibration_data: pass calibration_size= at most {available}, or "
                               "leave it unset to draw the largest {kind} set (at most {default})")
-CALIBRATION_NOT_FAITHFUL = ("a {kind} calibration set of {n} cannot be drawn from calibration_data: "
-                            "its group counts {available} allow at most {largest}, so the set drawn "
-                            "({counts}) is not {kind}. Pass calibration_size={largest} or less, or "
-                            "calibration data with more samples of the small groups")
+CALIBRATION_NOT_FAITHFUL = ("a {kind} calibration set of {n} cannot be drawn from "
+                            "calibration_data: its group counts {available} allow at most "
+                            "{largest}, so the set drawn ({counts}) is not {kind}. Pass "
+                            "calibration_size={largest} or less, or calibration data with more "
+                            "samples of the small groups")
 
 
 class CalibrationWarning(UserWarning):
@@ -266,7 +289,8 @@ def calibration_set(calibration_data, kind: str, n: int | None, seed: int):
     return subset
 
 
-def _calibration_loader(calibration_data, kind: str, n: int | None, seed: int, batch_size: int) -> DataLoader:
+def _calibration_loader(calibration_data, kind: str, n: int | None, seed: int,
+                        batch_size: int) -> DataLoader:
     """A loader over `calibration_set(...)` (the batch size of a given loader wins)."""
     subset = calibration_set(calibration_data, kind, n, seed)
     return datasets.make_loader(subset, getattr(calibration_data, "batch_size", None) or batch_size)
@@ -290,7 +314,8 @@ def _probe_quantizer(act_bits: int, observer: str, device) -> QuantizeLayers:
     def quantize(model, layer_bits, calibration_data):
         others = [name for name in quantizable_layers(model) if name not in layer_bits]
         return apply_quantization(
-            model, "ptq_static", calibration_data=calibration_data, weight_bits=min(layer_bits.values()),
+            model, "ptq_static", calibration_data=calibration_data,
+            weight_bits=min(layer_bits.values()),
             act_bits=act_bits, observer=observer, layer_bits=layer_bits, fp32_layers=others,
             execution="simulated", device=device, progress=False,
         )
@@ -298,7 +323,8 @@ def _probe_quantizer(act_bits: int, observer: str, device) -> QuantizeLayers:
     return quantize
 
 
-def layer_sensitivity(model: nn.Module, layers: Sequence[str] | None, low_bits: int, calibration_data, eval_data, *,
+def layer_sensitivity(model: nn.Module, layers: Sequence[str] | None, low_bits: int,
+                      calibration_data, eval_data, *,
                       sensitive_attributes: Sequence[str] | None = None, act_bits: int = 8,
                       observer: str = "histogram", quantize: QuantizeLayers | None = None,
                       device="auto", progress: bool = True) -> pd.DataFrame:
@@ -316,7 +342,8 @@ def layer_sensitivity(model: nn.Module, layers: Sequence[str] | None, low_bits: 
     layers = list(valid if layers is None else layers)
     unknown = [layer for layer in layers if layer not in valid]
     if unknown:
-        raise ValueError(f"layers {unknown} are not quantizable layers of the model; valid: {valid}.")
+        raise ValueError(f"layers {unknown} are not quantizable layers of the model; valid: "
+                         f"{valid}.")
     loader = _as_loader(eval_data, "eval_data")
     key = None if quantize else _sensitivity_key(model, layers, low_bits, act_bits, observer,
                                                  calibration_data, loader, sensitive_attributes)
@@ -332,7 +359,8 @@ def layer_sensitivity(model: nn.Module, layers: Sequence[str] | None, low_bits: 
             probe = evaluate_groups(quantize(model, {layer: low_bits}, calibration_data), loader,
                                     sensitive_attributes, device=device)
         deltas = {f"delta_{metric}": probe[metric] - reference[metric] for metric in DELTA_METRICS}
-        rows.append({"layer": layer, "bits": low_bits, "params": modules[layer].weight.numel(), **probe, **deltas})
+        rows.append({"layer": layer, "bits": low_bits, "params": modules[layer].weight.numel(),
+                     **probe, **deltas})
     table = pd.DataFrame(rows)
     table.attrs["reference"] = reference
     if key is not None:
@@ -349,7 +377,8 @@ precision and sensitive-layer preservation on the same model, bits and data shar
 
 def _sensitivity_key(model, layers, low_bits, act_bits, observer, calibration_data, loader,
                      sensitive_attributes) -> tuple | None:
-    """What a default-probe sensitivity pass depends on, or None when the data have no sample ids."""
+    """What a default-probe sensitivity pass depends on, or None when the data have no sample
+    ids."""
     ids = [_sample_ids(data) for data in (calibration_data, loader)]
     if None in ids:
         return None
@@ -373,7 +402,7 @@ def _copy_table(table: pd.DataFrame) -> pd.DataFrame:
     return copy
 
 
-# --------------------------------------------------------------------------- sensitivity ranking, bit allocation
+# -------------------------------------------------------------- sensitivity ranking, bit allocation
 
 # criterion -> column of the layer_sensitivity table that scores it (higher = more sensitive)
 SENSITIVITY_CRITERIA = {
@@ -384,13 +413,15 @@ SENSITIVITY_CRITERIA = {
 
 
 def _sensitivity_scores(sensitivity: pd.DataFrame, criterion: str) -> pd.Series:
-    """One score per layer for `criterion`; the largest over bit widths when several were measured."""
+    """One score per layer for `criterion`; the largest over bit widths when several were
+    measured."""
     check_choice("criterion", criterion, SENSITIVITY_CRITERIA)
     column = SENSITIVITY_CRITERIA[criterion]
     missing = {"layer", column} - set(sensitivity.columns)
     if missing:
         raise ValueError(
-            f"sensitivity table lacks columns {sorted(missing)}; expected the output of layer_sensitivity()."
+            f"sensitivity table lacks columns {sorted(missing)}; expected the output of "
+            "layer_sensitivity()."
         )
     return sensitivity.groupby("layer", sort=False)[column].max()
 
@@ -402,7 +433,8 @@ def rank_layers(sensitivity: pd.DataFrame, criterion: str = "overall") -> list[s
 
 
 def weight_size_mib(layer_bits: Mapping[str, int], layer_sizes: Mapping[str, int]) -> float:
-    """Packed weight size in MiB (params * bits / 8 / 2**20) of the layers in `layer_bits`, scales ignored."""
+    """Packed weight size in MiB (params * bits / 8 / 2**20) of the layers in `layer_bits`, scales
+    ignored."""
     return sum(layer_sizes[layer] * bits for layer, bits in layer_bits.items()) / 8 / 2**20
 
 
@@ -427,30 +459,34 @@ def allocate_bits(
 
     `layer_sizes` maps layer -> weight elements (None: the `params` column of `sensitivity`).
     `budget` is the parameter-weighted average weight bit width (`unit='avg_bits'`) or the packed
-    weight size in MiB of the ranked layers (`unit='mib'`). Greedy: every layer starts at the highest
-    of `choices`; layers are then lowered one level at a time, the lowest sensitivity per parameter
-    first (a big, robust layer saves most for least harm), and no layer drops to a second lower level
-    before every layer has reached the first. It stops as soon as the budget is met, so the most
-    sensitive layers keep the most bits.
+    weight size in MiB of the ranked layers (`unit='mib'`). Greedy: every layer starts at the
+    highest of `choices`; layers are then lowered one level at a time, the lowest sensitivity per
+    parameter first (a big, robust layer saves most for least harm), and no layer drops to a second
+    lower level before every layer has reached the first. It stops as soon as the budget is met, so
+    the most sensitive layers keep the most bits.
     """
     check_choice("budget_unit", unit, BUDGET_UNITS)
     levels = sorted({int(b) for b in choices}, reverse=True)
     if not levels or levels[-1] < 1:
-        raise ValueError(f"bit choices {tuple(choices)} are invalid; expected positive integers such as (8, 4).")
+        raise ValueError(f"bit choices {tuple(choices)} are invalid; expected positive integers "
+                         "such as (8, 4).")
     scores = _sensitivity_scores(sensitivity, criterion)
     if layer_sizes is None:
         layer_sizes = sensitivity.groupby("layer")["params"].first().to_dict()
     unknown = [layer for layer in scores.index if layer not in layer_sizes]
     if unknown:
-        raise ValueError(f"layers {unknown} have no size in layer_sizes; pass the parameter count of every ranked layer.")
+        raise ValueError(f"layers {unknown} have no size in layer_sizes; pass the parameter count "
+                         "of every ranked layer.")
     size_of = BUDGET_UNITS[unit]
     smallest = size_of({layer: levels[-1] for layer in scores.index}, layer_sizes)
     if smallest > budget + 1e-12:
         raise ValueError(
-            f"size budget {budget} {unit} cannot be met: every layer at {levels[-1]} bits already needs "
-            f"{smallest:.6g} {unit}. Raise the budget or add a lower bit width to choices."
+            f"size budget {budget} {unit} cannot be met: every layer at {levels[-1]} bits already "
+            f"needs {smallest:.6g} {unit}. Raise the budget or add a lower bit width to choices."
         )
-    order = sorted(scores.index, key=lambda layer: (scores[layer] / max(layer_sizes[layer], 1), -layer_sizes[layer]))
+    order = sorted(scores.index,
+                   key=lambda layer: (scores[layer] / max(layer_sizes[layer], 1),
+                                      -layer_sizes[layer]))
     bits = {layer: levels[0] for layer in scores.index}
     for level in levels[1:]:
         for layer in order:
@@ -460,11 +496,12 @@ def allocate_bits(
     return bits
 
 
-def choose_preserved_layers(sensitivity: pd.DataFrame, criterion: str = "worst_group", count: int | None = 2,
+def choose_preserved_layers(sensitivity: pd.DataFrame, criterion: str = "worst_group",
+                            count: int | None = 2,
                             budget_mib: float | None = None, bits: int = 8) -> list[str]:
-    """The layers to keep FP32: most sensitive first, only layers whose quantization hurts (score > 0),
-    at most `count` of them and, with `budget_mib`, within that many extra MiB over `bits`-bit weights
-    (a layer that does not fit is skipped for a smaller one further down)."""
+    """The layers to keep FP32: most sensitive first, only layers whose quantization hurts (score >
+    0), at most `count` of them and, with `budget_mib`, within that many extra MiB over `bits`-bit
+    weights (a layer that does not fit is skipped for a smaller one further down)."""
     scores = _sensitivity_scores(sensitivity, criterion)
     sizes = sensitivity.groupby("layer")["params"].first()
     chosen, extra_mib = [], 0.0
@@ -489,10 +526,10 @@ def _base_options(config, base_cls: type, **overrides) -> dict:
 @dataclass(frozen=True)
 class BiasAwareCalibrationConfig(PTQStaticConfig):
     """Static PTQ calibrated on `calibration_size` samples drawn from the calibration dataset as
-    `calibration` says ('balanced', 'balanced_by_label' or the control 'random'); `batch_size` is used
-    when a dataset rather than a loader is given. `calibration_size=None`: the largest set of that
-    kind the calibration data hold, at most 512 (`calibration_set`). `quant_info` records the set's
-    `calibration` (kind-size) and `calibration_group_counts`."""
+    `calibration` says ('balanced', 'balanced_by_label' or the control 'random'); `batch_size` is
+    used when a dataset rather than a loader is given. `calibration_size=None`: the largest set of
+    that kind the calibration data hold, at most 512 (`calibration_set`). `quant_info` records the
+    set's `calibration` (kind-size) and `calibration_group_counts`."""
     calibration_size: int | None = None
     calibration: str = "balanced"
     batch_size: int = 64
@@ -503,25 +540,30 @@ class BiasAwareCalibrationConfig(PTQStaticConfig):
 
 
 @register_method("bias_aware_calibration", BiasAwareCalibrationConfig,
-                 traits=quantization.MethodTraits(calibration="dataset", deployable=True, control="ptq_static",
-                                                  paired_draws=True))
-def _bias_aware_calibration(model, config, calibration_data, *, device="cpu", seed=0, progress=False, **_):
-    loader = _calibration_loader(calibration_data, config.calibration, config.calibration_size, seed,
-                                 config.batch_size)
-    quantized = apply_quantization(model, "ptq_static", calibration_data=loader, device=device, seed=seed,
+                 traits=quantization.MethodTraits(calibration="dataset", deployable=True,
+                                                  control="ptq_static", paired_draws=True))
+def _bias_aware_calibration(model, config, calibration_data, *, device="cpu", seed=0,
+                            progress=False, **_):
+    loader = _calibration_loader(calibration_data, config.calibration, config.calibration_size,
+                                 seed, config.batch_size)
+    quantized = apply_quantization(model, "ptq_static", calibration_data=loader, device=device,
+                                   seed=seed,
                                    progress=progress, **_base_options(config, PTQStaticConfig))
-    quantized.quant_info = quantized.quant_info.replace(**calibration_facts(loader, config.calibration))
+    quantized.quant_info = quantized.quant_info.replace(**calibration_facts(loader,
+                                                                            config.calibration))
     return quantized
 
 
-def _probe_config_layers(model, config, layers, bits, calibration_data, eval_data, device, progress) -> pd.DataFrame:
+def _probe_config_layers(model, config, layers, bits, calibration_data, eval_data, device,
+                         progress) -> pd.DataFrame:
     """`layer_sensitivity` with the config's activation bits, observer and groups; eval_data
     defaults to the calibration data."""
     if eval_data is None:
         logger.info("no eval_data given: layer sensitivity is measured on the calibration data")
         eval_data = calibration_data
     return layer_sensitivity(model, layers, bits, calibration_data, eval_data,
-                             sensitive_attributes=config.sensitive_attributes or None, act_bits=config.act_bits,
+                             sensitive_attributes=config.sensitive_attributes or None,
+                             act_bits=config.act_bits,
                              observer=config.observer, device=device, progress=progress)
 
 
@@ -550,8 +592,8 @@ class MixedPrecisionConfig(PTQStaticConfig):
         for bits in self.bit_choices:
             check_choice("choices", bits, self.WEIGHT_BITS)
         if self.layer_bits:
-            raise ValueError("mixed_precision allocates layer_bits itself; use ptq_static with layer_bits "
-                             "for a fixed allocation, or fp32_layers to exclude layers.")
+            raise ValueError("mixed_precision allocates layer_bits itself; use ptq_static with "
+                             "layer_bits for a fixed allocation, or fp32_layers to exclude layers.")
 
     @property
     def bit_choices(self) -> tuple[int, ...]:
@@ -566,8 +608,10 @@ class MixedPrecisionConfig(PTQStaticConfig):
 
 
 @register_method("mixed_precision", MixedPrecisionConfig, context_keys=("eval_data",),
-                 traits=quantization.MethodTraits(layer_search=True, deployable=True, control="ptq_static"))
-def _mixed_precision(model, config, calibration_data, *, eval_data=None, device="cpu", seed=0, progress=False, **_):
+                 traits=quantization.MethodTraits(layer_search=True, deployable=True,
+                                                  control="ptq_static"))
+def _mixed_precision(model, config, calibration_data, *, eval_data=None, device="cpu", seed=0,
+                     progress=False, **_):
     layers = quantizable_layers(model)
     fp32_layers = [*config.fp32_layers, *(layers[-1:] if config.fp32_head else [])]
     allocated = [layer for layer in layers if layer not in fp32_layers]
@@ -575,14 +619,15 @@ def _mixed_precision(model, config, calibration_data, *, eval_data=None, device=
     if len(choices) == 1 or not allocated:
         layer_bits = {layer: choices[0] for layer in allocated}
     else:
-        sensitivity = _probe_config_layers(model, config, allocated, choices[-1], calibration_data, eval_data,
-                                           device, progress)
-        layer_bits = allocate_bits(sensitivity, None, config.resolved_budget, config.criterion, choices,
-                                   unit=config.budget_unit)
+        sensitivity = _probe_config_layers(model, config, allocated, choices[-1], calibration_data,
+                                           eval_data, device, progress)
+        layer_bits = allocate_bits(sensitivity, None, config.resolved_budget, config.criterion,
+                                   choices, unit=config.budget_unit)
     logger.info("mixed_precision allocation: %s (fp32: %s)", layer_bits, fp32_layers)
-    return apply_quantization(model, "ptq_static", calibration_data=calibration_data, device=device, seed=seed,
-                              progress=progress,
-                              **_base_options(config, PTQStaticConfig, layer_bits=layer_bits, fp32_layers=fp32_layers))
+    return apply_quantization(model, "ptq_static", calibration_data=calibration_data, device=device,
+                              seed=seed, progress=progress,
+                              **_base_options(config, PTQStaticConfig, layer_bits=layer_bits,
+                                              fp32_layers=fp32_layers))
 
 
 @dataclass(frozen=True)
@@ -599,31 +644,37 @@ class SensitiveLayerPreservationConfig(PTQStaticConfig):
         super().__post_init__()
         check_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
         if self.preserve_count is None and self.preserve_budget_mib is None:
-            raise ValueError("sensitive_layer_preservation needs preserve_count or preserve_budget_mib "
-                             "(how many layers, or how many extra MiB, may stay FP32), e.g. preserve_count=2.")
+            raise ValueError("sensitive_layer_preservation needs preserve_count or "
+                             "preserve_budget_mib (how many layers, or how many extra MiB, may "
+                             "stay FP32), e.g. preserve_count=2.")
         if self.preserve_count is not None and self.preserve_count < 0:
             raise ValueError(f"preserve_count={self.preserve_count} must be >= 0.")
 
 
-@register_method("sensitive_layer_preservation", SensitiveLayerPreservationConfig, context_keys=("eval_data",),
-                 traits=quantization.MethodTraits(layer_search=True, deployable=True, control="ptq_static"))
-def _sensitive_layer_preservation(model, config, calibration_data, *, eval_data=None, device="cpu", seed=0,
-                                  progress=False, **_):
+@register_method("sensitive_layer_preservation", SensitiveLayerPreservationConfig,
+                 context_keys=("eval_data",),
+                 traits=quantization.MethodTraits(layer_search=True, deployable=True,
+                                                  control="ptq_static"))
+def _sensitive_layer_preservation(model, config, calibration_data, *, eval_data=None, device="cpu",
+                                  seed=0, progress=False, **_):
     candidates = [layer for layer in quantizable_layers(model)
                   if layer not in config.fp32_layers and layer not in dict(config.layer_bits)]
-    sensitivity = _probe_config_layers(model, config, candidates, config.weight_bits, calibration_data, eval_data,
-                                       device, progress)
+    sensitivity = _probe_config_layers(model, config, candidates, config.weight_bits,
+                                       calibration_data, eval_data, device, progress)
     preserved = choose_preserved_layers(sensitivity, config.criterion, config.preserve_count,
                                         config.preserve_budget_mib, config.weight_bits)
-    logger.info("sensitive_layer_preservation keeps FP32: %s", preserved or "nothing (no layer hurts)")
-    return apply_quantization(model, "ptq_static", calibration_data=calibration_data, device=device, seed=seed,
-                              progress=progress,
-                              **_base_options(config, PTQStaticConfig, fp32_layers=[*config.fp32_layers, *preserved]))
+    logger.info("sensitive_layer_preservation keeps FP32: %s",
+                preserved or "nothing (no layer hurts)")
+    return apply_quantization(model, "ptq_static", calibration_data=calibration_data, device=device,
+                              seed=seed, progress=progress,
+                              **_base_options(config, PTQStaticConfig,
+                                              fp32_layers=[*config.fp32_layers, *preserved]))
 
 
 @dataclass(frozen=True)
 class FairnessFinetuneConfig(QATConfig):
-    """QAT whose loss is cross-entropy + `lam` x `penalty` ('dp' or 'eo', see `dp_penalty`/`eo_penalty`)."""
+    """QAT whose loss is cross-entropy + `lam` x `penalty` ('dp' or 'eo', see
+    `dp_penalty`/`eo_penalty`)."""
     penalty: str = "dp"
     lam: float = 1.0
 
@@ -632,21 +683,25 @@ class FairnessFinetuneConfig(QATConfig):
         fairness_loss_hook(self.penalty, self.lam)  # validates both
 
 
-@register_method("fairness_finetune", FairnessFinetuneConfig, context_keys=("train_loader", "val_loader"),
-                 traits=quantization.MethodTraits(calibration="none", deployable=True, control="ptq_static",
-                                                  needs=("train_loader",)))
-def _fairness_finetune(model, config, calibration_data, *, train_loader=None, val_loader=None, device="auto", seed=0,
-                       progress=True, **_):
-    return apply_quantization(model, "qat", calibration_data=calibration_data, train_loader=train_loader,
-                              val_loader=val_loader, loss_hook=fairness_loss_hook(config.penalty, config.lam),
-                              device=device, seed=seed, progress=progress, **_base_options(config, QATConfig))
+@register_method("fairness_finetune", FairnessFinetuneConfig,
+                 context_keys=("train_loader", "val_loader"),
+                 traits=quantization.MethodTraits(calibration="none", deployable=True,
+                                                  control="ptq_static", needs=("train_loader",)))
+def _fairness_finetune(model, config, calibration_data, *, train_loader=None, val_loader=None,
+                       device="auto", seed=0, progress=True, **_):
+    return apply_quantization(model, "qat", calibration_data=calibration_data,
+                              train_loader=train_loader,
+                              val_loader=val_loader,
+                              loss_hook=fairness_loss_hook(config.penalty, config.lam),
+                              device=device, seed=seed, progress=progress,
+                              **_base_options(config, QATConfig))
 
 
 # --------------------------------------------------------------------------- FairnessAwareQuantizer
 
 def _precision_ladder(ranked: Sequence[str], bit_width: int):
-    """(change, layer_bits, fp32_layers) after each step: the layers, most sensitive first, are raised
-    to 8 bits, then (again most sensitive first) to FP32."""
+    """(change, layer_bits, fp32_layers) after each step: the layers, most sensitive first, are
+    raised to 8 bits, then (again most sensitive first) to FP32."""
     bits = {layer: bit_width for layer in ranked}
     for level in [8, quantization.FLOAT_BITS] if bit_width < 8 else [quantization.FLOAT_BITS]:
         for layer in ranked:
@@ -664,7 +719,8 @@ class FairnessAwareConfig(PTQStaticConfig):
     empty: the dataset's) is at most `max_dp_gap` on the validation data: the layers ranked by
     `layer_sensitivity` under `criterion` are raised one step at a time, most sensitive first, to
     8 bits, then to FP32, until the constraint holds or every layer is FP32 (then the lowest-gap
-    model is returned and `constraint_met` is False). `fairness_constraint=False` only calibrates."""
+    model is returned and `constraint_met` is False). `fairness_constraint=False` only
+    calibrates."""
     max_dp_gap: float = 0.01
     criterion: str = "dp_gap"
     calibration: str = "balanced"
@@ -677,13 +733,15 @@ class FairnessAwareConfig(PTQStaticConfig):
         check_choice("calibration", self.calibration, CALIBRATION_KINDS)
         check_choice("criterion", self.criterion, SENSITIVITY_CRITERIA)
         if not (isinstance(self.max_dp_gap, (int, float)) and 0 <= self.max_dp_gap <= 1):
-            raise ValueError(f"max_dp_gap={self.max_dp_gap!r} must be a number in [0, 1] (a DP gap), e.g. 0.05.")
+            raise ValueError(f"max_dp_gap={self.max_dp_gap!r} must be a number in [0, 1] (a DP "
+                             "gap), e.g. 0.05.")
 
 
 @register_method("fairness_aware_quantizer", FairnessAwareConfig, context_keys=("val_loader",),
-                 traits=quantization.MethodTraits(calibration="dataset", layer_search=True, deployable=True,
-                                                  control="ptq_static"))
-def _fairness_aware(model, config, calibration_data, *, val_loader=None, device="cpu", seed=0, progress=False, **_):
+                 traits=quantization.MethodTraits(calibration="dataset", layer_search=True,
+                                                  deployable=True, control="ptq_static"))
+def _fairness_aware(model, config, calibration_data, *, val_loader=None, device="cpu", seed=0,
+                    progress=False, **_):
     return _FairnessSearch(config, device, seed, progress).run(model, calibration_data, val_loader)
 
 
@@ -700,19 +758,24 @@ class _FairnessSearch:
         self.attributes = list(config.sensitive_attributes or dataset.sensitive_attrs)
         _check_attributes(self.attributes, dataset.sensitive_attrs)
         if validation_data is None:
-            logger.warning("FairnessAwareQuantizer: no validation_data; the DP gap constraint is checked on the "
-                           "calibration data (optimistic). Pass validation_data for an honest check.")
+            logger.warning("FairnessAwareQuantizer: no validation_data; the DP gap constraint is "
+                           "checked on the calibration data (optimistic). Pass validation_data for "
+                           "an honest check.")
         measured_on = "calibration" if validation_data is None else "validation"
-        check_loader = _as_loader(calibration_data if validation_data is None else validation_data, "validation_data")
-        calibration_loader = _calibration_loader(calibration_data, config.calibration, config.calibration_size,
-                                                 self.seed, batch_size=64)
+        check_loader = _as_loader(calibration_data if validation_data is None else validation_data,
+                                  "validation_data")
+        calibration_loader = _calibration_loader(calibration_data, config.calibration,
+                                                 config.calibration_size, self.seed, batch_size=64)
         fp32_metrics = evaluate_groups(model, check_loader, self.attributes, device=self.device)
-        best = current = self._step(model, calibration_loader, check_loader, f"initial: {config.calibration} calibration",
+        best = current = self._step(model, calibration_loader, check_loader,
+                                    f"initial: {config.calibration} calibration",
                                     {}, [])
         if config.fairness_constraint and not self._meets(current):
-            ranked = rank_layers(self._sensitivity(model, calibration_loader, check_loader), config.criterion)
+            ranked = rank_layers(self._sensitivity(model, calibration_loader, check_loader),
+                                 config.criterion)
             for change, layer_bits, fp32_layers in _precision_ladder(ranked, config.weight_bits):
-                current = self._step(model, calibration_loader, check_loader, change, layer_bits, fp32_layers)
+                current = self._step(model, calibration_loader, check_loader, change, layer_bits,
+                                     fp32_layers)
                 best = min(best, current, key=lambda quantized: quantized.quant_info["val_dp_gap"])
                 if self._meets(current):
                     break
@@ -720,35 +783,45 @@ class _FairnessSearch:
         chosen = current if met is not False else best
         if met is False:
             logger.warning(
-                "FairnessAwareQuantizer: DP gap <= %.4f cannot be met on the %s data: every layer was raised to FP32 "
-                "(FP32 model gap %.4f); returning the lowest-gap model found (gap %.4f).", config.max_dp_gap,
+                "FairnessAwareQuantizer: DP gap <= %.4f cannot be met on the %s data: every layer "
+                "was raised to FP32 (FP32 model gap %.4f); returning the lowest-gap model found "
+                "(gap %.4f).", config.max_dp_gap,
                 measured_on, fp32_metrics["dp_gap"], chosen.quant_info["val_dp_gap"])
         chosen.quant_info = chosen.quant_info.replace(
-            **calibration_facts(calibration_loader, config.calibration), max_dp_gap=config.max_dp_gap,
-            constraint_met=met, gap_measured_on=measured_on, fp32_dp_gap=fp32_metrics["dp_gap"], search_steps=len(self.history), history=self.history)
+            **calibration_facts(calibration_loader, config.calibration),
+            max_dp_gap=config.max_dp_gap,
+            constraint_met=met, gap_measured_on=measured_on, fp32_dp_gap=fp32_metrics["dp_gap"],
+            search_steps=len(self.history), history=self.history)
         return chosen
 
     def _meets(self, quantized: nn.Module) -> bool:
         return quantized.quant_info["val_dp_gap"] <= self.config.max_dp_gap + 1e-12
 
     def _sensitivity(self, model, calibration_loader, check_loader) -> pd.DataFrame:
-        return layer_sensitivity(model, None, self.config.weight_bits, calibration_loader, check_loader,
-                                 sensitive_attributes=self.attributes, act_bits=self.config.act_bits,
-                                 observer=self.config.observer, device=self.device, progress=self.progress)
+        return layer_sensitivity(model, None, self.config.weight_bits, calibration_loader,
+                                 check_loader,
+                                 sensitive_attributes=self.attributes,
+                                 act_bits=self.config.act_bits,
+                                 observer=self.config.observer, device=self.device,
+                                 progress=self.progress)
 
-    def _step(self, model, calibration_loader, check_loader, change: str, layer_bits: dict, fp32_layers: list):
+    def _step(self, model, calibration_loader, check_loader, change: str, layer_bits: dict,
+              fp32_layers: list):
         """Quantize with this precision, measure it on the check data and append it to `history`."""
         config = self.config
         quantized = apply_quantization(model, "ptq_static", calibration_data=calibration_loader,
                                        weight_bits=config.weight_bits, act_bits=config.act_bits,
-                                       observer=config.observer, layer_bits=layer_bits, fp32_layers=fp32_layers,
+                                       observer=config.observer, layer_bits=layer_bits,
+                                       fp32_layers=fp32_layers,
                                        device=self.device, seed=self.seed, progress=False)
         metrics = evaluate_groups(quantized, check_loader, self.attributes, device=self.device)
         quantized.quant_info = quantized.quant_info.replace(val_dp_gap=metrics["dp_gap"])
-        self.history.append({"step": len(self.history), "change": change, "dp_gap": metrics["dp_gap"],
-                             "accuracy": metrics["accuracy"], "worst_group_loss": metrics["worst_group_loss"],
-                             "size_mib": quantized.quant_info["size_mib"], "layer_bits": dict(layer_bits),
-                             "fp32_layers": list(fp32_layers)})
+        self.history.append({"step": len(self.history), "change": change,
+                             "dp_gap": metrics["dp_gap"],
+                             "accuracy": metrics["accuracy"],
+                             "worst_group_loss": metrics["worst_group_loss"],
+                             "size_mib": quantized.quant_info["size_mib"],
+                             "layer_bits": dict(layer_bits), "fp32_layers": list(fp32_layers)})
         logger.info("FairnessAwareQuantizer step %d (%s): DP gap %.4f, accuracy %.4f, %.3f MiB",
                     len(self.history) - 1, change, metrics["dp_gap"], metrics["accuracy"],
                     quantized.quant_info["size_mib"])
@@ -756,48 +829,59 @@ class _FairnessSearch:
 
 
 class FairnessAwareQuantizer:
-    """Notebook wrapper of the registered method ``fairness_aware_quantizer`` (``FairnessAwareConfig``).
+    """Notebook wrapper of the registered method ``fairness_aware_quantizer``
+    (``FairnessAwareConfig``).
 
     `quantize` calibrates on a `calibration` (default group-balanced) subset of `calibration_data`
     (`calibration_size` samples; None: the largest such set, at most 512) at `bit_width` weights
     (`act_bits` activations) and raises precision until the DP gap on `validation_data` (without it,
     on the calibration data, which `gap_measured_on` records) is at most `max_dp_gap`. After
     `quantize`: `history` (one dict per step: change, dp_gap, accuracy, worst_group_loss, size_mib,
-    layer_bits, fp32_layers), `final_dp_gap`, `constraint_met` (False comes with a logged warning; the
-    lowest-gap model is then returned), `fp32_metrics` (the FP32 model on the same data) and `model`.
-    Report on test data with `evaluate(test_data)`. Groups: the intersection of
+    layer_bits, fp32_layers), `final_dp_gap`, `constraint_met` (False comes with a logged warning;
+    the lowest-gap model is then returned), `fp32_metrics` (the FP32 model on the same data) and
+    `model`. Report on test data with `evaluate(test_data)`. Groups: the intersection of
     `sensitive_attributes` (None: the dataset's own sensitive attributes).
     """
 
     def __init__(self, bit_width: int = 8, max_dp_gap: float = 0.01,
                  sensitive_attributes: Sequence[str] | None = None, *, act_bits: int = 8,
-                 calibration_size: int | None = None, calibration: str = "balanced", criterion: str = "dp_gap",
+                 calibration_size: int | None = None, calibration: str = "balanced",
+                 criterion: str = "dp_gap",
                  observer: str = "histogram", device="auto", seed: int = 0, progress: bool = True):
         self.config = FairnessAwareConfig(
             weight_bits=bit_width, act_bits=act_bits, observer=observer, max_dp_gap=max_dp_gap,
             criterion=criterion, calibration=calibration, calibration_size=calibration_size,
             sensitive_attributes=tuple(sensitive_attributes or ()))
-        self.max_dp_gap, self.sensitive_attributes = float(max_dp_gap), list(sensitive_attributes or [])
+        self.max_dp_gap = float(max_dp_gap)
+        self.sensitive_attributes = list(sensitive_attributes or [])
         self.device, self.seed, self.progress = device, seed, progress
         self.history: list[dict] = []
-        self.final_dp_gap = self.constraint_met = self.model = self.fp32_metrics = self.gap_measured_on = None
+        self.final_dp_gap = self.constraint_met = self.model = None
+        self.fp32_metrics = self.gap_measured_on = None
 
     def quantize(self, model: nn.Module, calibration_data, fairness_constraint: bool = True,
                  validation_data=None) -> nn.Module:
-        """The quantized model (see the class docstring); the weights of `model` are not modified."""
+        """The quantized model (see the class docstring); the weights of `model` are not
+        modified."""
         self.model = apply_quantization(model, self.config, calibration_data=calibration_data,
-                                        fairness_constraint=fairness_constraint, val_loader=validation_data,
+                                        fairness_constraint=fairness_constraint,
+                                        val_loader=validation_data,
                                         device=self.device, seed=self.seed, progress=self.progress)
         info = self.model.quant_info
         self.history, self.constraint_met = info["history"], info["constraint_met"]
         self.final_dp_gap, self.gap_measured_on = info["val_dp_gap"], info["gap_measured_on"]
         check = calibration_data if validation_data is None else validation_data
-        self.fp32_metrics = evaluate_groups(model, check, self.sensitive_attributes, device=self.device)
+        self.fp32_metrics = evaluate_groups(model, check, self.sensitive_attributes,
+                                            device=self.device)
         return self.model
 
     def evaluate(self, test_data) -> dict:
-        """`evaluate_groups` of the quantized model on `test_data`, with its size_mib and constraint_met."""
+        """`evaluate_groups` of the quantized model on `test_data`, with its size_mib and
+        constraint_met."""
         if self.model is None:
-            raise ValueError("FairnessAwareQuantizer.evaluate needs a model: call quantize(...) first.")
-        metrics = evaluate_groups(self.model, test_data, self.sensitive_attributes, device=self.device)
-        return {**metrics, "size_mib": self.model.quant_info["size_mib"], "constraint_met": self.constraint_met}
+            raise ValueError("FairnessAwareQuantizer.evaluate needs a model: call quantize(...) "
+                             "first.")
+        metrics = evaluate_groups(self.model, test_data, self.sensitive_attributes,
+                                  device=self.device)
+        return {**metrics, "size_mib": self.model.quant_info["size_mib"],
+                "constraint_met": self.constraint_met}

@@ -94,15 +94,15 @@ NO_HEAD = ("'{name}': its classifier layer '{prefix}' is not in the built model 
            "encoder without a classifier?); pick a classification model, or wrap it in your own "
            "'<module>:<function>' builder that adds an nn.Linear head")
 PRETRAINED_FILE_MISSING = ("pretrained weights for '{name}' not found: none of {files} is in "
-                           "{folders}. Nothing is downloaded: get {source} and save it as {target}; "
-                           "or pass weights_path='<state dict file>' to build_model, or use "
-                           "pretrained=False")
+                           "{folders}. Nothing is downloaded: get {source} and save it as "
+                           "{target}; or pass weights_path='<state dict file>' to build_model, or "
+                           "use pretrained=False")
 WEIGHTS_FILE_MISSING = ("weights file {path} does not exist; pass the path of a saved state dict "
                         "(torch.save(model.state_dict(), path)) or of a save_checkpoint file")
 UNSAFE_WEIGHTS_FILE = ("{path} holds Python objects besides tensors ({detail}); it is refused "
                        "because unpickling them could run arbitrary code. Save only the tensors: "
-                       "torch.save(model.state_dict(), path) or models.save_checkpoint(model, path, "
-                       "...)")
+                       "torch.save(model.state_dict(), path) or models.save_checkpoint(model, "
+                       "path, ...)")
 NOT_A_WEIGHTS_FILE = ("{path} is not a readable torch file of tensors ({error}); save weights with "
                       "torch.save(model.state_dict(), path)")
 WEIGHTS_SHAPES_DIFFER = ("weights do not fit '{name}' ({shapes}); check the architecture and "
@@ -729,7 +729,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
     """
     plain_meta = json.loads(json.dumps(meta, default=_plain_value))
     state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    return atomic_write(path, lambda temp: torch.save({"state_dict": state_dict, "meta": plain_meta}, temp))
+    checkpoint = {"state_dict": state_dict, "meta": plain_meta}
+    return atomic_write(path, lambda temp: torch.save(checkpoint, temp))
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike, image_size: int) -> Path:

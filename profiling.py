@@ -6,7 +6,7 @@
 
 Totals are inclusive: a step timed inside another counts in both. When the environment names a
 file in ``BNQ_PROFILE`` the table is also written there as JSON when the process exits, which is
-how ``benchmarks/bench_phases.py --profile`` collects it from each phase's process.
+how ``python -m benchmarks.bench_phases --profile`` collects it from each phase's process.
 """
 from __future__ import annotations
 

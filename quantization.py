@@ -84,31 +84,63 @@ from typing import Callable, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
-from torch.ao.quantization import (QConfig, QConfigMapping, disable_observer,
-                                   get_default_qat_qconfig_mapping, get_default_qconfig_mapping,
-                                   per_channel_dynamic_qconfig, quantize_dynamic)
-from torch.ao.quantization.fake_quantize import FakeQuantize, FixedQParamsFakeQuantize
-from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObserver,
-                                            MinMaxObserver, MovingAverageMinMaxObserver,
-                                            MovingAveragePerChannelMinMaxObserver,
-                                            PerChannelMinMaxObserver,
-                                            ReuseInputObserver)
-from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_fx, convert_fx,
-                                               prepare_fx, prepare_qat_fx)
 from torch.ao.nn.quantized.reference.modules.utils import ReferenceQuantizedModule
+from torch.ao.quantization import (
+    QConfig,
+    QConfigMapping,
+    disable_observer,
+    get_default_qat_qconfig_mapping,
+    get_default_qconfig_mapping,
+    per_channel_dynamic_qconfig,
+    quantize_dynamic,
+)
+from torch.ao.quantization.fake_quantize import FakeQuantize, FixedQParamsFakeQuantize
+from torch.ao.quantization.observer import (
+    FixedQParamsObserver,
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+    ReuseInputObserver,
+)
+from torch.ao.quantization.quantize_fx import (
+    _convert_to_reference_decomposed_fx,
+    convert_fx,
+    prepare_fx,
+    prepare_qat_fx,
+)
 from torchvision.ops import SqueezeExcitation
+from tqdm.auto import tqdm
 
 import evaluation
 import profiling
 import training
 from checks import check_choice, parse_bits
-from int8_kernels import (BACKEND_ENGINE, _average_pools_in_levels, _clamp_inputs, _integer_kernel_layers, _isolated_torch_state, _narrow_integer_inputs,
-                          _share_dropout_quantizers, default_activation_range, kernel_capability)
-from quant_inspect import (FLOAT_BITS, _check_layer_names, _images, describe_quantized, layer_bit_widths, latency_report,
-                           packed_size_mib, prediction_agreement, quantizable_layers,
-                           traced_and_frozen, weight_levels)
+from int8_kernels import (
+    BACKEND_ENGINE,
+    _average_pools_in_levels,
+    _clamp_inputs,
+    _integer_kernel_layers,
+    _isolated_torch_state,
+    _narrow_integer_inputs,
+    _share_dropout_quantizers,
+    default_activation_range,
+    kernel_capability,
+)
+from quant_inspect import (
+    FLOAT_BITS,
+    _check_layer_names,
+    _images,
+    describe_quantized,
+    latency_report,
+    layer_bit_widths,
+    packed_size_mib,
+    prediction_agreement,
+    quantizable_layers,
+    traced_and_frozen,
+    weight_levels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +157,8 @@ __all__ = [
     "MethodTraits", "QuantConfig", "QuantInfo", "SHORT_NAMES", "apply_quantization", "calibrate",
     "context_keys", "convert_quantized",
     "default_activation_range", "describe_quantized", "kernel_capability", "latency_report",
-    "layer_bit_widths", "list_methods", "method_config", "method_traits", "packed_size_mib", "parse_bits",
+    "layer_bit_widths", "list_methods", "method_config", "method_traits", "packed_size_mib",
+    "parse_bits",
     "prediction_agreement", "prepare_quantization", "qconfig_mapping", "quantizable_layers",
     "register_method", "resolve_method", "traced_and_frozen", "weight_levels",
     "load_plugins", *(name for names in PLUGINS.values() for name in names),
@@ -250,7 +283,8 @@ class PTQStaticConfig(QuantConfig):
 
     @property
     def resolved_activation_range(self) -> str:
-        """``'full'`` or ``'reduced'``: ``activation_range`` with ``'auto'`` decided for this CPU."""
+        """``'full'`` or ``'reduced'``: ``activation_range`` with ``'auto'`` decided for this
+        CPU."""
         if self.activation_range == "auto":
             return default_activation_range()
         return self.activation_range
@@ -767,7 +801,8 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
     _share_dropout_quantizers(prepared)
     prepared.integer_twin = config.all_int8  # its simulated form computes as the kernels do
     if config.act_bits == 8:
-        prepared.narrowed_inputs = _narrow_integer_inputs(prepared, config.resolved_activation_range)
+        prepared.narrowed_inputs = _narrow_integer_inputs(prepared,
+                                                          config.resolved_activation_range)
     return prepared
 
 
@@ -810,7 +845,8 @@ _QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
 _DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default
 
 
-def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, low: int, high: int) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, low: int,
+                  high: int) -> torch.Tensor:
     """The decomposed reference's quantize -> dequantize of an activation, op for op (the same
     float32 results: round half to even, clamp, back to float), in place after the first op.
     About 15x faster than the pair of decomposed ops and 7x faster than

@@ -15,7 +15,8 @@ from collections import Counter
 
 logger = logging.getLogger(__name__)
 QUOTED = 60
-"""Characters of a repeated message quoted in its summary line, so two summaries never read alike."""
+"""Characters of a repeated message quoted in its summary line, so two summaries never read
+alike."""
 
 
 class RepeatFilter(logging.Filter):

@@ -10,8 +10,8 @@ code fences, ``<details>``, inline code, bold and links); nothing is fetched.
 from __future__ import annotations
 
 import base64
-import io
 import html
+import io
 import re
 from pathlib import Path
 

@@ -58,7 +58,7 @@ def _swap(joint, n_permutations, rng):
     return permuted.reshape(n_permutations, *joint.shape)
 
 
-# ---------------------------------------------------------------- intervals and permutation p-values
+# --------------------------------------------------------------- intervals and permutation p-values
 
 def swap_p(null, observed):
     """Two-sided Monte Carlo permutation p = (1 + #{|d*| >= |d|}) / (1 + P) per column, over the

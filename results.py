@@ -63,8 +63,8 @@ CORRUPT_RECORD = ("record file %s is damaged (%s); moved it to %s, and its confi
                   "run again")
 LEGACY_DAMAGED = ("%s is damaged (%s): recovered the %d intact record(s) before the damage, kept "
                   "the damaged file as %s; the other configurations will be run again")
-DAMAGED_PREDICTIONS = ("predictions file {path} is damaged ({reason}): delete it, and the next run of "
-                       "the phase that made {config_id!r} redoes that configuration")
+DAMAGED_PREDICTIONS = ("predictions file {path} is damaged ({reason}): delete it, and the next run "
+                       "of the phase that made {config_id!r} redoes that configuration")
 FORGOT_FAILED = "dropped %d failed record(s) of configurations no longer in this sweep, e.g. %s"
 
 
@@ -174,7 +174,8 @@ class ResultStore:
     def done_ids(self) -> set[str]:
         """Ids of configurations that finished (failed ones are retried on the next run)."""
         return {entry["record"]["config_id"] for entry in self.entries()
-                if entry["record"].get("status") == "ok" and _predictions_present(self.run_dir, entry)}
+                if entry["record"].get("status") == "ok"
+                and _predictions_present(self.run_dir, entry)}
 
     # writing
     def add(self, record: dict, per_group: pd.DataFrame | None = None, *,
@@ -208,7 +209,8 @@ class ResultStore:
         """Rebuild the derived tables that differ from the commit files; True if any changed."""
         records = self.records()
         changed = _sync(self.json_path, json.dumps(records, indent=1) if records else None)
-        changed |= _sync(self.csv_path, pd.DataFrame(records).to_csv(index=False) if records else None)
+        changed |= _sync(self.csv_path,
+                         pd.DataFrame(records).to_csv(index=False) if records else None)
         return _refresh_groups(self.run_dir) or changed
 
     # old layout
@@ -227,7 +229,8 @@ class ResultStore:
             atomic_write_text(staging / f"{config_id}.json", json.dumps(entry, indent=1))
         staging.mkdir(parents=True, exist_ok=True)
         os.replace(staging, self.records_dir)
-        log.info("imported %d record(s) of %s into %s", len(records), self.json_path, self.records_dir)
+        log.info("imported %d record(s) of %s into %s", len(records), self.json_path,
+                 self.records_dir)
         if error is not None:
             kept = self.json_path.with_name(f"{self.json_path.name}.damaged")
             os.replace(self.json_path, kept)
@@ -245,11 +248,13 @@ def refresh_tables(run_dir: str | Path) -> bool:
 
 
 def holds_results(run_dir: str | Path) -> bool:
-    """True when the run folder holds any result: a record, a prediction, a checkpoint or a table."""
+    """True when the run folder holds any result: a record, a prediction, a checkpoint or a
+    table."""
     run_dir = Path(run_dir)
     if any(run_dir.glob("*_results.json")) or any(run_dir.glob("*_results.csv")):
         return True
-    return any(path.is_file() for folder in RESULT_FOLDERS for path in (run_dir / folder).rglob("*"))
+    return any(path.is_file()
+               for folder in RESULT_FOLDERS for path in (run_dir / folder).rglob("*"))
 
 
 def _table_folders(run_dir: Path) -> list[Path]:
@@ -361,7 +366,8 @@ def prepare_run_dir(run_dir: str | Path) -> Path:
         with tempfile.TemporaryFile(dir=run_dir):
             pass
     except OSError as error:
-        raise ValueError(UNWRITABLE.format(run_dir=run_dir, reason=error.strerror or error)) from None
+        raise ValueError(UNWRITABLE.format(run_dir=run_dir,
+                                           reason=error.strerror or error)) from None
     return run_dir
 
 

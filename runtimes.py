@@ -1,10 +1,11 @@
 """Deployment runtimes beside torch: the same FP32 checkpoint, quantized to INT8 with the same
 calibration images by the runtime a model ships with, saved, and run on the test split.
 
-=============  =====================  ==================================================================
-runtime        execution              how
-=============  =====================  ==================================================================
-onnxruntime    ``onnxruntime_int8``   FP32 ONNX export (``torch.onnx``), static QDQ INT8 from
+=============  =====================
+================================================================== runtime        execution
+how =============  =====================
+================================================================== onnxruntime
+``onnxruntime_int8``   FP32 ONNX export (``torch.onnx``), static QDQ INT8 from
                                       ``onnxruntime.quantization.quantize_static`` (per-channel
                                       symmetric s8 weights, u8 activations, MinMax calibration;
                                       ``reduce_range`` on CPUs without VNNI, whose u8 x s8 kernels
@@ -12,7 +13,8 @@ onnxruntime    ``onnxruntime_int8``   FP32 ONNX export (``torch.onnx``), static 
 openvino       ``openvino_int8``      ``openvino.convert_model`` of the FP32 model, INT8 from
                                       ``nncf.quantize`` (its default preset; the transformer model
                                       type for attention models); ``models/<config_id>.xml/.bin``
-=============  =====================  ==================================================================
+=============  =====================
+==================================================================
 
 A runtime's model is a ``RuntimeModel``: an ``nn.Module`` whose forward hands images to the
 runtime and returns its logits, so ``evaluation.predict``, ``measure_latency`` and
@@ -146,8 +148,13 @@ def _quiet_root_logger(fragment: str):
 
 
 def _ort_int8(model, calibration, image_size, folder: Path, threads: int) -> RuntimeModel:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 import fairness_metrics as fm
 import verdicts as vd
-from results import load_predictions, predictions_path
+from results import load_predictions
 from unit_stats import cohens_h
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist: pass the folder a run wrote "
-                                "(results/<run_name>), or run `python main.py --phase baseline` first")
+                                "(results/<run_name>), or run `python main.py --phase baseline` "
+                                "first")
     frames, missing = [], []
     for phase, name in RESULT_FILES.items():
         path = run_dir / name
@@ -260,13 +261,15 @@ def _ptq_counterpart(row, configs: pd.DataFrame) -> str | None:
 
 # ----------------------------------------------------------------------------- statistics
 
-Summaries = dict  # (config_id, reference_id or None) -> (record, per_group) of summarize_predictions
+# (config_id, reference_id or None) -> (record, per_group) of summarize_predictions
+Summaries = dict
 
 
 def summarize_all(configs: pd.DataFrame, pairs: pd.DataFrame, load: Callable[[str], pd.DataFrame],
                   settings: AnalysisSettings, *, progress: bool = True) -> Summaries:
     """``fairness_metrics.summarize_predictions`` for every configuration (against its FP32
-    baseline when it has one) and for every other comparison pair, keyed (config_id, reference_id)."""
+    baseline when it has one) and for every other comparison pair, keyed (config_id,
+    reference_id)."""
     fp32_of = _fp32_of(pairs)
     jobs = [(config_id, fp32_of.get(config_id)) for config_id in configs["config_id"]]
     jobs += [(row.config_id, row.reference_id)
@@ -368,7 +371,8 @@ def statistics_table(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _long_rows(frame: pd.DataFrame, prefix: str) -> pd.DataFrame:
-    """One row per (row of frame, metric): estimate, low, high, p_value (and Cohen's h for changes)."""
+    """One row per (row of frame, metric): estimate, low, high, p_value (and Cohen's h for
+    changes)."""
     parts = []
     for metric in METRICS:
         column = prefix + metric
@@ -454,7 +458,8 @@ def drop_ratio(worst: float, least: float, eps: float = 1e-9) -> float:
 
 
 def drop_ratios(means: pd.DataFrame) -> pd.DataFrame:
-    """Per cell of ``group_drop_means``: worst and least hit group, their drops and ``drop_ratio``."""
+    """Per cell of ``group_drop_means``: worst and least hit group, their drops and
+    ``drop_ratio``."""
     rows = []
     for key, cell in means.groupby(GROUP_KEYS, sort=True):
         drops = cell.set_index("group")["accuracy_drop"]
@@ -467,7 +472,7 @@ def drop_ratios(means: pd.DataFrame) -> pd.DataFrame:
 
 
 
-# ----------------------------------------------------------------------------- Pareto and recommendation
+# ------------------------------------------------------------------------ Pareto and recommendation
 
 def pareto_front(frame: pd.DataFrame, maximize: Sequence[str] = (),
                  minimize: Sequence[str] = ()) -> pd.Series:
@@ -500,7 +505,8 @@ PARETO_OBJECTIVES = {"maximize": ["accuracy"], "minimize": ["dp_gap", "size_mib"
 
 
 def with_pareto(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with a ``pareto`` column: non-dominated in accuracy × DP gap × size, per dataset."""
+    """``table`` with a ``pareto`` column: non-dominated in accuracy × DP gap × size, per
+    dataset."""
     masks = [pareto_front(rows, **PARETO_OBJECTIVES) for _, rows in table.groupby("dataset")]
     return table.assign(pareto=pd.concat(masks) if masks else False)
 

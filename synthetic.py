@@ -82,13 +82,16 @@ DEFAULT_CUE_STRENGTH = {"Female/Young": 1.0, "Male/Young": 1.0, "Male/Old": 0.8,
                         "Female/Old": 0.6}
 SYNTHETIC_DEFAULTS = {"n_images": 8000, "image_size": 64, "seed": 0}
 SYNTHETIC_OPTIONS = ("n_images", "image_size", "seed", "group_shares", "smiling_rate",
-                     "cue_strength", "exposure")
+                     "cue_strength", "exposure", "mouth_scale")
 BAD_EXPOSURE = ("data.synthetic.exposure={given!r}: expected a mapping of intersectional group to "
                 "a contrast gain, e.g. {{Female/Old: 1.8}} (empty {{}} = off)")
 BAD_EXPOSURE_GROUP = ("data.synthetic.exposure: unknown group {group!r}; the groups are {groups}. "
                       "Key the gains by one of them, e.g. {{Female/Old: 1.8}}")
 BAD_EXPOSURE_GAIN = ("data.synthetic.exposure[{group!r}]={gain!r}: a contrast gain must be a "
                      "positive number (1 = unchanged, > 1 more contrast, < 1 less), e.g. 1.8")
+BAD_MOUTH_SCALE = ("data.synthetic.mouth_scale={given!r}: expected a number in [{low}, {high}] "
+                   "(1 = the default mouth; 1.8 = a larger smile cue, learnt in fewer steps)")
+MOUTH_SCALE_RANGE = (0.5, 2.0)
 MOUTH_CURVE = 0.10   # corner-to-centre height of a full-strength smile, in face-image units
 MOUTH_JITTER = 0.025  # std of the per-image curvature noise, same units
 GENERATOR_VERSION = 6
@@ -109,7 +112,7 @@ def generate_synthetic_celeba(out_dir: str | Path, *, n_images: int, image_size:
                               seed: int = 0, group_shares: dict | None = None,
                               smiling_rate: float | dict | None = None,
                               cue_strength: float | dict | None = None,
-                              exposure: dict | None = None,
+                              exposure: dict | None = None, mouth_scale: float = 1.0,
                               split_fractions=(0.8, 0.1, 0.1)) -> Path:
     """Write a deterministic synthetic face set in CelebA's file format into ``out_dir``.
 
@@ -131,18 +134,22 @@ def generate_synthetic_celeba(out_dir: str | Path, *, n_images: int, image_size:
             ``apply_exposure(pixels, gain)`` as its last step (default ``{}``: no group). The
             gain draws no random numbers, so every other image is byte-identical to the set
             made without it.
+        mouth_scale: size of the mouth, its curvature and the teeth relative to the face
+            (default 1); above 1 the smile cue covers more pixels, so networks learn it in
+            fewer steps. Every group's cue grows alike: ``cue_strength`` still sets the groups'
+            relative visibility.
         split_fractions: train/val/test shares written to the partition file.
     """
     params = synthetic_parameters(n_images=n_images, image_size=image_size, seed=seed,
                                   group_shares=group_shares, smiling_rate=smiling_rate,
                                   cue_strength=cue_strength, exposure=exposure,
-                                  split_fractions=split_fractions)
+                                  mouth_scale=mouth_scale, split_fractions=split_fractions)
     return _write_synthetic(Path(out_dir), params)
 
 
 def synthetic_parameters(*, n_images: int, image_size: int = 64, seed: int = 0,
                          group_shares=None, smiling_rate=None, cue_strength=None,
-                         exposure=None, split_fractions=(0.8, 0.1, 0.1)) -> dict:
+                         exposure=None, mouth_scale=1.0, split_fractions=(0.8, 0.1, 0.1)) -> dict:
     """Validate generator arguments and return them resolved, as stored in the JSON file."""
     if not isinstance(n_images, (int, np.integer)) or n_images < 1:
         raise ValueError(f"n_images must be a positive integer, got {n_images!r}.")
@@ -163,8 +170,17 @@ def synthetic_parameters(*, n_images: int, image_size: int = 64, seed: int = 0,
         "smiling_rate": _group_values("smiling_rate", DEFAULT_SMILING_RATE, smiling_rate, 0, 1),
         "cue_strength": _group_values("cue_strength", DEFAULT_CUE_STRENGTH, cue_strength, 0, 1),
         "exposure": check_exposure(exposure),
+        "mouth_scale": check_mouth_scale(mouth_scale),
         "split_fractions": list(check_fractions(split_fractions)),
     }
+
+
+def check_mouth_scale(scale) -> float:
+    """``mouth_scale`` checked: a number in [MOUTH_SCALE_RANGE]."""
+    low, high = MOUTH_SCALE_RANGE
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not low <= scale <= high:
+        raise ValueError(BAD_MOUTH_SCALE.format(given=scale, low=low, high=high))
+    return float(scale)
 
 
 def check_exposure(exposure) -> dict:
@@ -180,6 +196,32 @@ def check_exposure(exposure) -> dict:
                 or not np.isfinite(gain):
             raise ValueError(BAD_EXPOSURE_GAIN.format(group=group, gain=gain))
     return {group: float(exposure[group]) for group in sorted(exposure)}
+
+
+def odd_group(values: dict) -> str | None:
+    """The one group whose value differs from the value every other group shares, else None."""
+    for group, value in values.items():
+        others = {v for g, v in values.items() if g != group}
+        if len(others) == 1 and value not in others:
+            return group
+    return None
+
+
+def planted_groups(knobs: dict | None) -> dict[str, str | None]:
+    """The groups the synthetic knobs plant an effect on (docs/synthetic.md, *Planted effects*).
+
+    ``lighting``: the one group whose contrast gain (``exposure``, 1 where unset) differs from
+    the gain all other groups share. ``weak_cue``: the one group whose smile cue is weaker than
+    every other group's (``cue_strength`` with its defaults). None where the knobs plant none.
+    Shared with the analysis (calibration_study, plants).
+    """
+    knobs = knobs or {}
+    gains = {g: 1.0 for g in SYNTHETIC_GROUPS} | check_exposure(knobs.get("exposure"))
+    cues = _group_values("cue_strength", DEFAULT_CUE_STRENGTH, knobs.get("cue_strength"), 0, 1)
+    weakest = min(cues.values())
+    weak = [g for g, v in cues.items() if v == weakest]
+    return {"lighting": odd_group(gains),
+            "weak_cue": weak[0] if len(weak) == 1 and weakest < 1 else None}
 
 
 def apply_exposure(pixels: np.ndarray, gain) -> np.ndarray:
@@ -255,7 +297,7 @@ def _write_synthetic(folder: Path, params: dict) -> Path:
     for start in tqdm(range(0, n, chunk), desc="drawing synthetic faces", leave=False):
         stop = min(start + chunk, n)
         images = _draw_faces({k: v[start:stop] for k, v in faces.items()}, size, rng,
-                             params["exposure"])
+                             params["exposure"], params.get("mouth_scale", 1.0))
         for name, pixels in zip(names[start:stop], images):
             Image.fromarray(pixels).save(staging / "img_align_celeba" / name, quality=95)
     attributes = _synthetic_attribute_table(faces, rng)
@@ -306,9 +348,11 @@ def _sample_faces(params: dict, rng) -> dict[str, np.ndarray]:
     }
 
 
-def _draw_faces(faces: dict, size: int, rng, exposure: dict | None = None) -> np.ndarray:
+def _draw_faces(faces: dict, size: int, rng, exposure: dict | None = None,
+                mouth_scale: float = 1.0) -> np.ndarray:
     """Vectorised drawing of a batch of faces -> uint8 [B, size, size, 3]; ``exposure``
-    ({group: gain}) is applied last, to the images of those groups only."""
+    ({group: gain}) is applied last, to the images of those groups only; ``mouth_scale``
+    sizes the mouth, its curvature and the teeth."""
     b = len(faces["group"])
     col = lambda v: np.asarray(v, dtype=np.float32).reshape(b, 1, 1)  # noqa: E731
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size
@@ -343,21 +387,23 @@ def _draw_faces(faces: dict, size: int, rng, exposure: dict | None = None) -> np
     forehead = face * soft(0.55 * rx - np.abs(dx)) * soft(-0.18 * ry - dy) * soft(dy + hairline)
     wrinkles = np.clip(np.sin(2 * np.pi * dy / (0.035 * s)) - 0.3, 0, 1)
     paint(col(faces["old"]) * forehead * wrinkles, skin * 0.65, alpha=0.6)
-    lips = soft((1 - np.hypot(dx / (0.12 * s), (dy - 0.15 * s) / (0.075 * s))) * 0.05 * s)
+    m = s * mouth_scale
+    lips = soft((1 - np.hypot(dx / (0.12 * m), (dy - 0.15 * s) / (0.075 * m))) * 0.05 * m)
     beard = col(faces["beard"]) * face * soft(dy - 0.3 * ry) * (1 - 0.85 * lips)
     paint(beard, hair * 0.8, alpha=0.85)  # thinner around the lips: a partial occlusion
     eye_dx, eye_dy = np.abs(dx) - 0.09 * s, dy + 0.05 * s  # both eyes at once (symmetry)
     eyes = soft((1 - np.hypot(eye_dx / (0.028 * s), eye_dy / (0.018 * s))) * 0.018 * s)
     rims = col(faces["glasses"]) * soft(0.008 * s - np.abs(np.hypot(eye_dx, eye_dy) - 0.045 * s))
     paint(np.maximum(eyes, rims), np.full((b, 3), 0.07))
-    half_width, curve = 0.12 * s, col(faces["curve"])
+    half_width, curve = 0.12 * m, col(faces["curve"])
     u = dx / half_width
-    mouth_y = 0.15 * s + curve * (0.5 - u ** 2)  # corners rise by `curve` above the centre
-    mouth = soft(0.025 * s - np.abs(dy - mouth_y)) * soft((1 - np.abs(u)) * half_width)
+    mouth_y = 0.15 * s + curve * mouth_scale * (0.5 - u ** 2)  # corners rise above the centre
+    mouth = soft(0.025 * m - np.abs(dy - mouth_y)) * soft((1 - np.abs(u)) * half_width)
     lip_color = np.where(faces["lipstick"][:, None], [[0.70, 0.08, 0.15]], skin * 0.4)
     paint(mouth, lip_color)
     # An open smile shows teeth, as bright as the smile is curved (so a weak cue stays faint).
-    teeth = soft((1 - np.hypot(dx / (0.7 * half_width), (dy - 0.15 * s + 0.01 * s) / (0.03 * s))) * 0.03 * s)
+    teeth = soft((1 - np.hypot(dx / (0.7 * half_width), (dy - 0.15 * s + 0.01 * m) / (0.03 * m)))
+                 * 0.03 * m)
     paint(teeth * np.clip(curve / MOUTH_CURVE, 0, 1), np.full((b, 3), 0.95))
     img *= rng.uniform(0.85, 1.15, (b, 1, 1, 1)).astype(np.float32)
     img += 0.02 * rng.standard_normal((b, size, size, 1), dtype=np.float32)  # sensor noise

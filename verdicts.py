@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 import fairness_metrics as fm
-from config import DEFAULT_MARGINS, DEFAULT_MIN_BALANCED_ACCURACY
+from config import DEFAULT_MARGINS, DEFAULT_MIN_BALANCED_ACCURACY  # noqa: F401  (re-exported)
 
 WORSE, BETTER, EQUIVALENT, INCONCLUSIVE = "WORSE", "BETTER", "EQUIVALENT", "INCONCLUSIVE"
 VERDICTS = (WORSE, BETTER, EQUIVALENT, INCONCLUSIVE)

@@ -6,8 +6,9 @@ Series differ by colour (the Okabe-Ito palette, safe for the common colour-visio
 and by marker or hatch, so a figure also reads in black-and-white print. Every panel that has
 nothing to draw says why. Statistical figures draw the intervals the analysis tables hold (paired
 bootstrap, t-intervals over draws) as given; seaborn would recompute its own intervals from raw
-observations, which these tables do not hold, so matplotlib alone serves. The module draws on ``matplotlib.figure.Figure`` with the Agg canvas and never touches
-pyplot, so it leaves a notebook's backend and global state alone.
+observations, which these tables do not hold, so matplotlib alone serves. The module draws on
+``matplotlib.figure.Figure`` with the Agg canvas and never touches pyplot, so it leaves a notebook's
+backend and global state alone.
 """
 from __future__ import annotations
 
@@ -388,7 +389,8 @@ def plot_hypotheses(hypotheses: pd.DataFrame, path: str | Path) -> list[Path]:
         if column not in frame:
             frame[column] = frame["verdict"] if default is None else default
     ids = list(dict.fromkeys(frame["id"]))
-    has_estimate = {h: bool(np.isfinite(frame.loc[frame["id"] == h, "estimate"].astype(float)).any())
+    has_estimate = {h: bool(np.isfinite(frame.loc[frame["id"] == h,
+                                                  "estimate"].astype(float)).any())
                     for h in ids}
     heights = [(1.0 + 0.55 * len(frame[frame["id"] == h])) if has_estimate[h] else 0.75
                for h in ids]

@@ -1,6 +1,6 @@
 """Re-try the bad inputs and faults of issues 11 and 25 as a new user would, and count the outcomes.
 
-    python benchmarks/bad_inputs.py            # 3-5 minutes on 2 cores; one line per case
+    python -m benchmarks.bad_inputs            # 3-5 minutes on 2 cores; one line per case
 
 CLI cases run ``main.py`` as its own process on the smoke config in a temporary folder; notebook
 cases call the API in this process. Outcomes: ``clear`` (refused with a ValueError/TypeError/
@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CLEAR_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
 
@@ -142,7 +141,8 @@ def issue25_cases(tmp: Path) -> dict[str, str]:
     shutil.copy(next((data / "synthetic_celeba" / "img_align_celeba").iterdir()), outside)
     for case, file_name, listed in [
             ("attribute file lists ../../outside.jpg", "list_attr_celeba.txt", "../../outside.jpg"),
-            ("partition file lists ../../outside.jpg", "list_eval_partition.txt", "../../outside.jpg"),
+            ("partition file lists ../../outside.jpg", "list_eval_partition.txt",
+             "../../outside.jpg"),
             ("attribute file lists /etc/passwd by ..", "list_attr_celeba.txt",
              "../../../../../../../../etc/passwd"),
             ("attribute file lists an absolute path", "list_attr_celeba.txt", str(outside))]:
@@ -167,7 +167,8 @@ def issue25_cases(tmp: Path) -> dict[str, str]:
                            ("run_name of 300 characters", "run_name=" + "r" * 300),
                            ("data.name=..", "data.name=.."),
                            ("duplicate architectures", "models.architectures=[tiny_cnn, tiny_cnn]"),
-                           ("bootstrap_resamples=1e12", "analysis.bootstrap_resamples=1000000000000"),
+                           ("bootstrap_resamples=1e12",
+                            "analysis.bootstrap_resamples=1000000000000"),
                            ("seed=1e20", "seed=100000000000000000000"),
                            ("training.lr=.inf", "training.lr=.inf"),
                            ("training.epochs=12:30", "training.epochs=12:30"),
@@ -195,7 +196,6 @@ def _cuda() -> bool:
 
 DISK_FULL = """
 import errno, os, sys
-sys.path.insert(0, {root!r})
 def full(fd):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 os.fsync = full  # the commit point of every configuration
@@ -209,7 +209,7 @@ def _disk_full_and_checkpoint(tmp: Path) -> dict[str, str]:
     args = ["--config", "configs/smoke.yaml", "--log-level", "ERROR", "--set",
             f"results_dir={tmp / 'full' / 'results'}", "--set", f"data.root={tmp / 'data'}",
             "--phase", "baseline"]
-    done = subprocess.run([sys.executable, "-c", DISK_FULL.format(root=str(ROOT), args=args)],
+    done = subprocess.run([sys.executable, "-c", DISK_FULL.format(args=args)],
                           cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     leftovers = list((tmp / "full").rglob("*.tmp"))
@@ -239,21 +239,23 @@ def store_cases(tmp: Path) -> dict[str, str]:
     text = json.dumps(records, indent=1)
     (run_dir / "quantization_results.json").write_text(text[: text.index('"c2"')])
     ran = []
-    units = [WorkUnit(f"c{i}", {}, "fake", {"i": i}, str(run_dir), "quantization") for i in range(3)]
+    units = [WorkUnit(f"c{i}", {}, "fake", {"i": i}, str(run_dir), "quantization")
+             for i in range(3)]
     try:
         run_sweep(ResultStore(run_dir, "quantization_results"), units, progress=False,
                   execute=lambda unit: ran.append(unit.args["i"]) or ({}, None, None))
         out = "works" if ran == [2] else "unclear"
     except Exception:  # noqa: BLE001
         out = "traceback"
-    from results import load_predictions, save_predictions
-
     import pandas as pd
+
+    from results import load_predictions, save_predictions
     save_predictions(run_dir, "p", pd.DataFrame({"sample_id": ["x"] * 500}))
     damaged = run_dir / "predictions" / "p.csv.gz"
     damaged.write_bytes(damaged.read_bytes()[:20])
     return {"truncated quantization_results.json": out,
-            "damaged predictions file (beyond)": api_outcome(lambda: load_predictions(run_dir, "p"))}
+            "damaged predictions file (beyond)":
+                api_outcome(lambda: load_predictions(run_dir, "p"))}
 
 
 def api_cases(tmp: Path) -> dict[str, str]:
@@ -291,20 +293,28 @@ def api_cases(tmp: Path) -> dict[str, str]:
         if not model.training:
             raise AssertionError("left in eval mode")
     out = {
-        'compute_fairness_metrics("m", loader)': api_outcome(lambda: compute_fairness_metrics("m", test)),
-        "list instead of a loader": api_outcome(lambda: compute_fairness_metrics(model, [splits.test[0]])),
-        "FaceDataset instead of a loader": api_outcome(lambda: compute_fairness_metrics(model, splits.test)),
-        "sensitive_attr=None": api_outcome(lambda: compute_fairness_metrics(model, test, sensitive_attr=None)),
-        "sensitive_attr=5 (beyond)": api_outcome(lambda: compute_fairness_metrics(model, test, sensitive_attr=5)),
-        "1-channel batch": api_outcome(lambda: compute_fairness_metrics(model, DataLoader(Gray(), 32))),
+        'compute_fairness_metrics("m", loader)':
+            api_outcome(lambda: compute_fairness_metrics("m", test)),
+        "list instead of a loader":
+            api_outcome(lambda: compute_fairness_metrics(model, [splits.test[0]])),
+        "FaceDataset instead of a loader":
+            api_outcome(lambda: compute_fairness_metrics(model, splits.test)),
+        "sensitive_attr=None": api_outcome(lambda: compute_fairness_metrics(model, test,
+                                                                            sensitive_attr=None)),
+        "sensitive_attr=5 (beyond)":
+            api_outcome(lambda: compute_fairness_metrics(model, test, sensitive_attr=5)),
+        "1-channel batch": api_outcome(lambda: compute_fairness_metrics(model,
+                                                                        DataLoader(Gray(), 32))),
         "meta-device model": api_outcome(lambda: compute_fairness_metrics(meta_model, test)),
-        "caller's model mode restored": "works" if api_outcome(mode_restored, False) == "works" else "silent",
+        "caller's model mode restored":
+            "works" if api_outcome(mode_restored, False) == "works" else "silent",
         "FaceDataset as calibration_data": api_outcome(
             lambda: apply_quantization(model, "ptq_static", calibration_data=splits.train)),
         "bias_aware seed call, loader < 512": api_outcome(lambda: apply_quantization(
             model, method="bias_aware_calibration", bit_width=8, calibration_data=small), False),
         "FairnessAwareQuantizer, data < 512": api_outcome(lambda: FairnessAwareQuantizer(
-            bit_width=8, max_dp_gap=1.0, progress=False, device="cpu").quantize(model, small), False),
+            bit_width=8, max_dp_gap=1.0, progress=False, device="cpu").quantize(model, small),
+            False),
         "explicit calibration_size too large": api_outcome(lambda: apply_quantization(
             model, method="bias_aware_calibration", bit_width=8, calibration_data=small,
             calibration_size=512)),
@@ -313,14 +323,16 @@ def api_cases(tmp: Path) -> dict[str, str]:
         "bit_width=2": api_outcome(lambda: apply_quantization(
             model, "ptq_static", bit_width=2, calibration_data=small), False),
         "apply_quantization, 1-channel calibration batch": api_outcome(
-            lambda: apply_quantization(model, "ptq_static", calibration_data=DataLoader(Gray(), 32))),
+            lambda: apply_quantization(model, "ptq_static",
+                                       calibration_data=DataLoader(Gray(), 32))),
         "apply_quantization, meta-device model": api_outcome(
             lambda: apply_quantization(meta_model, "ptq_static", calibration_data=small)),
         "dataset loaded from a relative root, then os.chdir": api_outcome(
             lambda: _relative_root_then_chdir(tmp), False),
         "fairface csv lists an absolute path": api_outcome(lambda: _fairface_absolute(tmp)),
         "--set run_name=on keeps the text": api_outcome(lambda: _typed_name(), False),
-        "data.synthetic.seed as docs/synthetic.md says": api_outcome(lambda: _synthetic_seed(), False),
+        "data.synthetic.seed as docs/synthetic.md says":
+            api_outcome(lambda: _synthetic_seed(), False),
     }
     return out
 

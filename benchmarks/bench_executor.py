@@ -1,7 +1,7 @@
 """The Ray executor against the local one, and a cluster wall-time estimate from measured costs.
 
-    python benchmarks/bench_executor.py                        # smoke quantization: local vs Ray
-    python benchmarks/bench_executor.py --estimate results/default --config configs/celeba_full.yaml
+    python -m benchmarks.bench_executor                        # smoke quantization: local vs Ray
+    python -m benchmarks.bench_executor --estimate results/default --config configs/celeba_full.yaml
 
 The first form trains the smoke baseline once in a temporary folder, then times the smoke
 quantization phase (``--force``, in this process) three ways, each twice (cold: the first run
@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import heapq
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import config as config_module
+import experiment
+import main as cli
+from results import ResultStore
 
-import config as config_module  # noqa: E402
-import experiment  # noqa: E402
-import main as cli  # noqa: E402
-from results import ResultStore  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 NODES = (1, 4, 16)
@@ -85,7 +83,8 @@ def measured_costs(run_dir: Path) -> dict:
     for phase in cli.SWEEP_UNITS:
         for record in ResultStore(run_dir, f"{phase}_results").records():
             if record.get("status") == "ok" and record.get("wall_s") is not None:
-                costs.setdefault((phase, record["arch"], record["method"]), []).append(record["wall_s"])
+                key = (phase, record["arch"], record["method"])
+                costs.setdefault(key, []).append(record["wall_s"])
     return {key: statistics.mean(values) for key, values in costs.items()}
 
 
@@ -115,7 +114,8 @@ def estimate(units: list, costs: dict, scale: float, nodes: int) -> float:
                                               unit.fields["method"]) for unit in units}
     base_done = {}  # arch -> when its baseline finishes
     free = [0.0] * nodes
-    for unit in sorted((u for u in units if u.phase == "baseline"), key=lambda u: -cost[u.config_id]):
+    for unit in sorted((u for u in units if u.phase == "baseline"),
+                       key=lambda u: -cost[u.config_id]):
         start = heapq.heappop(free)
         base_done[unit.fields["arch"]] = start + cost[unit.config_id]
         heapq.heappush(free, base_done[unit.fields["arch"]])

@@ -1,9 +1,10 @@
-"""Real INT8 against its simulated twin, and what the 7-bit activation range costs, per architecture.
+"""Real INT8 against its simulated twin, and what the 7-bit activation range costs, per
+architecture.
 
-    python benchmarks/bench_int8_agreement.py                       # checkpoints of results/default
-    python benchmarks/bench_int8_agreement.py --set results_dir=/tmp/r --set runtime.threads=1
+    python -m benchmarks.bench_int8_agreement                       # checkpoints of results/default
+    python -m benchmarks.bench_int8_agreement --set results_dir=/tmp/r --set runtime.threads=1
 
-    python benchmarks/bench_int8_agreement.py --fresh                # no run needed
+    python -m benchmarks.bench_int8_agreement --fresh                # no run needed
 
 Needs the baseline phase of the config to have run, except with ``--fresh``: torchvision models
 outside the registry (resnet18, mobilenet_v2, efficientnet_b0; 10 classes, 64 px) with fresh
@@ -21,21 +22,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import warnings
-from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import experiment  # noqa: E402
-from config import load_config  # noqa: E402
-from evaluation import torch_threads  # noqa: E402
-from quantization import apply_quantization, kernel_capability  # noqa: E402
+import experiment
+from config import load_config
+from evaluation import torch_threads
+from quantization import apply_quantization, kernel_capability
 
 
 def accuracy(table) -> float:

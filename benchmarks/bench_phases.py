@@ -1,9 +1,9 @@
 """Wall time of each phase of ``main.py`` on a config, in a fresh results folder.
 
-    python benchmarks/bench_phases.py                              # the default config
-    python benchmarks/bench_phases.py --profile                    # + seconds per step type
-    python benchmarks/bench_phases.py --config configs/smoke.yaml
-    python benchmarks/bench_phases.py --phases baseline baseline   # a rerun reuses checkpoints
+    python -m benchmarks.bench_phases                              # the default config
+    python -m benchmarks.bench_phases --profile                    # + seconds per step type
+    python -m benchmarks.bench_phases --config configs/smoke.yaml
+    python -m benchmarks.bench_phases --phases baseline baseline   # a rerun reuses checkpoints
 
 Each phase runs as its own process, as a user would run it; prints seconds per phase and the
 total. With ``--profile`` each phase's process writes its ``profiling`` table (seconds per step
@@ -23,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import profiling
 
-import profiling  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_phase(phase: str, config: str, results_dir: str, extra: list[str],

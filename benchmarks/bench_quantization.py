@@ -1,8 +1,8 @@
 """Benchmark: every runtime's FP32 and INT8 latency on this CPU, each INT8 against the strongest
 FP32, and the project's fastest torch INT8 against the best peer INT8.
 
-    python benchmarks/bench_quantization.py                          # five archs, 224 and 32 px
-    python benchmarks/bench_quantization.py --archs resnet50 mobilenet_v2 --sizes 224
+    python -m benchmarks.bench_quantization                          # five archs, 224 and 32 px
+    python -m benchmarks.bench_quantization --archs resnet50 mobilenet_v2 --sizes 224
 
 Variants (all on ``--threads`` threads, random weights: latency does not depend on their values):
 FP32 as torch eager (contiguous and channels_last), torch traced and frozen, ONNX Runtime and
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -27,8 +26,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import runtimes  # noqa: E402
 from evaluation import measure_latency  # noqa: E402

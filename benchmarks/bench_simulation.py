@@ -1,7 +1,7 @@
 """Simulated (fake-quantized) models and QAT steps: this framework's forms against torch's own.
 
-    python benchmarks/bench_simulation.py                       # the five study models
-    python benchmarks/bench_simulation.py --archs vit_small --rounds 5
+    python -m benchmarks.bench_simulation                       # the five study models
+    python -m benchmarks.bench_simulation --archs vit_small --rounds 5
 
 For each architecture (random weights, 32 px, batch 64, min/max calibration on two batches):
 
@@ -16,20 +16,17 @@ mean this framework's form is faster. Prints the load average: quote numbers fro
 """
 from __future__ import annotations
 
+import cpu_policy  # noqa: F401  (first: passive OpenMP waiting, as main.py runs)
+
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
+from torch.ao.quantization import FakeQuantize, disable_observer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import cpu_policy  # noqa: E402,F401  (passive OpenMP waiting, as main.py runs)
-import quantization  # noqa: E402
-from models import build_model  # noqa: E402
-from torch.ao.quantization import FakeQuantize, disable_observer  # noqa: E402
+import quantization
+from models import build_model
 
 STUDY_ARCHS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "vit_small", "squeezenet1_1"]
 

@@ -1,7 +1,7 @@
 """Size, power and coverage of the analysis statistics on simulated data with a known truth.
 
-    python benchmarks/bench_stats.py            # the full benchmark (about 10 minutes, one core)
-    python benchmarks/bench_stats.py --quick    # fewer simulations (wider Monte Carlo error)
+    python -m benchmarks.bench_stats            # the full benchmark (about 10 minutes, one core)
+    python -m benchmarks.bench_stats --quick    # fewer simulations (wider Monte Carlo error)
 
 Prints, at alpha = 0.05 (target: 5% +- 2%; coverage 95% +- 2%):
 
@@ -30,12 +30,9 @@ Every number is the Monte Carlo estimate from the seeds below; its standard erro
 """
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the benchmark should not depend on free cores
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402

@@ -1,13 +1,12 @@
 """Benchmark the synthetic CelebA-format set: generation speed, loading speed, learnability.
 
-    python benchmarks/bench_synthetic.py                      # generation + loading speed
-    python benchmarks/bench_synthetic.py --learnability       # + a small CNN trained from scratch
+    python -m benchmarks.bench_synthetic                      # generation + loading speed
+    python -m benchmarks.bench_synthetic --learnability       # + a small CNN trained from scratch
 
 Prints measured numbers only; nothing is compared against a target here.
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,9 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datasets import load_dataset, make_loader  # noqa: E402
-from synthetic import generate_synthetic_celeba  # noqa: E402
+from datasets import load_dataset, make_loader
+from synthetic import generate_synthetic_celeba
 
 
 def bench_generation(folder: Path, n_images: int, image_size: int) -> None:

@@ -2,11 +2,11 @@
 
 Informs the default config (epochs / batch size per architecture). Run from the repo root:
 
-    python benchmarks/bench_training.py                   # the five study models at 32 px
-    python benchmarks/bench_training.py --sizes 32 64 --archs mobilenet_v2 vit_small
-    python benchmarks/bench_training.py --contended      # slowdown when a busy loop takes a core
-    python benchmarks/bench_training.py --inference      # prediction time per eval batch size
-    python benchmarks/bench_training.py --compile --archs squeezenet1_1   # torch.compile payback
+    python -m benchmarks.bench_training                   # the five study models at 32 px
+    python -m benchmarks.bench_training --sizes 32 64 --archs mobilenet_v2 vit_small
+    python -m benchmarks.bench_training --contended      # slowdown when a busy loop takes a core
+    python -m benchmarks.bench_training --inference      # prediction time per eval batch size
+    python -m benchmarks.bench_training --compile --archs squeezenet1_1   # torch.compile payback
 
 Training throughput is measured with ``training.fit`` itself on random images (one untimed
 warm-up step first); latency is the faster of the default and channels_last layouts.
@@ -30,11 +30,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from evaluation import fp32_reference_latency, torch_threads  # noqa: E402
-from models import build_model, count_parameters, fp32_size_mib  # noqa: E402
-from training import fit  # noqa: E402
+from evaluation import fp32_reference_latency, torch_threads
+from models import build_model, count_parameters, fp32_size_mib
+from training import fit
 
 STUDY_ARCHS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "squeezenet1_1", "vit_small"]
 # name -> (environment changes, None = unset; torch threads; extra worker flags)
@@ -108,11 +106,11 @@ def start_worker(arch: str, variant: str, args) -> subprocess.Popen:
     changes, threads, flags = VARIANTS[variant]
     env = {name: value for name, value in os.environ.items() if name not in changes}
     env.update({name: value for name, value in changes.items() if value is not None})
-    command = [sys.executable, __file__, "--worker", arch, "--threads", str(threads),
-               "--sizes", str(args.sizes[0]), "--batch-size", str(args.batch_size),
+    command = [sys.executable, "-m", "benchmarks.bench_training", "--worker", arch, "--threads",
+               str(threads), "--sizes", str(args.sizes[0]), "--batch-size", str(args.batch_size),
                "--steps", str(args.steps), *flags]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                               env=env)
+                               env=env, cwd=Path(__file__).resolve().parents[1])
     if process.stdout.readline().strip() != "ready":
         raise RuntimeError(f"worker {arch}/{variant} failed to start")
     return process

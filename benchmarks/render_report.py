@@ -3,7 +3,7 @@ with the network cut off, and save a screenshot: an example of checking the repo
 sees it, offline.
 
     apt-get install -y chromium
-    python benchmarks/render_report.py results/smoke [--out /tmp/report.png] [--height 2400]
+    python -m benchmarks.render_report results/smoke [--out /tmp/report.png] [--height 2400]
 
 Prints the screenshot's path and the HTML's size. The proxy is pointed at an unroutable address
 so any request the page made for a remote resource would fail (the page needs none).

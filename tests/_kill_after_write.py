@@ -1,7 +1,9 @@
 """Test helper: run a sweep in this process and SIGKILL it right after its N-th file write.
 
-    python tests/_kill_after_write.py N fake RUN_DIR    # three tiny fake configurations
-    python tests/_kill_after_write.py N main ARGS...    # main.main(ARGS)
+    python -m tests._kill_after_write N fake RUN_DIR    # three tiny fake configurations
+    python -m tests._kill_after_write N main ARGS...    # main.main(ARGS)
+
+(from the repository root, which ``-m`` puts on ``sys.path``)
 
 A file write is an ``os.replace`` of a finished temp file into place (every write of the project
 goes through ``results.atomic_write``); each one is printed as ``WRITE <path>``. N = 0 kills
@@ -11,8 +13,6 @@ import os
 import signal
 import sys
 import time
-
-sys.path.insert(0, os.getcwd())
 
 FAKE_IDS = ("d/a/m/w8a8/seed=0", "d/a/m/w4a8/seed=0", "d/a/m/w2a8/seed=0")
 

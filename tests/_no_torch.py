@@ -1,4 +1,5 @@
-"""Run pytest where torch cannot be imported: ``python tests/_no_torch.py <pytest args>``.
+"""Run pytest where torch cannot be imported: ``python -m tests._no_torch <pytest args>``
+(from the repository root).
 
 An import of torch (or of torchvision/timm, which need it) raises ImportError, the way it does on
 a machine without torch; the module is never put into sys.modules, so libraries that look there
@@ -18,7 +19,6 @@ class NoTorch(MetaPathFinder):
 
 
 if __name__ == "__main__":
-    sys.path[0] = ""  # the repository root (the working directory), as `python -m pytest` has it
     sys.meta_path.insert(0, NoTorch())
     import pytest
 

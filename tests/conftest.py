@@ -2,16 +2,12 @@
 
 torch is imported only by the fixtures that need it, so the tests of the torch-free modules
 (tests/test_torch_free.py lists them) run where torch cannot be imported. A test of those files
-that needs torch anyway carries ``@pytest.mark.torch``.
+that needs torch anyway carries ``@pytest.mark.torch`` (the markers are registered in
+pyproject.toml).
 """
 import sys
 
 import pytest
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "torch: needs torch (left out of the torch-free run)")
-    config.addinivalue_line("markers", "ray: starts a local Ray instance (deselect: -m 'not ray')")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -93,7 +93,8 @@ def row(config_id, arch, method, bits, **fields):
 def write_run(folder, world: dict, *, phases=("baseline", "quantization", "mitigation")):
     """Write config.yaml, the result CSVs of `phases` and every prediction table."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "data": {"dataset": "synthetic"}}))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": 0,
+                                                        "data": {"dataset": "synthetic"}}))
     tables = {"baseline": [], "quantization": [], "mitigation": []}
     for arch, params, k4 in world["archs"]:
         fp32_size = params * 4 / 2 ** 20
@@ -168,7 +169,8 @@ def test_pareto_front_on_hand_made_points():
     # d (worse than c on both) is dominated; a and e tie and both stay; f lacks accuracy
     assert mask.to_dict() == {"a": True, "b": True, "c": True, "d": False, "e": True, "f": False}
     three = pd.DataFrame({"acc": [0.9, 0.9, 0.8], "gap": [0.1, 0.2, 0.05], "size": [5, 5, 5]})
-    assert pareto_front(three, maximize=["acc"], minimize=["gap", "size"]).tolist() == [True, False, True]
+    front = pareto_front(three, maximize=["acc"], minimize=["gap", "size"])
+    assert front.tolist() == [True, False, True]
 
 
 def test_pareto_front_rejects_unknown_or_no_objectives():
@@ -340,7 +342,8 @@ def test_recommendation_rests_on_verdicts_lists_deployable_apart_and_reports_tie
     assert set(chosen["dp_verdict"]) <= {vd.EQUIVALENT, vd.BETTER}
     worse = set(table.loc[table["dp_verdict"] == vd.WORSE, "config_id"])
     assert worse and not worse & set(chosen["config_id"])  # a widened gap never ships
-    full = chosen[chosen["size_budget_mib"].astype(float) == chosen["size_budget_mib"].astype(float).max()]
+    budgets = chosen["size_budget_mib"].astype(float)
+    full = chosen[budgets == budgets.max()]
     deployable = full[full["deployable"].astype(str) == "True"]
     # the seven FP32 models predict alike: one ranks first and the others tie with it
     assert len(deployable) == 7 and deployable["config_id"].str.endswith("/fp32/seed=0").all()
@@ -478,7 +481,7 @@ def test_units_on_different_test_sets_get_independent_replicate_blocks():
     np.testing.assert_allclose(same[:, 0], same[:, 1])  # one test set: shared resamples
 
 
-# ----------------------------------------------------------------------------- the answer, report.html, cards
+# ------------------------------------------------------------------- the answer, report.html, cards
 
 CALIBRATION_COUNTS = '{"Female/Old": 128, "Female/Young": 128, "Male/Old": 128, "Male/Young": 128}'
 
@@ -570,7 +573,8 @@ def test_each_card_holds_the_numbers_of_stats_and_per_group_and_the_artifacts_sh
     import hashlib
 
     folder, outputs, shipped = shipping_run
-    cards = [p for name, p in outputs.items() if name.startswith("cards/") and name.endswith(".json")]
+    cards = [p for name,
+             p in outputs.items() if name.startswith("cards/") and name.endswith(".json")]
     assert cards
     stats = pd.read_csv(outputs["stats.csv"], dtype=str, keep_default_na=False)
     per_group = pd.read_csv(outputs["per_group.csv"], dtype=str, keep_default_na=False)
@@ -600,7 +604,8 @@ def test_each_card_holds_the_numbers_of_stats_and_per_group_and_the_artifacts_sh
     assert card["changes_vs_fp32"]["dp_gap"]["verdict"] == vd.EQUIVALENT
     assert card["evaluation_data"]["synthetic"] and card["caveats"]
     assert (folder / "analysis" / "cards" / path.name.replace(".json", ".md")).is_file()
-    assert not external_references((folder / "analysis" / "cards" / path.name.replace(".json", ".html")).read_text())
+    card_html = folder / "analysis" / "cards" / path.name.replace(".json", ".html")
+    assert not external_references(card_html.read_text())
 
 
 def test_without_compressed_results_the_answer_names_the_missing_phase(tmp_path):

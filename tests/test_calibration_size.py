@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from datasets import make_loader, random_subset
-from mitigation import (CALIBRATION_SIZE_TOO_LARGE, DEFAULT_CALIBRATION_SIZE, CalibrationWarning,
-                        FairnessAwareQuantizer, largest_calibration_size)
+from mitigation import (
+    CALIBRATION_SIZE_TOO_LARGE,
+    DEFAULT_CALIBRATION_SIZE,
+    CalibrationWarning,
+    FairnessAwareQuantizer,
+    largest_calibration_size,
+)
 from models import build_model
 from quantization import apply_quantization
 

@@ -118,6 +118,8 @@ def test_focus_group_is_the_planted_one_else_the_smallest():
     assert cs.focus_group({"data": {"synthetic": {"exposure": {"Male/Old": 2.0}}}},
                           groups) == "Male/Old"
     assert cs.focus_group({}, np.repeat(GROUPS, (90, 20, 90, 90))) == "Female/Young"
+    dim_others = {g: 0.35 for g in GROUPS if g != "Male/Young"}  # the one group left bright
+    assert cs.focus_group({"data": {"synthetic": {"exposure": dim_others}}}, groups) == "Male/Young"
 
 
 def test_a_run_without_the_study_gives_an_empty_table():

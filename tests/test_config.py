@@ -5,9 +5,14 @@ import yaml
 
 import config
 from checks import BAD_BITS, NOT_A_CHOICE, check_choice
-
-from config import (ExperimentConfig, config_to_dict, expand_method_specs, load_config,
-                    parse_bits, save_config)
+from config import (
+    ExperimentConfig,
+    config_to_dict,
+    expand_method_specs,
+    load_config,
+    parse_bits,
+    save_config,
+)
 
 
 def test_defaults_and_overrides_apply_with_types():
@@ -159,7 +164,8 @@ def test_settings_that_would_fail_late_are_refused_at_load(overrides, fragment):
 # --------------------------------------------------------------------------- own data and models
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data.dataset=mydata"], "data.dataset='mydata' is not supported; supported: synthetic, celeba"),
+    (["data.dataset=mydata"],
+     "data.dataset='mydata' is not supported; supported: synthetic, celeba"),
     (["data.dataset=manifest"], config.MANIFEST_NEEDS.format(
         key="manifest", why="the CSV that lists the images", example="path/to/metadata.csv")),
     (["data.dataset=manifest", "data.manifest=x/metadata.csv", "data.target=label"],
@@ -185,8 +191,8 @@ def test_the_dataset_name_comes_from_data_name_or_the_manifest_folder(tmp_path):
     assert named.data.dataset_name == "clinic"
     assert config.load_config("configs/smoke.yaml").data.dataset_name == "synthetic"
     with pytest.raises(ValueError, match="the manifest's folder name='my faces'"):
-        config.load_config("configs/smoke.yaml",
-                           manifest[:1] + [f"data.manifest={tmp_path}/my faces/m.csv"] + manifest[2:])
+        config.load_config("configs/smoke.yaml", manifest[:1]
+                           + [f"data.manifest={tmp_path}/my faces/m.csv"] + manifest[2:])
 
 
 def test_epochs_zero_is_valid_with_weights_for_every_architecture():
@@ -208,7 +214,7 @@ def test_a_text_setting_given_with_set_keeps_the_text_as_typed():
         config.load_config("configs/smoke.yaml", ["training.epochs=yes"])
 
 
-# --------------------------------------------------------------------------- issue 25: bounds, names, typing
+# ------------------------------------------------------------------ issue 25: bounds, names, typing
 
 @pytest.mark.parametrize("override, fragment", [
     ("run_name=..", "run_name='..': the run's name becomes the folder"),
@@ -236,7 +242,8 @@ def test_names_that_would_leave_or_overflow_their_folder_are_refused(override, f
     ("training.weight_decay=-1", "training.weight_decay=-1.0: expected a number from 0.0"),
     ("training.per_arch={tiny_cnn: {lr: .inf}}", "--set training.per_arch.tiny_cnn.lr=..."),
     ("training.max_steps_per_epoch=0", "training.max_steps_per_epoch=0"),
-    ("data.batch_size=10000000", "data.batch_size=10000000: expected a whole number from 1 to 65536"),
+    ("data.batch_size=10000000",
+     "data.batch_size=10000000: expected a whole number from 1 to 65536"),
     ("data.max_per_split=0", "data.max_per_split=0"),
     ("data.split_fractions=[.nan, 0.5, 0.5]", "data.split_fractions=[nan, 0.5, 0.5]"),
     ("data.synthetic.n_images=10000000000", "data.synthetic.n_images=10000000000"),
@@ -286,7 +293,8 @@ def test_every_numeric_setting_is_range_checked():
 @pytest.mark.parametrize("override, fragment", [
     ("run_name=null", "run_name=None (NoneType, read from 'null'): expected text"),
     ("models.architectures=[on]", "quote each name to keep it as typed"),
-    ("training.epochs=yes", "training.epochs=True (bool, read from 'yes'): expected a whole number"),
+    ("training.epochs=yes",
+     "training.epochs=True (bool, read from 'yes'): expected a whole number"),
     ("training.epochs=12:30", "training.epochs: '12:30' reads as 750 (YAML counts a:b in base 60)"),
 ])
 def test_a_value_of_the_wrong_type_shows_what_was_typed_and_how_to_give_it(override, fragment):

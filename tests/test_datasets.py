@@ -9,12 +9,29 @@ from PIL import Image
 
 import config
 import synthetic
-from datasets import (CALIBRATION_KINDS, CELEBA_ATTRIBUTES, FAIRFACE_RACES, UTK_RACES,
-                      UNKNOWN_CALIBRATION_KIND, balanced_subset, calibration_seed,
-                      calibration_subset, load_dataset, make_loader, minority_enriched_shares,
-                      random_subset, read_celeba_attributes)
-from synthetic import (BAD_EXPOSURE, BAD_EXPOSURE_GAIN, BAD_EXPOSURE_GROUP, apply_exposure,
-                       ensure_synthetic_celeba, generate_synthetic_celeba)
+from datasets import (
+    CALIBRATION_KINDS,
+    CELEBA_ATTRIBUTES,
+    FAIRFACE_RACES,
+    UNKNOWN_CALIBRATION_KIND,
+    UTK_RACES,
+    balanced_subset,
+    calibration_seed,
+    calibration_subset,
+    load_dataset,
+    make_loader,
+    minority_enriched_shares,
+    random_subset,
+    read_celeba_attributes,
+)
+from synthetic import (
+    BAD_EXPOSURE,
+    BAD_EXPOSURE_GAIN,
+    BAD_EXPOSURE_GROUP,
+    apply_exposure,
+    ensure_synthetic_celeba,
+    generate_synthetic_celeba,
+)
 
 # ----------------------------------------------------------------------------- fixture writers
 
@@ -504,7 +521,8 @@ def test_a_duplicated_row_in_a_fairface_label_file_is_refused(fairface_root):
     path = fairface_root / "fairface" / "fairface_label_val.csv"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines + [lines[1]]) + "\n")
-    with pytest.raises(ValueError, match=rf"line {len(lines) + 1}: 'val/1.jpg' is already listed on line 2"):
+    with pytest.raises(ValueError,
+                       match=rf"line {len(lines) + 1}: 'val/1.jpg' is already listed on line 2"):
         load_dataset("fairface", fairface_root)
 
 
@@ -554,7 +572,8 @@ def test_exposure_changes_only_the_named_group_by_the_gain(tmp_path):
     for name in planted:  # a gain below 1 never clips: std halves, mean stays (JPEG rounding aside)
         assert after[name].std() == pytest.approx(0.5 * before[name].std(), rel=0.08)
         assert after[name].mean() == pytest.approx(before[name].mean(), abs=0.01)
-    assert (plain / "list_attr_celeba.txt").read_bytes() == (lit / "list_attr_celeba.txt").read_bytes()
+    assert ((plain / "list_attr_celeba.txt").read_bytes()
+            == (lit / "list_attr_celeba.txt").read_bytes())
 
 
 def test_a_changed_exposure_regenerates_the_cached_set(tmp_path):
@@ -639,7 +658,7 @@ def test_unknown_calibration_kind_lists_the_kinds(tiny_synthetic_splits):
                                                                kinds=list(CALIBRATION_KINDS))
 
 
-# ----------------------------------------------------------------------------- listed paths stay inside
+# ------------------------------------------------------------------------- listed paths stay inside
 
 @pytest.fixture
 def never_opened(tmp_path):

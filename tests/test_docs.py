@@ -21,14 +21,16 @@ def _prose(text: str) -> str:
 
 
 def _slug(heading: str) -> str:
-    """GitHub's anchor for a heading: link text kept, lower case, punctuation dropped, spaces → -."""
+    """GitHub's anchor for a heading: link text kept, lower case, punctuation dropped, spaces →
+    -."""
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
     return "".join(c for c in text if c.isalnum() or c in "-_ ").replace(" ", "-")
 
 
 def _anchors(page: Path) -> set[str]:
     anchors, seen = set(), {}
-    for heading in re.findall(r"^#{1,6} +(.+?) *#* *$", _prose(page.read_text()), flags=re.MULTILINE):
+    for heading in re.findall(r"^#{1,6} +(.+?) *#* *$", _prose(page.read_text()),
+                              flags=re.MULTILINE):
         slug = _slug(heading)
         anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
         seen[slug] = seen.get(slug, 0) + 1
@@ -49,7 +51,8 @@ def _commands(page: Path) -> list[str]:
 
 def test_the_readme_is_a_front_door_of_at_most_15_kib():
     size = len(README.read_bytes())
-    assert size <= README_MAX_BYTES, f"README.md is {size} bytes; move detail to docs/ (at most {README_MAX_BYTES})"
+    assert size <= README_MAX_BYTES, \
+        f"README.md is {size} bytes; move detail to docs/ (at most {README_MAX_BYTES})"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
@@ -121,7 +124,8 @@ def test_the_readme_notebook_imports_resolve():
     """`from quantization import FairnessAwareQuantizer` and the like, as the README shows them."""
     imports = 0
     for block in _code_blocks(README, languages=("python",)):
-        for module, names in re.findall(r"^from (\w+) import ([\w, ]+)$", block, flags=re.MULTILINE):
+        for module, names in re.findall(r"^from (\w+) import ([\w, ]+)$", block,
+                                        flags=re.MULTILINE):
             loaded = __import__(module)
             for name in (n.strip() for n in names.split(",")):
                 assert getattr(loaded, name, None) is not None, f"from {module} import {name}"

@@ -1,8 +1,13 @@
 import pytest
 
 from config import load_config
-from experiment import (_calibrations, check_calibration_sizes, check_config, configuration_id,
-                        methods_for)
+from experiment import (
+    _calibrations,
+    check_calibration_sizes,
+    check_config,
+    configuration_id,
+    methods_for,
+)
 
 
 def test_methods_for_keeps_specs_of_the_named_architectures_only():

@@ -497,7 +497,8 @@ def test_cohens_d_and_hedges_g_by_hand():
 
 def test_holm_and_benjamini_hochberg_pass_nan_through():
     p = [0.01, 0.04, 0.03, np.nan, 0.005]
-    # Holm over m=4: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, max(0.04, 0.06)
+    # Holm over m=4: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, max(0.04,
+    # 0.06)
     np.testing.assert_allclose(fm.holm(p), [0.03, 0.06, 0.06, np.nan, 0.02], atol=TOL)
     # BH: 0.005*4/1, 0.01*4/2, 0.03*4/3, 0.04*4/4 -> step-up minimum 0.02, 0.02, 0.04, 0.04
     np.testing.assert_allclose(fm.benjamini_hochberg(p), [0.02, 0.04, 0.04, np.nan, 0.02],

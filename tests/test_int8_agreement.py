@@ -1,19 +1,15 @@
 """Real INT8 equals its simulated twin on models the registry does not hold (issue 26):
 torchvision models with fresh weights and BatchNorm statistics from the data, at both
 activation ranges, and the kernel arithmetic the twin copies (``int8_kernels``)."""
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import int8_kernels  # noqa: E402
-from bench_int8_agreement import compare, fresh_images, fresh_model  # noqa: E402
-from quantization import apply_quantization  # noqa: E402
+import int8_kernels
+from benchmarks.bench_int8_agreement import compare, fresh_images, fresh_model
+from quantization import apply_quantization
 
 SIZE = 32
 VNNI = int8_kernels.kernel_capability()["vnni"]

@@ -74,7 +74,8 @@ def test_mitigation_and_analysis_outputs(smoke_run):
     assert (mitigation["status"] == "ok").all(), mitigation.get("error")
     assert {"bias_aware_calibration", "mixed_precision", "fairness_finetune",
             "sensitive_layer_preservation", "fairness_aware_quantizer"} <= set(mitigation["method"])
-    deployable = mitigation[(mitigation["execution"] == "real_int8") & (mitigation["method"] != "ptq_static")]
+    deployable = mitigation[(mitigation["execution"] == "real_int8")
+                            & (mitigation["method"] != "ptq_static")]
     assert len(deployable) > 0
     for relative in deployable["model_path"]:
         scripted = torch.jit.load(run_dir / relative)
@@ -118,7 +119,8 @@ def test_a_failing_configuration_is_recorded_and_the_exit_code_says_so(tmp_path)
     assert main.main(_args(tmp_path, "--phase", "baseline")) == 0
     bad_layer = "quantization.methods=[{method: ptq_static, fp32_layers: [[no_such_layer]]}]"
     assert main.main(_args(tmp_path, "--phase", "quantization", "--set", bad_layer)) == 1
-    record = json.loads((tmp_path / "results" / "smoke" / "quantization_results.json").read_text())[0]
+    results_json = tmp_path / "results" / "smoke" / "quantization_results.json"
+    record = json.loads(results_json.read_text())[0]
     assert record["status"] == "failed" and "no_such_layer" in record["error"]
 
 
@@ -132,7 +134,7 @@ def test_the_same_config_gives_the_same_baseline_in_a_new_folder(smoke_run, tmp_
                                   pd.read_csv(tmp_path / "results" / "smoke" / relative))
 
 
-# ----------------------------------------------------------------------------- bad input: exit 2, one paragraph
+# ----------------------------------------------------------------- bad input: exit 2, one paragraph
 
 def _error(capsys) -> str:
     err = capsys.readouterr().err
@@ -181,7 +183,8 @@ def test_a_calibration_size_over_the_train_split_stops_before_training(tmp_path,
     assert not (tmp_path / "results" / "smoke" / "checkpoints").exists()
 
 
-def test_a_damaged_checkpoint_stops_the_quantization_phase_with_the_way_out(smoke_run, tmp_path, capsys):
+def test_a_damaged_checkpoint_stops_the_quantization_phase_with_the_way_out(smoke_run, tmp_path,
+                                                                            capsys):
     import shutil
     first_tmp, first_run = smoke_run
     run_root = tmp_path / "results"

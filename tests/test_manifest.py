@@ -297,7 +297,8 @@ def test_a_missing_image_is_named_or_dropped_and_counted(faces, caplog):
     with caplog.at_level(logging.WARNING, logger="manifest"):
         result = read(faces, skip_bad_images=True)
     assert len(result.table) == 58 and "img/007.png" not in set(result.table["sample_id"])
-    assert result.dropped == {"image file missing": ["line 9 'img/007.png'", "line 13 'img/011.png'"]}
+    assert result.dropped == {"image file missing": ["line 9 'img/007.png'",
+                                                     "line 13 'img/011.png'"]}
     lines = [r.getMessage() for r in caplog.records if "Dropped" in r.getMessage()]
     assert len(lines) == 1 and "Dropped 2 row(s)" in lines[0] and "image file missing" in lines[0]
 
@@ -487,7 +488,8 @@ def test_positive_and_a_bad_name_are_refused_where_they_do_not_apply(faces, tmp_
 
 
 def _user_dataset(n_per_group=(30, 12, 6), seed=0):
-    """A user's own Dataset meeting the protocol: metadata + sensitive_attrs, (image, label) items."""
+    """A user's own Dataset meeting the protocol: metadata + sensitive_attrs, (image, label)
+    items."""
     import torch
     from torch.utils.data import Dataset
 
@@ -531,7 +533,8 @@ def test_a_users_dataset_works_with_every_subset_function_and_the_loader():
     assert enriched.group_counts()["dark"] == 6  # raised to the equal share 10, capped at 6
     for kind in datasets.CALIBRATION_KINDS:
         drawn = datasets.calibration_subset(mine, kind, 24, seed=2)
-        assert len(drawn) == 24 and set(drawn.metadata["sample_id"]) <= set(mine.metadata["sample_id"])
+        assert len(drawn) == 24
+        assert set(drawn.metadata["sample_id"]) <= set(mine.metadata["sample_id"])
     again = datasets.balanced_subset(balanced, 9, seed=0)  # a view of a view stays aligned
     assert all(again[i][3] == again.metadata["sample_id"].iat[i] for i in range(len(again)))
     batches = list(datasets.make_loader(mine, 16))
@@ -550,7 +553,8 @@ def test_predictions_over_a_users_dataset_carry_its_groups():
 
     mine = _user_dataset()
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
-    table = evaluation.predict(model, datasets.make_loader(datasets.random_subset(mine, 20, seed=0), 8),
+    table = evaluation.predict(model,
+                               datasets.make_loader(datasets.random_subset(mine, 20, seed=0), 8),
                                progress=False)
     expected = mine.metadata.set_index("sample_id")
     assert len(table) == 20
@@ -648,7 +652,8 @@ def test_a_face_dataset_subset_or_from_files_is_a_group_dataset(faces):
     splits = load(faces)
     assert datasets.group_dataset(splits.train) is splits.train
     part = datasets.group_dataset(Subset(splits.train, [4, 1, 7]))
-    assert list(part.metadata["sample_id"]) == [splits.train.metadata["sample_id"][i] for i in (4, 1, 7)]
+    train_ids = splits.train.metadata["sample_id"]
+    assert list(part.metadata["sample_id"]) == [train_ids[i] for i in (4, 1, 7)]
     table = read(faces).table
     built = datasets.FaceDataset.from_files(
         table["path"], table[["sample_id", "target", "skin_tone"]], sensitive_attrs=["skin_tone"],

@@ -4,7 +4,6 @@ import torch
 
 import mitigation as mit
 
-
 # --------------------------------------------------------------------------- penalties
 
 def test_dp_penalty_is_spread_of_group_mean_probability():
@@ -46,7 +45,8 @@ def test_loss_hook_rejects_bad_arguments():
 
 
 def _train_logistic(lam, penalty="dp", steps=300, seed=0):
-    """Logistic regression on a task whose label rate differs by group and whose one feature leaks the group."""
+    """Logistic regression on a task whose label rate differs by group and whose one feature leaks
+    the group."""
     gen = torch.Generator().manual_seed(seed)
     n = 400
     groups = torch.randint(0, 2, (n,), generator=gen)
@@ -84,7 +84,8 @@ def test_eo_penalty_lowers_eo_gap_on_planted_gap():
 
 def _sensitivity(scores):
     return pd.DataFrame(
-        [{"layer": layer, "bits": 4, "delta_loss": s, "delta_worst_group_loss": -s, "delta_dp_gap": 0.0}
+        [{"layer": layer, "bits": 4, "delta_loss": s, "delta_worst_group_loss": -s,
+          "delta_dp_gap": 0.0}
          for layer, s in scores.items()]
     )
 
@@ -133,7 +134,7 @@ def test_allocate_bits_impossible_budget_is_clear():
         mit.allocate_bits(table, {"a": 100}, 8.0, unit="bytes")
 
 
-# --------------------------------------------------------------------------- engine-backed methods (tiny data)
+# ---------------------------------------------------------------- engine-backed methods (tiny data)
 
 import copy  # noqa: E402
 
@@ -152,15 +153,16 @@ def planted(tmp_path_factory):
     """~400 synthetic 32 px faces, skewed groups (default shares) and a planted label gap."""
     root = tmp_path_factory.mktemp("planted")
     return datasets.load_dataset("synthetic", root, image_size=32, seed=0,
-                                 synthetic={"n_images": 400, "image_size": 32, "smiling_rate": PLANTED_RATES})
+                                 synthetic={"n_images": 400, "image_size": 32,
+                                            "smiling_rate": PLANTED_RATES})
 
 
 @pytest.fixture(scope="module")
 def trained(planted):
     torch.manual_seed(0)
     model = models.build_model("tiny_cnn", image_size=32)
-    training.fit(model, make_loader(planted.train, 64, shuffle=True), epochs=10, lr=0.01, device="cpu",
-                 progress=False)
+    training.fit(model, make_loader(planted.train, 64, shuffle=True), epochs=10, lr=0.01,
+                 device="cpu", progress=False)
     return model.eval()
 
 
@@ -196,11 +198,12 @@ def test_balanced_draws_are_balanced_and_random_ones_follow_the_skew(planted):
 
 def test_bias_aware_calibration_calibrates_on_the_balanced_subset(planted, trained):
     loader = make_loader(planted.train, 64)
-    aware = quantization.apply_quantization(trained, "bias_aware_calibration", 8, loader, calibration_size=40,
-                                            seed=3, observer="minmax")
+    aware = quantization.apply_quantization(trained, "bias_aware_calibration", 8, loader,
+                                            calibration_size=40, seed=3, observer="minmax")
     balanced = make_loader(datasets.balanced_subset(planted.train, 40, 3), 64)
     same = quantization.apply_quantization(trained, "ptq_static", 8, balanced, observer="minmax")
-    everything = quantization.apply_quantization(trained, "ptq_static", 8, loader, observer="minmax")
+    everything = quantization.apply_quantization(trained, "ptq_static", 8, loader,
+                                                 observer="minmax")
     test = make_loader(planted.test, 64)
     assert torch.equal(_outputs(aware, test), _outputs(same, test))
     assert not torch.equal(_outputs(aware, test), _outputs(everything, test))
@@ -210,18 +213,22 @@ def test_bias_aware_calibration_calibrates_on_the_balanced_subset(planted, train
 
 def test_bias_aware_calibration_needs_group_metadata(trained):
     tensors = torch.utils.data.DataLoader(torch.randn(8, 3, 32, 32), batch_size=4)
-    with pytest.raises(datasets.NotAGroupDataset, match="calibration_data .*a `metadata` pandas DataFrame"):
+    with pytest.raises(datasets.NotAGroupDataset,
+                       match="calibration_data .*a `metadata` pandas DataFrame"):
         quantization.apply_quantization(trained, "bias_aware_calibration", 8, tensors)
     with pytest.raises(ValueError, match="calibration='stratified' is not supported"):
-        quantization.apply_quantization(trained, "bias_aware_calibration", 8, tensors, calibration="stratified")
+        quantization.apply_quantization(trained, "bias_aware_calibration", 8, tensors,
+                                        calibration="stratified")
 
 
 def test_layer_sensitivity_ranks_the_fragile_layer_first(planted, trained, fragile):
     evaluated = make_loader(planted.train, 64)
     calibration = make_loader(datasets.balanced_subset(planted.train, 40, 0), 64)
-    table = mit.layer_sensitivity(fragile, None, 4, calibration, evaluated, progress=False).set_index("layer")
+    table = mit.layer_sensitivity(fragile, None, 4, calibration, evaluated,
+                                  progress=False).set_index("layer")
     fp32_accuracy = mit.evaluate_groups(trained, evaluated)["accuracy"]
-    assert abs(table.attrs["reference"]["accuracy"] - fp32_accuracy) < 0.05  # FP32 still works: only quantization breaks it
+    # FP32 still works: only quantization breaks it
+    assert abs(table.attrs["reference"]["accuracy"] - fp32_accuracy) < 0.05
     assert list(table.index) == quantization.quantizable_layers(fragile)
     assert mit.rank_layers(table.reset_index(), "overall")[0] == "features.3"
     assert mit.rank_layers(table.reset_index(), "worst_group")[0] == "features.3"
@@ -241,17 +248,22 @@ def test_a_sensitivity_pass_on_the_same_model_and_data_is_made_once(planted, fra
     again = mit.layer_sensitivity(fragile, None, 4, calibration, evaluated, progress=False)
     pd.testing.assert_frame_equal(first, again)
     assert calls == [] and again.attrs["reference"] == first.attrs["reference"]
-    other = make_loader(datasets.balanced_subset(planted.train, 40, 2), 64)  # other calibration data
+    # other calibration data
+    other = make_loader(datasets.balanced_subset(planted.train, 40, 2), 64)
     mit.layer_sensitivity(fragile, None, 4, other, evaluated, progress=False)
     assert len(calls) == len(quantization.quantizable_layers(fragile))
 
 
 def test_mixed_precision_resolves_by_name_meets_budget_and_protects_fragile_layer(planted, fragile):
     calibration = make_loader(datasets.balanced_subset(planted.train, 40, 0), 64)
-    quantized = quantization.apply_quantization(fragile, "mixed_precision", bits="w4a8", calibration_data=calibration,
-                                                budget=6.0, eval_data=make_loader(planted.train, 64), progress=False)
+    quantized = quantization.apply_quantization(fragile, "mixed_precision", bits="w4a8",
+                                                calibration_data=calibration,
+                                                budget=6.0,
+                                                eval_data=make_loader(planted.train, 64),
+                                                progress=False)
     info = quantized.quant_info
-    sizes = {name: dict(fragile.named_modules())[name].weight.numel() for name in info["layer_bits"]}
+    modules = dict(fragile.named_modules())
+    sizes = {name: modules[name].weight.numel() for name in info["layer_bits"]}
     average = sum(sizes[k] * b for k, b in info["layer_bits"].items()) / sum(sizes.values())
     assert info["method"] == "mixed_precision" and info["execution"] == "simulated"
     assert set(info["layer_bits"]) == set(quantization.quantizable_layers(fragile))
@@ -261,7 +273,8 @@ def test_mixed_precision_resolves_by_name_meets_budget_and_protects_fragile_laye
 
 def test_mixed_precision_fp32_head_keeps_only_the_classifier_float(planted, trained):
     calibration = make_loader(datasets.balanced_subset(planted.train, 40, 0), 64)
-    quantized = quantization.apply_quantization(trained, "mixed_precision", bits="w4a8", calibration_data=calibration,
+    quantized = quantization.apply_quantization(trained, "mixed_precision", bits="w4a8",
+                                                calibration_data=calibration,
                                                 fp32_head=True, choices=[4])
     assert quantized.quant_info["fp32_layers"] == ["classifier"]
     assert set(quantized.quant_info["layer_bits"].values()) == {4}
@@ -271,9 +284,11 @@ def test_mixed_precision_fp32_head_keeps_only_the_classifier_float(planted, trai
 
 def test_sensitive_layer_preservation_keeps_the_fragile_layer_fp32(planted, fragile):
     calibration = make_loader(datasets.balanced_subset(planted.train, 40, 0), 64)
-    quantized = quantization.apply_quantization(fragile, "sensitive_layer_preservation", bits="w4a8",
+    quantized = quantization.apply_quantization(fragile, "sensitive_layer_preservation",
+                                                bits="w4a8",
                                                 calibration_data=calibration, preserve_count=1,
-                                                eval_data=make_loader(planted.train, 64), progress=False)
+                                                eval_data=make_loader(planted.train, 64),
+                                                progress=False)
     assert quantized.quant_info["fp32_layers"] == ["features.3"]
     with pytest.raises(ValueError, match="needs preserve_count or preserve_budget_mib"):
         quantization.method_config("sensitive_layer_preservation", preserve_count=None)
@@ -289,8 +304,10 @@ def test_choose_preserved_layers_respects_count_budget_and_harm():
 
 def _finetuned_dp_gap(planted, trained, lam):
     train = make_loader(planted.train, 64, shuffle=True, seed=0)
-    quantized = quantization.apply_quantization(trained, "fairness_finetune", 8, None, train_loader=train, lam=lam,
-                                                epochs=3, lr=0.01, device="cpu", seed=0, progress=False)
+    quantized = quantization.apply_quantization(trained, "fairness_finetune", 8, None,
+                                                train_loader=train, lam=lam,
+                                                epochs=3, lr=0.01, device="cpu", seed=0,
+                                                progress=False)
     assert quantized.quant_info["method"] == "fairness_finetune"
     return mit.evaluate_groups(quantized, planted.train)["dp_gap"]
 
@@ -302,31 +319,39 @@ def test_fairness_finetune_penalty_lowers_the_dp_gap(planted, trained):
 
 
 def test_fairness_aware_quantizer_meets_a_generous_constraint(planted, trained):
-    quantizer = mit.FairnessAwareQuantizer(bit_width=4, max_dp_gap=1.0, calibration_size=40, progress=False)
-    model = quantizer.quantize(model=trained, calibration_data=planted.train, validation_data=planted.val)
+    quantizer = mit.FairnessAwareQuantizer(bit_width=4, max_dp_gap=1.0, calibration_size=40,
+                                           progress=False)
+    model = quantizer.quantize(model=trained, calibration_data=planted.train,
+                               validation_data=planted.val)
     assert quantizer.constraint_met is True and len(quantizer.history) == 1
-    assert quantizer.final_dp_gap == quantizer.history[0]["dp_gap"] == model.quant_info["val_dp_gap"]
-    assert quantizer.gap_measured_on == "validation" and model.quant_info["calibration"] == "balanced-40"
+    assert (quantizer.final_dp_gap == quantizer.history[0]["dp_gap"]
+            == model.quant_info["val_dp_gap"])
+    assert quantizer.gap_measured_on == "validation"
+    assert model.quant_info["calibration"] == "balanced-40"
     report = quantizer.evaluate(make_loader(planted.test, 64))
     assert 0 <= report["dp_gap"] <= 1 and report["constraint_met"] is True
 
 
 def test_fairness_aware_quantizer_reports_an_impossible_constraint(planted, trained, caplog):
-    quantizer = mit.FairnessAwareQuantizer(bit_width=4, max_dp_gap=0.0, calibration_size=40, progress=False)
+    quantizer = mit.FairnessAwareQuantizer(bit_width=4, max_dp_gap=0.0, calibration_size=40,
+                                           progress=False)
     model = quantizer.quantize(model=trained, calibration_data=planted.train)
     layers = quantization.quantizable_layers(trained)
     assert quantizer.fp32_metrics["dp_gap"] > 0.1
     assert quantizer.constraint_met is False and "cannot be met" in caplog.text
     assert quantizer.gap_measured_on == "calibration"
-    assert len(quantizer.history) == 1 + 2 * len(layers)  # 4 -> 8 bits, then 8 bits -> FP32, layer by layer
+    # 4 -> 8 bits, then 8 bits -> FP32, layer by layer
+    assert len(quantizer.history) == 1 + 2 * len(layers)
     assert sorted(quantizer.history[-1]["fp32_layers"]) == sorted(layers)
     assert quantizer.final_dp_gap == min(step["dp_gap"] for step in quantizer.history)
     assert model.quant_info["constraint_met"] is False
 
 
 def test_fairness_aware_quantizer_without_constraint_only_calibrates(planted, trained):
-    quantizer = mit.FairnessAwareQuantizer(bit_width=4, max_dp_gap=0.0, calibration_size=40, progress=False)
-    quantizer.quantize(trained, planted.train, fairness_constraint=False, validation_data=planted.val)
+    quantizer = mit.FairnessAwareQuantizer(bit_width=4, max_dp_gap=0.0, calibration_size=40,
+                                           progress=False)
+    quantizer.quantize(trained, planted.train, fairness_constraint=False,
+                       validation_data=planted.val)
     assert quantizer.constraint_met is None and len(quantizer.history) == 1
 
 

@@ -1,11 +1,10 @@
 import logging
-import urllib.error
 
 import numpy as np
 import pytest
 import timm.models._builder
-import torchvision
 import torch
+import torchvision
 from torch import nn
 from torch.fx import symbolic_trace
 
@@ -20,7 +19,8 @@ def _size_for(name):
 
 def _batch(image_size, n=4, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, image_size, image_size, generator=generator), torch.tensor([0, 1] * (n // 2))
+    return torch.randn(n, 3, image_size, image_size,
+                       generator=generator), torch.tensor([0, 1] * (n // 2))
 
 
 def test_registry_holds_the_study_and_test_architectures():
@@ -440,7 +440,8 @@ def test_a_weights_file_with_python_objects_is_refused(tmp_path):
         models.build_model("tiny_cnn", weights_path=tmp_path / "pickled.pt")
 
 
-def test_pretrained_torchvision_name_loads_the_standard_file_from_weights_dir(monkeypatch, tmp_path):
+def test_pretrained_torchvision_name_loads_the_standard_file_from_weights_dir(monkeypatch,
+                                                                              tmp_path):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty_hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
     torch.manual_seed(1)

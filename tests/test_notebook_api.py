@@ -1,13 +1,18 @@
 """The notebook entry points stop bad arguments at the boundary, with the fix in the message."""
-import logging
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datasets import make_loader
-from fairness_metrics import (BAD_IMAGE_SHAPE, META_DEVICE, NO_SENSITIVE_ATTR, NOT_A_LOADER,
-                              NOT_A_MODEL, compute_fairness_metrics)
+from fairness_metrics import (
+    BAD_IMAGE_SHAPE,
+    META_DEVICE,
+    NO_SENSITIVE_ATTR,
+    NOT_A_LOADER,
+    NOT_A_MODEL,
+    compute_fairness_metrics,
+)
 from models import build_model
 
 
@@ -29,7 +34,8 @@ def test_a_model_that_is_not_a_module_is_a_type_error(test_loader):
 
 
 @pytest.mark.parametrize("wrong", ["list", "dataset"])
-def test_a_list_or_a_dataset_instead_of_a_loader_is_a_type_error(model, tiny_synthetic_splits, wrong):
+def test_a_list_or_a_dataset_instead_of_a_loader_is_a_type_error(model, tiny_synthetic_splits,
+                                                                 wrong):
     data = tiny_synthetic_splits.test if wrong == "dataset" else [tiny_synthetic_splits.test[0]]
     with pytest.raises(TypeError) as err:
         compute_fairness_metrics(model, data)
@@ -124,7 +130,8 @@ def test_apply_quantization_names_a_meta_device_model(tiny_synthetic_splits):
         with pytest.raises(ValueError) as err:
             apply_quantization(model, method, calibration_data=make_loader(
                 tiny_synthetic_splits.train, batch_size=32))
-        assert str(err.value) == META_DEVICE.format(name=next(n for n, _ in model.named_parameters()))
+        assert str(err.value) == META_DEVICE.format(name=next(n for n,
+                                                              _ in model.named_parameters()))
 
 
 def test_apply_quantization_takes_a_loader_of_bare_image_tensors(model):

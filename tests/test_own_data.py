@@ -72,8 +72,8 @@ def test_the_whole_study_runs_on_a_manifest_with_timm_and_torchvision_models(cli
 
 
 def test_trained_weights_with_zero_epochs_are_evaluated_not_retrained(tmp_path):
-    from models import build_model
     from evaluation import predict
+    from models import build_model
 
     torch.manual_seed(3)
     model = build_model("tiny_cnn", num_classes=2, image_size=32).eval()
@@ -87,7 +87,8 @@ def test_trained_weights_with_zero_epochs_are_evaluated_not_retrained(tmp_path):
     row = pd.read_csv(run_dir / "baseline_results.csv").iloc[0]
     assert row["status"] == "ok" and row["train_time_s"] == 0
     assert row["initial_weights"] == str(weights)
-    stored = pd.read_csv(run_dir / "predictions" / "synthetic" / "tiny_cnn" / "fp32" / "seed=0.csv.gz")
+    stored = pd.read_csv(run_dir / "predictions" / "synthetic" / "tiny_cnn" / "fp32"
+                         / "seed=0.csv.gz")
     splits = load_dataset("synthetic", tmp_path / "data", image_size=32,
                           synthetic={"n_images": 600, "image_size": 32})
     own = predict(model, make_loader(splits.test, 32), progress=False)
@@ -112,9 +113,10 @@ def test_the_original_notebook_snippets_run_as_written(clinic_manifest):
     model.eval()
 
     # --- snippet 1, as written
-    from quantization import apply_quantization
     from fairness_metrics import compute_fairness_metrics
-    quantized_model = apply_quantization(model, method='bias_aware_calibration', bit_width=8, calibration_data=calib_loader)
+    from quantization import apply_quantization
+    quantized_model = apply_quantization(model, method='bias_aware_calibration', bit_width=8,
+                                         calibration_data=calib_loader)
     metrics = compute_fairness_metrics(quantized_model, test_loader, sensitive_attr='gender')
     print(metrics['demographic_parity'], metrics['equalized_odds'], metrics['model_size_mb'])
     assert metrics["above_chance"]
@@ -123,19 +125,25 @@ def test_the_original_notebook_snippets_run_as_written(clinic_manifest):
 
     # --- snippet 2, as written, with the calibration and training loaders QAT and PTQ need
     from quantization import compare_quantization_methods
-    results = compare_quantization_methods(model=model, methods=['PTQ_INT8', 'PTQ_INT4', 'QAT_INT8', 'bias_aware'],
-                                           test_loader=test_loader, sensitive_attrs=['gender', 'age'],
+    results = compare_quantization_methods(model=model,
+                                           methods=['PTQ_INT8', 'PTQ_INT4', 'QAT_INT8',
+                                                    'bias_aware'],
+                                           test_loader=test_loader,
+                                           sensitive_attrs=['gender', 'age'],
                                            calibration_data=calib_loader, train_loader=train_loader)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "constrained_layout not applied"
         results.plot_comparison(clinic_manifest.parent / "comparison.png")
     results.save_to_csv(clinic_manifest.parent / 'quantization_comparison.csv')
-    assert results.table["label"].tolist() == ["fp32", "PTQ_INT8", "PTQ_INT4", "QAT_INT8", "bias_aware"]
+    assert results.table["label"].tolist() == ["fp32", "PTQ_INT8", "PTQ_INT4", "QAT_INT8",
+                                               "bias_aware"]
 
     # --- snippet 3, as written
     from quantization import FairnessAwareQuantizer
-    quantizer = FairnessAwareQuantizer(bit_width=8, max_dp_gap=0.01, sensitive_attributes=['gender', 'race'])
-    quantized_model = quantizer.quantize(model=model, calibration_data=balanced_calib_loader, fairness_constraint=True)
+    quantizer = FairnessAwareQuantizer(bit_width=8, max_dp_gap=0.01,
+                                       sensitive_attributes=['gender', 'race'])
+    quantized_model = quantizer.quantize(model=model, calibration_data=balanced_calib_loader,
+                                         fairness_constraint=True)
     assert quantizer.history and quantizer.constraint_met in (True, False)
     assert set(quantizer.fp32_metrics) >= {"dp_gap", "accuracy"}
 

@@ -1,3 +1,5 @@
+import cpu_policy
+
 import json
 import os
 import subprocess
@@ -6,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import cpu_policy
 import profiling
 
 ROOT = Path(__file__).resolve().parents[1]

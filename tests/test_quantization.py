@@ -14,10 +14,20 @@ from torch.utils.data import DataLoader, TensorDataset
 import int8_kernels
 import quantization
 from models import build_model
-from quantization import (PTQStaticConfig, PercentileObserver, apply_quantization,
-                          describe_quantized, latency_report,
-                          list_methods, method_config, packed_size_mib, prediction_agreement,
-                          quantizable_layers, register_method, weight_levels)
+from quantization import (
+    PercentileObserver,
+    PTQStaticConfig,
+    apply_quantization,
+    describe_quantized,
+    latency_report,
+    list_methods,
+    method_config,
+    packed_size_mib,
+    prediction_agreement,
+    quantizable_layers,
+    register_method,
+    weight_levels,
+)
 from training import fit
 
 SIZE = 16
@@ -625,7 +635,8 @@ def test_squeeze_excitation_gates_stay_float_in_both_executions():
         assert quantized.quant_info["fp32_layers"] == ["1.fc1", "1.fc2"]
     assert sum(isinstance(m, nnq.Conv2d) for m in real.modules()) == 2
     with torch.no_grad():
-        assert (real(images) - twin(images)).abs().max().item() <= 3.01 * real.get_submodule("2").scale
+        largest = (real(images) - twin(images)).abs().max().item()
+        assert largest <= 3.01 * real.get_submodule("2").scale
 
 
 def test_a_config_instance_names_its_method_and_options_override_it(trained_cnn, data):
@@ -643,7 +654,8 @@ def test_a_config_instance_names_its_method_and_options_override_it(trained_cnn,
 
 
 def test_quant_info_is_read_only_and_replace_keeps_method_facts_apart(trained_cnn, data):
-    info = apply_quantization(trained_cnn, calibration_data=loader(data), execution="simulated").quant_info
+    info = apply_quantization(trained_cnn, calibration_data=loader(data),
+                              execution="simulated").quant_info
     with pytest.raises(AttributeError):
         info.size_mib = 0.0
     changed = info.replace(size_mib=1.5, val_dp_gap=0.1)

@@ -23,7 +23,6 @@ from config import BAD_RAY_ADDRESS, BAD_RAY_RESOURCE, DEFAULT_RAY_RESOURCES, loa
 from executors import FAILED_ON, NEEDS_MISSING, NODE_CANNOT_SEE, check_nodes_see, run_on_ray
 from results import ResultStore
 
-
 TIMING = re.compile(r"^(wall_s|cost_s|train_time_s|calibration_cost_s|node|load_avg_1m|other_cores|"
                     r"cpu_shared|fp32_latency_ms_b\d+|"
                     r"latency_ms_b\d+|latency_layout_b\d+|fp32_reference_b\d+|int8_form_b\d+|"
@@ -93,7 +92,8 @@ def test_a_node_that_cannot_see_the_run_folder_stops_the_run(ray_instance, tmp_p
         check_nodes_see(tmp_path / "elsewhere")
     [node] = ray.nodes()
     assert str(error.value) == NODE_CANNOT_SEE.format(host=socket.gethostname(),
-                                                      node=node["NodeID"][:8], what="the run folder",
+                                                      node=node["NodeID"][:8],
+                                                      what="the run folder",
                                                       path=tmp_path / "elsewhere")
 
 
@@ -106,7 +106,8 @@ def test_ray_gives_every_configuration_and_the_local_tables(runs):
     records = json.loads((on_ray / "quantization_results.json").read_text())
     assert all(r["status"] == "ok" and r["node"] for r in records)
     predictions = sorted(p.relative_to(local) for p in (local / "predictions").rglob("*.csv.gz"))
-    assert predictions == sorted(p.relative_to(on_ray) for p in (on_ray / "predictions").rglob("*.csv.gz"))
+    assert predictions == sorted(p.relative_to(on_ray)
+                                 for p in (on_ray / "predictions").rglob("*.csv.gz"))
 
 
 def _fresh_quantization(run_dir, tmp_path):
@@ -132,7 +133,8 @@ def test_killing_the_driver_loses_and_duplicates_nothing(runs, tmp_path):
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     before = {p: p.read_bytes() for p in records.rglob("*.json")}
-    expected = {r["config_id"] for r in json.loads((runs[1] / "quantization_results.json").read_text())}
+    records = json.loads((runs[1] / "quantization_results.json").read_text())
+    expected = {r["config_id"] for r in records}
     assert 0 < len(before) < len(expected), "the kill came too late to test anything"
 
     assert main.main(_args(tmp_path / "results", "--phase", "quantization",

@@ -1,10 +1,9 @@
 """What a kill at any write keeps, what two processes on one run folder do, and a stale lock.
 
-Each process here is real: a child is SIGKILLed right after one file write (tests/_kill_after_write.py),
-then a rerun must hold every configuration exactly once in every table (and in the analysis).
-The promises are listed in docs/reliability.md.
+Each process here is real: a child is SIGKILLed right after one file write
+(tests/_kill_after_write.py), then a rerun must hold every configuration exactly once in every table
+(and in the analysis). The promises are listed in docs/reliability.md.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -17,19 +16,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import _kill_after_write as helper
 import main
 from results import GROUP_TABLE, LOCK_FILE, ResultStore, RunFolderBusy, RunLock, run_sweep
 
-HELPER = Path(__file__).with_name("_kill_after_write.py")
-ROOT = HELPER.parent.parent
-_spec = importlib.util.spec_from_file_location("kill_helper", HELPER)
-helper = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helper)
+ROOT = Path(__file__).resolve().parents[1]
 FAKE_IDS = helper.FAKE_IDS
 
 
 def _child(kill_at, *args, env=None, wait=True):
-    command = [sys.executable, str(HELPER), str(kill_at), *map(str, args)]
+    command = [sys.executable, "-m", "tests._kill_after_write", str(kill_at), *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if not wait:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -68,7 +64,8 @@ def _ran(log: Path) -> list[str]:
 # ----------------------------------------------------------------------------- kill at any write
 
 def test_a_kill_right_after_each_write_of_a_commit_loses_nothing(tmp_path, monkeypatch):
-    listing = _child(0, "fake", tmp_path / "listing", env={"RUN_LOG": str(tmp_path / "listing.log")})
+    listing = _child(0, "fake", tmp_path / "listing",
+                     env={"RUN_LOG": str(tmp_path / "listing.log")})
     assert listing.returncode == 0, listing.stderr
     writes = _writes(listing.stdout)
     points = _commit_writes(writes, FAKE_IDS[-1], None)  # the last: no later commit rebuilds
@@ -80,7 +77,8 @@ def test_a_kill_right_after_each_write_of_a_commit_loses_nothing(tmp_path, monke
         run_dir, log = tmp_path / f"kill{kill_at}", tmp_path / f"kill{kill_at}.log"
         killed = _child(kill_at, "fake", run_dir, env={"RUN_LOG": str(log)})
         assert killed.returncode == -signal.SIGKILL
-        assert _writes(killed.stdout)[-1] == writes[kill_at - 1].replace("listing", f"kill{kill_at}")
+        assert _writes(killed.stdout)[-1] == writes[kill_at - 1].replace("listing",
+                                                                         f"kill{kill_at}")
         monkeypatch.setenv("RUN_LOG", str(log))
         with RunLock(run_dir):  # the killed holder's lock is taken over
             run_sweep(ResultStore(run_dir, "quantization_results"), helper.fake_units(),
@@ -98,8 +96,10 @@ def _args(tmp_path, run_root, *extra):
             "--set", "runtime.latency_batch_sizes=[1]", *extra]
 
 
-QUICK_GRID = ["--set", "quantization.methods=[{method: ptq_dynamic}, {method: ptq_static, bits: [w8a8]}]",
-              "--set", "quantization.check_agreement=false", "--set", "analysis.bootstrap_resamples=20"]
+QUICK_GRID = ["--set",
+              "quantization.methods=[{method: ptq_dynamic}, {method: ptq_static, bits: [w8a8]}]",
+              "--set", "quantization.check_agreement=false", "--set",
+              "analysis.bootstrap_resamples=20"]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_cli_killed_after_each_write_of_a_commit_then_rerun_has_every_config_onc
         assert sorted(rows["config_id"]) == sorted(ids + ["synthetic/tiny_cnn/fp32/seed=0"])
 
 
-# ----------------------------------------------------------------------------- one writer per folder
+# ---------------------------------------------------------------------------- one writer per folder
 
 def test_two_processes_on_one_run_folder_lose_nothing_and_do_nothing_twice(tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
@@ -151,7 +151,8 @@ def test_two_processes_on_one_run_folder_lose_nothing_and_do_nothing_twice(tmp_p
     first_out, first_err = first.communicate(timeout=120)
     assert first.returncode == 0, first_err
     assert second.returncode == 3
-    assert f"in use by process {first.pid}" in second.stderr and "--set run_name=NEW" in second.stderr
+    assert f"in use by process {first.pid}" in second.stderr
+    assert "--set run_name=NEW" in second.stderr
     assert sorted(_ran(log)) == sorted(FAKE_IDS)  # each configuration ran once, by the holder
     _assert_each_once(run_dir, "quantization_results", FAKE_IDS)
 
@@ -198,7 +199,6 @@ def test_the_cli_refuses_a_run_folder_held_by_another_process(tmp_path, capsys):
 STRESS_WRITER = """
 import sys
 import pandas as pd
-sys.path.insert(0, ".")
 from results import ResultStore
 store = ResultStore(sys.argv[1], "quantization_results")
 for i in range(int(sys.argv[3])):

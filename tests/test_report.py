@@ -62,9 +62,11 @@ def test_report_html_parses_and_points_nowhere_outside_itself(smoke):
 
 def test_the_smoke_log_states_a_repeated_message_once_with_its_count(smoke):
     _, lines = smoke
-    below = [line for line in lines if "groups below 10 samples" in line and "quiet_logs" not in line]
+    below = [line for line in lines
+             if "groups below 10 samples" in line and "quiet_logs" not in line]
     assert len(below) == 1, below
     counts = [line for line in lines if re.search(r"of fairness_metrics first logged at .* "
                                                   r"occurred \d+ times in this run", line)]
     assert len(counts) == 1 and int(re.search(r"occurred (\d+) times", counts[0]).group(1)) > 1
-    assert len(lines) == len(set(lines)), [l for l in set(lines) if lines.count(l) > 1]  # no line twice
+    # no line twice
+    assert len(lines) == len(set(lines)), [line for line in set(lines) if lines.count(line) > 1]

@@ -24,18 +24,21 @@ def _call(unit):
 def test_sweep_stores_each_config_and_a_rerun_skips_finished_ones(tmp_path):
     store = ResultStore(tmp_path, "quantization_results")
     calls = []
-    counts = run_sweep(store, [_unit("d/a/m/w8a8/seed=0", calls), _unit("d/a/m/w4a8/seed=0", calls)],
+    counts = run_sweep(store,
+                       [_unit("d/a/m/w8a8/seed=0", calls), _unit("d/a/m/w4a8/seed=0", calls)],
                        progress=False, execute=_call)
     assert counts == {"ran": 2, "skipped": 0, "failed": 0}
     records = json.loads(store.json_path.read_text())
     assert [r["config_id"] for r in records] == ["d/a/m/w8a8/seed=0", "d/a/m/w4a8/seed=0"]
     assert records[0]["dp_gap"] is None  # NaN is stored as JSON null
     assert len(pd.read_csv(store.csv_path)) == 2
-    assert set(pd.read_csv(store.groups_path)["config_id"]) == {"d/a/m/w8a8/seed=0", "d/a/m/w4a8/seed=0"}
+    assert set(pd.read_csv(store.groups_path)["config_id"]) == {"d/a/m/w8a8/seed=0",
+                                                                "d/a/m/w4a8/seed=0"}
     assert load_predictions(tmp_path, "d/a/m/w4a8/seed=0")["sample_id"].tolist() == ["a", "b"]
 
     calls.clear()
-    counts = run_sweep(store, [_unit("d/a/m/w8a8/seed=0", calls), _unit("d/a/m/w2a8/seed=0", calls)],
+    counts = run_sweep(store,
+                       [_unit("d/a/m/w8a8/seed=0", calls), _unit("d/a/m/w2a8/seed=0", calls)],
                        progress=False, execute=_call)
     assert calls == ["d/a/m/w2a8/seed=0"]
     assert counts == {"ran": 1, "skipped": 1, "failed": 0}
@@ -49,7 +52,8 @@ def test_sweep_stores_each_config_and_a_rerun_skips_finished_ones(tmp_path):
 def test_a_failing_config_is_recorded_and_the_sweep_goes_on_and_retries_later(tmp_path):
     store = ResultStore(tmp_path, "r")
     calls = []
-    counts = run_sweep(store, [_unit("bad", calls, fail=True), _unit("good", calls)], progress=False, execute=_call)
+    counts = run_sweep(store, [_unit("bad", calls, fail=True), _unit("good", calls)],
+                       progress=False, execute=_call)
     assert counts == {"ran": 1, "skipped": 0, "failed": 1}
     bad = next(r for r in store.records() if r["config_id"] == "bad")
     assert bad["status"] == "failed" and "RuntimeError: boom" in bad["error"]
@@ -66,7 +70,10 @@ def test_interrupt_keeps_finished_configurations(tmp_path):
     def interrupted():
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(store, [_unit("first", calls), WorkUnit("second", {}, "fake", {"run": interrupted}, "", "quantization")], progress=False, execute=_call)
+        run_sweep(store,
+                  [_unit("first", calls),
+                   WorkUnit("second", {}, "fake", {"run": interrupted}, "", "quantization")],
+                  progress=False, execute=_call)
     assert store.done_ids() == {"first"}
     assert not list(tmp_path.glob("**/*.tmp"))
 
@@ -92,8 +99,8 @@ def test_result_files_are_readable_by_others(tmp_path):
 # ----------------------------------------------------------------------------- commits and recovery
 
 def _sweep(run_dir, ids, calls, name="quantization_results", **kwargs):
-    return run_sweep(ResultStore(run_dir, name), [_unit(i, calls) for i in ids], progress=False, execute=_call,
-                     **kwargs)
+    return run_sweep(ResultStore(run_dir, name), [_unit(i, calls) for i in ids], progress=False,
+                     execute=_call, **kwargs)
 
 
 def test_tables_are_rebuilt_from_the_commit_files_when_stale(tmp_path):
@@ -139,7 +146,8 @@ def test_a_failed_record_goes_once_its_configuration_is_fixed(tmp_path):
     run_sweep(ResultStore(tmp_path, "r"), [_unit("bad/fp32_layers=typo", calls, fail=True)],
               progress=False, execute=_call)
     assert ResultStore(tmp_path, "r").records()[0]["status"] == "failed"
-    run_sweep(ResultStore(tmp_path, "r"), [_unit("bad/fp32_layers=fc", calls)], progress=False, execute=_call)
+    run_sweep(ResultStore(tmp_path, "r"), [_unit("bad/fp32_layers=fc", calls)], progress=False,
+              execute=_call)
     assert [r["config_id"] for r in ResultStore(tmp_path, "r").records()] == ["bad/fp32_layers=fc"]
     assert pd.read_csv(tmp_path / "r.csv")["status"].tolist() == ["ok"]
 
@@ -172,8 +180,9 @@ def test_a_results_dir_that_is_a_file_or_unwritable_is_named(tmp_path):
 
 
 def test_a_second_lock_in_the_same_folder_is_refused_until_released(tmp_path):
-    from results import RunFolderBusy, RunLock
     import os
+
+    from results import RunFolderBusy, RunLock
     with RunLock(tmp_path):
         with pytest.raises(RunFolderBusy, match=f"in use by process {os.getpid()}"):
             RunLock(tmp_path).acquire()
@@ -183,7 +192,8 @@ def test_a_second_lock_in_the_same_folder_is_refused_until_released(tmp_path):
 
 def test_an_old_layout_folder_keeps_every_tables_group_rows(tmp_path):
     for name, config_id in [("baseline_results", "base"), ("quantization_results", "q")]:
-        (tmp_path / f"{name}.json").write_text(json.dumps([{"config_id": config_id, "status": "ok"}]))
+        (tmp_path / f"{name}.json").write_text(json.dumps([{"config_id": config_id,
+                                                            "status": "ok"}]))
     pd.DataFrame({"config_id": ["base", "q"], "group": ["g", "g"], "metric": ["accuracy"] * 2,
                   "value": [0.9, 0.8]}).to_csv(tmp_path / "group_metrics.csv", index=False)
     ResultStore(tmp_path, "baseline_results").refresh()  # the first phase of a rerun
@@ -210,12 +220,13 @@ def test_an_import_killed_half_way_is_done_again_whole(tmp_path):
     (tmp_path / "quantization_results.json").write_text(json.dumps(records))
     staging = tmp_path / "records" / ".quantization_results.import-999"
     staging.mkdir(parents=True)
-    (staging / "a.json").write_text('{"record": {"config_id": "a", "status": "ok"}}')  # left by a kill
+    # left by a kill
+    (staging / "a.json").write_text('{"record": {"config_id": "a", "status": "ok"}}')
     calls = []
     _sweep(tmp_path, ["a", "b", "c"], calls)
     assert calls == ["c"]
-    assert [r["config_id"] for r in json.loads((tmp_path / "quantization_results.json").read_text())] \
-        == ["a", "b", "c"]
+    records = json.loads((tmp_path / "quantization_results.json").read_text())
+    assert [r["config_id"] for r in records] == ["a", "b", "c"]
 
 
 def test_a_full_disk_is_a_clear_error_and_leaves_no_temporary_file(tmp_path):

@@ -16,10 +16,12 @@ from torch import nn
 
 import experiment
 import main
+import test_main
 from quantization import MethodTraits, QuantConfig, describe_quantized, register_method
 from results import ResultStore, _json_safe
-from test_main import _args, smoke_run  # noqa: F401  (the smoke run, as a fixture of this module)
+from test_main import _args
 
+smoke_run = test_main.smoke_run  # the smoke run, as a fixture of this module
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = re.compile(r"wall_s|cost_s|latency|speedup|reference_b|form_b|layout_b|train_time"
                     r"|load_avg|other_cores|cpu_shared")
@@ -108,8 +110,10 @@ def test_a_method_defined_in_this_file_alone_is_swept(smoke_run, tmp_path):
 def test_the_simulated_twin_and_the_fp32_model_are_built_once_per_process(smoke_run, monkeypatch):
     _, run_dir = smoke_run
     ctx = experiment.Context(experiment.Context.for_run(run_dir).cfg, run_dir)  # fresh caches
-    built, loaded, quantize, load = [], [], experiment._quantize, experiment.load_model_from_checkpoint
-    monkeypatch.setattr(experiment, "_quantize", lambda *a, **k: built.append(k) or quantize(*a, **k))
+    built, loaded = [], []
+    quantize, load = experiment._quantize, experiment.load_model_from_checkpoint
+    monkeypatch.setattr(experiment, "_quantize", lambda *a,
+                        **k: built.append(k) or quantize(*a, **k))
     monkeypatch.setattr(experiment, "load_model_from_checkpoint",
                         lambda path: loaded.append(path) or load(path))
     unit = next(u for u in experiment.quantization_units(ctx) if "ptq_static/w8a8" in u.config_id)

@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 
 import verdicts as vd
-from verdicts import (BETTER, EQUIVALENT, INCONCLUSIVE, REJECTED, SUPPORTED, WORSE,
-                      combine, holm_verdicts, permutation_verdict, verdict)
+from verdicts import (
+    BETTER,
+    EQUIVALENT,
+    INCONCLUSIVE,
+    REJECTED,
+    SUPPORTED,
+    WORSE,
+    combine,
+    holm_verdicts,
+    permutation_verdict,
+    verdict,
+)
 
 
 def test_four_verdicts_each_need_a_test():

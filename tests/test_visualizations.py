@@ -36,7 +36,8 @@ def per_group() -> pd.DataFrame:
 
 
 def dp_changes() -> pd.DataFrame:
-    return pd.DataFrame({"config_id": ["a/w8", "a/w4", "b/w4"], "delta_dp_gap": [0.001, 0.05, -0.03],
+    return pd.DataFrame({"config_id": ["a/w8", "a/w4", "b/w4"],
+                         "delta_dp_gap": [0.001, 0.05, -0.03],
                          "delta_dp_gap_low": [-0.01, 0.02, -0.06],
                          "delta_dp_gap_high": [0.012, 0.08, 0.0],
                          "verdict": ["EQUIVALENT", "WORSE", "INCONCLUSIVE"], "margin": 0.02})
@@ -48,8 +49,8 @@ def hypotheses() -> pd.DataFrame:
     return pd.DataFrame({"id": ["H1", "H2", "H2", "H3"],
                          "statistic": ["mean Spearman rho", "Δaccuracy (fraction)",
                                        "Δaccuracy (fraction)", "ΔDP gap"],
-                         "label": ["mean Spearman rho", "QAT is more accurate", "the gain is modest",
-                                   "balanced calibration lowers the DP gap"],
+                         "label": ["mean Spearman rho", "QAT is more accurate",
+                                   "the gain is modest", "balanced calibration lowers the DP gap"],
                          "estimate": [np.nan, 0.01, 0.01, 0.004],
                          "low": [np.nan, -0.002, -0.002, -0.02], "high": [np.nan, 0.02, 0.02, 0.03],
                          "verdict": ["INCONCLUSIVE", "INCONCLUSIVE", "EQUIVALENT", "REJECTED"],
@@ -118,7 +119,8 @@ def test_the_notebook_comparison_fits_its_labels_without_layout_warnings(tmp_pat
     assert image.shape[0] > 100 and image.std() > 0
 
 
-def test_pareto_log_axis_labels_plain_numbers_and_the_key_numbers_every_point(tmp_path, monkeypatch):
+def test_pareto_log_axis_labels_plain_numbers_and_the_key_numbers_every_point(tmp_path,
+                                                                              monkeypatch):
     drawn = _drawn(monkeypatch)
     table = configurations()
     table["config_id"] = [f"synthetic/{a}/{m}/w{b}/seed=0" for a, m, b
@@ -164,7 +166,8 @@ def test_a_full_study_numbers_only_its_pareto_front(tmp_path, monkeypatch):
     n = viz.PARETO_NUMBERED + 10
     table = pd.DataFrame(dict(dataset="synthetic", method="ptq_static", accuracy=0.5, dp_gap=0.1,
                               size_mib=1.0, pareto=[i < 3 for i in range(n)],
-                              config_id=[f"synthetic/cnn/ptq_static/w{i}/seed=0" for i in range(n)]))
+                              config_id=[f"synthetic/cnn/ptq_static/w{i}/seed=0"
+                                         for i in range(n)]))
     viz.plot_pareto(table, tmp_path / "pareto")
     texts = "\n".join(t.get_text() for t in drawn["figure"].texts)
     assert "1: " in texts and "3: " in texts and "4: " not in texts
