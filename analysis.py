@@ -34,6 +34,7 @@ import plants
 import report
 import stats_tables as st
 import verdicts as vd
+from prediction_store import PredictionStore
 from results import predictions_path
 from stats_tables import AnalysisSettings, RunArtifacts, load_run, pareto_front  # noqa: F401
 
@@ -59,7 +60,7 @@ class Analysis:
     per_group: pd.DataFrame
     group_means: pd.DataFrame
     group_ratios: pd.DataFrame
-    hypotheses: list[dict]
+    hypotheses: list[hy.HypothesisResult]
     recommendation: pd.DataFrame
     failed: pd.DataFrame
     without_predictions: list[str] = field(default_factory=list)
@@ -111,26 +112,26 @@ def analyse(run_dir: str | Path, settings: AnalysisSettings | None = None, *,
     run = load_run(run_dir)
     settings = settings_of(run, **options) if settings is None else settings
     configs, failed, without = _analysable(run)
-    load = st._prediction_loader(run.run_dir)
+    store = PredictionStore.of_run(run.run_dir)
     pairs = st.comparison_pairs(configs)
-    summaries = st.summarize_all(configs, pairs, load, settings, progress=progress)
+    summaries = st.summarize_all(configs, pairs, store, settings, progress=progress)
     table = st.with_pareto(st.configuration_table(configs, pairs, summaries))
     table["dp_verdict"] = st.fairness_verdicts(table, settings)
     pairs = st.pair_table(pairs, table, summaries)
     per_group = st.per_group_table(pairs, summaries)
     means = st.group_drop_means(per_group)
     fp32 = table[table["method"] == "fp32"]
-    context = hy.Context(load=load, settings=settings,
-                         fp32_balanced_accuracy_low=dict(zip(zip(fp32["dataset"], fp32["arch"]),
-                                                             fp32["balanced_accuracy_low"])))
-    calibration = cs.study(configs, load, config=run.config, margins=settings.margins,
+    fp32_low = dict(zip(zip(fp32["dataset"], fp32["arch"]), fp32["balanced_accuracy_low"]))
+    inputs = hy.HypothesisInputs(store=store, settings=settings,
+                                 fp32_balanced_accuracy_low=fp32_low)
+    calibration = cs.study(configs, store, config=run.config, margins=settings.margins,
                            alpha=settings.alpha, ci=settings.ci,
                            n_resamples=settings.n_resamples, seed=settings.seed)
     return Analysis(
         run=run, settings=settings, table=table, pairs=pairs,
         stats=st.statistics_table(table, pairs), per_group=per_group, group_means=means,
-        group_ratios=st.drop_ratios(means), hypotheses=hy.evaluate_hypotheses(pairs, context),
-        recommendation=st.recommend(table, load, settings),
+        group_ratios=st.drop_ratios(means), hypotheses=hy.evaluate_hypotheses(pairs, inputs),
+        recommendation=st.recommend(table, store, settings),
         failed=failed, without_predictions=without, calibration=calibration,
         plants=plants.plant_checks(run.config, calibration, per_group, table,
                                    alpha=settings.alpha, ci=settings.ci,

@@ -176,7 +176,7 @@ def answer(analysis) -> dict:
     configuration to ship) or "nothing", ``synthetic``, and per dataset the deployable choice,
     the simulated one apart, and the reasons when nothing deployable qualifies."""
     table = analysis.table
-    synthetic = _synthetic(analysis)
+    synthetic = is_synthetic(analysis)
     recommended = analysis.recommendation
     datasets = []
     for dataset, models in table.groupby("dataset", sort=True):
@@ -209,7 +209,10 @@ def _row(by_id: pd.DataFrame, config_id: str) -> pd.Series:
     return row
 
 
-def _synthetic(analysis) -> bool:
+def is_synthetic(analysis) -> bool:
+    """Whether the run's data is synthetic (its config, a dataset named so, or a flagged row).
+
+    Shared: ``report`` and ``cards`` label synthetic results with it."""
     configured = (analysis.run.config.get("data") or {}).get("dataset")
     flagged = analysis.run.configs.get("synthetic", pd.Series(dtype=object))
     return bool(configured == "synthetic" or "synthetic" in set(analysis.table["dataset"])

@@ -33,6 +33,7 @@ import fairness_metrics as fm
 import synthetic
 import unit_stats as us
 import verdicts as vd
+from prediction_store import PredictionStore
 
 METHOD = "bias_aware_calibration"
 CONTROL_KIND = "random"
@@ -125,20 +126,20 @@ def group_metrics(predictions: pd.DataFrame, group: str) -> dict:
     return values
 
 
-def study(configs: pd.DataFrame, load: Callable[[str], pd.DataFrame], *, config: dict,
+def study(configs: pd.DataFrame, store: PredictionStore, *, config: dict,
           margins: dict, alpha: float = 0.05, ci: float = 0.95, n_resamples: int = 2000,
           seed: int = 0) -> pd.DataFrame:
     """The composition study of a run: one row per (cell or architecture, criterion), with the
     paired per-draw change (``change`` with ``change_low``/``change_high``), Holm-adjusted
     p-values, verdict and the cost ratio
-    (``COLUMNS``). ``configs``: the run's analysable result rows; ``load(config_id)``: its
-    prediction table; ``config``: the run's config.yaml as a dict."""
+    (``COLUMNS``). ``configs``: the run's analysable result rows; ``store``: their prediction
+    tables; ``config``: the run's config.yaml as a dict."""
     units = paired_units(configs)
     if units.empty:
         return pd.DataFrame(columns=COLUMNS)
-    first = load(units["config_id"].iloc[0])
-    focus = focus_group(config, first["group"])
-    deltas, replicates = _unit_changes(units, load, first, focus, min(REPLICATES, n_resamples),
+    first = units["config_id"].iloc[0]
+    focus = focus_group(config, store.table(first)["group"])
+    deltas, replicates = _unit_changes(units, store, first, focus, min(REPLICATES, n_resamples),
                                        seed)
     options = dict(margins=margins, alpha=alpha, ci=ci, focus=focus)
     rows = []
@@ -160,18 +161,16 @@ def study(configs: pd.DataFrame, load: Callable[[str], pd.DataFrame], *, config:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _unit_changes(units, load, first, focus, n_replicates, seed):
+def _unit_changes(units, store: PredictionStore, first: str, focus, n_replicates, seed):
     """Per unit (treatment - control) of every criterion, and per criterion the shared-resample
     bootstrap changes (B, units), every prediction aligned with ``first``'s sample order."""
-    order = first["sample_id"].to_numpy()
-    aligned = lambda c: load(c).set_index("sample_id").loc[order].reset_index()  # noqa: E731
     changes, pairs = [], []
     for treatment, control in zip(units["config_id"], units["reference_id"]):
-        pred, ref = aligned(treatment), aligned(control)
-        new, old = group_metrics(pred, focus), group_metrics(ref, focus)
+        pair = store.pair(treatment, control, order=first)
+        new, old = group_metrics(pair.predictions, focus), group_metrics(pair.reference, focus)
         changes.append({m: new[m] - old[m] for m in CRITERIA})
-        pairs.append((pred["y_pred"].to_numpy(), ref["y_pred"].to_numpy()))
-    y_true, groups = first["y_true"].to_numpy(), first["group"].to_numpy()
+        pairs.append(pair.arrays()[1:3])  # (y_pred, y_reference)
+    y_true, groups = store.table(first)["y_true"].to_numpy(), store.table(first)["group"].to_numpy()
     replicates = {}
     for metric in CRITERIA:
         name, group = ("accuracy", focus) if metric == "group_accuracy" else (metric, fm.OVERALL)

@@ -106,7 +106,7 @@ def card(analysis, row: pd.Series, stats: pd.DataFrame, per_group: pd.DataFrame)
     groups = per_group[per_group["config_id"] == row["config_id"]]
     small = groups.loc[groups["small_group"].astype(str).str.lower() == "true", "group"].tolist() \
         if "small_group" in groups else []
-    synthetic = answer_module._synthetic(analysis)
+    synthetic = answer_module.is_synthetic(analysis)
     caveats = []
     if small:
         caveats.append(f"groups below {analysis.settings.min_group_size} test samples: "

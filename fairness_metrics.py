@@ -20,15 +20,15 @@ from scipy import stats
 from resampling import (  # noqa: F401
     BAD_P_VALUES,
     TOO_FEW_RUNS,
-    _resample,
-    _resample_by_label,
-    _swap,
     benjamini_hochberg,
     bootstrap_interval,
     bootstrap_tost,
     cohens_d,
     hedges_g,  # public names of this module since before the split
     holm,
+    resample_by_label,
+    resample_counts,
+    swap_discordant,
     swap_p,
 )
 
@@ -95,7 +95,10 @@ class UndefinedRateWarning(UserWarning):
 
 # ---------------------------------------------------------------- input checks
 
-def _binary(name, values, expected_len=None):
+def binary_array(name, values, expected_len=None):
+    """``values`` as a 1-D int64 array of 0/1, checked (empty, length, other values).
+
+    Shared: ``unit_stats`` checks its units' predictions with it."""
     array = np.asarray(values).ravel()
     if array.size == 0:
         raise ValueError(EMPTY_INPUT.format(name=name))
@@ -130,8 +133,8 @@ def intersectional_labels(sensitive_features) -> np.ndarray:
 
 def _prepare(y_true, y_pred, sensitive_features):
     """Validated 0/1 arrays, sorted group names and each sample's group code."""
-    y_true = _binary("y_true", y_true)
-    y_pred = _binary("y_pred", y_pred, len(y_true))
+    y_true = binary_array("y_true", y_true)
+    y_pred = binary_array("y_pred", y_pred, len(y_true))
     labels = intersectional_labels(sensitive_features)
     if len(labels) != len(y_true):
         raise ValueError(LENGTH_MISMATCH.format(name="sensitive_features", got=len(labels),
@@ -219,8 +222,8 @@ def _metric_matrix(counts, names, group_metrics):
 def overall_metrics(y_true, y_pred) -> dict:
     """Accuracy, balanced accuracy ((TPR + TNR) / 2), selection rate, TPR and FPR over all
     samples."""
-    y_true = _binary("y_true", y_true)
-    y_pred = _binary("y_pred", y_pred, len(y_true))
+    y_true = binary_array("y_true", y_true)
+    y_pred = binary_array("y_pred", y_pred, len(y_true))
     counts = _cell_counts(np.zeros_like(y_true), 1, y_true, y_pred)
     return {metric: float(value) for metric, value in _overall(counts).items()}
 
@@ -352,15 +355,15 @@ def bootstrap_ci(y_true, y_pred, *, sensitive_features, n_resamples=2000, ci=0.9
     _check_bootstrap_args(n_resamples, ci)
     y_true, y_pred, names, codes = _prepare(y_true, y_pred, sensitive_features)
     counts = _cell_counts(codes, len(names), y_true, y_pred)
-    resampled = _resample(counts, n_resamples, np.random.default_rng(seed))
+    resampled = resample_counts(counts, n_resamples, np.random.default_rng(seed))
     keys, estimate = _metric_matrix(counts, names, GROUP_RATES)
     low, high = bootstrap_interval(_metric_matrix(resampled, names, GROUP_RATES)[1], estimate, ci)
     return _keyed_frame(keys, estimate=estimate, low=low, high=high)
 
 
-def _paired_deltas(joint, names):
+def paired_deltas(joint, names):
     """Model minus reference for every metric, from joint counts (..., G, 8) of
-    (y_true, y_pred_reference, y_pred)."""
+    (y_true, y_pred_reference, y_pred). Shared: ``unit_stats`` builds its replicates with it."""
     cells = joint.reshape(joint.shape[:-1] + (2, 2, 2))
     model = cells.sum(axis=-2).reshape(joint.shape[:-1] + (4,))
     reference = cells.sum(axis=-1).reshape(joint.shape[:-1] + (4,))
@@ -381,7 +384,7 @@ def paired_bootstrap(y_true, y_pred, y_pred_reference, *, sensitive_features, n_
       positives and negatives).
     - p: two-sided within-pair swap (sign-flip) permutation test: under "the two models are
       exchangeable on every sample", swapping their predictions on any sample leaves the data's
-      distribution unchanged, so the test holds its size exactly (``_swap``, ``swap_p``);
+      distribution unchanged, so the test holds its size exactly (``swap_discordant``, ``swap_p``);
       ``n_permutations`` defaults to ``n_resamples``.
     - margins ({metric: margin}): adds ``p_equivalent``, the TOST p-value for |change| < margin
       of those metrics (``bootstrap_tost``), NaN elsewhere.
@@ -392,12 +395,12 @@ def paired_bootstrap(y_true, y_pred, y_pred_reference, *, sensitive_features, n_
             or n_permutations < 1:
         raise ValueError(BAD_PERMUTATIONS.format(n=n_permutations))
     y_true, y_pred, names, codes = _prepare(y_true, y_pred, sensitive_features)
-    y_reference = _binary("y_pred_reference", y_pred_reference, len(y_true))
+    y_reference = binary_array("y_pred_reference", y_pred_reference, len(y_true))
     joint = _cell_counts(codes, len(names), y_true, y_reference, y_pred)
     rng = np.random.default_rng(seed)
-    keys, delta = _paired_deltas(joint, names)
-    samples = _paired_deltas(_resample_by_label(joint, n_resamples, rng), names)[1]
-    null = _paired_deltas(_swap(joint, n_permutations, rng), names)[1]
+    keys, delta = paired_deltas(joint, names)
+    samples = paired_deltas(resample_by_label(joint, n_resamples, rng), names)[1]
+    null = paired_deltas(swap_discordant(joint, n_permutations, rng), names)[1]
     low, high = bootstrap_interval(samples, delta, ci)
     frame = _keyed_frame(keys, delta=delta, low=low, high=high, p=swap_p(null, delta))
     if margins:
@@ -412,9 +415,9 @@ def paired_bootstrap(y_true, y_pred, y_pred_reference, *, sensitive_features, n_
 def mcnemar_exact(y_true, y_pred, y_pred_reference) -> float:
     """Exact two-sided McNemar p-value: a binomial(0.5) test on the discordant pairs
     (reference right / model wrong vs reference wrong / model right); 1.0 with no discordance."""
-    y_true = _binary("y_true", y_true)
-    model_right = _binary("y_pred", y_pred, len(y_true)) == y_true
-    reference_right = _binary("y_pred_reference", y_pred_reference, len(y_true)) == y_true
+    y_true = binary_array("y_true", y_true)
+    model_right = binary_array("y_pred", y_pred, len(y_true)) == y_true
+    reference_right = binary_array("y_pred_reference", y_pred_reference, len(y_true)) == y_true
     worse = int(np.sum(reference_right & ~model_right))
     better = int(np.sum(~reference_right & model_right))
     if worse + better == 0:
@@ -436,8 +439,8 @@ def _by_group(statistic, labels, *arrays):
 
 def flip_rates(y_pred, y_pred_reference, *, sensitive_features) -> pd.Series:
     """Share of samples whose prediction changed, overall (index OVERALL) and per group."""
-    y_pred = _binary("y_pred", y_pred)
-    y_reference = _binary("y_pred_reference", y_pred_reference, len(y_pred))
+    y_pred = binary_array("y_pred", y_pred)
+    y_reference = binary_array("y_pred_reference", y_pred_reference, len(y_pred))
     labels = intersectional_labels(sensitive_features)
     if len(labels) != len(y_pred):
         raise ValueError(LENGTH_MISMATCH.format(name="sensitive_features", got=len(labels),
@@ -458,9 +461,12 @@ def _check_table(table, name):
                                               example=duplicated.iloc[0]))
 
 
-def _aligned_reference(pred, reference):
-    """The reference's y_pred in the row order of `pred`, after checking both cover the same
-    samples with the same labels."""
+def aligned_reference(pred, reference) -> pd.DataFrame:
+    """The rows of ``reference`` in the sample order of ``pred``, after checking both tables and
+    that they cover the same samples with the same labels.
+
+    Shared: the one alignment of two prediction tables (``prediction_store`` pairs with it)."""
+    _check_table(pred, "pred")
     _check_table(reference, "reference")
     reference = reference.set_index("sample_id")
     only_pred = pred["sample_id"][~pred["sample_id"].isin(reference.index)].tolist()
@@ -474,7 +480,7 @@ def _aligned_reference(pred, reference):
     if differs.any():
         raise ValueError(LABEL_MISMATCH.format(count=int(differs.sum()),
                                                example=reference.index[differs][0]))
-    return reference["y_pred"].to_numpy()
+    return reference.reset_index()
 
 
 def _stat_rows(frame, suffixes, prefix=""):
@@ -504,9 +510,9 @@ def point_estimates(y_true, y_pred, *, sensitive_features, y_pred_reference=None
         counts = _cell_counts(codes, len(names), y_true, y_pred)
         keys, estimate = _metric_matrix(counts, names, GROUP_RATES)
         return _keyed_frame(keys, estimate=estimate)
-    y_reference = _binary("y_pred_reference", y_pred_reference, len(y_true))
-    keys, delta = _paired_deltas(_cell_counts(codes, len(names), y_true, y_reference, y_pred),
-                                 names)
+    y_reference = binary_array("y_pred_reference", y_pred_reference, len(y_true))
+    keys, delta = paired_deltas(_cell_counts(codes, len(names), y_true, y_reference, y_pred),
+                                names)
     return _keyed_frame(keys, delta=delta)
 
 
@@ -551,7 +557,8 @@ def summarize_predictions(pred: pd.DataFrame, *, reference: pd.DataFrame | None 
     _check_table(pred, "pred")
     if n_resamples != 0:
         _check_bootstrap_args(n_resamples, ci)
-    y_reference = None if reference is None else _aligned_reference(pred, reference)
+    y_reference = (None if reference is None
+                   else aligned_reference(pred, reference)["y_pred"].to_numpy())
     y_true, y_pred = pred["y_true"].to_numpy(), pred["y_pred"].to_numpy()
     labels = intersectional_labels(pred["group"])
     table = group_table(y_true, y_pred, sensitive_features=labels, min_group_size=min_group_size)

@@ -18,7 +18,7 @@ No architecture whose FP32 model is not clearly above chance takes part (its row
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -27,6 +27,7 @@ import pandas as pd
 import fairness_metrics as fm
 import unit_stats as us
 import verdicts as vd
+from prediction_store import PredictionStore
 from stats_tables import LOWER_BITS, SWEET_SPOT_BITS, AnalysisSettings, format_number
 
 REPLICATES = 400
@@ -163,137 +164,214 @@ def describe_test(spec: Hypothesis) -> str:
     return "; ".join(parts) + ". " + general + "."
 
 
+# ----------------------------------------------------------------------------- results
+
+@dataclass
+class CriterionResult:
+    """One criterion judged: its change with interval, raw and Holm p-values, the verdict."""
+
+    name: str
+    metric: str
+    margin_key: str
+    margin: float
+    claims: list[str]
+    rule: str
+    estimate: float
+    low: float
+    high: float
+    p_difference: float
+    p_difference_holm: float
+    p_equivalent: float
+    p_equivalent_holm: float
+    n: int
+    interval: str
+    note: str
+    verdict: str
+
+
+@dataclass
+class ArchitectureResult:
+    """A hypothesis for one (dataset, architecture): its criteria, or why it takes no part."""
+
+    dataset: str
+    arch: str
+    usable: bool
+    reason: str = ""
+    verdict: str = vd.INCONCLUSIVE
+    """Empty when no criterion of the hypothesis is claimed (the changes are only reported)."""
+    criteria: list[CriterionResult] = field(default_factory=list)
+
+
+@dataclass
+class FactResult:
+    """A design-fixed ratio (median over the rows), reported beside the verdict."""
+
+    name: str
+    value: float
+    n: int
+    role: str = "reported beside the verdict, not a criterion"
+
+
+@dataclass
+class HypothesisResult:
+    """One hypothesis judged in general and per architecture (hypotheses.json holds
+    ``to_dict()``)."""
+
+    id: str
+    claim: str
+    test: str
+    statistic: str
+    estimate: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+    p_value: float = math.nan
+    p_test: str = ""
+    n: int = 0
+    verdict: str = vd.INCONCLUSIVE
+    holds: str = ""
+    criteria: list[CriterionResult] = field(default_factory=list)
+    per_architecture: list[ArchitectureResult] = field(default_factory=list)
+    facts: list[FactResult] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    margins: dict = field(default_factory=dict)
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        """Plain dicts and lists, nested results included, in field order."""
+        return asdict(self)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 @dataclass
-class Context:
+class HypothesisInputs:
     """What evaluating the hypotheses needs besides the comparison table."""
 
-    load: Callable[[str], pd.DataFrame]
+    store: PredictionStore
     settings: AnalysisSettings = AnalysisSettings()
     fp32_balanced_accuracy_low: dict = field(default_factory=dict)
     """(dataset, arch) -> lower bound of the FP32 model's balanced accuracy."""
 
 
-def evaluate_hypotheses(pairs: pd.DataFrame, context: Context) -> list[dict]:
-    """H1-H6 from the comparison table (``stats_tables.pair_table``), one dict each: id, claim,
-    test, statistic, estimate, low, high, p_value, n, verdict, reason, holds, criteria,
-    per_architecture, facts, details."""
-    return [_evaluate(spec, pairs, context) for spec in HYPOTHESES]
+def evaluate_hypotheses(pairs: pd.DataFrame, inputs: HypothesisInputs) -> list[HypothesisResult]:
+    """H1-H6 from the comparison table (``stats_tables.pair_table``), one result each."""
+    return [_evaluate(spec, pairs, inputs) for spec in HYPOTHESES]
 
 
-def _evaluate(spec: Hypothesis, pairs: pd.DataFrame, context: Context) -> dict:
+def _evaluate(spec: Hypothesis, pairs: pd.DataFrame, inputs: HypothesisInputs) -> HypothesisResult:
     rows = {c.selection: SELECTIONS[c.selection][1](pairs) for c in spec.criteria}
-    base = {"id": spec.id, "claim": spec.claim, "test": describe_test(spec),
-            "statistic": spec.statistic, "estimate": math.nan, "low": math.nan,
-            "high": math.nan, "p_value": math.nan, "p_test": "", "n": 0, "verdict": vd.INCONCLUSIVE,
-            "holds": "", "criteria": [], "per_architecture": [], "facts": [], "details": {},
-            "margins": {c.margin: context.settings.margins[c.margin] for c in spec.criteria}}
+    result = HypothesisResult(spec.id, spec.claim, describe_test(spec), spec.statistic,
+                              margins={c.margin: inputs.settings.margins[c.margin]
+                                       for c in spec.criteria})
     if all(frame.empty for frame in rows.values()):
-        return {**base, "reason": "no data: no " + " and no ".join(
-            SELECTIONS[c.selection][0] for c in spec.criteria)}
-    usable, per_arch = _usable(rows, context)
-    replicates = {c: _replicates(rows[c.selection][usable[c.selection]], c.metric, context)
+        return replace(result, reason="no data: no " + " and no ".join(
+            SELECTIONS[c.selection][0] for c in spec.criteria))
+    usable, per_arch = _usable(rows, inputs)
+    replicates = {c: _replicates(rows[c.selection][usable[c.selection]], c.metric, inputs)
                   for c in spec.criteria}
-    per_architecture = [_arch_result(spec, rows, usable, replicates, key, context)
-                        for key in per_arch]
-    facts = [_fact(f, SELECTIONS[f.selection][1](pairs)) for f in spec.facts]
-    base.update(per_architecture=per_architecture, facts=facts)
+    result.per_architecture = [_arch_result(spec, rows, usable, replicates, key, inputs)
+                               for key in per_arch]
+    result.facts = [_fact(f, SELECTIONS[f.selection][1](pairs)) for f in spec.facts]
     if not any(mask.any() for mask in usable.values()):
-        reasons = sorted({r["reason"] for r in per_architecture if r["reason"]})
-        return {**base, "reason": "; ".join(reasons)}
+        reasons = sorted({r.reason for r in result.per_architecture if r.reason})
+        return replace(result, reason="; ".join(reasons))
     if spec.across:
-        return {**base, **_across(spec, rows[spec.criteria[0].selection][
-            usable[spec.criteria[0].selection]], context)}
+        first = spec.criteria[0].selection
+        return replace(result, **_across(spec, rows[first][usable[first]], inputs))
     criteria = _criteria(spec, {s: r[usable[s]] for s, r in rows.items()}, replicates,
-                         context, cluster=True)
+                         inputs, cluster=True)
+    return _pooled(result, criteria)
+
+
+def _pooled(result: HypothesisResult, criteria: list[CriterionResult]) -> HypothesisResult:
+    """The general claim of a pooled hypothesis from its judged criteria (the first leads)."""
     head = criteria[0]
-    verdict = vd.combine([c["verdict"] for c in criteria], [c["claims"] for c in criteria])
-    holds = vd.holds_count([r["verdict"] for r in per_architecture if r["usable"]])
-    equivalence = head["claims"][:1] == [vd.EQUIVALENT]  # the p of the test the claim needs
-    left_out = [r["reason"] for r in per_architecture if not r["usable"]]
-    return {**base, "estimate": head["estimate"], "low": head["low"], "high": head["high"],
-            "p_value": head["p_equivalent_holm" if equivalence else "p_difference_holm"],
-            "p_test": "TOST (Holm)" if equivalence else "difference (Holm)",
-            "n": head["n"], "verdict": verdict,
-            "holds": holds, "criteria": criteria,
-            "reason": "; ".join([f"{c['name']}: {c['verdict']}" for c in criteria]
-                                + [f"left out, {r}" for r in left_out])}
+    usable = [r for r in result.per_architecture if r.usable]
+    equivalence = head.claims[:1] == [vd.EQUIVALENT]  # the p of the test the claim needs
+    left_out = [r.reason for r in result.per_architecture if not r.usable]
+    return replace(
+        result, estimate=head.estimate, low=head.low, high=head.high,
+        p_value=head.p_equivalent_holm if equivalence else head.p_difference_holm,
+        p_test="TOST (Holm)" if equivalence else "difference (Holm)", n=head.n,
+        verdict=vd.combine([c.verdict for c in criteria], [c.claims for c in criteria]),
+        holds=vd.holds_count([r.verdict for r in usable]), criteria=criteria,
+        reason="; ".join([f"{c.name}: {c.verdict}" for c in criteria]
+                         + [f"left out, {r}" for r in left_out]))
 
 
-def _usable(rows: dict, context: Context):
+def _usable(rows: dict, inputs: HypothesisInputs):
     """Per selection, a mask of the rows whose architecture's FP32 model is above chance; and
     the (dataset, arch) keys present, in order."""
     keys = list(dict.fromkeys(k for frame in rows.values()
                               for k in zip(frame["dataset"], frame["arch"])))
     usable = {}
     for selection, frame in rows.items():
-        usable[selection] = np.array([_above_chance(k, context) for k in
+        usable[selection] = np.array([_above_chance(k, inputs) for k in
                                       zip(frame["dataset"], frame["arch"])], dtype=bool)
     return usable, sorted(keys)
 
 
-def _above_chance(key, context: Context) -> bool:
-    return vd.is_above_chance(context.fp32_balanced_accuracy_low.get(key, math.nan),
-                              context.settings.min_balanced_accuracy)
+def _above_chance(key, inputs: HypothesisInputs) -> bool:
+    return vd.is_above_chance(inputs.fp32_balanced_accuracy_low.get(key, math.nan),
+                              inputs.settings.min_balanced_accuracy)
 
 
-def _chance_reason(key, context: Context) -> str:
-    low = context.fp32_balanced_accuracy_low.get(key, math.nan)
-    threshold = context.settings.min_balanced_accuracy
+def _chance_reason(key, inputs: HypothesisInputs) -> str:
+    low = inputs.fp32_balanced_accuracy_low.get(key, math.nan)
+    threshold = inputs.settings.min_balanced_accuracy
     return f"{key[1]}: " + vd.at_chance_reason(low, threshold, format_number)
 
 
-def _arch_result(spec, rows, usable, replicates, key, context) -> dict:
+def _arch_result(spec, rows, usable, replicates, key, inputs) -> ArchitectureResult:
     dataset, arch = key
-    result = {"dataset": dataset, "arch": arch, "usable": _above_chance(key, context),
-              "reason": "", "verdict": vd.INCONCLUSIVE, "criteria": []}
-    if not result["usable"]:
-        return {**result, "reason": _chance_reason(key, context)}
+    result = ArchitectureResult(dataset, arch, usable=_above_chance(key, inputs))
+    if not result.usable:
+        return replace(result, reason=_chance_reason(key, inputs))
     masks = {s: ((r["dataset"] == dataset) & (r["arch"] == arch)).to_numpy() for s, r in
              rows.items()}
     own = {s: rows[s][masks[s]] for s in rows}
     own_replicates = {c: None if replicates[c] is None else
                       replicates[c][:, masks[c.selection][usable[c.selection]]]
                       for c in spec.criteria}
-    criteria = _criteria(spec, own, own_replicates, context, cluster=False)
-    claimed = [c for c in criteria if c["claims"]]
-    verdict = vd.combine([c["verdict"] for c in claimed], [c["claims"] for c in claimed]) \
+    criteria = _criteria(spec, own, own_replicates, inputs, cluster=False)
+    claimed = [c for c in criteria if c.claims]
+    verdict = vd.combine([c.verdict for c in claimed], [c.claims for c in claimed]) \
         if claimed else ""
-    return {**result, "criteria": criteria, "verdict": verdict}
+    return replace(result, criteria=criteria, verdict=verdict)
 
 
-def _criteria(spec, rows, replicates, context, *, cluster: bool) -> list[dict]:
-    evidence = [_evidence(rows[c.selection], c, replicates[c], context, cluster) for c in
+def _criteria(spec, rows, replicates, inputs, *, cluster: bool) -> list[CriterionResult]:
+    settings = inputs.settings
+    evidence = [_evidence(rows[c.selection], c, replicates[c], inputs, cluster) for c in
                 spec.criteria]
     verdicts, p_difference, p_equivalent = vd.holm_verdicts(
         [e.estimate for e in evidence], [e.p_difference for e in evidence],
         [e.p_equivalent for e in evidence],
-        [vd.higher_is_better(c.metric) for c in spec.criteria], alpha=context.settings.alpha)
-    return [{"name": c.name, "metric": c.metric, "margin_key": c.margin,
-             "margin": context.settings.margins[c.margin], "claims": list(c.claims or []),
-             "rule": c.rule.text(context.settings.margins, context.settings.alpha, format_number),
-             "estimate": e.estimate, "low": e.low, "high": e.high,
-             "p_difference": e.p_difference, "p_difference_holm": float(d),
-             "p_equivalent": e.p_equivalent, "p_equivalent_holm": float(q), "n": e.n,
-             "interval": e.kind, "note": e.note, "verdict": v}
+        [vd.higher_is_better(c.metric) for c in spec.criteria], alpha=settings.alpha)
+    return [CriterionResult(
+                name=c.name, metric=c.metric, margin_key=c.margin,
+                margin=settings.margins[c.margin], claims=list(c.claims or []),
+                rule=c.rule.text(settings.margins, settings.alpha, format_number),
+                estimate=e.estimate, low=e.low, high=e.high, p_difference=e.p_difference,
+                p_difference_holm=float(d), p_equivalent=e.p_equivalent,
+                p_equivalent_holm=float(q), n=e.n, interval=e.kind, note=e.note, verdict=v)
             for c, e, v, d, q in zip(spec.criteria, evidence, verdicts, p_difference,
                                      p_equivalent)]
 
 
-def _evidence(rows: pd.DataFrame, criterion: Criterion, replicates, context: Context,
+def _evidence(rows: pd.DataFrame, criterion: Criterion, replicates, inputs: HypothesisInputs,
               cluster: bool) -> us.Evidence:
-    margin = context.settings.margins[criterion.margin]
+    margin = inputs.settings.margins[criterion.margin]
     if rows.empty:
         return us.Evidence(math.nan, math.nan, math.nan, math.nan, math.nan, 0, "", "no units")
     if len(rows) == 1:
-        return _single(rows.iloc[0], criterion.metric, margin, context)
+        return _single(rows.iloc[0], criterion.metric, margin, inputs)
     clusters = list(zip(rows["dataset"], rows["arch"])) if cluster else None
     single_architecture = clusters is not None and len(set(clusters)) == 1
     if single_architecture:
         clusters = None  # one architecture: its own units are the evidence
     evidence = us.pooled_interval(rows[f"delta_{criterion.metric}"].to_numpy(dtype=float),
-                                  replicates, ci=context.settings.ci, margin=margin,
+                                  replicates, ci=inputs.settings.ci, margin=margin,
                                   clusters=None if clusters is None else
                                   ["/".join(map(str, k)) for k in clusters])
     if clusters is not None:
@@ -305,54 +383,53 @@ def _evidence(rows: pd.DataFrame, criterion: Criterion, replicates, context: Con
     return evidence
 
 
-def _single(row, metric: str, margin: float, context: Context) -> us.Evidence:
+def _single(row, metric: str, margin: float, inputs: HypothesisInputs) -> us.Evidence:
     """One paired comparison: the swap test, the bootstrap interval and TOST at ``margin``."""
-    pred, reference = context.load(row["config_id"]), _aligned(context.load(row["reference_id"]),
-                                                               context.load(row["config_id"]))
-    frame = fm.paired_bootstrap(pred["y_true"].to_numpy(), pred["y_pred"].to_numpy(), reference,
-                                sensitive_features=pred["group"].to_numpy(),
-                                n_resamples=context.settings.n_resamples, ci=context.settings.ci,
-                                seed=context.settings.seed, margins={metric: margin})
+    y_true, y_pred, y_reference, groups = inputs.store.pair(row["config_id"],
+                                                            row["reference_id"]).arrays()
+    settings = inputs.settings
+    frame = fm.paired_bootstrap(y_true, y_pred, y_reference, sensitive_features=groups,
+                                n_resamples=settings.n_resamples, ci=settings.ci,
+                                seed=settings.seed, margins={metric: margin})
     r = frame.set_index(["group", "metric"]).loc[(fm.OVERALL, metric)]
     return us.Evidence(float(r["delta"]), float(r["low"]), float(r["high"]), float(r["p"]),
                        float(r["p_equivalent"]), 1, "paired comparison (swap test, "
                        "bootstrap interval, TOST)", row["config_id"])
 
 
-def _aligned(reference: pd.DataFrame, pred: pd.DataFrame) -> np.ndarray:
-    return reference.set_index("sample_id").loc[pred["sample_id"], "y_pred"].to_numpy()
-
-
-def _replicates(rows: pd.DataFrame, metric: str, context: Context):
+def _replicates(rows: pd.DataFrame, metric: str, inputs: HypothesisInputs):
     """(replicates, k) shared-resample changes of the rows' units, one block per test set (units
     scored on different samples -- another dataset, or a seed that drew another split -- share
     no test-sampling error, so their blocks are drawn independently)."""
     if len(rows) < 2:
         return None
-    n_replicates = min(REPLICATES, context.settings.n_resamples)
-    test_sets = np.array([hash(tuple(sorted(context.load(c)["sample_id"])))
+    store = inputs.store
+    n_replicates = min(REPLICATES, inputs.settings.n_resamples)
+    test_sets = np.array([hash(tuple(sorted(store.table(c)["sample_id"])))
                           for c in rows["config_id"]])
     out = np.full((n_replicates, len(rows)), np.nan)
     for number, test_set in enumerate(dict.fromkeys(test_sets)):
         members = np.flatnonzero(test_sets == test_set)
         block = rows.iloc[members]
-        first = context.load(block["config_id"].iloc[0])
-        units = [(_aligned(context.load(c), first), _aligned(context.load(r), first))
-                 for c, r in zip(block["config_id"], block["reference_id"])]
+        first_id = block["config_id"].iloc[0]
+        arrays = [store.pair(c, r, order=first_id).arrays()
+                  for c, r in zip(block["config_id"], block["reference_id"])]
+        y_true, _, _, groups = arrays[0]
+        units = [(y_pred, y_reference) for _, y_pred, y_reference, _ in arrays]
         out[:, members] = us.shared_paired_replicates(
-            first["y_true"].to_numpy(), units, first["group"].to_numpy(), metric,
-            n_resamples=n_replicates, seed=[context.settings.seed, number])  # independent blocks
+            y_true, units, groups, metric, n_resamples=n_replicates,
+            seed=[inputs.settings.seed, number])  # independent blocks
     return out
 
 
-def _fact(fact: Fact, rows: pd.DataFrame) -> dict:
+def _fact(fact: Fact, rows: pd.DataFrame) -> FactResult:
     """Median over the rows of column / reference_column: a measured fact, not a criterion."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = (rows[fact.column].to_numpy(dtype=float)
                   / rows[f"reference_{fact.column}"].to_numpy(dtype=float))
     ratios = ratios[~np.isnan(ratios)]
-    return {"name": fact.name, "value": float(np.median(ratios)) if ratios.size else math.nan,
-            "n": int(ratios.size), "role": "reported beside the verdict, not a criterion"}
+    return FactResult(fact.name, float(np.median(ratios)) if ratios.size else math.nan,
+                      int(ratios.size))
 
 
 # ----------------------------------------------------------------------------- across architectures
@@ -373,7 +450,7 @@ def arch_cells(quantized: pd.DataFrame, column: str, absolute: bool = False) -> 
     return cells
 
 
-def _across(spec: Hypothesis, quantized: pd.DataFrame, context: Context) -> dict:
+def _across(spec: Hypothesis, quantized: pd.DataFrame, inputs: HypothesisInputs) -> dict:
     if spec.across == "spearman":
         params = quantized.groupby("arch")["reference_params"].median().dropna()
         cells = pd.concat([arch_cells(quantized, "delta_accuracy", absolute=True),
@@ -384,8 +461,8 @@ def _across(spec: Hypothesis, quantized: pd.DataFrame, context: Context) -> dict
                               f"{MIN_ARCHITECTURES} architectures with parameter counts in a "
                               "common (dataset, method, bits) cell"}
         test = us.permutation_spearman(np.log(params[cells.columns].to_numpy()), cells.to_numpy(),
-                                       n_resamples=context.settings.n_resamples,
-                                       seed=context.settings.seed)
+                                       n_resamples=inputs.settings.n_resamples,
+                                       seed=inputs.settings.seed)
         name, sign, what = "exact permutation test of the correlation", -1, "orderings"
         details = {"per_cell_correlation": dict(zip(cells.index, test["per_row"]))}
     else:
@@ -395,13 +472,13 @@ def _across(spec: Hypothesis, quantized: pd.DataFrame, context: Context) -> dict
             return {"reason": "no data: needs quantized-vs-FP32 DP-gap changes of at least one "
                               "transformer and two CNNs in a common (dataset, method, bits) cell"}
         test = us.permutation_family_difference(cells.to_numpy(), member,
-                                                n_resamples=context.settings.n_resamples,
-                                                seed=context.settings.seed)
+                                                n_resamples=inputs.settings.n_resamples,
+                                                seed=inputs.settings.seed)
         name, sign, what = "exact permutation test of the transformer label", None, "labellings"
         details = {"transformers": list(cells.columns[member]),
                    "cnns": list(cells.columns[~member])}
     verdict = vd.permutation_verdict(test["statistic"], test["p_value"], test["min_p"],
-                                     alpha=context.settings.alpha, claimed_sign=sign)
+                                     alpha=inputs.settings.alpha, claimed_sign=sign)
     n = cells.shape[1]
     details.update(architectures=list(cells.columns), n_cells=int(cells.shape[0]),
                    n_orderings=test["n_orderings"], exact=test["exact"],
@@ -409,9 +486,9 @@ def _across(spec: Hypothesis, quantized: pd.DataFrame, context: Context) -> dict
                    limitation=f"With {n} architectures the test has {test['n_orderings']} "
                               f"{what}, so its p-value cannot go below "
                               f"{test['min_p_fraction']} (= {format_number(test['min_p'])}).")
-    if not test["min_p"] <= context.settings.alpha:
+    if not test["min_p"] <= inputs.settings.alpha:
         reason = vd.p_floor_reason(name, test["min_p_fraction"], test["min_p"],
-                                   context.settings.alpha, format_number)
+                                   inputs.settings.alpha, format_number)
     else:
         reason = (f"{name}: p = {format_number(test['p_value'])} "
                   f"(p-floor {test['min_p_fraction']}), statistic "

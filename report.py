@@ -24,6 +24,7 @@ import calibration_study as cs
 import cards
 import report_html
 import verdicts as vd
+from hypotheses import HypothesisResult
 from results import atomic_write_frame, atomic_write_text
 from stats_tables import COMPARISONS, DEPLOYABLE_EXECUTIONS, RESULT_FILES, format_number
 from verdicts import VERDICT_RULES
@@ -180,28 +181,29 @@ def mitigation_table(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
                                                       "calibration", "draw"])
 
 
-def hypotheses_table(hypotheses: list[dict]) -> pd.DataFrame:
+def hypotheses_table(hypotheses: Sequence[HypothesisResult]) -> pd.DataFrame:
     """One row per hypothesis: headline estimate, interval, p-value, per-architecture count,
     verdict and its reason."""
     columns = ["id", "statistic", "estimate", "low", "high", "p_value", "p_test", "n", "holds",
                "verdict", "reason"]
-    return pd.DataFrame(hypotheses, columns=[*columns, "claim"]).reindex(columns=columns)
+    return pd.DataFrame([{c: getattr(h, c) for c in columns} for h in hypotheses],
+                        columns=columns)
 
 
-def per_architecture_table(hypotheses: list[dict]) -> pd.DataFrame:
+def per_architecture_table(hypotheses: Sequence[HypothesisResult]) -> pd.DataFrame:
     """One row per (hypothesis, architecture, criterion): change, interval, Holm-adjusted
     p-values, the criterion's verdict and the architecture's verdict (or why it has none)."""
     rows = []
     for h in hypotheses:
-        for arch in h["per_architecture"]:
-            base = {"id": h["id"], "dataset": arch["dataset"], "arch": arch["arch"],
-                    "arch_verdict": arch["verdict"] or "(reported)", "why": arch["reason"]}
-            if not arch["criteria"]:
+        for arch in h.per_architecture:
+            base = {"id": h.id, "dataset": arch.dataset, "arch": arch.arch,
+                    "arch_verdict": arch.verdict or "(reported)", "why": arch.reason}
+            if not arch.criteria:
                 rows.append({**base, "criterion": "", "verdict": vd.INCONCLUSIVE})
-            rows += [{**base, "criterion": c["name"], "estimate": c["estimate"], "low": c["low"],
-                      "high": c["high"], "p_difference_holm": c["p_difference_holm"],
-                      "p_equivalent_holm": c["p_equivalent_holm"], "n": c["n"],
-                      "verdict": c["verdict"]} for c in arch["criteria"]]
+            rows += [{**base, "criterion": c.name, "estimate": c.estimate, "low": c.low,
+                      "high": c.high, "p_difference_holm": c.p_difference_holm,
+                      "p_equivalent_holm": c.p_equivalent_holm, "n": c.n,
+                      "verdict": c.verdict} for c in arch.criteria]
     columns = ["id", "dataset", "arch", "criterion", "estimate", "low", "high",
                "p_difference_holm", "p_equivalent_holm", "n", "verdict", "arch_verdict", "why"]
     return pd.DataFrame(rows).reindex(columns=columns)
@@ -230,7 +232,8 @@ def write_outputs(analysis: "Analysis", *, figures: bool = True) -> dict[str, Pa
                "hypotheses.json": write_json({"margins": analysis.settings.margins,
                                               "alpha": analysis.settings.alpha,
                                               "rules": VERDICT_RULES,
-                                              "hypotheses": analysis.hypotheses},
+                                              "hypotheses": [h.to_dict() for h in
+                                                             analysis.hypotheses]},
                                              out / "hypotheses.json"),
                "summary.json": write_json(run_summary(analysis), out / "summary.json")}
     for name, frame in {**analysis.tables(), "group_drops": analysis.group_means}.items():
@@ -278,6 +281,8 @@ TABLE_CAPTIONS = {
                          "per-draw change (kind minus random calibration) of each criterion with "
                          "its interval, Holm-adjusted p-values, verdict, and the measured "
                          "calibration cost ratio.",
+    "planted_effects": "Planted effects of the synthetic set: each known answer beside the "
+                       "verdict the run reached.",
 }
 
 
@@ -321,20 +326,20 @@ def _hypothesis_figure_table(analysis: "Analysis") -> pd.DataFrame:
     decided it (Holm p-values) and, where it has no estimate, why."""
     rows = []
     for h in analysis.hypotheses:
-        base = {"id": h["id"], "hypothesis_verdict": h["verdict"], "reason": h["reason"],
-                "holds": h["holds"], "statistic": h["statistic"]}
-        if not h["criteria"]:
-            rows.append({**base, "label": h["statistic"], "estimate": h["estimate"],
-                         "low": h["low"], "high": h["high"], "verdict": h["verdict"],
+        base = {"id": h.id, "hypothesis_verdict": h.verdict, "reason": h.reason,
+                "holds": h.holds, "statistic": h.statistic}
+        if not h.criteria:
+            rows.append({**base, "label": h.statistic, "estimate": h.estimate,
+                         "low": h.low, "high": h.high, "verdict": h.verdict,
                          "margin": math.nan, "margin_name": "", "test": ""})
-        for c in h["criteria"]:
-            found = _MARGIN_IN_RULE.search(c["rule"])
-            rows.append({**base, "label": c["name"], "estimate": c["estimate"], "low": c["low"],
-                         "high": c["high"], "verdict": c["verdict"],
+        for c in h.criteria:
+            found = _MARGIN_IN_RULE.search(c.rule)
+            rows.append({**base, "label": c.name, "estimate": c.estimate, "low": c.low,
+                         "high": c.high, "verdict": c.verdict,
                          "margin": float(found.group(2)) if found else math.nan,
                          "margin_name": found.group(1) if found else "",
-                         "test": f"TOST p = {format_number(c['p_equivalent_holm'])}, difference "
-                                 f"p = {format_number(c['p_difference_holm'])} (Holm), alpha "
+                         "test": f"TOST p = {format_number(c.p_equivalent_holm)}, difference "
+                                 f"p = {format_number(c.p_difference_holm)} (Holm), alpha "
                                  f"{format_number(analysis.settings.alpha)}"})
     frame = pd.DataFrame(rows)
     for column in ("estimate", "low", "high"):
@@ -357,7 +362,8 @@ def run_summary(analysis: "Analysis") -> dict:
     run, table = analysis.run, analysis.table
     present = [name for name in RESULT_FILES.values() if name not in run.missing_files]
     return {"run_dir": str(run.run_dir), "datasets": sorted(table["dataset"].unique()),
-            "synthetic": _is_synthetic(analysis), "architectures": sorted(table["arch"].unique()),
+            "synthetic": answer_module.is_synthetic(analysis),
+            "architectures": sorted(table["arch"].unique()),
             "inputs_present": present, "inputs_missing": run.missing_files,
             "n_configurations": len(table), "n_comparisons": len(analysis.pairs),
             "n_failed": len(analysis.failed),
@@ -367,10 +373,6 @@ def run_summary(analysis: "Analysis") -> dict:
             "comparisons": COMPARISONS, "answer": answer_module.answer(analysis),
             "families": "Holm and Benjamini-Hochberg adjust the p-values of one comparison kind "
                         "and one metric together (e.g. every vs_fp32 change of dp_gap)."}
-
-
-def _is_synthetic(analysis: "Analysis") -> bool:
-    return answer_module._synthetic(analysis)
 
 
 def report(analysis: "Analysis", figures: dict[str, Path]) -> str:
@@ -480,23 +482,23 @@ def _hypotheses_section(analysis: "Analysis", table: pd.DataFrame) -> str:
               f"{format_number(settings.min_balanced_accuracy)} takes part.", "",
               markdown_table(display(table.drop(columns=["reason"])))]
     for h in analysis.hypotheses:
-        lines += ["", f"### {h['id']}: {h['claim']}", "", f"- Test: {h['test']}",
+        lines += ["", f"### {h.id}: {h.claim}", "", f"- Test: {h.test}",
                   "- Margins: " + (", ".join(f"{k} {format_number(v)}" for k, v in
-                                             h["margins"].items()) or "none"),
-                  f"- Verdict: **{h['verdict']}** ({h['reason']})"
-                  + (f"; per architecture it {h['holds']}" if h["holds"] else "")]
-        if "limitation" in h["details"]:
-            lines.append(f"- Limit of the design: {h['details']['limitation']}")
-        for c in h["criteria"]:
-            lines.append(f"- {c['name']}: {format_number(c['estimate'])} "
-                         f"[{format_number(c['low'])}, {format_number(c['high'])}] "
-                         f"(n = {c['n']}; {c['note']}), Holm p (difference) "
-                         f"{format_number(c['p_difference_holm'])}, Holm p (equivalence) "
-                         f"{format_number(c['p_equivalent_holm'])}: **{c['verdict']}**. "
-                         f"Rule: {c['rule']}.")
-        for f in h["facts"]:
-            lines.append(f"- Fact (design-fixed, not a criterion): {f['name']} = "
-                         f"{format_number(f['value'])} (n = {f['n']}).")
+                                             h.margins.items()) or "none"),
+                  f"- Verdict: **{h.verdict}** ({h.reason})"
+                  + (f"; per architecture it {h.holds}" if h.holds else "")]
+        if "limitation" in h.details:
+            lines.append(f"- Limit of the design: {h.details['limitation']}")
+        for c in h.criteria:
+            lines.append(f"- {c.name}: {format_number(c.estimate)} "
+                         f"[{format_number(c.low)}, {format_number(c.high)}] "
+                         f"(n = {c.n}; {c.note}), Holm p (difference) "
+                         f"{format_number(c.p_difference_holm)}, Holm p (equivalence) "
+                         f"{format_number(c.p_equivalent_holm)}: **{c.verdict}**. "
+                         f"Rule: {c.rule}.")
+        for f in h.facts:
+            lines.append(f"- Fact (design-fixed, not a criterion): {f.name} = "
+                         f"{format_number(f.value)} (n = {f.n}).")
         arch = per_architecture_table([h])
         if len(arch):
             lines += ["", "Per architecture:", "", markdown_table(

@@ -17,20 +17,22 @@ TOO_FEW_RUNS = ("{name} has {n} finite values; effect sizes need at least 2 runs
 
 # ---------------------------------------------------------------- resampling counts
 
-def _resample(counts, n_resamples, rng):
+def resample_counts(counts, n_resamples, rng):
     """Stratified bootstrap of per-group cell counts (G, C) -> (B, G, C).
 
     Drawing a group's n rows with replacement and counting cells is exactly one multinomial draw
     of size n over the group's cell frequencies, so resamples need no per-sample index arrays.
+    Shared: ``fairness_metrics.bootstrap_ci`` draws with it.
     """
     sizes = counts.sum(axis=1)
     return np.stack([rng.multinomial(n, row / n, size=n_resamples)
                      for n, row in zip(sizes, counts)], axis=1)
 
 
-def _resample_by_label(joint, n_resamples, rng):
+def resample_by_label(joint, n_resamples, rng):
     """Bootstrap of joint counts (G, 8) stratified by group x label: each resample keeps every
-    group's numbers of positives and of negatives. -> (B, G, 8)."""
+    group's numbers of positives and of negatives. -> (B, G, 8). Shared: the resamples of
+    ``fairness_metrics.paired_bootstrap``."""
     strata = joint.reshape(-1, 4)  # rows: (group, y_true); cells: (reference, model)
     sizes = strata.sum(axis=1)
     draws = [rng.multinomial(n, row / n, size=n_resamples) if n else
@@ -41,13 +43,14 @@ def _resample_by_label(joint, n_resamples, rng):
 DISCORDANT_CELLS = (1, 2)  # within a (group, label) stratum: (ref 0, model 1), (ref 1, model 0)
 
 
-def _swap(joint, n_permutations, rng):
+def swap_discordant(joint, n_permutations, rng):
     """Within-pair swap permutations of joint counts (G, 8) -> (P, G, 8).
 
     Swapping the two models' predictions on a sample only matters where they disagree, and a
     random swap of every sample of a (group, label) stratum leaves (ref 0, model 1) with a
     Binomial(d, 1/2) share of its d discordant samples: the whole permutation is one binomial
-    draw per stratum, exact in distribution, with no per-sample arrays.
+    draw per stratum, exact in distribution, with no per-sample arrays. Shared: the null of
+    ``fairness_metrics.paired_bootstrap``.
     """
     strata = joint.reshape(-1, 4)
     discordant = strata[:, DISCORDANT_CELLS[0]] + strata[:, DISCORDANT_CELLS[1]]

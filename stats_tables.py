@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 import fairness_metrics as fm
 import verdicts as vd
-from results import load_predictions
+from prediction_store import PredictionStore
 from unit_stats import cohens_h
 
 logger = logging.getLogger(__name__)
@@ -166,17 +166,6 @@ def _normalise(configs: pd.DataFrame) -> pd.DataFrame:
     return configs.copy()  # one block again after the column-by-column edits
 
 
-def _prediction_loader(run_dir: Path) -> Callable[[str], pd.DataFrame]:
-    """``load(config_id)`` with a cache, so each prediction table is read once."""
-    cache: dict[str, pd.DataFrame] = {}
-
-    def load(config_id: str) -> pd.DataFrame:
-        if config_id not in cache:
-            cache[config_id] = load_predictions(run_dir, config_id)
-        return cache[config_id]
-    return load
-
-
 # ----------------------------------------------------------------------------- what is compared
 
 COMPARISONS = {
@@ -265,11 +254,11 @@ def _ptq_counterpart(row, configs: pd.DataFrame) -> str | None:
 Summaries = dict
 
 
-def summarize_all(configs: pd.DataFrame, pairs: pd.DataFrame, load: Callable[[str], pd.DataFrame],
+def summarize_all(configs: pd.DataFrame, pairs: pd.DataFrame, store: PredictionStore,
                   settings: AnalysisSettings, *, progress: bool = True) -> Summaries:
     """``fairness_metrics.summarize_predictions`` for every configuration (against its FP32
     baseline when it has one) and for every other comparison pair, keyed (config_id,
-    reference_id)."""
+    reference_id); the prediction tables and their pairs come from ``store``."""
     fp32_of = _fp32_of(pairs)
     jobs = [(config_id, fp32_of.get(config_id)) for config_id in configs["config_id"]]
     jobs += [(row.config_id, row.reference_id)
@@ -277,9 +266,10 @@ def summarize_all(configs: pd.DataFrame, pairs: pd.DataFrame, load: Callable[[st
     summaries = {}
     for config_id, reference_id in tqdm(jobs, desc="analysis: statistics", unit="table",
                                         disable=not progress):
-        reference = load(reference_id) if reference_id else None
+        pair = store.pair(config_id, reference_id) if reference_id else None
         summaries[(config_id, reference_id)] = fm.summarize_predictions(
-            load(config_id), reference=reference, n_resamples=settings.n_resamples,
+            store.table(config_id), reference=None if pair is None else pair.reference,
+            n_resamples=settings.n_resamples,
             ci=settings.ci, seed=settings.seed, min_group_size=settings.min_group_size,
             margins=settings.margins)
     return summaries
@@ -548,7 +538,7 @@ def fairness_verdicts(table: pd.DataFrame, settings: AnalysisSettings) -> pd.Ser
     return pd.Series(verdict, index=table.index, dtype=object)
 
 
-def recommend(table: pd.DataFrame, load: Callable[[str], pd.DataFrame] | None = None,
+def recommend(table: pd.DataFrame, store: PredictionStore | None = None,
               settings: AnalysisSettings = AnalysisSettings()) -> pd.DataFrame:
     """Which configuration to ship, per dataset, size budget, and deployable-or-not.
 
@@ -558,7 +548,7 @@ def recommend(table: pd.DataFrame, load: Callable[[str], pd.DataFrame] | None = 
     qualify as they are. Among the qualifying ones of each list -- deployable here
     (``DEPLOYABLE_EXECUTIONS``) and simulated -- the most accurate ranks 1, and every other whose
     accuracy the paired swap test cannot tell from it (p > alpha, on the same test samples;
-    ``load`` gives the prediction tables) ties with rank 1 too: ties are reported as ties. A row
+    ``store`` pairs the prediction tables) ties with rank 1 too: ties are reported as ties. A row
     with an empty ``config_id`` means nothing qualifies.
     """
     table = table.assign(dp_verdict=fairness_verdicts(table, settings),
@@ -575,12 +565,13 @@ def recommend(table: pd.DataFrame, load: Callable[[str], pd.DataFrame] | None = 
                 candidates = within[within["deployable"] == deployable]
                 base = {"dataset": dataset, "size_budget_mib": budget, "deployable": deployable,
                         "n_candidates": len(candidates)}
-                ranked = _ranked(candidates, load, settings)
+                ranked = _ranked(candidates, store, settings)
                 rows += [{**row, **base} for row in ranked] or [{**base, "config_id": ""}]
     return pd.DataFrame(rows).reindex(columns=RECOMMENDATION_COLUMNS)
 
 
-def _ranked(candidates: pd.DataFrame, load, settings: AnalysisSettings) -> list[dict]:
+def _ranked(candidates: pd.DataFrame, store: PredictionStore | None,
+            settings: AnalysisSettings) -> list[dict]:
     """The most accurate candidate (rank 1) and those tied with it (paired accuracy p > alpha)."""
     if candidates.empty:
         return []
@@ -589,20 +580,19 @@ def _ranked(candidates: pd.DataFrame, load, settings: AnalysisSettings) -> list[
     best = ordered.iloc[0]
     rows = [{**best.to_dict(), "rank": 1, "p_vs_best": math.nan}]
     for _, row in ordered.iloc[1:].iterrows():
-        p = _paired_accuracy_p(load, row["config_id"], best["config_id"], settings)
+        p = _paired_accuracy_p(store, row["config_id"], best["config_id"], settings)
         if not p <= settings.alpha:  # NaN: no test tells them apart
             rows.append({**row.to_dict(), "rank": 1, "p_vs_best": p})
     return rows
 
 
-def _paired_accuracy_p(load, config_id: str, best_id: str, settings: AnalysisSettings) -> float:
+def _paired_accuracy_p(store: PredictionStore | None, config_id: str, best_id: str,
+                       settings: AnalysisSettings) -> float:
     """Swap-test p of the accuracy difference between two models on the same samples (NaN
     without prediction tables, which then counts as a tie: no test says otherwise)."""
-    if load is None:
+    if store is None:
         return math.nan
-    pred, reference = load(config_id), load(best_id).set_index("sample_id")
-    y_reference = reference.loc[pred["sample_id"], "y_pred"].to_numpy()
-    frame = fm.paired_bootstrap(pred["y_true"].to_numpy(), pred["y_pred"].to_numpy(), y_reference,
-                                sensitive_features=pred["group"].to_numpy(),
+    y_true, y_pred, y_reference, groups = store.pair(config_id, best_id).arrays()
+    frame = fm.paired_bootstrap(y_true, y_pred, y_reference, sensitive_features=groups,
                                 n_resamples=settings.n_resamples, seed=settings.seed)
     return float(frame.set_index(["group", "metric"]).loc[(fm.OVERALL, "accuracy"), "p"])

@@ -198,7 +198,7 @@ def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_res
     the way the real units do. Returns (n_resamples, k) changes (model - reference) of the
     overall ``metric``, or with ``group`` (a group label) of that group's ``metric`` (accuracy).
     """
-    y_true = fm._binary("y_true", y_true)
+    y_true = fm.binary_array("y_true", y_true)
     labels = fm.intersectional_labels(sensitive_features)
     names, codes = np.unique(labels, return_inverse=True)
     for index, (pred, ref) in enumerate(units):
@@ -215,8 +215,8 @@ def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_res
     sizes = np.searchsorted(sorted_strata, sorted_strata, side="right") - starts
     cells = []  # unit u's (group, y, reference, prediction) cell, in rows u * G * 8 + ...
     for u, (pred, ref) in enumerate(units):
-        pred = fm._binary("y_pred", pred, y_true.size)
-        ref = fm._binary("y_pred_reference", ref, y_true.size)
+        pred = fm.binary_array("y_pred", pred, y_true.size)
+        ref = fm.binary_array("y_pred_reference", ref, y_true.size)
         cells.append(((u * n_groups + codes) * 8 + y_true * 4 + ref * 2 + pred)[order])
     n = y_true.size
     indicator = sparse.csr_matrix((np.ones(k * n), (np.concatenate(cells), np.tile(np.arange(n),
@@ -230,7 +230,7 @@ def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_res
         draws += n * np.arange(block)[:, None]
         weights = np.bincount(draws.ravel(), minlength=block * n).reshape(block, n)
         joint = (indicator @ weights.T).T.reshape(block, k, n_groups, 8)  # cell counts
-        keys, deltas = fm._paired_deltas(joint, names)
+        keys, deltas = fm.paired_deltas(joint, names)
         out.append(deltas[..., keys.index(key)])
     return np.vstack(out)
 

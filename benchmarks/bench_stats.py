@@ -96,7 +96,7 @@ def percentile_bootstrap_p(y, model, reference, codes, resamples, rng):
     """The old rule: p = 2 min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B + 1) over group-stratified
     bootstrap DP-gap changes d*."""
     joint = fm._cell_counts(codes, len(GROUPS), y, reference, model)
-    keys, deltas = fm._paired_deltas(resampling._resample(joint, resamples, rng), GROUPS)
+    keys, deltas = fm.paired_deltas(resampling.resample_counts(joint, resamples, rng), GROUPS)
     d = deltas[:, keys.index((fm.OVERALL, "dp_gap"))]
     return min(1.0, 2 * (min((d <= 0).sum(), (d >= 0).sum()) + 1) / (resamples + 1))
 
@@ -188,8 +188,8 @@ def paired_coverage(n_sims, resamples, drop):
             percentile.append(low <= truth <= high)
             names, codes = np.unique(labels, return_inverse=True)
             joint = fm._cell_counts(codes, len(names), y, reference, model)
-            keys, delta = fm._paired_deltas(joint, names)
-            samples = fm._paired_deltas(resampling._resample_by_label(
+            keys, delta = fm.paired_deltas(joint, names)
+            samples = fm.paired_deltas(resampling.resample_by_label(
                 joint, resamples, np.random.default_rng(sim)), names)[1]
             column = keys.index((fm.OVERALL, "dp_gap"))
             lo, hi = fm.bootstrap_interval(samples[:, [column]], delta[[column]], 0.95,

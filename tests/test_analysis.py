@@ -23,6 +23,7 @@ import hypotheses as hy
 import stats_tables as st
 import verdicts as vd
 from analysis import run_analysis
+from prediction_store import PredictionStore
 from report import latex_escape
 from results import save_predictions
 from stats_tables import drop_ratio, format_number, pareto_front
@@ -232,18 +233,18 @@ def test_planted_supported_world_supports_every_hypothesis(supported_run):
 
 
 def test_planted_rejected_world_rejects_and_one_transformer_names_the_p_floor(rejected_analysis):
-    hypotheses = {h["id"]: h for h in rejected_analysis.hypotheses}
-    assert {k: h["verdict"] for k, h in hypotheses.items()} == {
+    hypotheses = {h.id: h for h in rejected_analysis.hypotheses}
+    assert {k: h.verdict for k, h in hypotheses.items()} == {
         **{f"H{i}": REJECTED for i in range(1, 6)}, "H6": INCONCLUSIVE}
     h1 = hypotheses["H1"]
-    assert h1["estimate"] == pytest.approx(1.0) and h1["p_value"] == pytest.approx(1 / 60)
-    assert "cannot go below 1/60" in h1["details"]["limitation"]
+    assert h1.estimate == pytest.approx(1.0) and h1.p_value == pytest.approx(1 / 60)
+    assert "cannot go below 1/60" in h1.details["limitation"]
     # one transformer among five: no labelling gives p below 1/5, so no general claim
     h6 = hypotheses["H6"]
-    assert h6["details"]["p_floor_fraction"] == "1/5"
-    assert "cannot give p below 1/5" in h6["reason"] and "INCONCLUSIVE" in h6["reason"]
-    assert len(h6["per_architecture"]) == 5  # the per-architecture changes are still reported
-    assert hypotheses["H5"]["criteria"][0]["verdict"] == vd.WORSE  # two-sided: a large rise fails
+    assert h6.details["p_floor_fraction"] == "1/5"
+    assert "cannot give p below 1/5" in h6.reason and "INCONCLUSIVE" in h6.reason
+    assert len(h6.per_architecture) == 5  # the per-architecture changes are still reported
+    assert hypotheses["H5"].criteria[0].verdict == vd.WORSE  # two-sided: a large rise fails
 
 
 def test_a_chance_level_baseline_gets_no_verdict(tmp_path):
@@ -253,10 +254,10 @@ def test_a_chance_level_baseline_gets_no_verdict(tmp_path):
         coin = fp32_predictions().assign(y_pred=lambda t: rng.integers(0, 2, len(t)))
         save_predictions(folder, f"synthetic/{arch}/fp32/seed=0", coin)
     result = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False)
-    assert all(h["verdict"] == INCONCLUSIVE for h in result.hypotheses)
-    assert all("not clearly above chance" in h["reason"] for h in result.hypotheses)
-    rows = [r for h in result.hypotheses for r in h["per_architecture"]]
-    assert rows and all(not r["usable"] and "balanced accuracy lower bound" in r["reason"]
+    assert all(h.verdict == INCONCLUSIVE for h in result.hypotheses)
+    assert all("not clearly above chance" in h.reason for h in result.hypotheses)
+    rows = [r for h in result.hypotheses for r in h.per_architecture]
+    assert rows and all(not r.usable and "balanced accuracy lower bound" in r.reason
                         for r in rows)
     assert (result.recommendation["config_id"] == "").all()  # nothing ships on a guessing FP32
     assert set(result.table["dp_verdict"]) == {INCONCLUSIVE}
@@ -265,15 +266,15 @@ def test_a_chance_level_baseline_gets_no_verdict(tmp_path):
 def test_design_fixed_costs_are_facts_beside_the_verdict(supported_run, tmp_path):
     folder, _ = supported_run
     h2 = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False).hypotheses[1]
-    assert h2["facts"][0]["value"] == pytest.approx(50.0)  # QAT 100 s vs PTQ 2 s
+    assert h2.facts[0].value == pytest.approx(50.0)  # QAT 100 s vs PTQ 2 s
     # make QAT as cheap as PTQ: the cost fact changes, the verdict does not
     cheap = write_run(tmp_path / "cheap", WORLDS["supported"])
     results = pd.read_csv(cheap / "quantization_results.csv")
     results.loc[results["method"] == "qat", "cost_s"] = 2.0
     results.to_csv(cheap / "quantization_results.csv", index=False)
     again = analysis.analyse(cheap, n_resamples=RESAMPLES, progress=False).hypotheses[1]
-    assert again["facts"][0]["value"] == pytest.approx(1.0)
-    assert again["verdict"] == h2["verdict"] == SUPPORTED
+    assert again.facts[0].value == pytest.approx(1.0)
+    assert again.verdict == h2.verdict == SUPPORTED
     # no criterion of any hypothesis is a cost or a size: they are all metric changes
     assert {c.metric for spec in hy.HYPOTHESES for c in spec.criteria} <= set(analysis.st.METRICS)
 
@@ -281,7 +282,7 @@ def test_design_fixed_costs_are_facts_beside_the_verdict(supported_run, tmp_path
 def test_without_quantization_or_mitigation_every_hypothesis_is_inconclusive(tmp_path):
     folder = write_run(tmp_path / "run", WORLDS["supported"], phases=("baseline",))
     result = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False)
-    assert all(h["verdict"] == INCONCLUSIVE and h["reason"].startswith("no data")
+    assert all(h.verdict == INCONCLUSIVE and h.reason.startswith("no data")
                for h in result.hypotheses)
     assert result.run.missing_files == ["quantization_results.csv", "mitigation_results.csv"]
 
@@ -458,10 +459,10 @@ def test_one_architecture_at_chance_is_left_out_and_named_while_the_others_are_j
     save_predictions(folder, "synthetic/cnn_e/fp32/seed=0",
                      fp32_predictions().assign(y_pred=lambda t: rng.integers(0, 2, len(t))))
     h2 = analysis.analyse(folder, n_resamples=RESAMPLES, progress=False).hypotheses[1]
-    assert h2["verdict"] == SUPPORTED and h2["holds"] == "holds for 6 of 6"
-    assert "left out, cnn_e: no verdict" in h2["reason"]
-    cnn_e = [r for r in h2["per_architecture"] if r["arch"] == "cnn_e"]
-    assert len(cnn_e) == 1 and not cnn_e[0]["usable"] and cnn_e[0]["criteria"] == []
+    assert h2.verdict == SUPPORTED and h2.holds == "holds for 6 of 6"
+    assert "left out, cnn_e: no verdict" in h2.reason
+    cnn_e = [r for r in h2.per_architecture if r.arch == "cnn_e"]
+    assert len(cnn_e) == 1 and not cnn_e[0].usable and cnn_e[0].criteria == []
 
 
 def test_units_on_different_test_sets_get_independent_replicate_blocks():
@@ -472,12 +473,13 @@ def test_units_on_different_test_sets_get_independent_replicate_blocks():
         tables[name] = tables[name].assign(sample_id=lambda t: "other-" + t["sample_id"])
     rows = pd.DataFrame({"config_id": ["a", "b"], "reference_id": ["a_ref", "b_ref"],
                          "dataset": "synthetic", "arch": ["x", "x"]})
-    context = hy.Context(load=tables.__getitem__, settings=st.AnalysisSettings(n_resamples=300))
-    replicates = hy._replicates(rows, "dp_gap", context)
+    inputs = hy.HypothesisInputs(store=PredictionStore(tables.__getitem__),
+                                 settings=st.AnalysisSettings(n_resamples=300))
+    replicates = hy._replicates(rows, "dp_gap", inputs)
     assert replicates.shape == (300, 2) and np.isfinite(replicates).all()
     assert abs(np.corrcoef(replicates.T)[0, 1]) < 0.2  # drawn independently
     same = hy._replicates(rows.assign(config_id=["a", "a"], reference_id=["a_ref", "a_ref"]),
-                          "dp_gap", context)
+                          "dp_gap", inputs)
     np.testing.assert_allclose(same[:, 0], same[:, 1])  # one test set: shared resamples
 
 

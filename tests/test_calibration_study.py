@@ -6,6 +6,7 @@ import calibration_study as cs
 import unit_stats as us
 import verdicts as vd
 from config import DEFAULT_MARGINS
+from prediction_store import PredictionStore
 
 GROUPS = ("Female/Old", "Female/Young", "Male/Old", "Male/Young")
 SIZES = (80, 240, 120, 160)
@@ -48,11 +49,11 @@ def _run(*, planted: bool, seed: int, draws: int = 6, kinds=("balanced",)):
                                       status="ok")
     frame["draw"] = [int(c.split("/")[1]) for c in frame["config_id"]]
     frame["calibration"] = frame["calibration_kind"] + "-32"
-    return frame, store.__getitem__
+    return frame, PredictionStore(store.__getitem__)
 
 
-def _study(frame, load, config=CONFIG, n_resamples=400):
-    return cs.study(frame, load, config=config, margins=dict(DEFAULT_MARGINS),
+def _study(frame, store, config=CONFIG, n_resamples=400):
+    return cs.study(frame, store, config=config, margins=dict(DEFAULT_MARGINS),
                     n_resamples=n_resamples)
 
 
@@ -63,25 +64,25 @@ def _focus_verdict(result, scope="cell"):
 
 
 def test_planted_difference_is_found_better():
-    frame, load = _run(planted=True, seed=1)
-    row = _focus_verdict(_study(frame, load))
+    frame, store = _run(planted=True, seed=1)
+    row = _focus_verdict(_study(frame, store))
     assert row["focus_group"] == "Female/Old"
     assert row["verdict"] == vd.BETTER
     assert row["change_low"] > 0 and row["n_draws"] == 6
-    assert _focus_verdict(_study(frame, load), "architecture")["verdict"] == vd.BETTER
+    assert _focus_verdict(_study(frame, store), "architecture")["verdict"] == vd.BETTER
 
 
 def test_without_a_plant_the_study_stays_quiet():
     better = 0
     for seed in range(12):
-        frame, load = _run(planted=False, seed=100 + seed)
-        better += _focus_verdict(_study(frame, load, n_resamples=100))["verdict"] == vd.BETTER
+        frame, store = _run(planted=False, seed=100 + seed)
+        better += _focus_verdict(_study(frame, store, n_resamples=100))["verdict"] == vd.BETTER
     assert better <= 2  # a 5% test on 12 null runs: 0.6 expected, >= 3 has probability 2%
 
 
 def test_changes_are_paired_by_draw_and_the_cost_ratio_is_reported():
-    frame, load = _run(planted=True, seed=2, draws=5)
-    result = _study(frame, load)
+    frame, store = _run(planted=True, seed=2, draws=5)
+    result = _study(frame, store)
     units = cs.paired_units(frame)
     assert (units["reference_id"] == "random/" + units["draw"].astype(str)).all()
     expected = np.median([(1.2 + 0.1 * d) / (1.0 + 0.1 * d) for d in range(5)])
@@ -89,22 +90,22 @@ def test_changes_are_paired_by_draw_and_the_cost_ratio_is_reported():
     assert row["cost_ratio"] == pytest.approx(expected)
     assert row["cost_ratio_low"] == pytest.approx(min((1.2 + 0.1 * d) / (1.0 + 0.1 * d)
                                                       for d in range(5)))
-    deltas = [cs.group_metrics(load(f"balanced/{d}"), "Female/Old")["group_accuracy"]
-              - cs.group_metrics(load(f"random/{d}"), "Female/Old")["group_accuracy"]
+    deltas = [cs.group_metrics(store.table(f"balanced/{d}"), "Female/Old")["group_accuracy"]
+              - cs.group_metrics(store.table(f"random/{d}"), "Female/Old")["group_accuracy"]
               for d in range(5)]
     assert row["change"] == pytest.approx(np.mean(deltas))
 
 
 def test_too_few_draws_give_no_verdict():
-    frame, load = _run(planted=True, seed=3, draws=3)
-    row = _focus_verdict(_study(frame, load))
+    frame, store = _run(planted=True, seed=3, draws=3)
+    row = _focus_verdict(_study(frame, store))
     assert row["verdict"] == vd.INCONCLUSIVE
     assert row["note"] == cs.TOO_FEW_DRAWS.format(n=3, minimum=cs.MIN_DRAWS)
 
 
 def test_every_kind_gets_its_own_cell_and_architecture_rows():
-    frame, load = _run(planted=True, seed=4, kinds=("balanced", "minority_enriched"))
-    result = _study(frame, load)
+    frame, store = _run(planted=True, seed=4, kinds=("balanced", "minority_enriched"))
+    result = _study(frame, store)
     assert set(result["calibration_kind"]) == {"balanced", "minority_enriched"}
     assert len(result) == 2 * 2 * len(cs.CRITERIA)  # kinds x (cell, architecture) x criteria
     table = cs.verdict_table(result)
@@ -125,7 +126,8 @@ def test_focus_group_is_the_planted_one_else_the_smallest():
 def test_a_run_without_the_study_gives_an_empty_table():
     frame = pd.DataFrame({"config_id": ["a"], "method": ["ptq_static"], "compare_to": [None],
                           "calibration": ["random-32"], "dataset": ["synthetic"], "arch": ["x"]})
-    assert cs.study(frame, lambda c: None, config={}, margins=dict(DEFAULT_MARGINS)).empty
+    nothing = PredictionStore(lambda c: None)
+    assert cs.study(frame, nothing, config={}, margins=dict(DEFAULT_MARGINS)).empty
 
 
 def test_shared_replicates_of_one_group_change_only_with_that_group():
@@ -148,8 +150,8 @@ def test_report_section_shows_the_verdicts_and_the_cost_ratio():
     import types
 
     import report
-    frame, load = _run(planted=True, seed=1)
-    section = report._calibration_section(types.SimpleNamespace(calibration=_study(frame, load)))
+    frame, store = _run(planted=True, seed=1)
+    section = report._calibration_section(types.SimpleNamespace(calibration=_study(frame, store)))
     assert section.startswith("## Calibration composition")
     assert "**Female/Old**" in section and "cost ratio vs random" in section
     lines = [line for line in section.splitlines() if line.startswith("| architecture")]

@@ -281,7 +281,7 @@ def test_resampling_keeps_group_sizes_and_matches_index_resampling():
     y_true, y_pred, attributes = random_predictions(n=400, seed=5, n_attributes=2)
     _, _, names, codes = fm._prepare(y_true, y_pred, attributes)
     counts = fm._cell_counts(codes, len(names), y_true, y_pred)
-    resampled = resampling._resample(counts, 3000, np.random.default_rng(0))
+    resampled = resampling.resample_counts(counts, 3000, np.random.default_rng(0))
     assert (resampled.sum(axis=2) == counts.sum(axis=1)).all()
 
     # the multinomial shortcut must give the distribution of explicit per-group index resampling
@@ -422,14 +422,15 @@ def test_swap_shortcut_matches_explicit_per_sample_swaps():
     y_true, model, reference, groups = exchangeable_pair(3, n=400)
     names, codes = np.unique(groups, return_inverse=True)
     joint = fm._cell_counts(codes, len(names), y_true, reference, model)
-    keys, _ = fm._paired_deltas(joint, names)
+    keys, _ = fm.paired_deltas(joint, names)
     column = keys.index((fm.OVERALL, "dp_gap"))
-    shortcut = fm._paired_deltas(resampling._swap(joint, 4000, np.random.default_rng(0)), names)[1]
+    permuted = resampling.swap_discordant(joint, 4000, np.random.default_rng(0))
+    shortcut = fm.paired_deltas(permuted, names)[1]
     onehot = np.eye(len(names))[codes] / np.bincount(codes)  # per-group selection-rate weights
     swap = np.random.default_rng(1).random((4000, y_true.size)) < 0.5
     m, r = np.where(swap, reference, model), np.where(swap, model, reference)
     explicit = np.ptp(m @ onehot, axis=1) - np.ptp(r @ onehot, axis=1)
-    swapped = resampling._swap(joint, 50, np.random.default_rng(2))
+    swapped = resampling.swap_discordant(joint, 50, np.random.default_rng(2))
     assert (swapped.reshape(50, -1, 4).sum(axis=2) == joint.reshape(-1, 4).sum(axis=1)).all()
     assert np.mean(shortcut[:, column]) == pytest.approx(np.mean(explicit), abs=0.002)
     assert np.std(shortcut[:, column]) == pytest.approx(np.std(explicit), rel=0.08)

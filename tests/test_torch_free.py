@@ -6,9 +6,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["tests/test_fairness_metrics.py", "tests/test_unit_stats.py", "tests/test_verdicts.py",
        "tests/test_config.py", "tests/test_results.py", "tests/test_docs.py",
-       "tests/test_manifest.py", "tests/test_plants.py"]
+       "tests/test_manifest.py", "tests/test_plants.py", "tests/test_prediction_store.py"]
 """Run in full without torch (their modules: fairness_metrics, resampling, unit_stats, verdicts,
-config, results, manifest, plants, synthetic; test_manifest's dataset tests are marked torch)."""
+config, results, manifest, plants, synthetic, prediction_store; test_manifest's dataset tests
+are marked torch)."""
 COLLECT = ["tests/test_analysis.py", "tests/test_visualizations.py"]
 """Too slow to run twice: collected without torch (the modules import), and test_analysis checks
 that a whole analysis runs without importing torch."""
