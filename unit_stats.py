@@ -3,20 +3,18 @@
 A *unit* is one paired comparison (say balanced minus random calibration, draw 3) with its own
 change ``d_i``. Units of one run are scored on the same test samples, so their test-sampling
 errors are correlated: averaging more draws shrinks the draw-to-draw spread but not the error
-they share. ``pooled_interval`` accounts for both: the mean change's error is
+they share. ``pooled_interval`` accounts for both. With d_i = mu + u + e_i (u the test-sample
+error all units share, variance c; e_i a unit's own part, its true difference from the others
+plus its unshared test noise, variance lambda):
 
-    (shared test-sample error, variance c) + (mean of the units' independent parts, lambda / k)
+    Var(mean d) = c + lambda / k,   estimated by  V = c + s_d^2 / k,
 
-where c is the covariance of two units' test-sampling errors, estimated from bootstrap replicates
-that resample the *same* test samples for every unit (``shared_paired_replicates``), and lambda
-(between-unit spread tau^2 plus each unit's own, unshared test noise) is known only through the
-spread s_d^2 of the k unit changes, with k - 1 degrees of freedom. The interval integrates over
-that uncertainty (lambda = (k - 1) s_d^2 / W, W ~ chi2(k - 1)) instead of plugging a df in: with
-independent units it is exactly the t-interval on per-unit deltas, with shared error it is
-between that and the normal interval of the shared part. A spread below what the units' own
-unshared test noise would give 97.5% of the time is a tie (discrete predictions) and is raised
-to it, so tied units never give a zero-width interval. Units sharing a cluster (an
-architecture) are averaged first: the unit of inference is the cluster.
+c from bootstrap replicates that resample the *same* test samples for every unit
+(``shared_paired_replicates``), s_d^2 the spread of the k changes ((k - 1) df). The interval is
+mean d +- t(nu) sqrt(V) with Welch-Satterthwaite's effective df for that sum, nu = V'^2 /
+((lambda'/k)^2 / (k - 1) + c^2 / (B - 1)), where lambda' is an upper (75%) confidence bound of
+lambda, not s_d^2 itself (see ``effective_df``). Units sharing a cluster (an architecture)
+are averaged first: the unit of inference is the cluster.
 
 Also here: exact permutation tests over architectures (``permutation_spearman``,
 ``permutation_family_difference``), whose smallest attainable p is reported, and Cohen's h.
@@ -30,8 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy import stats
-from scipy.optimize import brentq
+from scipy import sparse, stats
 
 import fairness_metrics as fm
 
@@ -90,18 +87,16 @@ def pooled_interval(values, replicates=None, *, ci=0.95, clusters=None, margin=N
 
     values: one change per unit. replicates: optional (B, k) bootstrap changes of the same units
     under shared test-sample resamples (``shared_paired_replicates``); their mean off-diagonal
-    covariance is the error the units share (clipped at 0). Without them units count as
+    covariance is the error the units share, c (clipped at 0). Without them units count as
     independent and the interval is the t-interval on the unit changes. clusters: a label per
     unit (e.g. its architecture); units of a cluster are averaged first. margin: adds the TOST p
     for |mean change| < margin.
 
-    The error of the mean is the shared test-sample error (normal, variance ``c``, known from the
-    replicates) plus the mean of the units' independent parts, whose variance ``lambda / k`` is
-    known only through the spread ``s_d^2`` of the k changes (k - 1 df): lambda = (k - 1) s_d^2 / W,
-    W ~ chi2(k - 1). The interval and p-values integrate over W (``_MeanError``), which is the
-    t(k - 1) law when c = 0 and the normal law when the units tie; no plug-in df. A spread too
-    small for the units' own independent test noise to give (below its ``TIE_QUANTILE``) is
-    raised to that quantile, so units that tie still get an interval.
+    The mean's variance c + lambda / k is estimated by V = c + s_d^2 / k and the interval is
+    mean +- t(nu) sqrt(V), nu from ``effective_df``. With c = 0 it is exactly the t(k - 1)
+    interval; with units that tie, the normal interval of the shared error. A spread too small
+    for the units' own unshared test noise to give (below its ``TIE_QUANTILE``) is a tie of
+    discrete predictions and is raised to that quantile, so tied units still get an interval.
 
     One unit, or units that agree with no test-sampling error to show, give NaN bounds: there is
     no spread to make an interval from, and a verdict must not come from a tie.
@@ -118,7 +113,7 @@ def pooled_interval(values, replicates=None, *, ci=0.95, clusters=None, margin=N
     if clusters is not None:
         clusters = np.asarray(clusters, dtype=object)[finite]
     units, replicates, _ = cluster_means(units, replicates, clusters)
-    k, kind = units.size, "units' spread (k - 1 df) + shared test-sample error"
+    k, kind = units.size, "units' spread + shared test-sample error (Welch-Satterthwaite df)"
     if k == 0:
         return _nan_evidence(0, kind, "no unit with a finite change")
     estimate = float(units.mean())
@@ -128,23 +123,25 @@ def pooled_interval(values, replicates=None, *, ci=0.95, clusters=None, margin=N
     spread = units.var(ddof=1)
     if math.sqrt(spread) <= 1e-12 * max(1.0, abs(estimate)):  # a tie, up to rounding
         spread = 0.0
-    shared, own = _covariances(replicates)
-    # the units' independent test-sampling noise alone gives a spread sigma_v^2 chi2(k-1)/(k-1);
+    shared, own, n_replicates = _covariances(replicates)
+    # the units' unshared test-sampling noise alone gives a spread sigma_v^2 chi2(k-1)/(k-1);
     # one below its TIE_QUANTILE is a tie (discrete predictions), not evidence of no spread
     tie_floor = max(own - shared, 0.0) * stats.chi2.ppf(TIE_QUANTILE, k - 1) / (k - 1)
     raised = spread < tie_floor
     spread = max(spread, tie_floor)
-    if not spread + shared > 0:
+    variance = shared + spread / k
+    if not variance > 0:
         return Evidence(estimate, math.nan, math.nan, math.nan, math.nan, k, kind,
                         "units agree and show no test-sampling error: no interval, no verdict")
-    error = _MeanError(spread / k, shared, k - 1)
-    half = error.quantile((1 + ci) / 2)
-    p_difference = float(min(1.0, 2 * error.sf(abs(estimate))))
+    df = effective_df(spread, shared, k, n_replicates)
+    scale = math.sqrt(variance)
+    half = float(stats.t.ppf((1 + ci) / 2, df) * scale)
+    p_difference = float(min(1.0, 2 * stats.t.sf(abs(estimate) / scale, df)))
     p_equivalent = math.nan
     if margin is not None and np.isfinite(margin):
-        p_equivalent = float(max(error.sf(margin - estimate), error.sf(margin + estimate)))
+        p_equivalent = float(stats.t.sf((margin - abs(estimate)) / scale, df))
     note = (f"k = {k} units, spread var {spread:.3g}{' (tie floor)' if raised else ''}, "
-            f"shared var {shared:.3g}")
+            f"shared var {shared:.3g}, df {df:.3g}")
     return Evidence(estimate, estimate - half, estimate + half, p_difference, p_equivalent, k,
                     kind, note)
 
@@ -152,57 +149,43 @@ def pooled_interval(values, replicates=None, *, ci=0.95, clusters=None, margin=N
 TIE_QUANTILE = 0.025
 """A spread of unit changes below this quantile of what the units' independent test-sampling
 noise alone would give is treated as a tie and raised to it."""
-_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(256)
+DF_QUANTILE = 0.25
+"""``effective_df`` evaluates the df at lambda's upper confidence bound (k - 1) s_d^2 /
+chi2(DF_QUANTILE; k - 1): 1 - DF_QUANTILE = 75% confidence."""
 
 
-class _MeanError:
-    """The law of (mean of k unit changes - its expectation) given the units' spread:
-    sqrt(c) Z + sqrt(between * (k - 1) / W) Z', Z, Z' ~ N(0, 1), W ~ chi2(df), df = k - 1;
-    ``between`` = s_d^2 / k. With c = 0 it is between^0.5 t(df); with between = 0, N(0, c).
-    Otherwise the normal tail is averaged over W by Gauss-Legendre quadrature in W's
-    probability."""
+def effective_df(spread: float, shared: float, k: int, n_replicates: int) -> float:
+    """Welch-Satterthwaite df of V = c + s_d^2 / k (``spread`` = s_d^2 with k - 1 df, ``shared``
+    = c from ``n_replicates`` bootstrap rows, B - 1 df):
 
-    def __init__(self, between: float, shared: float, df: int):
-        self.between, self.shared, self.df = float(between), float(shared), int(df)
-        if self.between > 0 and self.shared > 0:
-            w = stats.chi2.ppf((_NODES + 1) / 2, self.df)
-            self.scales = np.sqrt(self.between * self.df / w + self.shared)
-            self.weights = _WEIGHTS / 2
+        nu = (c + lambda'/k)^2 / ((lambda'/k)^2 / (k - 1) + c^2 / (B - 1)).
 
-    def sf(self, x: float) -> float:
-        """P(error > x)."""
-        if self.shared == 0:
-            return float(stats.t.sf(x / math.sqrt(self.between), self.df))
-        if self.between == 0:
-            return float(stats.norm.sf(x / math.sqrt(self.shared)))
-        return float(self.weights @ stats.norm.sf(x / self.scales))
-
-    def quantile(self, level: float) -> float:
-        """The x with P(error <= x) = level (level > 0.5)."""
-        if self.shared == 0:
-            return float(stats.t.ppf(level, self.df) * math.sqrt(self.between))
-        if self.between == 0:
-            return float(stats.norm.ppf(level) * math.sqrt(self.shared))
-        upper = stats.t.ppf(level, self.df) * math.sqrt(self.between) + stats.norm.ppf(
-            level) * math.sqrt(self.shared)  # sum of the two parts' quantiles: above the mix's
-        return float(brentq(lambda x: self.sf(x) - (1 - level), 0.0, upper, xtol=1e-14,
-                            rtol=1e-10))
+    Satterthwaite's df needs lambda, the true unit variance. Plugging in s_d^2 fails with few
+    units: with k = 3, s_d^2 is below lambda / 10 one time in ten, nu then jumps towards the
+    normal and the interval is too narrow exactly when the spread looked small by chance (92-93%
+    coverage for normal units). lambda' = (k - 1) s_d^2 / chi2(DF_QUANTILE; k - 1), the upper
+    75% confidence bound of lambda, keeps nu near k - 1 unless c clearly dominates. c = 0 gives
+    k - 1 (the t-interval); s_d^2 = 0 gives B - 1 (the normal interval of c)."""
+    own = (k - 1) * spread / stats.chi2.ppf(DF_QUANTILE, k - 1) / k
+    shared_term = shared ** 2 / (n_replicates - 1) if n_replicates > 1 else 0.0
+    return float((shared + own) ** 2 / (own ** 2 / (k - 1) + shared_term))
 
 
-def _covariances(replicates) -> tuple[float, float]:
+def _covariances(replicates) -> tuple[float, float, int]:
     """(mean covariance between two different units' replicates, clipped at 0; mean variance of
-    one unit's replicates): (0, 0) without replicates."""
+    one unit's replicates; the number of replicate rows used): (0, 0, 0) without replicates."""
     if replicates is None:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0
     usable = replicates[np.isfinite(replicates).all(axis=1)]
     if len(usable) < 3:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0
     cov = np.atleast_2d(np.cov(usable, rowvar=False))
     k = cov.shape[0]
     own = float(np.trace(cov) / k)
     if k < 2:
-        return 0.0, own
-    return max(float((cov.sum() - np.trace(cov)) / (k * (k - 1))), 0.0), own
+        return 0.0, own, len(usable)
+    shared = max(float((cov.sum() - np.trace(cov)) / (k * (k - 1))), 0.0)
+    return shared, own, len(usable)
 
 
 def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_resamples=400,
@@ -222,31 +205,33 @@ def shared_paired_replicates(y_true, units, sensitive_features, metric, *, n_res
         if len(pred) != y_true.size or len(ref) != y_true.size:
             raise ValueError(UNEQUAL_UNITS.format(index=index, got=len(pred),
                                                   expected=y_true.size))
-    n_groups, key = len(names), (group, metric)
-    onehots = []
-    for pred, ref in units:
+    n_groups, key, k = len(names), (group, metric), len(units)
+    # samples in stratum (group x label) order: a resample draws each position uniformly from
+    # its own stratum's positions, so every replicate keeps the strata's sizes
+    strata = codes * 2 + y_true
+    order = np.argsort(strata, kind="stable")
+    sorted_strata = strata[order]
+    starts = np.searchsorted(sorted_strata, sorted_strata, side="left")
+    sizes = np.searchsorted(sorted_strata, sorted_strata, side="right") - starts
+    cells = []  # unit u's (group, y, reference, prediction) cell, in rows u * G * 8 + ...
+    for u, (pred, ref) in enumerate(units):
         pred = fm.binary_array("y_pred", pred, y_true.size)
         ref = fm.binary_array("y_pred_reference", ref, y_true.size)
-        cell = codes * 8 + y_true * 4 + ref * 2 + pred
-        onehot = np.zeros((y_true.size, n_groups * 8))
-        onehot[np.arange(y_true.size), cell] = 1.0
-        onehots.append(onehot)
-    strata = codes * 2 + y_true
-    members = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+        cells.append(((u * n_groups + codes) * 8 + y_true * 4 + ref * 2 + pred)[order])
+    n = y_true.size
+    indicator = sparse.csr_matrix((np.ones(k * n), (np.concatenate(cells), np.tile(np.arange(n),
+                                                                                   k))),
+                                  shape=(k * n_groups * 8, n))  # (cells, samples), 0/1
     rng = np.random.default_rng(seed)
     out = []
     for start in range(0, n_resamples, REPLICATE_BLOCK):
         block = min(REPLICATE_BLOCK, n_resamples - start)
-        weights = np.zeros((block, y_true.size))
-        for rows in members:
-            weights[:, rows] = rng.multinomial(rows.size, np.full(rows.size, 1 / rows.size),
-                                               size=block)
-        columns = []
-        for onehot in onehots:
-            joint = (weights @ onehot).reshape(block, n_groups, 8)
-            keys, deltas = fm.paired_deltas(joint, names)
-            columns.append(deltas[:, keys.index(key)])
-        out.append(np.column_stack(columns))
+        draws = (rng.random((block, n)) * sizes).astype(np.int64) + starts
+        draws += n * np.arange(block)[:, None]
+        weights = np.bincount(draws.ravel(), minlength=block * n).reshape(block, n)
+        joint = (indicator @ weights.T).T.reshape(block, k, n_groups, 8)  # cell counts
+        keys, deltas = fm.paired_deltas(joint, names)
+        out.append(deltas[..., keys.index(key)])
     return np.vstack(out)
 
 

@@ -1,6 +1,6 @@
 """Size, power and coverage of the analysis statistics on simulated data with a known truth.
 
-    python -m benchmarks.bench_stats            # the full benchmark (a few minutes, one core)
+    python -m benchmarks.bench_stats            # the full benchmark (about 10 minutes, one core)
     python -m benchmarks.bench_stats --quick    # fewer simulations (wider Monte Carlo error)
 
 Prints, at alpha = 0.05 (target: 5% +- 2%; coverage 95% +- 2%):
@@ -15,12 +15,15 @@ Prints, at alpha = 0.05 (target: 5% +- 2%; coverage 95% +- 2%):
 3. coverage of paired_bootstrap's interval for a known population change of the DP gap (and,
    for comparison, of the plain percentile interval on the same resamples);
 4. coverage of ``unit_stats.pooled_interval`` over k = 3, 5, 10 units scored on one shared test
-   set, for the expected change, on four designs: this file's original one (DP gap, units differ
+   set, for the expected change, on five designs: this file's original one (DP gap, units differ
    less than their own test noise), the two of issue 26 (900 samples in 4 groups .49/.29/.13/.09,
    a reference right on 85%, each unit flipping predictions at its own rate ~ U(0.02, 0.10), 5
    points more in the smallest group: accuracy, and the DP gap with group-dependent selection
-   rates) and one of units sharing most of their error (fragile samples every unit flips).
-   ``--only pooled`` runs this section alone.
+   rates), and two of this file's own where units share most of their error (fragile samples
+   every unit flips; nested boundary shifts, scored on the smallest group's accuracy). Beside
+   each cell, on the same draws: a t-interval on the unit changes alone and a normal interval on
+   the test noise alone. 1,000 simulations per cell (Monte Carlo se 0.7 points);
+   ``--only pooled`` runs this section alone (about 5 minutes on one core).
 
 Last, the wall time of paired_bootstrap at 20,000 samples x 2,000 resamples and permutations.
 Every number is the Monte Carlo estimate from the seeds below; its standard error is printed.
@@ -32,6 +35,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the benchmark should not depend on free cores
 
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 
 import fairness_metrics as fm  # noqa: E402
 import resampling  # noqa: E402
@@ -299,51 +303,97 @@ def separated_dp_units(drop, spread):
         return y, units, labels
 
     draws = np.clip(drop + spread * np.random.default_rng(0).standard_normal(20_000), 0, 1)
-    return draw, float(np.mean([true_dp_change(selection, d) for d in draws]))
+    after = (selection * (1 - FLIP) * (1 - draws[:, None] * np.eye(4)[0])
+             + (1 - selection) * FLIP)  # selection_after, for every draw at once
+    return draw, float(np.mean(np.ptp(after, axis=1)) - np.ptp(selection))
 
 
-def unit_change(metric, y, model, reference, labels):
+NESTED_N, NESTED_SHARES, NESTED_RATES = 1500, np.array([0.5, 0.3, 0.2]), (0.04, 0.10)
+NESTED_BOUNDARY_CORRECT = np.array([0.55, 0.50, 0.30])  # the reference on boundary samples
+
+
+def nested_units(rng, k):
+    """This benchmark's second own design, for units that differ little but share almost all of
+    their test error: units that move one decision boundary by different amounts (say one
+    calibration scale each). Each of 1,500 samples in 3 groups (.5/.3/.2) has a margin m ~ U(0,
+    1); the reference is right on the samples with m < 0.10 with probability .55/.50/.30 by
+    group (90% elsewhere, never flipped); unit i flips exactly the samples with m < r_i, r_i ~
+    U(0.04, 0.10), so units flip nested sets. Metric: the smallest group's accuracy (the
+    ``group`` argument of ``shared_paired_replicates``). Truth: E[r] (1 - 2 * .30)."""
+    codes = rng.choice(3, size=NESTED_N, p=NESTED_SHARES)
+    labels = np.array(["P", "Q", "R"])[codes]
+    y = rng.integers(0, 2, NESTED_N)
+    margin = rng.random(NESTED_N)
+    boundary = margin < NESTED_RATES[1]
+    correct = rng.random(NESTED_N) < np.where(boundary, NESTED_BOUNDARY_CORRECT[codes], 0.9)
+    reference = np.where(correct, y, 1 - y)
+    units = [(np.where(margin < rng.uniform(*NESTED_RATES), 1 - reference, reference), reference)
+             for _ in range(k)]
+    return y, units, labels
+
+
+NESTED_TRUTH = float(np.mean(NESTED_RATES) * (1 - 2 * NESTED_BOUNDARY_CORRECT[2]))
+
+
+def unit_changes(metric, group, y, units, labels):
+    """Each unit's change (model - reference) of the overall accuracy or DP gap, or with
+    ``group`` of that group's accuracy, for all units at once (numpy; the same definitions as
+    fairness_metrics, which the tests check against fairlearn)."""
+    models = np.array([m for m, _ in units])
+    references = np.array([r for _, r in units])
+    names, codes = np.unique(labels, return_inverse=True)
     if metric == "accuracy":
-        return float(np.mean(model == y) - np.mean(reference == y))
-    return (fm.demographic_parity_difference(y, model, sensitive_features=labels)
-            - fm.demographic_parity_difference(y, reference, sensitive_features=labels))
+        rows = codes == list(names).index(group) if group else np.ones(codes.size, bool)
+        return ((models == y)[:, rows].mean(axis=1) - (references == y)[:, rows].mean(axis=1))
+    onehot = np.eye(len(names))[codes]
+    sizes = onehot.sum(axis=0)
+    return np.ptp(models @ onehot / sizes, axis=1) - np.ptp(references @ onehot / sizes, axis=1)
 
 
 def pooled_designs(drop, spread):
-    """(label, metric, draw, truth) of every pooled-interval design."""
+    """(label, metric, group, draw, truth) of every pooled-interval design."""
     separated, separated_truth = separated_dp_units(drop, spread)
-    return [(f"original: DP gap, drops ~ N({drop}, {spread}^2), n = {N}", "dp_gap", separated,
-             separated_truth),
+    return [(f"original: DP gap, drops ~ N({drop}, {spread}^2), n = {N}", "dp_gap", None,
+             separated, separated_truth),
             (f"issue 26: accuracy, rates U{ISSUE_RATES} (+{ISSUE_EXTRA} smallest), "
-             f"n = {ISSUE_N}", "accuracy", issue_accuracy_units, ISSUE_ACCURACY_TRUTH),
-            ("issue 26: DP gap, group-dependent effect", "dp_gap", issue_dp_units,
+             f"n = {ISSUE_N}", "accuracy", None, issue_accuracy_units, ISSUE_ACCURACY_TRUTH),
+            ("issue 26: DP gap, group-dependent effect", "dp_gap", None, issue_dp_units,
              issue_dp_truth()),
-            (f"fragile samples shared by units: accuracy, n = {FRAGILE_N}", "accuracy",
-             fragile_units, FRAGILE_TRUTH)]
+            (f"fragile samples shared by units: accuracy, n = {FRAGILE_N}", "accuracy", None,
+             fragile_units, FRAGILE_TRUTH),
+            (f"nested boundary shifts: smallest group's accuracy, n = {NESTED_N}", "accuracy",
+             "R", nested_units, NESTED_TRUTH)]
 
 
 def pooled_coverage(n_sims, replicates, drop, spread, unit_counts, interval=None):
     """Coverage of ``unit_stats.pooled_interval`` (or ``interval``, same signature) on every
-    design, for each number of units."""
+    design, for each number of units; beside it, on the same draws, a t-interval on the unit
+    changes alone and a normal interval on the test noise alone (shared c + unshared / k)."""
     interval = interval or unit_stats.pooled_interval
     print(f"4. coverage of the pooled 95% interval over k units scored on one shared test set; "
           f"truth = the expected change over units and test sets ({n_sims} simulations, "
-          f"{replicates} shared replicates each)")
-    for label, metric, draw, truth in pooled_designs(drop, spread):
+          f"{replicates} shared replicates each; t only / z only: the two parts alone)")
+    for label, metric, group, draw, truth in pooled_designs(drop, spread):
         print(f"   {label}; truth {truth:+.4f}")
         for k in unit_counts:
             rng = np.random.default_rng(20261204 + k)
-            hits, widths = [], []
+            hits, widths, t_only, z_only = [], [], [], []
             for sim in range(n_sims):
                 y, units, labels = draw(rng, k)
-                values = [unit_change(metric, y, m, r, labels) for m, r in units]
-                shared = unit_stats.shared_paired_replicates(y, units, labels, metric,
-                                                             n_resamples=replicates, seed=sim)
+                values = unit_changes(metric, group, y, units, labels)
+                shared = unit_stats.shared_paired_replicates(
+                    y, units, labels, metric, n_resamples=replicates, seed=sim,
+                    group=group or fm.OVERALL)
                 evidence = interval(values, shared)
                 hits.append(evidence.low <= truth <= evidence.high)
                 widths.append(evidence.high - evidence.low)
+                error, cov = abs(values.mean() - truth), np.cov(shared, rowvar=False)
+                c = max((cov.sum() - np.trace(cov)) / (k * (k - 1)), 0.0)
+                t_only.append(error <= stats.t.ppf(0.975, k - 1) * values.std(ddof=1) / k ** 0.5)
+                z_only.append(error <= 1.959964 * (c + (np.trace(cov) / k - c) / k) ** 0.5)
             print(f"     k = {k:2d}: {rate(hits, n_sims)}, median width "
-                  f"{np.nanmedian(widths):.4f}, no interval {np.mean(np.isnan(widths)):.0%}",
+                  f"{np.nanmedian(widths):.4f}, no interval {np.mean(np.isnan(widths)):.0%}; "
+                  f"t only {100 * np.mean(t_only):.1f}%, z only {100 * np.mean(z_only):.1f}%",
                   flush=True)
 
 
@@ -367,6 +417,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer simulations, for a check")
     parser.add_argument("--sims", type=int, default=None, help="simulations per figure")
+    parser.add_argument("--pooled-sims", type=int, default=None,
+                        help="simulations per pooled-interval cell (section 4; default 1000, "
+                             "300 with --quick)")
     parser.add_argument("--only", choices=("pooled",), default=None,
                         help="run one section (pooled: section 4) and nothing else")
     args = parser.parse_args()
@@ -377,8 +430,8 @@ def main():
     if args.only is None:
         size_and_power(sims, resamples, drop=0.25)
         paired_coverage(sims, resamples, drop=0.10)
-    pooled_coverage(sims, 200 if args.quick else 300, drop=0.10, spread=0.04,
-                    unit_counts=(3, 5, 10))
+    pooled_coverage(args.pooled_sims or (300 if args.quick else 1000), 200, drop=0.10,
+                    spread=0.04, unit_counts=(3, 5, 10))
     if args.only is None:
         timing()
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -132,13 +132,65 @@ def test_three_units_that_truly_differ_cover_at_the_nominal_rate():
     assert 0.935 <= covered / 2000 <= 0.965, covered
 
 
-def test_the_mean_error_law_is_t_without_shared_error_and_normal_for_a_tie():
+def test_effective_df_is_welch_satterthwaite_at_the_upper_quartile_of_lambda():
+    assert us.effective_df(0.03, 0.0, 3, 400) == pytest.approx(2)  # no shared error: t(k - 1)
+    assert us.effective_df(0.0, 0.001, 3, 400) == pytest.approx(399)  # a tie: c's own B - 1 df
+    # by hand: chi2(0.25; 2) = -2 ln 0.75, lambda' = 2 s^2 / that, nu = V'^2 / sum(v^2 / df)
+    upper = 2 * 0.03 / (-2 * math.log(0.75)) / 3
+    nu = (0.001 + upper) ** 2 / (upper ** 2 / 2 + 0.001 ** 2 / 399)
+    assert us.effective_df(0.03, 0.001, 3, 400) == pytest.approx(nu, rel=1e-12)
+    assert 2 < nu < 2 * (1 + 0.001 * 3 / 0.03) ** 2  # below the plug-in Welch df
+
+
+def test_pooled_interval_is_mean_plus_t_nu_times_the_two_components():
     from scipy import stats
-    mixed = us._MeanError(1.0, 1e-12, 2)
-    assert mixed.quantile(0.975) == pytest.approx(stats.t.ppf(0.975, 2), rel=1e-5)
-    tie = us._MeanError(1e-14, 0.04, 2)
-    assert tie.quantile(0.975) == pytest.approx(1.959964 * 0.2, rel=1e-5)
-    both = us._MeanError(1.0, 1.0, 2)
-    assert both.sf(both.quantile(0.975)) == pytest.approx(0.025, abs=1e-9)
-    # between the normal interval of the total variance and the sum of the two parts' quantiles
-    assert 1.959964 * math.sqrt(2) < both.quantile(0.975) < stats.t.ppf(0.975, 2) + 1.959964
+    rng = np.random.default_rng(5)
+    values = np.array([0.012, 0.031, 0.020, 0.026])
+    replicates = rng.normal(0, 0.01, (300, 1)) + rng.normal(0, 0.008, (300, 4))
+    cov = np.cov(replicates, rowvar=False)
+    c = (cov.sum() - np.trace(cov)) / 12
+    variance = c + values.var(ddof=1) / 4
+    df = us.effective_df(values.var(ddof=1), c, 4, 300)
+    half = stats.t.ppf(0.975, df) * math.sqrt(variance)
+    evidence = us.pooled_interval(values, replicates, margin=0.05)
+    assert (evidence.low, evidence.high) == pytest.approx((values.mean() - half,
+                                                           values.mean() + half), rel=1e-10)
+    assert evidence.p_difference == pytest.approx(
+        2 * stats.t.sf(values.mean() / math.sqrt(variance), df))
+    assert evidence.p_equivalent == pytest.approx(
+        stats.t.sf((0.05 - values.mean()) / math.sqrt(variance), df))
+
+
+def _coverage(k, sims, tau, shared, own, seed):
+    """Share of ``sims`` pooled intervals covering 0 for d_i = u + theta_i + v_i (u ~ N(0,
+    shared^2) common, theta_i ~ N(0, tau^2), v_i ~ N(0, own^2)), with 200 replicates that carry
+    the same shared and own test noise; also the share a t-only and a z-only interval cover."""
+    from scipy import stats
+    rng = np.random.default_rng(seed)
+    hits = {"pooled": 0, "t only": 0, "z only": 0}
+    for _ in range(sims):
+        values = rng.normal(0, shared) + rng.normal(0, tau, k) + rng.normal(0, own, k)
+        replicates = rng.normal(0, shared, (200, 1)) + rng.normal(0, own, (200, k))
+        evidence = us.pooled_interval(values, replicates)
+        hits["pooled"] += evidence.low <= 0 <= evidence.high
+        mean, spread = values.mean(), values.std(ddof=1)
+        hits["t only"] += abs(mean) <= stats.t.ppf(0.975, k - 1) * spread / math.sqrt(k)
+        hits["z only"] += abs(mean) <= 1.959964 * math.sqrt(shared ** 2 + own ** 2 / k)
+    return {name: count / sims for name, count in hits.items()}
+
+
+def test_three_units_cover_whether_the_shared_error_or_the_spread_dominates():
+    # shared test error three times the units' own variance / k: the t-interval on the unit
+    # changes alone misses it
+    shared_heavy = _coverage(3, 1500, tau=0.0, shared=0.01, own=0.01, seed=6)
+    assert 0.935 <= shared_heavy["pooled"] <= 0.975 and shared_heavy["t only"] < 0.90
+    # units truly differ (tau twice their own noise): the test noise alone misses the spread
+    spread_heavy = _coverage(3, 1500, tau=0.02, shared=0.003, own=0.01, seed=7)
+    assert 0.935 <= spread_heavy["pooled"] <= 0.975 and spread_heavy["z only"] < 0.80
+
+
+def test_a_small_chance_spread_does_not_shrink_the_interval_to_normal():
+    # c about a fifth of lambda / k: Welch's df from s_d^2 itself covers ~92.5% with 3 units
+    # (it jumps towards the normal when s_d^2 is small by chance); the upper-quartile df ~95.3%
+    covered = _coverage(3, 3000, tau=0.01, shared=0.0025, own=0.005, seed=8)["pooled"]
+    assert 0.938 <= covered <= 0.97, covered
