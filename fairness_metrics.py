@@ -159,10 +159,10 @@ def _check_bootstrap_args(n_resamples, ci):
 
 # ---------------------------------------------------------------- metrics from counts
 
-def _cell_counts(codes, n_groups, *binary_arrays):
+def cell_counts(codes, n_groups, *binary_arrays):
     """Per-group counts of every 0/1 combination of the arrays, shape (G, 2**len(arrays)).
 
-    With (y_true, y_pred) the cells are tn, fp, fn, tp.
+    With (y_true, y_pred) the cells are tn, fp, fn, tp. Shared with benchmarks/bench_stats.py.
     """
     cells = np.zeros_like(codes)
     for array in binary_arrays:
@@ -224,7 +224,7 @@ def overall_metrics(y_true, y_pred) -> dict:
     samples."""
     y_true = binary_array("y_true", y_true)
     y_pred = binary_array("y_pred", y_pred, len(y_true))
-    counts = _cell_counts(np.zeros_like(y_true), 1, y_true, y_pred)
+    counts = cell_counts(np.zeros_like(y_true), 1, y_true, y_pred)
     return {metric: float(value) for metric, value in _overall(counts).items()}
 
 
@@ -237,7 +237,7 @@ def group_table(y_true, y_pred, *, sensitive_features, min_group_size=30) -> pd.
     """
     _check_min_group_size(min_group_size)
     y_true, y_pred, names, codes = _prepare(y_true, y_pred, sensitive_features)
-    counts = _cell_counts(codes, len(names), y_true, y_pred)
+    counts = cell_counts(codes, len(names), y_true, y_pred)
     tn, fp, fn, tp = counts.T
     table = pd.DataFrame({"n": counts.sum(axis=1), "n_pos": fn + tp, "n_neg": tn + fp,
                           **_rates(counts)}, index=pd.Index(names, name="group"))
@@ -354,7 +354,7 @@ def bootstrap_ci(y_true, y_pred, *, sensitive_features, n_resamples=2000, ci=0.9
     """
     _check_bootstrap_args(n_resamples, ci)
     y_true, y_pred, names, codes = _prepare(y_true, y_pred, sensitive_features)
-    counts = _cell_counts(codes, len(names), y_true, y_pred)
+    counts = cell_counts(codes, len(names), y_true, y_pred)
     resampled = resample_counts(counts, n_resamples, np.random.default_rng(seed))
     keys, estimate = _metric_matrix(counts, names, GROUP_RATES)
     low, high = bootstrap_interval(_metric_matrix(resampled, names, GROUP_RATES)[1], estimate, ci)
@@ -396,7 +396,7 @@ def paired_bootstrap(y_true, y_pred, y_pred_reference, *, sensitive_features, n_
         raise ValueError(BAD_PERMUTATIONS.format(n=n_permutations))
     y_true, y_pred, names, codes = _prepare(y_true, y_pred, sensitive_features)
     y_reference = binary_array("y_pred_reference", y_pred_reference, len(y_true))
-    joint = _cell_counts(codes, len(names), y_true, y_reference, y_pred)
+    joint = cell_counts(codes, len(names), y_true, y_reference, y_pred)
     rng = np.random.default_rng(seed)
     keys, delta = paired_deltas(joint, names)
     samples = paired_deltas(resample_by_label(joint, n_resamples, rng), names)[1]
@@ -507,11 +507,11 @@ def point_estimates(y_true, y_pred, *, sensitive_features, y_pred_reference=None
     instead (columns group, metric, delta: the rows of ``paired_bootstrap``)."""
     y_true, y_pred, names, codes = _prepare(y_true, y_pred, sensitive_features)
     if y_pred_reference is None:
-        counts = _cell_counts(codes, len(names), y_true, y_pred)
+        counts = cell_counts(codes, len(names), y_true, y_pred)
         keys, estimate = _metric_matrix(counts, names, GROUP_RATES)
         return _keyed_frame(keys, estimate=estimate)
     y_reference = binary_array("y_pred_reference", y_pred_reference, len(y_true))
-    keys, delta = paired_deltas(_cell_counts(codes, len(names), y_true, y_reference, y_pred),
+    keys, delta = paired_deltas(cell_counts(codes, len(names), y_true, y_reference, y_pred),
                                 names)
     return _keyed_frame(keys, delta=delta)
 

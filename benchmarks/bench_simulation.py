@@ -24,6 +24,7 @@ import time
 
 import torch
 from torch.ao.quantization import FakeQuantize, disable_observer
+from torch.ao.quantization.quantize_fx import _convert_to_reference_decomposed_fx
 
 import qconfigs
 import quantization
@@ -42,7 +43,7 @@ def _torch_reference(model, calibration, bits: str):
         model, quantization.PTQStaticConfig(bits=bits, observer="minmax"), calibration[0])
     quantization.calibrate(prepared, calibration)
     prepared.apply(disable_observer)
-    return quantization._convert_to_reference_decomposed_fx(prepared).eval()
+    return _convert_to_reference_decomposed_fx(prepared).eval()
 
 
 def simulated(arch: str, bits: str, rounds: int) -> str:

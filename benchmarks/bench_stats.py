@@ -95,7 +95,7 @@ def plain_swap_p(model, reference, codes, permutations, rng):
 def percentile_bootstrap_p(y, model, reference, codes, resamples, rng):
     """The old rule: p = 2 min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B + 1) over group-stratified
     bootstrap DP-gap changes d*."""
-    joint = fm._cell_counts(codes, len(GROUPS), y, reference, model)
+    joint = fm.cell_counts(codes, len(GROUPS), y, reference, model)
     keys, deltas = fm.paired_deltas(resampling.resample_counts(joint, resamples, rng), GROUPS)
     d = deltas[:, keys.index((fm.OVERALL, "dp_gap"))]
     return min(1.0, 2 * (min((d <= 0).sum(), (d >= 0).sum()) + 1) / (resamples + 1))
@@ -187,7 +187,7 @@ def paired_coverage(n_sims, resamples, drop):
                                                                  ["low", "high"]]
             percentile.append(low <= truth <= high)
             names, codes = np.unique(labels, return_inverse=True)
-            joint = fm._cell_counts(codes, len(names), y, reference, model)
+            joint = fm.cell_counts(codes, len(names), y, reference, model)
             keys, delta = fm.paired_deltas(joint, names)
             samples = fm.paired_deltas(resampling.resample_by_label(
                 joint, resamples, np.random.default_rng(sim)), names)[1]
