@@ -40,29 +40,33 @@ def _per_group(drops, half_widths, sizes, config_id="c"):
 
 def test_drop_difference_subtracts_the_size_weighted_drop_of_the_others():
     rows = _per_group([0.05, 0.02, 0.10, 0.00], [0.04, 0.01, 0.05, 0.02], [100, 400, 200, 300])
-    estimate, low, high, p, p_equivalent = plants.drop_difference(rows, "Male/Old", ci=0.95)
+    estimate, se = plants.drop_difference(rows, "Male/Old", ci=0.95)
     others = (0.05 * 100 + 0.02 * 400 + 0.0 * 300) / 800
     assert estimate == pytest.approx(0.10 - others)
     z = stats.norm.ppf(0.975)
-    se = math.sqrt((0.05 / z) ** 2 + sum((n / 800 * h / z) ** 2
-                                         for n, h in [(100, 0.04), (400, 0.01), (300, 0.02)]))
-    assert (low, high) == pytest.approx((estimate - z * se, estimate + z * se))
-    assert p == pytest.approx(2 * stats.norm.sf(estimate / se))
-    assert p_equivalent(0.01) > 0.5 > p  # far outside a 0.01 margin: not equivalent
+    assert se == pytest.approx(math.sqrt((0.05 / z) ** 2 + sum(
+        (n / 800 * h / z) ** 2 for n, h in [(100, 0.04), (400, 0.01), (300, 0.02)])))
 
 
-def _calibration(verdict, act_bits=4):
-    return pd.DataFrame([{"scope": "cell", "metric": "group_accuracy", "arch": "squeezenet1_1",
+def test_a_pooled_claim_uses_the_mean_error_a_bound_for_any_correlation():
+    far = plants.judged(0.05, 0.02, alpha=0.05, ci=0.95, margin=0.01, better_when_higher=False)
+    assert far["verdict"] == vd.WORSE and far["matches"]
+    assert far["change_low"] == pytest.approx(0.05 - stats.norm.ppf(0.975) * 0.02)
+    near = plants.judged(0.0, 0.002, alpha=0.05, ci=0.95, margin=0.01, better_when_higher=False)
+    assert near["verdict"] == vd.EQUIVALENT and not near["matches"]
+
+
+def _calibration(change, half_width, act_bits=4, archs=("mobilenet_v2", "squeezenet1_1")):
+    return pd.DataFrame([{"scope": "cell", "metric": "group_accuracy", "arch": arch,
                           "weight_bits": 8, "act_bits": act_bits, "observer": "minmax",
                           "calibration_size": 16, "calibration_kind": "balanced", "n_draws": 16,
-                          "change": 0.03, "change_low": 0.01, "change_high": 0.05,
-                          "verdict": verdict}])
+                          "change": change, "change_low": change - half_width,
+                          "change_high": change + half_width, "verdict": "x"} for arch in archs])
 
 
-def _table(config_id="c"):
-    return pd.DataFrame([{"config_id": config_id, "arch": "squeezenet1_1", "method": "ptq_static",
-                          "weight_bits": plants.WEAK_CUE_BITS[0],
-                          "act_bits": plants.WEAK_CUE_BITS[1], "execution": "simulated"}])
+def _table(config_ids=("c",), arch="squeezenet1_1"):
+    return pd.DataFrame([{"config_id": c, "arch": arch, "method": "ptq_static", "weight_bits": 8,
+                          "act_bits": plants.PLANT_ACT_BITS} for c in config_ids])
 
 
 def _checks(calibration, per_group, table, config=CONFIG):
@@ -70,24 +74,29 @@ def _checks(calibration, per_group, table, config=CONFIG):
                                margin=0.01)
 
 
-def test_each_known_answer_sits_beside_the_verdict_reached():
-    hurt = _per_group([0.0, 0.0, 0.2, 0.0], [0.01, 0.01, 0.03, 0.01], [100, 400, 200, 300])
-    checks = _checks(_calibration(vd.BETTER), hurt, _table()).set_index("plant")
-    assert checks.loc["lighting", "group"] == "Female/Old"
-    assert checks.loc["lighting", "matches"]
-    assert checks.loc["weak_cue", "group"] == "Male/Old"
-    assert checks.loc["weak_cue", "verdict"] == vd.WORSE and checks.loc["weak_cue", "matches"]
-    spared = _per_group([0.0, 0.0, 0.0, 0.0], [0.01, 0.01, 0.01, 0.01], [100, 400, 200, 300])
-    checks = _checks(_calibration(vd.INCONCLUSIVE), spared, _table()).set_index("plant")
-    assert not checks.loc["lighting", "matches"]
-    assert checks.loc["weak_cue", "verdict"] == vd.EQUIVALENT
-    assert not checks.loc["weak_cue", "matches"]
+def test_each_known_answer_sits_beside_the_pooled_verdict_reached():
+    hurt = pd.concat([_per_group([0.0, 0.0, 0.2, 0.0], [0.01, 0.01, 0.03, 0.01],
+                                 [100, 400, 200, 300], c) for c in ("a", "b")])
+    checks = _checks(_calibration(0.04, 0.02), hurt, _table(("a", "b")))
+    claims = checks[checks["arch"] == plants.ALL].set_index("plant")
+    assert claims.loc["lighting", "group"] == "Female/Old"
+    assert claims.loc["lighting", "verdict"] == vd.BETTER and claims.loc["lighting", "matches"]
+    assert claims.loc["weak_cue", "group"] == "Male/Old"
+    assert claims.loc["weak_cue", "n_configs"] == 2
+    assert claims.loc["weak_cue", "verdict"] == vd.WORSE and claims.loc["weak_cue", "matches"]
+    shown = checks[checks["arch"] != plants.ALL]
+    assert len(shown) == 3 and shown["matches"].isna().all()  # two archs of light, one of cue
+    spared = _per_group([0.0] * 4, [0.01] * 4, [100, 400, 200, 300], "a")
+    checks = _checks(_calibration(0.0, 0.004), spared, _table(("a",)))
+    claims = checks[checks["arch"] == plants.ALL].set_index("plant")
+    assert claims["verdict"].tolist() == [vd.EQUIVALENT, vd.EQUIVALENT]
+    assert not claims["matches"].any()
 
 
 def test_a_plant_the_run_did_not_test_says_so_and_claims_nothing():
-    checks = _checks(_calibration(vd.BETTER, act_bits=8), _per_group([0] * 4, [0.01] * 4,
-                                                                     [1] * 4), _table("other"))
+    checks = _checks(_calibration(0.04, 0.02, act_bits=8),
+                     _per_group([0] * 4, [0.01] * 4, [1] * 4), _table(("other",)))
     assert len(checks) == 2 and checks["matches"].isna().all()
     assert checks["where"].str.startswith("not judged").all()
-    assert _checks(_calibration(vd.BETTER), pd.DataFrame(), pd.DataFrame(),
+    assert _checks(_calibration(0.04, 0.02), pd.DataFrame(), pd.DataFrame(),
                    {"data": {"dataset": "celeba"}}).empty
