@@ -21,8 +21,8 @@ configurations, e.g. calibration draws, adds their spread, ``arch_change``). The
 share one test set, so their errors are correlated; the standard deviation of a mean is at most
 the mean of the standard deviations whatever the correlation, so this error is an upper bound
 and the test conservative. The pooled row gets the verdict rules of ``verdicts`` (TOST at the
-accuracy margin); the per-architecture rows beside it are shown, not claimed. A plant whose cell the run did not
-include gets a row saying so (``matches`` empty), never a verdict.
+accuracy margin); the per-architecture rows beside it are shown, not claimed. A plant whose
+cell the run did not include gets a row saying so (``matches`` empty), never a verdict.
 """
 from __future__ import annotations
 
