@@ -280,7 +280,7 @@ def test_prediction_table_errors():
 def test_resampling_keeps_group_sizes_and_matches_index_resampling():
     y_true, y_pred, attributes = random_predictions(n=400, seed=5, n_attributes=2)
     _, _, names, codes = fm._prepare(y_true, y_pred, attributes)
-    counts = fm._cell_counts(codes, len(names), y_true, y_pred)
+    counts = fm.cell_counts(codes, len(names), y_true, y_pred)
     resampled = resampling.resample_counts(counts, 3000, np.random.default_rng(0))
     assert (resampled.sum(axis=2) == counts.sum(axis=1)).all()
 
@@ -421,7 +421,7 @@ def test_paired_test_detects_a_planted_drop_in_the_smallest_group():
 def test_swap_shortcut_matches_explicit_per_sample_swaps():
     y_true, model, reference, groups = exchangeable_pair(3, n=400)
     names, codes = np.unique(groups, return_inverse=True)
-    joint = fm._cell_counts(codes, len(names), y_true, reference, model)
+    joint = fm.cell_counts(codes, len(names), y_true, reference, model)
     keys, _ = fm.paired_deltas(joint, names)
     column = keys.index((fm.OVERALL, "dp_gap"))
     permuted = resampling.swap_discordant(joint, 4000, np.random.default_rng(0))
