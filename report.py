@@ -537,6 +537,7 @@ def _plants_section(analysis: "Analysis") -> str:
     frame = checks.assign(
         reached=[r.verdict and f"{format_number(r.change)} [{format_number(r.change_low)}, "
                  f"{format_number(r.change_high)}] {r.verdict}" for r in checks.itertuples()],
+        known_answer=checks["known_answer"].where(checks["matches"].notna(), "–"),
         matches=checks["matches"].map({True: "yes", False: "**no**"}).fillna("–"))
     return "\n".join([
         "## Planted effects (synthetic benchmark)", "",
