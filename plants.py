@@ -41,7 +41,6 @@ ALL = "all (pooled)"
 """The ``arch`` of the row that carries a plant's claim."""
 LIGHTING_ANSWER = "composed calibration BETTER than random for {group} accuracy"
 WEAK_CUE_ANSWER = "static PTQ costs {group} more accuracy than the other groups (WORSE)"
-SHOWN = "shown, not claimed"
 NOT_RUN = "not judged: the run has no {what}"
 COLUMNS = ["plant", "group", "arch", "where", "known_answer", "known_verdict", "n_configs",
            "change", "change_low", "change_high", "verdict", "matches"]
@@ -117,7 +116,7 @@ def _claim(plant, group, answer, known, changes, what, *, alpha, ci, margin) -> 
              "n_configs": int(per_arch["n_configs"].sum()),
              **judged(per_arch["change"].mean(), per_arch["se"].mean(), **judge)}]
     for arch, r in per_arch.iterrows():
-        rows.append({**head, "arch": arch, "where": f"{r['where']} ({SHOWN})",
+        rows.append({**head, "arch": arch, "where": r["where"],
                      "n_configs": int(r["n_configs"]), **judged(r["change"], r["se"], **judge),
                      "matches": None})
     return rows
