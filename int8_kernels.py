@@ -316,21 +316,26 @@ def average_pools_in_levels(model: torch.fx.GraphModule, fake_quantize) -> list[
 # fresh weights such single-level differences multiply from layer to layer until the logits
 # differ by about their own standard deviation. Requantization, measured against the kernels of
 # an AVX-512 VNNI Xeon (see docs/int8.md):
-#   oneDNN (x86 convs with at most 100 groups, on VNNI CPUs):
-#       q = round(((float(acc) * M) + bias) * (1 / s_out) + zp_out), M = s_in * s_w (float32)
+#   oneDNN (x86 convs with at most 100 groups, on VNNI CPUs), with the input scale as torch hands
+#   it over (the reciprocal of its reciprocal, s_in' = 1 / float(1 / s_in), float32):
+#       regular and grouped convs: q = round((float(acc) * (s_in' * s_w) + bias) / s_out + zp_out)
+#       depthwise convs:           q = round((float(acc) * s_in' * s_w + bias) / s_out + zp_out)
 #   fbgemm (depthwise convs with more than 100 groups, linears, every conv without VNNI):
-#       q = round((float(acc) + bias / M) * (M / s_out)) + zp_out
-# with round half to even, then the clamp to the output range (and to zp_out after a fused
-# ReLU).
-ONEDNN, FBGEMM = "onednn", "fbgemm"
+#       q = round((float(acc) + bias / M) * (M / s_out)) + zp_out, M = s_in * s_w (float32)
+# each product and sum rounded to float32 in the order written, "/ s_out" a multiplication by
+# float32(1 / s_out); round half to even, then the clamp to the output range (and to zp_out after
+# a fused ReLU).
+ONEDNN, ONEDNN_DEPTHWISE, FBGEMM = "onednn", "onednn_depthwise", "fbgemm"
 
 
 def conv_kernel(module: nn.Module, vnni: bool | None = None) -> str:
-    """Which library runs ``module`` (a conv or linear) in the x86 engine on this CPU."""
+    """Which kernel runs ``module`` (a conv or linear) in the x86 engine on this CPU: ``ONEDNN``,
+    ``ONEDNN_DEPTHWISE`` or ``FBGEMM``."""
     if vnni is None:
         vnni = kernel_capability()["vnni"]
     if isinstance(module, nn.modules.conv._ConvNd) and vnni and module.groups < FBGEMM_MIN_GROUPS:
-        return ONEDNN
+        depthwise = 1 < module.groups == module.in_channels == module.out_channels
+        return ONEDNN_DEPTHWISE if depthwise else ONEDNN
     return FBGEMM
 
 
@@ -374,16 +379,7 @@ class IntegerKernelLayer(nn.Module):
             acc = conv(levels, weight, None, layer.stride, layer.padding, layer.dilation,
                        layer.groups)
             view = (1, -1) + (1,) * (acc.dim() - 2)
-        multiplier = (torch.tensor(self.in_scale, dtype=torch.float32) * scales).view(view)
-        bias = torch.zeros_like(multiplier) if layer.bias is None else (
-            layer.bias.detach().float().view(view))
-        inverse = 1 / torch.tensor(self.out_scale, dtype=torch.float32)
-        if self.kernel == ONEDNN:
-            out = torch.round((acc.float() * multiplier + bias) * inverse + self.out_zero_point)
-        else:  # fbgemm adds bias / M to the accumulator and multiplies by M / s_out
-            output_multiplier = multiplier / torch.tensor(self.out_scale, dtype=torch.float32)
-            out = torch.round((acc.float() + bias / multiplier) * output_multiplier) + (
-                self.out_zero_point)
+        out = self._requantize(acc.float(), scales.view(view), self._bias(view))
         out = out.clamp_(self.out_min, self.out_max)
         if self.relu:
             out = out.clamp_(min=self.out_zero_point)
@@ -391,6 +387,27 @@ class IntegerKernelLayer(nn.Module):
         if out.dim() == 4:  # the kernels' outputs are channels-last: float ops after them
             out = out.contiguous(memory_format=torch.channels_last)  # sum in the same order
         return out
+
+    def _bias(self, view: tuple) -> torch.Tensor:
+        bias = self.layer.bias
+        return torch.zeros(()) if bias is None else bias.detach().float().view(view)
+
+    def _requantize(self, acc: torch.Tensor, weight_scales: torch.Tensor,
+                    bias: torch.Tensor) -> torch.Tensor:
+        """Output levels from the float32 accumulator, in the kernel's own float32 order."""
+        in_scale = torch.tensor(self.in_scale, dtype=torch.float32)
+        out_scale = torch.tensor(self.out_scale, dtype=torch.float32)
+        if self.kernel == FBGEMM:  # adds bias / M to the accumulator, multiplies by M / s_out
+            multiplier = in_scale * weight_scales
+            return torch.round((acc + bias / multiplier) * (multiplier / out_scale)) + (
+                self.out_zero_point)
+        # torch hands oneDNN 1 / s_in (computed in double), which oneDNN inverts in float32
+        in_scale = 1 / torch.tensor(1 / self.in_scale, dtype=torch.float32)
+        if self.kernel == ONEDNN_DEPTHWISE:  # applies the two scales one after the other
+            scaled = acc * in_scale * weight_scales
+        else:  # applies their product
+            scaled = acc * (in_scale * weight_scales)
+        return torch.round((scaled + bias) * (1 / out_scale) + self.out_zero_point)
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}, relu={self.relu}"
