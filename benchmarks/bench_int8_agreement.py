@@ -71,7 +71,14 @@ def fresh_model(name: str, size: int = 64, seed: int = 0, **options) -> nn.Modul
     """A torchvision model with 10 classes, fresh weights and BatchNorm running statistics taken
     from 256 images (cumulative averages), in eval mode."""
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(num_classes=10, **options)
+    return fresh_statistics(getattr(torchvision.models, name)(num_classes=10, **options), size,
+                            seed)
+
+
+@torch.no_grad()
+def fresh_statistics(model: nn.Module, size: int = 64, seed: int = 0) -> nn.Module:
+    """``model`` with BatchNorm running statistics taken from 256 images (cumulative averages),
+    in eval mode: a fresh-weight model as a user's new one would have (any model, e.g. timm's)."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()

@@ -1,6 +1,7 @@
 """Real INT8 equals its simulated twin on models the registry does not hold (issue 26):
 torchvision models with fresh weights and BatchNorm statistics from the data, at both
 activation ranges, and the kernel arithmetic the twin copies (``int8_kernels``)."""
+import functools
 import warnings
 
 import pytest
@@ -8,11 +9,10 @@ import torch
 from torch import nn
 
 import int8_kernels
-from benchmarks.bench_int8_agreement import compare, fresh_images, fresh_model
+from benchmarks.bench_int8_agreement import compare, fresh_images, fresh_model, fresh_statistics
 from quantization import apply_quantization
 
 SIZE = 32
-VNNI = int8_kernels.kernel_capability()["vnni"]
 
 
 def _pair(model, activation_range, calibration):
@@ -24,44 +24,59 @@ def _pair(model, activation_range, calibration):
                 apply_quantization(model, "ptq_static", execution="simulated", **options))
 
 
-RESIDUAL = pytest.mark.xfail(
-    VNNI, strict=False,
-    reason="oneDNN's 1x1 convs round about 1.5e-7 of their outputs otherwise than the twin's "
-           "requantization (docs/int8.md); one such level can change a fresh MobileNetV2's "
-           "prediction")
+def _assert_agrees(model, activation_range, size=SIZE):
+    """The issue's bar: >= 99% argmax agreement, max |real - twin| <= 0.25 of the twin's logit
+    standard deviation (64 test images)."""
+    real, twin = _pair(model, activation_range, fresh_images(64, size, 2))
+    agreement, difference = compare(real, twin, fresh_images(64, size, 3))
+    assert agreement >= 0.99 and difference <= 0.25, (agreement, difference)
+
+
+@functools.lru_cache(maxsize=2)
+def _fresh_torchvision(arch):
+    options = {"width_mult": 0.5} if arch == "mobilenet_v2" else {}
+    return fresh_model(arch, SIZE, **options)
+
+
+# 'auto' is the range this CPU's kernels compute exactly ('full' with VNNI, else 'reduced')
+@pytest.mark.parametrize("activation_range", ["auto", "full", "reduced"])
+@pytest.mark.parametrize("arch", ["efficientnet_b0", "mobilenet_v2"])
+def test_real_int8_equals_its_twin_on_a_fresh_torchvision_model(arch, activation_range):
+    """MobileNetV2 at width 0.5; both models at 32 px. Fresh-weight MobileNetV2 and
+    EfficientNet-B0 are chaotic under one-level changes (docs/int8.md), so this fails unless
+    the twin computes each kernel's output levels exactly."""
+    _assert_agrees(_fresh_torchvision(arch), activation_range)
 
 
 @pytest.mark.parametrize("activation_range", ["full", "reduced"])
-@pytest.mark.parametrize("arch, options", [
-    ("efficientnet_b0", {}),
-    pytest.param("mobilenet_v2", {"width_mult": 0.5}, id="mobilenet_v2-w0.5"),
-])
-def test_real_int8_equals_its_twin_on_a_fresh_torchvision_model(arch, options,
-                                                                activation_range, request):
-    if arch == "mobilenet_v2" and activation_range == "full":
-        request.applymarker(RESIDUAL)
-    model = fresh_model(arch, SIZE, **options)
-    real, twin = _pair(model, activation_range, fresh_images(64, SIZE, 2))
-    agreement, difference = compare(real, twin, fresh_images(64, SIZE, 3))
-    assert agreement >= 0.99 and difference <= 0.25, (agreement, difference)
+def test_real_int8_equals_its_twin_on_a_fresh_timm_model(activation_range):
+    """timm's LCNet-0.5: depthwise 3x3 and 5x5 convs with few groups, hardswish, quantized
+    squeeze-excitation; none of it in the registry's models."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = fresh_statistics(timm.create_model("lcnet_050", num_classes=10), SIZE)
+    _assert_agrees(model, activation_range)
 
 
 class _KernelZoo(nn.Module):
     """One of each op whose integer arithmetic the twin copies: a 3x3 conv with ReLU (oneDNN on
-    VNNI CPUs), a 1x1 conv, a depthwise conv with 128 groups (fbgemm), a residual add, an
-    average pool and a linear layer."""
+    VNNI CPUs), 1x1 convs, a depthwise conv with 128 groups (fbgemm) and one with 64 (oneDNN's
+    depthwise kernel on VNNI CPUs), a residual add, an average pool and a linear layer."""
 
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU())
         self.depthwise = nn.Conv2d(128, 128, 3, padding=1, groups=128)
         self.pointwise = nn.Conv2d(128, 128, 1)
+        self.reduce = nn.Conv2d(128, 64, 1)
+        self.small_depthwise = nn.Conv2d(64, 64, 5, padding=2, groups=64)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(128, 10)
+        self.head = nn.Linear(64, 10)
 
     def forward(self, x):
         x = self.stem(x)
         x = x + self.pointwise(torch.relu(self.depthwise(x)))
+        x = self.small_depthwise(torch.relu(self.reduce(x)))
         return self.head(torch.flatten(self.pool(x), 1))
 
 
