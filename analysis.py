@@ -133,9 +133,10 @@ def analyse(run_dir: str | Path, settings: AnalysisSettings | None = None, *,
         group_ratios=st.drop_ratios(means), hypotheses=hy.evaluate_hypotheses(pairs, inputs),
         recommendation=st.recommend(table, store, settings),
         failed=failed, without_predictions=without, calibration=calibration,
-        plants=plants.plant_checks(run.config, calibration, per_group, table,
+        plants=plants.plant_checks(run.config, per_group, table,
                                    alpha=settings.alpha, ci=settings.ci,
-                                   margin=settings.margins["accuracy"]))
+                                   margin=settings.margins["accuracy"],
+                                   min_balanced_accuracy=settings.min_balanced_accuracy))
 
 
 def _analysable(run: RunArtifacts):

@@ -1,28 +1,25 @@
-"""The effects the synthetic benchmark plants, each with its known answer beside the verdict the
-run reached (the report's *Planted effects* section; docs/synthetic.md, *Planted effects*).
+"""The effect the synthetic benchmark plants, with its known answer beside the verdict the run
+reached (the report's *Planted effects* section; docs/synthetic.md, *Planted effects*).
 
-Two knobs of the synthetic set plant an effect on one group (``synthetic.planted_groups``), and
-both answers are claimed at 4-bit activations (``PLANT_ACT_BITS``), where the range matters:
+``lighting``: ``data.synthetic.exposure`` gives one group (``synthetic.planted_groups``) a
+contrast the other groups do not share. Known answer: static PTQ at ``PLANT_BITS`` (4-bit
+activations, whose ranges the brighter images set) costs the lower-contrast side more accuracy.
+In the default config the planted group is the dimmer one, so it loses more than the other
+groups together (WORSE); were it the brighter one, it would lose less (BETTER). The change is
+the group's accuracy drop (FP32 − quantized) minus the other groups' size-weighted drop, per
+static PTQ configuration at those bits (every calibration draw of the calibration study), from
+the paired per-group drops of ``per_group.csv``: each group's standard error read off its
+bootstrap interval (half-width / z), the groups' disjoint samples adding their variances. How
+the plant was chosen, and the seeds it was run on: docs/synthetic.md, docs/findings.md.
 
-- ``lighting``: ``data.synthetic.exposure`` gives one group a contrast the others do not have,
-  so its activations run past the ranges a calibration set dominated by the other groups sets.
-  Known answer: a composed calibration kind is BETTER than random calibration for that group's
-  accuracy. Read from the calibration study's cells (change: kind − random, per draw).
-- ``weak_cue``: ``data.synthetic.cue_strength`` makes one group's smile cue the faintest.
-  Known answer: static PTQ costs that group more accuracy than the other groups together
-  (WORSE). The change is the group's accuracy drop (FP32 − quantized) minus the other groups'
-  size-weighted drop, per static PTQ configuration (every calibration draw), from the paired
-  per-group drops of ``per_group.csv``: each group's standard error read off its bootstrap
-  interval (half-width / z), the groups' disjoint samples adding their variances.
-
-Each claim is made once, pooled over the architectures the run judged it on: the mean of their
-changes, with the mean of their standard errors as the error (an architecture with several
-configurations, e.g. calibration draws, adds their spread, ``arch_change``). The configurations
-share one test set, so their errors are correlated; the standard deviation of a mean is at most
-the mean of the standard deviations whatever the correlation, so this error is an upper bound
-and the test conservative. The pooled row gets the verdict rules of ``verdicts`` (TOST at the
-accuracy margin); the per-architecture rows beside it are shown, not claimed. A plant whose
-cell the run did not include gets a row saying so (``matches`` empty), never a verdict.
+The claim is made once, pooled over the architectures the run judged it on (FP32 above chance):
+the mean of their changes, with the mean of their standard errors as the error (an architecture
+with several configurations, e.g. calibration draws, adds their spread, ``arch_change``). The
+configurations share one test set, so their errors are correlated; the standard deviation of a
+mean is at most the mean of the standard deviations whatever the correlation, so this error is
+an upper bound and the test conservative. The pooled row gets the verdict rules of
+``verdicts`` (TOST at the accuracy margin); the per-architecture rows beside it are shown, not
+claimed. A run without the cell gets a row saying so (``matches`` empty), never a verdict.
 """
 from __future__ import annotations
 
@@ -35,83 +32,78 @@ from scipy import stats
 import synthetic
 import verdicts as vd
 
-PLANT_ACT_BITS = 4
-"""Activation bits where both planted answers are claimed (4-bit activations)."""
+PLANT_BITS = (8, 4)
+"""(weight bits, activation bits) of the static PTQ cell the planted answer is claimed at."""
 ALL = "all (pooled)"
 """The ``arch`` of the row that carries a plant's claim."""
-LIGHTING_ANSWER = "composed calibration BETTER than random for {group} accuracy"
-WEAK_CUE_ANSWER = "static PTQ costs {group} more accuracy than the other groups (WORSE)"
+LIGHTING_ANSWER = ("static PTQ at w{w}a{a} costs {group} ({side} contrast than the other groups) "
+                   "{more} accuracy than the other groups ({verdict})")
 NOT_RUN = "not judged: the run has no {what}"
 COLUMNS = ["plant", "group", "arch", "where", "known_answer", "known_verdict", "n_configs",
            "change", "change_low", "change_high", "verdict", "matches"]
 
 
-def plant_checks(config: dict, calibration: pd.DataFrame, per_group: pd.DataFrame,
-                 table: pd.DataFrame, *, alpha: float, ci: float, margin: float) -> pd.DataFrame:
-    """Per plant: its claim pooled over architectures and the per-architecture rows beside it
+def plant_checks(config: dict, per_group: pd.DataFrame, table: pd.DataFrame, *, alpha: float,
+                 ci: float, margin: float, min_balanced_accuracy: float) -> pd.DataFrame:
+    """The plant's claim pooled over architectures and the per-architecture rows beside it
     (``COLUMNS``). Empty when the run's data are not the synthetic set or plant nothing.
-    ``config``: the run's config.yaml as a dict."""
+    ``config``: the run's config.yaml as a dict. An architecture whose FP32 balanced-accuracy
+    lower bound is not above ``min_balanced_accuracy`` takes no part, as in every verdict."""
     data = config.get("data") or {}
     if data.get("dataset", "synthetic") != "synthetic":
         return pd.DataFrame(columns=COLUMNS)
-    planted = synthetic.planted_groups(data.get("synthetic"))
-    options = dict(alpha=alpha, ci=ci, margin=margin)
-    rows = []
-    if planted["lighting"]:
-        group = planted["lighting"]
-        rows += _claim("lighting", group, LIGHTING_ANSWER.format(group=group), vd.BETTER,
-                       lighting_changes(calibration, ci), "calibration study", **options)
-    if planted["weak_cue"]:
-        group = planted["weak_cue"]
-        rows += _claim("weak_cue", group, WEAK_CUE_ANSWER.format(group=group), vd.WORSE,
-                       weak_cue_changes(group, per_group, table, ci), "static PTQ", **options)
+    group = synthetic.planted_groups(data.get("synthetic"))["lighting"]
+    if group is None:
+        return pd.DataFrame(columns=COLUMNS)
+    known = lighting_verdict(data.get("synthetic"), group)
+    w, a = PLANT_BITS
+    answer = LIGHTING_ANSWER.format(
+        w=w, a=a, group=group, side="higher" if known == vd.BETTER else "lower",
+        more="less" if known == vd.BETTER else "more", verdict=known)
+    changes = drop_changes(group, per_group, table, ci, min_balanced_accuracy)
+    rows = _claim("lighting", group, answer, known, changes,
+                  f"static PTQ at w{w}a{a}", alpha=alpha, ci=ci, margin=margin)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def lighting_changes(calibration: pd.DataFrame, ci: float) -> pd.DataFrame:
-    """Per calibration-study cell at ``PLANT_ACT_BITS``: arch, where, change and its error."""
-    if calibration.empty:
-        return pd.DataFrame(columns=["arch", "where", "change", "se"])
-    cells = calibration[(calibration["scope"] == "cell")
-                        & (calibration["metric"] == "group_accuracy")
-                        & (pd.to_numeric(calibration["act_bits"], errors="coerce")
-                           == PLANT_ACT_BITS)]
-    z = stats.norm.ppf(0.5 + ci / 2)
-    return pd.DataFrame({
-        "arch": cells["arch"],
-        "where": [f"{r.calibration_kind} vs random, w{r.weight_bits}a{r.act_bits} {r.observer}, "
-                  f"{int(r.calibration_size)} images, {int(r.n_draws)} draws"
-                  for r in cells.itertuples()],
-        "change": cells["change"], "se": (cells["change_high"] - cells["change_low"]) / (2 * z)})
+def lighting_verdict(knobs: dict | None, group: str) -> str:
+    """BETTER where ``group`` has the higher contrast (it loses less), else WORSE."""
+    gains = synthetic.contrast_gains(knobs)
+    others = {v for g, v in gains.items() if g != group}
+    return vd.BETTER if gains[group] > max(others) else vd.WORSE
 
 
-def weak_cue_changes(group: str, per_group: pd.DataFrame, table: pd.DataFrame,
-                     ci: float) -> pd.DataFrame:
-    """Per static PTQ configuration at ``PLANT_ACT_BITS`` (every draw): arch, where, the drop
-    difference and its error (``drop_difference``)."""
+def drop_changes(group: str, per_group: pd.DataFrame, table: pd.DataFrame, ci: float,
+                 min_balanced_accuracy: float) -> pd.DataFrame:
+    """Per static PTQ configuration at ``PLANT_BITS`` (every calibration draw) whose FP32
+    reference is above chance: arch, where, the drop difference and its error
+    (``drop_difference``)."""
     if per_group.empty or table.empty:
         return pd.DataFrame(columns=["arch", "where", "change", "se"])
+    w, a = PLANT_BITS
     rows = table[(table["method"] == "ptq_static")
-                 & (pd.to_numeric(table["act_bits"], errors="coerce") == PLANT_ACT_BITS)
+                 & (pd.to_numeric(table["weight_bits"], errors="coerce") == w)
+                 & (pd.to_numeric(table["act_bits"], errors="coerce") == a)
                  & table["config_id"].isin(per_group["config_id"])]
+    low = table.set_index("config_id")["balanced_accuracy_low"]
+    rows = rows[np.array([vd.is_above_chance(low.get(ref, math.nan), min_balanced_accuracy)
+                          for ref in rows["reference_id"]], dtype=bool)]
     changes = [drop_difference(per_group[per_group["config_id"] == r.config_id], group, ci=ci)
                for r in rows.itertuples()]
     return pd.DataFrame({
         "arch": rows["arch"].to_numpy(),
-        "where": [f"w{r.weight_bits}a{r.act_bits}, every calibration draw"
-                  for r in rows.itertuples()],
+        "where": [f"static PTQ w{w}a{a}, calibration {r.calibration}" for r in rows.itertuples()],
         "change": [c[0] for c in changes], "se": [c[1] for c in changes]})
 
 
 def _claim(plant, group, answer, known, changes, what, *, alpha, ci, margin) -> list[dict]:
     head = dict(plant=plant, group=group, known_answer=answer, known_verdict=known)
     if changes.empty:
-        return [{**head, "arch": ALL, "where": NOT_RUN.format(
-            what=f"{what} at {PLANT_ACT_BITS}-bit activations"), "n_configs": 0,
-            "change": math.nan, "change_low": math.nan, "change_high": math.nan,
-            "verdict": "", "matches": None}]
+        return [{**head, "arch": ALL, "where": NOT_RUN.format(what=what), "n_configs": 0,
+                 "change": math.nan, "change_low": math.nan, "change_high": math.nan,
+                 "verdict": "", "matches": None}]
     per_arch = changes.groupby("arch", sort=True).apply(arch_change, include_groups=False)
-    judge = dict(alpha=alpha, ci=ci, margin=margin, better_when_higher=known == vd.BETTER)
+    judge = dict(alpha=alpha, ci=ci, margin=margin, known=known)
     rows = [{**head, "arch": ALL, "where": f"mean over {len(per_arch)} architectures",
              "n_configs": int(per_arch["n_configs"].sum()),
              **judged(per_arch["change"].mean(), per_arch["se"].mean(), **judge)}]
@@ -134,8 +126,9 @@ def arch_change(changes: pd.DataFrame) -> pd.Series:
 
 
 def judged(estimate: float, se: float, *, alpha: float, ci: float, margin: float,
-           better_when_higher: bool) -> dict:
-    """A change with a normal standard error: its interval, verdict and whether it matches."""
+           known: str) -> dict:
+    """A drop difference (lower is better for the group) with a normal standard error: its
+    interval, verdict and whether the verdict is the ``known`` one."""
     z = stats.norm.ppf(0.5 + ci / 2)
     if not se > 0:
         p_difference = p_equivalent = 1.0
@@ -144,10 +137,9 @@ def judged(estimate: float, se: float, *, alpha: float, ci: float, margin: float
         p_equivalent = float(max(stats.norm.sf((estimate + margin) / se),
                                  stats.norm.sf((margin - estimate) / se)))
     verdict = vd.verdict(estimate, p_difference, p_equivalent, alpha=alpha,
-                         better_when_higher=better_when_higher)
-    expected = vd.BETTER if better_when_higher else vd.WORSE
+                         better_when_higher=False)
     return {"change": estimate, "change_low": estimate - z * se,
-            "change_high": estimate + z * se, "verdict": verdict, "matches": verdict == expected}
+            "change_high": estimate + z * se, "verdict": verdict, "matches": verdict == known}
 
 
 def drop_difference(groups: pd.DataFrame, group: str, *, ci: float) -> tuple[float, float]:

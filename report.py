@@ -543,9 +543,10 @@ def _plants_section(analysis: "Analysis") -> str:
         matches=checks["matches"].map({True: "yes", False: "**no**"}).fillna("–"))
     return "\n".join([
         "## Planted effects (synthetic benchmark)", "",
-        "The synthetic set plants effects with known answers (docs/synthetic.md, *Planted "
-        "effects*), so the run can be checked against them. The known answers, each claimed "
-        "once, pooled over the architectures that ran its cell:", "", *answers, "",
+        "The synthetic set plants an effect with a known answer (docs/synthetic.md, *Planted "
+        "effects*), so the run can be checked against it. Each known answer is claimed once, "
+        "pooled over the architectures that ran its cell with an FP32 model above chance:", "",
+        *answers, "",
         f"**{held} of {len(judged)} match.** A mismatch means the run could not see an effect "
         "that is there, or saw one in the wrong direction: read the other verdicts of this run "
         "with that in mind. The per-architecture rows are shown beside the claim, not claimed.",

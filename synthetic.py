@@ -211,17 +211,16 @@ def planted_groups(knobs: dict | None) -> dict[str, str | None]:
     """The groups the synthetic knobs plant an effect on (docs/synthetic.md, *Planted effects*).
 
     ``lighting``: the one group whose contrast gain (``exposure``, 1 where unset) differs from
-    the gain all other groups share. ``weak_cue``: the one group whose smile cue is weaker than
-    every other group's (``cue_strength`` with its defaults). None where the knobs plant none.
-    Shared with the analysis (calibration_study, plants).
+    the gain all other groups share; None where the knobs plant none. Shared with the analysis
+    (calibration_study, plants).
     """
-    knobs = knobs or {}
-    gains = {g: 1.0 for g in SYNTHETIC_GROUPS} | check_exposure(knobs.get("exposure"))
-    cues = _group_values("cue_strength", DEFAULT_CUE_STRENGTH, knobs.get("cue_strength"), 0, 1)
-    weakest = min(cues.values())
-    weak = [g for g, v in cues.items() if v == weakest]
-    return {"lighting": odd_group(gains),
-            "weak_cue": weak[0] if len(weak) == 1 and weakest < 1 else None}
+    return {"lighting": odd_group(contrast_gains(knobs))}
+
+
+def contrast_gains(knobs: dict | None) -> dict[str, float]:
+    """Each group's contrast gain under the knobs (``exposure``, 1 where unset). Shared with
+    ``plants``."""
+    return {g: 1.0 for g in SYNTHETIC_GROUPS} | check_exposure((knobs or {}).get("exposure"))
 
 
 def apply_exposure(pixels: np.ndarray, gain) -> np.ndarray:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import experiment
+import plants
 import synthetic
 from config import load_config
 
@@ -71,12 +72,17 @@ def test_the_default_keeps_the_study_shape(default, study):
     assert static_bits == {"w8a8", "w4a8", "w2a8"}
     assert set(default.runtime.backends) == {"torch", "onnxruntime", "openvino"}
     assert any(dict(cell[3]).get("bits", "").endswith("a4") for cell in grid(default)
-               if cell[2] == "bias_aware_calibration")  # where the lighting plant is judged
+               if cell[2] == "bias_aware_calibration")  # the composition study's cell
 
 
-def test_the_default_data_plant_both_effects(default):
+def test_the_default_judges_its_plant_in_a_cell_it_runs(default):
+    w, a = plants.PLANT_BITS  # the study's random draws are static PTQ rows at these bits
+    assert any(dict(cell[3]).get("bits") == f"w{w}a{a}" for cell in grid(default)
+               if cell[2] == "bias_aware_calibration")
+
+
+def test_the_default_data_plant_the_lighting_effect_alone(default):
     knobs = default.data.synthetic
-    planted = synthetic.planted_groups({"exposure": knobs.exposure,
-                                        "cue_strength": knobs.cue_strength})
-    assert planted["lighting"] and planted["weak_cue"]
-    assert planted["lighting"] != planted["weak_cue"]  # one effect per group: no confounding
+    assert synthetic.planted_groups({"exposure": knobs.exposure})["lighting"] == "Female/Old"
+    assert plants.lighting_verdict({"exposure": knobs.exposure}, "Female/Old") == "WORSE"
+    assert set(knobs.cue_strength.values()) == {1.0}  # one cue: no second effect to confound it
