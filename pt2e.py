@@ -160,7 +160,8 @@ class CompiledModel(nn.Module):
                  files: tuple[Path, ...] = ()):
         super().__init__()
         self.runtime, self.execution, self.files = runtime, execution, files
-        self._compiled = torch.compile(program, dynamic=False)
+        # kept out of the module tree: no parameters to move, no eval() into the exported program
+        self._compiled = (torch.compile(program, dynamic=False),)
         self._shapes: set[tuple] = set()
         self.compile_s = 0.0
 
@@ -170,7 +171,7 @@ class CompiledModel(nn.Module):
         with torch.no_grad(), torch._inductor.config.patch(INDUCTOR_OPTIONS), \
                 torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
                                            fail_on_recompile_limit_hit=True):
-            logits = self._compiled(images.detach().cpu().float().contiguous())
+            logits = self._compiled[0](images.detach().cpu().float().contiguous())
         if new:
             self._shapes.add(shape)
             self.compile_s += time.perf_counter() - start
