@@ -43,7 +43,8 @@ MAX_RESAMPLES = 1_000_000
 the default is 2000."""
 MAX_NAME_LENGTH = 100
 """The longest such name: well under any filesystem's 255-byte limit on one folder name."""
-BACKENDS = ("torch", "onnxruntime", "openvino")  # runtimes.RUNTIMES plus the project's own kernels
+# runtimes.RUNTIMES plus the project's own kernels
+BACKENDS = ("torch", "onnxruntime", "openvino", "torch_pt2e")
 CALIBRATION_KINDS = ("random", "balanced", "balanced_by_label", "minority_enriched")
 """Names of datasets.CALIBRATION_KINDS (kept equal by a test; config imports no torch)."""
 EXECUTORS = ("local", "ray")

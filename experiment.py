@@ -589,6 +589,12 @@ def run_runtime(ctx: Context, arch: str, backend: str, method: str, calibration,
     record.update(_latency_comparison(ctx, arch, model, quantized))
     twin = _twin_labels(ctx, arch, model, method, {"bits": "w8a8"}, calibration, seed)
     record["agreement_with_simulated"] = _agreement(twin, predictions)
+    own_twin = getattr(quantized, "twin", None)  # PT2E: its converted program without Inductor
+    if own_twin is not None:
+        record["agreement_with_own_twin"] = _agreement(ctx.predict(own_twin)["y_pred"].values,
+                                                       predictions)
+    if hasattr(quantized, "compile_s"):  # every compile so far: build, test batches, latency
+        record["compile_s"] = round(quantized.compile_s, 3)
     return record, predictions, per_group
 
 

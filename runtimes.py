@@ -13,6 +13,10 @@ how =============  =====================
 openvino       ``openvino_int8``      ``openvino.convert_model`` of the FP32 model, INT8 from
                                       ``nncf.quantize`` (its default preset; the transformer model
                                       type for attention models); ``models/<config_id>.xml/.bin``
+torch_pt2e     ``torch_pt2e_int8``    ``torch.export`` + torchao's PT2E, x86 Inductor quantizer
+                                      (``reduce_range`` without VNNI, as the FX path's range),
+                                      ``torch.compile`` with Inductor freezing (``pt2e``); FP32:
+                                      the compiled FP32 model; ``models/<config_id>/int8.pt2``
 =============  =====================
 ==================================================================
 
@@ -36,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import pt2e
 from evaluation import model_size_mib
 from quantization import QuantInfo, kernel_capability
 
@@ -83,6 +88,8 @@ class Runtime:
     package: str
     fp32: Callable[..., RuntimeModel]
     int8: Callable[..., RuntimeModel]
+    observer: str = "runtime_default"
+    modules: tuple[str, ...] = ()  # other modules it imports (found when installed)
 
     @property
     def execution(self) -> str:
@@ -217,8 +224,9 @@ def _ov_int8(model, calibration, image_size, folder: Path, threads: int) -> Runt
 
 
 RUNTIMES: dict[str, Runtime] = {
-    "onnxruntime": Runtime("onnxruntime", "onnxruntime", _ort_fp32, _ort_int8),
-    "openvino": Runtime("openvino", "nncf", _ov_fp32, _ov_int8),
+    "onnxruntime": Runtime("onnxruntime", "onnxruntime", _ort_fp32, _ort_int8, "minmax"),
+    "openvino": Runtime("openvino", "nncf", _ov_fp32, _ov_int8, "nncf_default", ("openvino",)),
+    "torch_pt2e": Runtime("torch_pt2e", "torchao", pt2e.pt2e_fp32, pt2e.pt2e_int8, "histogram"),
 }
 
 
@@ -232,7 +240,7 @@ def get_runtime(name: str) -> Runtime:
 def available_runtimes() -> list[str]:
     """The runtimes whose packages are installed."""
     return [name for name, runtime in RUNTIMES.items()
-            if all(importlib.util.find_spec(p) for p in (runtime.package, runtime.name))]
+            if all(importlib.util.find_spec(p) for p in (runtime.package, *runtime.modules))]
 
 
 def fp32_runtime_model(name: str, model: nn.Module, image_size: int, folder: str | Path, *,
@@ -256,15 +264,26 @@ def quantize_with_runtime(name: str, model: nn.Module, calibration_data, image_s
     size, fp32_size = quantized.size_mib(), model_size_mib(model)  # FP32 as torch rows count it
     quantized.quant_info = QuantInfo(
         method="ptq_static", weight_bits=8, act_bits=8, execution=runtime.execution,
-        observer="minmax" if name == "onnxruntime" else "nncf_default", size_mib=size,
-        fp32_size_mib=fp32_size, compression=fp32_size / size, cost_s=cost_s,
-        activation_range=_runtime_range(name), **kernel_capability())
+        observer=runtime.observer, size_mib=size, fp32_size_mib=fp32_size,
+        compression=fp32_size / size, cost_s=cost_s, activation_range=_runtime_range(quantized),
+        extra=_runtime_facts(quantized), **kernel_capability())
     logger.info("%s INT8: %.3f MiB (x%.2f), %.1f s", name, size, fp32_size / size, cost_s)
     return quantized
 
 
-def _runtime_range(name: str) -> str:
-    """ONNX Runtime's ``reduce_range`` choice here; OpenVINO picks its own per CPU."""
-    if name == "onnxruntime":
+def _runtime_range(quantized: RuntimeModel) -> str:
+    """The range a runtime's model was built with: PT2E's own, ONNX Runtime's ``reduce_range``
+    choice here; OpenVINO picks its own per CPU."""
+    if getattr(quantized, "activation_range", None):
+        return quantized.activation_range
+    if quantized.runtime == "onnxruntime":
         return "full" if kernel_capability()["vnni"] else "reduced"
     return "runtime"
+
+
+def _runtime_facts(quantized: RuntimeModel) -> dict:
+    """Row columns only a compiled torch model has: the CPU flags its range was chosen from
+    (/proc/cpuinfo) and the seconds its first compile took (kept apart from cost and latency)."""
+    if not hasattr(quantized, "compile_s"):
+        return {}
+    return {**pt2e.cpu_flags(), "compile_s": round(quantized.compile_s, 3)}

@@ -5,14 +5,19 @@ FP32, and the project's fastest torch INT8 against the best peer INT8.
     python -m benchmarks.bench_quantization --archs resnet50 mobilenet_v2 --sizes 224
 
 Variants (all on ``--threads`` threads, random weights: latency does not depend on their values):
-FP32 as torch eager (contiguous and channels_last), torch traced and frozen, ONNX Runtime and
-OpenVINO; INT8 as the project's torch model (eager, and traced and frozen when exact), ONNX
-Runtime static QDQ and OpenVINO + NNCF (the ``runtimes`` backends). They are measured in
+FP32 as torch eager (contiguous and channels_last), torch traced and frozen, ONNX Runtime,
+OpenVINO and ``torch.compile`` with Inductor freezing (``torch_pt2e``'s FP32); INT8 as the
+project's FX torch model (eager, and traced and frozen when exact), ONNX Runtime static QDQ,
+OpenVINO + NNCF and PT2E compiled by Inductor (the ``runtimes`` backends). Compiled variants
+compile once per batch size in the process, during warm-up; their compile seconds are printed
+apart from latency. They are measured in
 interleaved rounds and the best round's median counts, so a burst of load from another process
 hits every variant alike; the ratios printed come from one run. Prints the CPU it ran on.
-Targets: every INT8 faster than the strongest FP32; the project's fastest torch INT8 within 10%
-of the best peer INT8 (``torch/peer`` <= 1.10), and the project's fastest INT8 of any backend
-(``project/peer``) too. Run it on an otherwise idle machine.
+Targets: every INT8 faster than the strongest FP32 (compiled FP32 among the candidates); the
+project's fastest FX torch INT8 within 10% of the best peer INT8 (``torch/peer`` <= 1.10, peers:
+ONNX Runtime and OpenVINO), and the project's fastest INT8 of any backend (``project/peer``) too.
+``PT2E/peer`` and ``PT2E/FX`` put PT2E beside the best peer and the fastest FX INT8.
+Run it on an otherwise idle machine.
 """
 from __future__ import annotations
 
@@ -75,19 +80,37 @@ def interleaved(models: dict, size: int, batch: int, args) -> dict[str, float]:
     return best
 
 
+FX_FORMS = ("torch", "torch_frozen")  # the project's FX INT8: eager, traced and frozen
+PT2E = "torch_pt2e"  # torch INT8 by PT2E + Inductor: the project's too, not a peer
+
+
 def report(arch: str, size: int, batch: int, fp32: dict, int8: dict, peers: list[str]) -> None:
     strongest = min(fp32, key=fp32.get)
-    torch_best = min(ms for name, ms in int8.items() if name.startswith("torch"))
+    torch_best = min(ms for name, ms in int8.items() if name in FX_FORMS)
     print(f"\n{arch} {size} px, batch {batch}: strongest FP32 = {strongest} "
           f"{fp32[strongest]:.2f} ms")
     print("  FP32 ms: " + ", ".join(f"{name} {ms:.2f}" for name, ms in fp32.items()))
     print("  INT8 ms (speedup vs strongest FP32): " + ", ".join(
         f"{name} {ms:.2f} ({fp32[strongest] / ms:.2f}x)" for name, ms in int8.items()))
+    peers = [name for name in peers if name != PT2E]
     if peers:
         best_peer = min(peers, key=int8.get)
-        project = min(int8.values())
-        print(f"  torch/peer = {torch_best / int8[best_peer]:.2f} (fastest torch INT8 / "
+        project = min(ms for name, ms in int8.items() if name not in peers)  # FX or PT2E
+        print(f"  torch/peer = {torch_best / int8[best_peer]:.2f} (fastest FX INT8 / "
               f"{best_peer} INT8); project/peer = {project / int8[best_peer]:.2f}")
+        if PT2E in int8:
+            print(f"  PT2E/peer = {int8[PT2E] / int8[best_peer]:.2f}; PT2E/FX = "
+                  f"{int8[PT2E] / torch_best:.2f} (fastest FX INT8)")
+
+
+def compile_seconds(arch: str, size: int, fp32: dict, int8: dict) -> None:
+    """The seconds each compiled variant spent compiling (every batch shape it saw), apart
+    from its latency."""
+    spent = {f"{kind}:{name}": model.compile_s for kind, models in (("fp32", fp32), ("int8", int8))
+             for name, (model, _) in models.items() if hasattr(model, "compile_s")}
+    if spent:
+        print(f"  compile s ({arch} {size} px, all batch sizes): " + ", ".join(
+            f"{name} {seconds:.1f}" for name, seconds in spent.items()))
 
 
 def main(argv=None) -> None:
@@ -120,6 +143,7 @@ def main(argv=None) -> None:
                     split = {kind: {name.split(":", 1)[1]: ms for name, ms in timings.items()
                                     if name.startswith(kind)} for kind in ("fp32", "int8")}
                     report(arch, size, batch, split["fp32"], split["int8"], args.runtimes)
+                compile_seconds(arch, size, fp32, int8)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -45,8 +45,8 @@ def test_each_runtime_quantizes_saves_and_agrees_with_the_torch_twin(name, train
     assert info["execution"] == f"{name}_int8" and (info["weight_bits"], info["act_bits"]) == (8, 8)
     assert all(path.is_file() for path in quantized.files) and info["size_mib"] > 0
     reference = apply_quantization(trained, calibration_data=calibration, execution="simulated")
-    # same columns as torch rows
-    assert info.record().keys() == reference.quant_info.record().keys()
+    # the columns of torch rows (a compiled model adds its CPU flags and compile seconds)
+    assert info.record().keys() >= reference.quant_info.record().keys()
     assert prediction_agreement(quantized, reference, calibration) >= 0.95
     fp32 = runtimes.fp32_runtime_model(name, trained, SIZE, tmp_path, threads=1)
     with torch.no_grad():
