@@ -5,40 +5,17 @@ Tests marked ``compile`` run Inductor (seconds each, once per range here); desel
 ``-m 'not compile'``."""
 import copy
 
-import pandas as pd
 import pytest
 import torch
 import torchvision
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-import main
 import pt2e
 import runtimes
-from models import build_model
-from training import fit
 
-SIZE = 16
+SIZE = 16  # conftest.TINY_SIZE: the separable_images fixture's size
 QUANTIZE_OPS = (torch.ops.quantized_decomposed.quantize_per_tensor.default,
                 torch.ops.quantized_decomposed.quantize_per_tensor.tensor)
-
-
-@pytest.fixture(scope="module")
-def data():
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 2, (192,), generator=generator)
-    images = torch.randn(192, 3, SIZE, SIZE, generator=generator) * 0.5
-    images += (labels.float() * 2 - 1).view(-1, 1, 1, 1) * 0.5
-    return TensorDataset(images, labels, torch.zeros(192, dtype=torch.long), torch.arange(192))
-
-
-@pytest.fixture(scope="module")
-def trained(data):
-    torch.manual_seed(0)
-    model = build_model("tiny_cnn", image_size=SIZE)
-    fit(model,
-        DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)),
-        epochs=3, lr=1e-2, device="cpu", progress=False)
-    return model.eval()
 
 
 def activation_maxima(program: torch.fx.GraphModule) -> set[int]:
@@ -48,15 +25,15 @@ def activation_maxima(program: torch.fx.GraphModule) -> set[int]:
 
 @pytest.mark.compile
 @pytest.mark.parametrize("activation_range", ["auto", "full", "reduced"])
-def test_compiled_int8_agrees_with_its_twin_at_each_range(activation_range, trained, data,
-                                                          tmp_path):
-    calibration = DataLoader(data, batch_size=64)
-    compiled = pt2e.pt2e_int8(trained, calibration, SIZE, tmp_path, 1,
+def test_compiled_int8_agrees_with_its_twin_at_each_range(activation_range, separable_cnn,
+                                                          separable_images, tmp_path):
+    calibration = DataLoader(separable_images, batch_size=64)
+    compiled = pt2e.pt2e_int8(separable_cnn, calibration, SIZE, tmp_path, 1,
                               activation_range=activation_range)
     expected = pt2e.resolve_range(activation_range)
     assert compiled.activation_range == expected
     assert activation_maxima(compiled.twin.program) == {255 if expected == "full" else 127}
-    images = data.tensors[0]
+    images = separable_images.tensors[0]
     with torch.inference_mode():
         real, twin = compiled(images), compiled.twin(images)
     assert not torch.equal(real, twin)  # the compiled model is not the float program again
@@ -72,10 +49,11 @@ def test_auto_is_the_fx_paths_range_for_this_cpu():
     assert set(pt2e.cpu_flags()) == {"avx512_vnni", "avx_vnni"}
 
 
-def test_an_unknown_range_is_refused_naming_the_value(trained, data):
+def test_an_unknown_range_is_refused_naming_the_value(separable_cnn, separable_images):
     with pytest.raises(ValueError, match=r"activation_range='7bit' is not supported by "
                                          r"torch_pt2e; supported: auto, full, reduced"):
-        pt2e.quantize_pt2e(trained, DataLoader(data, batch_size=64), activation_range="7bit")
+        pt2e.quantize_pt2e(separable_cnn, DataLoader(separable_images, batch_size=64),
+                           activation_range="7bit")
 
 
 def test_resnet_shared_relu_quantizes_and_leaves_the_model_unchanged():
@@ -107,16 +85,8 @@ def test_the_quantizer_still_needs_the_split():
 
 
 @pytest.mark.compile
-def test_the_quantization_phase_writes_a_torch_pt2e_row(tmp_path):
-    args = ["--config", "configs/smoke.yaml", "--set", f"results_dir={tmp_path / 'results'}",
-            "--set", f"data.root={tmp_path / 'data'}", "--set", "models.architectures=[tiny_cnn]",
-            "--set", "quantization.methods=[{method: ptq_static, bits: [w8a8]}]",
-            "--set", "runtime.backends=[torch, torch_pt2e]",
-            "--set", "runtime.latency_repeats=2", "--set", "runtime.latency_batch_sizes=[1]"]
-    assert main.main([*args, "--phase", "baseline"]) == 0
-    assert main.main([*args, "--phase", "quantization"]) == 0
-    run_dir = tmp_path / "results" / "smoke"
-    table = pd.read_csv(run_dir / "quantization_results.csv").set_index("execution")
+def test_the_quantization_phase_writes_a_torch_pt2e_row(static_w8a8_run):
+    run_dir, table, _ = static_w8a8_run("[torch, torch_pt2e]", "models.architectures=[tiny_cnn]")
     assert set(table.index) == {"real_int8", "torch_pt2e_int8"}
     row = table.loc["torch_pt2e_int8"]
     assert row["status"] == "ok" and (run_dir / row["artifact"]).is_file()

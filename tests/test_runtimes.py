@@ -4,54 +4,34 @@ import importlib.util
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import experiment
 import main
 import runtimes
-from models import build_model
 from quantization import apply_quantization, prediction_agreement
-from training import fit
 
-SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def data():
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 2, (192,), generator=generator)
-    images = torch.randn(192, 3, SIZE, SIZE, generator=generator) * 0.5
-    images += (labels.float() * 2 - 1).view(-1, 1, 1, 1) * 0.5
-    return TensorDataset(images, labels, torch.zeros(192, dtype=torch.long), torch.arange(192))
-
-
-@pytest.fixture(scope="module")
-def trained(data):
-    torch.manual_seed(0)
-    model = build_model("tiny_cnn", image_size=SIZE)
-    fit(model,
-        DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)),
-        epochs=3, lr=1e-2, device="cpu", progress=False)
-    return model.eval()
+SIZE = 16  # conftest.TINY_SIZE: the separable_images fixture's size
 
 
 @pytest.mark.parametrize("name", sorted(runtimes.RUNTIMES))
-def test_each_runtime_quantizes_saves_and_agrees_with_the_torch_twin(name, trained, data,
-                                                                     tmp_path):
-    calibration = DataLoader(data, batch_size=32)
-    quantized = runtimes.quantize_with_runtime(name, trained, calibration, SIZE, tmp_path,
+def test_each_runtime_quantizes_saves_and_agrees_with_the_torch_twin(name, separable_cnn,
+                                                                     separable_images, tmp_path):
+    calibration = DataLoader(separable_images, batch_size=32)
+    quantized = runtimes.quantize_with_runtime(name, separable_cnn, calibration, SIZE, tmp_path,
                                                threads=1)
     info = quantized.quant_info
     assert info["execution"] == f"{name}_int8" and (info["weight_bits"], info["act_bits"]) == (8, 8)
     assert all(path.is_file() for path in quantized.files) and info["size_mib"] > 0
-    reference = apply_quantization(trained, calibration_data=calibration, execution="simulated")
+    reference = apply_quantization(separable_cnn, calibration_data=calibration,
+                                   execution="simulated")
     # the columns of torch rows (a compiled model adds its CPU flags and compile seconds)
     assert info.record().keys() >= reference.quant_info.record().keys()
     assert prediction_agreement(quantized, reference, calibration) >= 0.95
-    fp32 = runtimes.fp32_runtime_model(name, trained, SIZE, tmp_path, threads=1)
+    fp32 = runtimes.fp32_runtime_model(name, separable_cnn, SIZE, tmp_path, threads=1)
     with torch.no_grad():
-        images = data.tensors[0][:8]
-        assert torch.allclose(fp32(images), trained(images), atol=1e-4)
+        images = separable_images.tensors[0][:8]
+        assert torch.allclose(fp32(images), separable_cnn(images), atol=1e-4)
 
 
 def test_an_unknown_runtime_lists_the_known_ones():
@@ -68,16 +48,8 @@ def test_a_missing_package_names_it_and_the_install_line(monkeypatch):
     assert "openvino" not in runtimes.available_runtimes()
 
 
-def test_the_quantization_phase_writes_a_row_per_backend(tmp_path, monkeypatch, capsys):
-    args = ["--config", "configs/smoke.yaml", "--set", f"results_dir={tmp_path / 'results'}",
-            "--set", f"data.root={tmp_path / 'data'}",
-            "--set", "quantization.methods=[{method: ptq_static, bits: [w8a8]}]",
-            "--set", "runtime.backends=[torch, onnxruntime, openvino]",
-            "--set", "runtime.latency_repeats=2", "--set", "runtime.latency_batch_sizes=[1]"]
-    assert main.main([*args, "--phase", "baseline"]) == 0
-    assert main.main([*args, "--phase", "quantization"]) == 0
-    run_dir = tmp_path / "results" / "smoke"
-    table = pd.read_csv(run_dir / "quantization_results.csv").set_index("execution")
+def test_the_quantization_phase_writes_a_row_per_backend(static_w8a8_run, monkeypatch, capsys):
+    run_dir, table, args = static_w8a8_run("[torch, onnxruntime, openvino]")
     assert set(table.index) == {"real_int8", "onnxruntime_int8", "openvino_int8"}
     assert (table["status"] == "ok").all()
     fastest = table["fp32_reference_b1"].unique()
