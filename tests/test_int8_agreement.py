@@ -15,7 +15,15 @@ from quantization import apply_quantization
 SIZE = 32
 
 
+def _skip_where_the_kernels_saturate(activation_range):
+    """Forced 'full' on a CPU without VNNI: the kernels' int16 pair sums saturate by design
+    (docs/int8.md), so there real INT8 is not meant to equal its twin."""
+    if activation_range == "full" and not int8_kernels.kernel_capability()["vnni"]:
+        pytest.skip("the full range saturates the integer kernels of CPUs without VNNI")
+
+
 def _pair(model, activation_range, calibration):
+    _skip_where_the_kernels_saturate(activation_range)
     options = dict(calibration_data=list(calibration.split(32)), bits="w8a8",
                    activation_range=activation_range)
     with warnings.catch_warnings():
