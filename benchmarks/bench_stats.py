@@ -1,6 +1,6 @@
 """Size, power and coverage of the analysis statistics on simulated data with a known truth.
 
-    python -m benchmarks.bench_stats            # the full benchmark (about 10 minutes, one core)
+    python -m benchmarks.bench_stats            # the full benchmark
     python -m benchmarks.bench_stats --quick    # fewer simulations (wider Monte Carlo error)
 
 Prints, at alpha = 0.05 (target: 5% +- 2%; coverage 95% +- 2%):
@@ -22,8 +22,9 @@ Prints, at alpha = 0.05 (target: 5% +- 2%; coverage 95% +- 2%):
    rates), and two of this file's own where units share most of their error (fragile samples
    every unit flips; nested boundary shifts, scored on the smallest group's accuracy). Beside
    each cell, on the same draws: a t-interval on the unit changes alone and a normal interval on
-   the test noise alone. 1,000 simulations per cell (Monte Carlo se 0.7 points);
-   ``--only pooled`` runs this section alone (about 5 minutes on one core).
+   the test noise alone. 4,000 simulations per cell (Monte Carlo se 0.35 points: a 1,000-draw
+   se of 0.7 is too coarse to place a cell in a band of +-2 points), in two processes
+   (``--workers``); ``--only pooled`` runs this section alone.
 
 Last, the wall time of paired_bootstrap at 20,000 samples x 2,000 resamples and permutations.
 Every number is the Monte Carlo estimate from the seeds below; its standard error is printed.
@@ -31,6 +32,7 @@ Every number is the Monte Carlo estimate from the seeds below; its standard erro
 import argparse
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the benchmark should not depend on free cores
 
@@ -365,36 +367,51 @@ def pooled_designs(drop, spread):
              "R", nested_units, NESTED_TRUTH)]
 
 
-def pooled_coverage(n_sims, replicates, drop, spread, unit_counts, interval=None):
+def coverage_cell(cell):
+    """(hits, widths, t only hits, z only hits) of one (design index, k, n_sims, replicates,
+    drop, spread) cell: its own seed, so the numbers do not depend on how cells are spread over
+    processes."""
+    index, k, n_sims, replicates, drop, spread, interval = cell
+    _, metric, group, draw, truth = pooled_designs(drop, spread)[index]
+    interval = interval or unit_stats.pooled_interval
+    rng = np.random.default_rng(20261204 + k)
+    hits, widths, t_only, z_only = [], [], [], []
+    for sim in range(n_sims):
+        y, units, labels = draw(rng, k)
+        values = unit_changes(metric, group, y, units, labels)
+        shared = unit_stats.shared_paired_replicates(
+            y, units, labels, metric, n_resamples=replicates, seed=sim, group=group or fm.OVERALL)
+        evidence = interval(values, shared)
+        hits.append(evidence.low <= truth <= evidence.high)
+        widths.append(evidence.high - evidence.low)
+        error, cov = abs(values.mean() - truth), np.cov(shared, rowvar=False)
+        c = max((cov.sum() - np.trace(cov)) / (k * (k - 1)), 0.0)
+        t_only.append(error <= stats.t.ppf(0.975, k - 1) * values.std(ddof=1) / k ** 0.5)
+        z_only.append(error <= 1.959964 * (c + (np.trace(cov) / k - c) / k) ** 0.5)
+    return hits, widths, t_only, z_only
+
+
+def pooled_coverage(n_sims, replicates, drop, spread, unit_counts, interval=None, workers=1):
     """Coverage of ``unit_stats.pooled_interval`` (or ``interval``, same signature) on every
     design, for each number of units; beside it, on the same draws, a t-interval on the unit
-    changes alone and a normal interval on the test noise alone (shared c + unshared / k)."""
-    interval = interval or unit_stats.pooled_interval
+    changes alone and a normal interval on the test noise alone (shared c + unshared / k).
+    ``workers`` processes share the cells; every cell has its own seed."""
     print(f"4. coverage of the pooled 95% interval over k units scored on one shared test set; "
           f"truth = the expected change over units and test sets ({n_sims} simulations, "
           f"{replicates} shared replicates each; t only / z only: the two parts alone)")
-    for label, metric, group, draw, truth in pooled_designs(drop, spread):
-        print(f"   {label}; truth {truth:+.4f}")
-        for k in unit_counts:
-            rng = np.random.default_rng(20261204 + k)
-            hits, widths, t_only, z_only = [], [], [], []
-            for sim in range(n_sims):
-                y, units, labels = draw(rng, k)
-                values = unit_changes(metric, group, y, units, labels)
-                shared = unit_stats.shared_paired_replicates(
-                    y, units, labels, metric, n_resamples=replicates, seed=sim,
-                    group=group or fm.OVERALL)
-                evidence = interval(values, shared)
-                hits.append(evidence.low <= truth <= evidence.high)
-                widths.append(evidence.high - evidence.low)
-                error, cov = abs(values.mean() - truth), np.cov(shared, rowvar=False)
-                c = max((cov.sum() - np.trace(cov)) / (k * (k - 1)), 0.0)
-                t_only.append(error <= stats.t.ppf(0.975, k - 1) * values.std(ddof=1) / k ** 0.5)
-                z_only.append(error <= 1.959964 * (c + (np.trace(cov) / k - c) / k) ** 0.5)
-            print(f"     k = {k:2d}: {rate(hits, n_sims)}, median width "
-                  f"{np.nanmedian(widths):.4f}, no interval {np.mean(np.isnan(widths)):.0%}; "
-                  f"t only {100 * np.mean(t_only):.1f}%, z only {100 * np.mean(z_only):.1f}%",
-                  flush=True)
+    designs = pooled_designs(drop, spread)
+    cells = [(index, k, n_sims, replicates, drop, spread, interval)
+             for index in range(len(designs)) for k in unit_counts]
+    with ProcessPoolExecutor(workers) as pool:
+        results = pool.map(coverage_cell, cells)
+        for label, *_, truth in designs:
+            print(f"   {label}; truth {truth:+.4f}")
+            for k in unit_counts:
+                hits, widths, t_only, z_only = next(results)
+                print(f"     k = {k:2d}: {rate(hits, n_sims)}, median width "
+                      f"{np.nanmedian(widths):.4f}, no interval {np.mean(np.isnan(widths)):.0%}; "
+                      f"t only {100 * np.mean(t_only):.1f}%, z only {100 * np.mean(z_only):.1f}%",
+                      flush=True)
 
 
 def timing():
@@ -418,8 +435,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer simulations, for a check")
     parser.add_argument("--sims", type=int, default=None, help="simulations per figure")
     parser.add_argument("--pooled-sims", type=int, default=None,
-                        help="simulations per pooled-interval cell (section 4; default 1000, "
+                        help="simulations per pooled-interval cell (section 4; default 4000, "
                              "300 with --quick)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes for section 4's cells (default 2; the numbers do not "
+                             "depend on it)")
     parser.add_argument("--only", choices=("pooled",), default=None,
                         help="run one section (pooled: section 4) and nothing else")
     args = parser.parse_args()
@@ -430,8 +450,8 @@ def main():
     if args.only is None:
         size_and_power(sims, resamples, drop=0.25)
         paired_coverage(sims, resamples, drop=0.10)
-    pooled_coverage(args.pooled_sims or (300 if args.quick else 1000), 200, drop=0.10,
-                    spread=0.04, unit_counts=(3, 5, 10))
+    pooled_coverage(args.pooled_sims or (300 if args.quick else 4000), 200, drop=0.10,
+                    spread=0.04, unit_counts=(3, 5, 10), workers=args.workers)
     if args.only is None:
         timing()
     print(f"total {time.perf_counter() - started:.0f} s")
