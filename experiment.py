@@ -34,6 +34,7 @@ from models import (
     save_checkpoint,
 )
 from quantization import (
+    SharedGraphs,
     apply_quantization,
     context_keys,
     kernel_capability,
@@ -41,6 +42,7 @@ from quantization import (
     list_methods,
     method_config,
     method_traits,
+    sharing,
 )
 from results import WorkUnit, holds_results, load_predictions, predictions_path
 from runtimes import fp32_runtime_model, get_runtime, quantize_with_runtime
@@ -51,7 +53,8 @@ log = logging.getLogger(__name__)
 
 class Context:
     """The run's data that every unit of one run shares: the config, the run folder, the data
-    splits, their loaders and the device, and the FP32 baselines' caches (``baselines``).
+    splits, their loaders and the device, the FP32 baselines' caches (``baselines``) and the
+    static PTQ graphs its units share (``graphs``, ``quantization.SharedGraphs``).
 
     Splits are loaded on first use, so listing the units (to skip finished ones) costs nothing.
     ``context_for_run(run_dir)`` gives this process's context of a run folder.
@@ -61,6 +64,7 @@ class Context:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
         self.baselines = Baselines(cfg, self.run_dir)
+        self.graphs = SharedGraphs()
 
     @cached_property
     def splits(self):
@@ -218,7 +222,9 @@ def context_for_run(run_dir: str | Path) -> Context:
 def execute(unit: WorkUnit, ctx: Context | None = None):
     """Run one unit: ``(record, predictions, per_group)``. Works in any process that sees the
     run folder; ``ctx``: the caller's context of that run (else ``context_for_run``)."""
-    return RUNNERS[unit.runner](ctx or context_for_run(unit.run_dir), **unit.args)
+    ctx = ctx or context_for_run(unit.run_dir)
+    with sharing(ctx.graphs):
+        return RUNNERS[unit.runner](ctx, **unit.args)
 
 
 def _unit(ctx: Context, config_id: str, fields: dict, runner: str, args: dict, phase: str,

@@ -78,8 +78,10 @@ correctly). For EfficientNet: SiLU (also inside squeeze-excitation) and stochast
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
 import importlib
 import logging
 import time
@@ -694,6 +696,20 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
     return prepared
 
 
+PREPARED_FACTS = ("integer_twin", "narrowed_inputs")
+"""The attributes ``prepare_quantization`` sets on a prepared graph that ``convert_quantized``
+reads; a GraphModule's deep copy drops plain attributes, so ``copy_prepared`` carries them."""
+
+
+def copy_prepared(prepared: nn.Module) -> nn.Module:
+    """A deep copy of a prepared (or calibrated) graph, with its ``PREPARED_FACTS``."""
+    copied = copy.deepcopy(prepared)
+    for name in PREPARED_FACTS:
+        if hasattr(prepared, name):
+            setattr(copied, name, copy.deepcopy(getattr(prepared, name)))
+    return copied
+
+
 @torch.no_grad()
 def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor], *, device="cpu",
               progress: bool = False) -> nn.Module:
@@ -729,6 +745,86 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
     return model
 
 
+# --------------------------------------------------------------------------- work done once
+
+def model_digest(model: nn.Module) -> str:
+    """A digest of everything a model computes with: its class, module tree and every tensor of
+    its state (names, dtypes, shapes, bytes)."""
+    digest = hashlib.sha1(f"{type(model).__qualname__}\n{model!r}".encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _images_digest(images: list[torch.Tensor]) -> str:
+    digest = hashlib.sha1()
+    for batch in images:
+        batch = batch.detach().contiguous()
+        digest.update(f"{batch.dtype}:{tuple(batch.shape)}".encode())
+        digest.update(batch.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class SharedGraphs:
+    """Static PTQ's prepared and calibrated graphs, each made once and handed out as copies
+    while ``sharing(graphs)`` is active (one process, one run: ``experiment.Context``).
+
+    A prepared graph is keyed by the model (``model_digest``) and the config without its
+    execution (prepare reads neither the execution nor the example images' values); a calibrated
+    one also by the calibration images' bytes, the device and the thread count. Converting a copy
+    gives the same model, bit for bit, as preparing and calibrating again: the w8a8 twin comes
+    from its unit's calibration, the calibration study's draws from one prepared graph. The
+    newest ``limit`` graphs of each kind are kept.
+    """
+
+    def __init__(self, limit: int = 2):
+        self.limit = limit
+        self._prepared: dict[tuple, nn.Module] = {}
+        self._calibrated: dict[tuple, nn.Module] = {}
+        self.reused = {"prepared": 0, "calibrated": 0}
+
+    def calibrated(self, model: nn.Module, config: PTQStaticConfig, images: list[torch.Tensor],
+                   *, device="cpu", progress: bool = False) -> nn.Module:
+        """A copy of ``model`` prepared for ``config`` and calibrated on ``images``."""
+        base = (model_digest(model), type(config), dataclasses.replace(config, execution="auto"))
+        key = (*base, _images_digest(images), str(training.resolve_device(device)),
+               torch.get_num_threads())
+        if key in self._calibrated:
+            self.reused["calibrated"] += 1
+        else:
+            prepared = self._prepared_copy(base, model, config, images[0])
+            self._keep(self._calibrated, key,
+                       calibrate(prepared, images, device=device, progress=progress))
+        return copy_prepared(self._calibrated[key])
+
+    def _prepared_copy(self, key: tuple, model, config, example) -> nn.Module:
+        if key in self._prepared:
+            self.reused["prepared"] += 1
+        else:
+            self._keep(self._prepared, key, prepare_quantization(model, config, example))
+        return copy_prepared(self._prepared[key])
+
+    def _keep(self, graphs: dict, key: tuple, graph: nn.Module) -> None:
+        while len(graphs) >= self.limit:
+            graphs.pop(next(iter(graphs)))
+        graphs[key] = graph
+
+
+_SHARING: list[SharedGraphs] = []
+
+
+@contextlib.contextmanager
+def sharing(graphs: SharedGraphs):
+    """Static PTQ inside this block takes its prepared and calibrated graphs from ``graphs``."""
+    _SHARING.append(graphs)
+    try:
+        yield graphs
+    finally:
+        _SHARING.pop()
+
+
 # --------------------------------------------------------------------------- built-in methods
 
 @register_method("ptq_static", PTQStaticConfig,
@@ -736,8 +832,12 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
 def _ptq_static(model: nn.Module, config: PTQStaticConfig, calibration_data, *, device="cpu",
                 progress: bool = False, **_) -> nn.Module:
     first, batches = _image_batches(calibration_data, "calibration_data", "ptq_static")
-    prepared = prepare_quantization(model.cpu(), config, first.cpu())
-    calibrate(prepared, batches, device=device, progress=progress)
+    if _SHARING:
+        prepared = _SHARING[-1].calibrated(model.cpu(), config, [b.cpu() for b in batches],
+                                           device=device, progress=progress)
+    else:
+        prepared = prepare_quantization(model.cpu(), config, first.cpu())
+        calibrate(prepared, batches, device=device, progress=progress)
     return convert_quantized(prepared, config.resolved_execution)
 
 
