@@ -129,6 +129,7 @@ class Baselines:
         self._models: dict[str, tuple] = {}  # arch -> (checkpoint mtime, model)
         self._latency: dict[str, dict] = {}  # arch -> {batch size: (ms, name)}
         self._twins: dict[str, object] = {}  # twin key -> predicted labels
+        self._runtimes: dict[tuple, object] = {}  # (arch, checkpoint mtime, backend) -> model
 
     def require(self, arch: str) -> None:
         """Stop before a sweep starts when the FP32 model or its predictions are missing; read
@@ -156,9 +157,7 @@ class Baselines:
         and the FP32 model of every configured runtime."""
         if arch not in self._latency:
             cfg = self.cfg
-            folder = self.run_dir / "models" / cfg.data.dataset_name / arch_slug(arch)
-            others = {f"{name}_fp32": fp32_runtime_model(name, fp32_model, cfg.data.image_size,
-                                                         folder / name, threads=cfg.runtime.threads)
+            others = {f"{name}_fp32": self.fp32_runtime(arch, name, fp32_model)
                       for name in cfg.runtime.backends if name != "torch"}
             report = latency_report(fp32_model, fp32_model, cfg.data.image_size,
                                     fp32_models=others, **latency_options(cfg))
@@ -166,6 +165,27 @@ class Baselines:
                 n: (report[f"fp32_latency_ms_b{n}"], report[f"fp32_reference_b{n}"])
                 for n in cfg.runtime.latency_batch_sizes}
         return self._latency[arch]
+
+    def fp32_runtime(self, arch: str, backend: str, fp32_model):
+        """Runtime ``backend``'s FP32 model of ``arch`` (``fp32_model``, this run's checkpoint),
+        exported once: the FP32 candidate of the latency reference and the export the runtime's
+        INT8 unit starts from. Only the latest architecture's models are kept."""
+        key = self._runtime_key(arch, backend)
+        if key not in self._runtimes:
+            self._runtimes = {k: v for k, v in self._runtimes.items() if k[0] == arch}
+            folder = self.run_dir / "models" / self.cfg.data.dataset_name / arch_slug(arch)
+            self._runtimes[key] = fp32_runtime_model(backend, fp32_model, self.cfg.data.image_size,
+                                                     folder / backend,
+                                                     threads=self.cfg.runtime.threads)
+        return self._runtimes[key]
+
+    def exported_runtime(self, arch: str, backend: str):
+        """``fp32_runtime``'s model when it was already made in this process, else None."""
+        return self._runtimes.get(self._runtime_key(arch, backend))
+
+    def _runtime_key(self, arch: str, backend: str) -> tuple:
+        self.require(arch)
+        return arch, self._models[arch][0], backend
 
     def twin_labels(self, key: str, build):
         """The twin labels under ``key``, made by ``build()`` the first time."""
@@ -587,7 +607,8 @@ def run_runtime(ctx: Context, arch: str, backend: str, method: str, calibration,
     calibration_loader = ctx.calibration_loader(*calibration, seed=seed)
     quantized = quantize_with_runtime(backend, model, calibration_loader, ctx.cfg.data.image_size,
                                       ctx.run_dir / "models" / config_id,
-                                      threads=ctx.cfg.runtime.threads)
+                                      threads=ctx.cfg.runtime.threads,
+                                      fp32=ctx.baselines.exported_runtime(arch, backend))
     predictions = ctx.predict(quantized)
     record, per_group = ctx.score(predictions, ctx.baselines.predictions(arch))
     record.update(quantized.quant_info.record())
