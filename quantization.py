@@ -774,37 +774,43 @@ class SharedGraphs:
     A prepared graph is keyed by the model (``model_digest``) and the config without its
     execution (prepare reads neither the execution nor the example images' values); a calibrated
     one also by the calibration images' bytes, the device and the thread count. Converting a copy
-    gives the same model, bit for bit, as preparing and calibrating again: the w8a8 twin comes
-    from its unit's calibration, the calibration study's draws from one prepared graph. The
-    newest ``limit`` graphs of each kind are kept.
+    gives the same model, bit for bit, as preparing and calibrating again. Kept, so that a miss
+    costs no copy: a prepared graph from the second time its key comes (the calibration study's
+    draws), a calibrated one when its simulated twin may follow (w8a8: the twin converts its
+    unit's calibration). The newest ``limit`` of each kind are kept.
     """
 
     def __init__(self, limit: int = 2):
         self.limit = limit
         self._prepared: dict[tuple, nn.Module] = {}
         self._calibrated: dict[tuple, nn.Module] = {}
+        self._seen: set[tuple] = set()
         self.reused = {"prepared": 0, "calibrated": 0}
 
     def calibrated(self, model: nn.Module, config: PTQStaticConfig, images: list[torch.Tensor],
                    *, device="cpu", progress: bool = False) -> nn.Module:
-        """A copy of ``model`` prepared for ``config`` and calibrated on ``images``."""
+        """``model`` prepared for ``config`` and calibrated on ``images`` (the caller's copy)."""
         base = (model_digest(model), type(config), dataclasses.replace(config, execution="auto"))
         key = (*base, _images_digest(images), str(training.resolve_device(device)),
                torch.get_num_threads())
         if key in self._calibrated:
             self.reused["calibrated"] += 1
-        else:
-            prepared = self._prepared_copy(base, model, config, images[0])
-            self._keep(self._calibrated, key,
-                       calibrate(prepared, images, device=device, progress=progress))
-        return copy_prepared(self._calibrated[key])
+            return copy_prepared(self._calibrated[key])
+        prepared = calibrate(self._prepared_graph(base, model, config, images[0]), images,
+                             device=device, progress=progress)
+        if config.all_int8:
+            self._keep(self._calibrated, key, copy_prepared(prepared))
+        return prepared
 
-    def _prepared_copy(self, key: tuple, model, config, example) -> nn.Module:
+    def _prepared_graph(self, key: tuple, model, config, example) -> nn.Module:
         if key in self._prepared:
             self.reused["prepared"] += 1
-        else:
-            self._keep(self._prepared, key, prepare_quantization(model, config, example))
-        return copy_prepared(self._prepared[key])
+            return copy_prepared(self._prepared[key])
+        prepared = prepare_quantization(model, config, example)
+        if key in self._seen:
+            self._keep(self._prepared, key, copy_prepared(prepared))
+        self._seen.add(key)
+        return prepared
 
     def _keep(self, graphs: dict, key: tuple, graph: nn.Module) -> None:
         while len(graphs) >= self.limit:
