@@ -221,24 +221,21 @@ def _ov_save(ov_model, path: Path) -> tuple[Path, ...]:
 
 def _ov_fp32(model, image_size, folder: Path, threads: int) -> RuntimeModel:
     ov_model = _ov_convert(model, image_size)
-    source = ov_model.clone()  # kept as converted, before compiling
-    fp32 = _ov_model(ov_model, threads, "openvino_fp32", _ov_save(ov_model, folder / "fp32.xml"))
-    fp32.source = source
-    return fp32
+    return _ov_model(ov_model, threads, "openvino_fp32", _ov_save(ov_model, folder / "fp32.xml"))
 
 
 def _is_transformer(model: nn.Module) -> bool:
     return any("Attention" in type(module).__name__ for module in model.modules())
 
 
-def _ov_int8(model, calibration, image_size, folder: Path, threads: int,
-             source=None) -> RuntimeModel:
+def _ov_int8(model, calibration, image_size, folder: Path, threads: int) -> RuntimeModel:
+    # converted again, not cloned from the FP32 model's conversion: the saved XML names nodes
+    # from a process-wide counter, so one conversion fewer would change the artifact's size
     import nncf
     samples = [image[None] for images in _images(calibration) for image in images]
     options = {"model_type": nncf.ModelType.TRANSFORMER} if _is_transformer(model) else {}
-    converted = source.clone() if source is not None else _ov_convert(model, image_size)
-    quantized = nncf.quantize(converted, nncf.Dataset(samples), subset_size=len(samples),
-                              **options)
+    quantized = nncf.quantize(_ov_convert(model, image_size), nncf.Dataset(samples),
+                              subset_size=len(samples), **options)
     return _ov_model(quantized, threads, "openvino_int8", _ov_save(quantized, folder / "int8.xml"))
 
 
@@ -276,8 +273,8 @@ def quantize_with_runtime(name: str, model: nn.Module, calibration_data, image_s
     """``model`` quantized to INT8 by runtime ``name`` on the images of ``calibration_data`` (a
     loader of contract batches or image tensors); the artifact is saved under ``folder``. The
     result carries ``quant_info`` with the same keys as ``apply_quantization``'s. ``fp32``: this
-    runtime's FP32 model of the same ``model`` (``fp32_runtime_model``), whose export (ONNX
-    files, OpenVINO's converted model) is reused rather than made again."""
+    runtime's FP32 model of the same ``model`` (``fp32_runtime_model``), whose export is reused
+    rather than made again where the runtime can (ONNX Runtime's ONNX files)."""
     runtime = get_runtime(name)
     runtime.check_installed()
     source = getattr(fp32, "source", None)
