@@ -37,6 +37,7 @@ from quantization import (
     SharedGraphs,
     apply_quantization,
     context_keys,
+    fastest_fp32,
     kernel_capability,
     latency_report,
     list_methods,
@@ -159,11 +160,8 @@ class Baselines:
             cfg = self.cfg
             others = {f"{name}_fp32": self.fp32_runtime(arch, name, fp32_model)
                       for name in cfg.runtime.backends if name != "torch"}
-            report = latency_report(fp32_model, fp32_model, cfg.data.image_size,
-                                    fp32_models=others, **latency_options(cfg))
-            self._latency[arch] = {
-                n: (report[f"fp32_latency_ms_b{n}"], report[f"fp32_reference_b{n}"])
-                for n in cfg.runtime.latency_batch_sizes}
+            self._latency[arch] = fastest_fp32(fp32_model, cfg.data.image_size,
+                                               fp32_models=others, **latency_options(cfg))
         return self._latency[arch]
 
     def fp32_runtime(self, arch: str, backend: str, fp32_model):

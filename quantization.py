@@ -124,6 +124,7 @@ from quant_inspect import (
     FLOAT_BITS,
     batch_images,
     describe_quantized,
+    fastest_fp32,
     latency_report,
     layer_bit_widths,
     packed_size_mib,
@@ -146,11 +147,13 @@ FairnessAwareQuantizer``; PEP 562 ``__getattr__``)."""
 __all__ = [
     "ACTIVATION_RANGES", "DynamicConfig", "PTQStaticConfig", "PercentileObserver", "QATConfig",
     "MethodTraits", "QuantConfig", "QuantInfo", "SHORT_NAMES", "apply_quantization", "calibrate",
-    "context_keys", "convert_quantized", "default_activation_range", "describe_quantized",
-    "kernel_capability", "latency_report", "layer_bit_widths", "list_methods", "method_config",
-    "method_traits", "packed_size_mib", "parse_bits", "prediction_agreement",
+    "SharedGraphs", "context_keys", "convert_quantized", "copy_prepared",
+    "default_activation_range", "describe_quantized", "fastest_fp32", "kernel_capability",
+    "latency_report", "layer_bit_widths", "list_methods", "method_config", "method_traits",
+    "model_digest", "packed_size_mib", "parse_bits", "prediction_agreement",
     "prepare_quantization", "qconfig_mapping", "quantizable_layers", "quantize_in_place",
-    "register_method", "resolve_bits", "resolve_method", "traced_and_frozen", "weight_levels",
+    "register_method", "resolve_bits", "resolve_method", "sharing", "traced_and_frozen",
+    "weight_levels",
     "load_plugins", *(name for names in PLUGINS.values() for name in names),
 ]
 

@@ -92,3 +92,21 @@ def test_an_int8_model_from_the_reused_onnx_export_is_the_one_exported_again(
     test = separable_images.tensors[0][:32]
     with torch.no_grad():
         assert torch.equal(shared(test), fresh(test))
+
+
+def test_the_fp32_reference_times_each_candidate_once(separable_cnn, tmp_path, monkeypatch):
+    """It used to time the FP32 model a second time, as latency_report's quantized model, and
+    throw that measurement away."""
+    import evaluation
+    from config import load_config
+    from experiment import Baselines
+
+    timed = []
+    monkeypatch.setattr(evaluation, "measure_latency",
+                        lambda model, size, n, channels_last=False, **_: timed.append(
+                            (n, channels_last)) or 1.0 + channels_last)
+    cfg = load_config("configs/smoke.yaml", ["runtime.backends=[torch]",
+                                             "runtime.latency_batch_sizes=[1, 4]"])
+    reference = Baselines(cfg, tmp_path).fp32_reference("tiny_cnn", separable_cnn)
+    assert reference == {1: (1.0, "torch_contiguous"), 4: (1.0, "torch_contiguous")}
+    assert sorted(timed) == [(1, False), (1, True), (4, False), (4, True)]
