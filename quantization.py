@@ -687,7 +687,8 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
     model.train(qat)
     prepare = prepare_qat_fx if qat else prepare_fx
     try:
-        prepared = prepare(model, qconfig_mapping(model, config, qat=qat), (example_images,))
+        with profiling.step("prepare"):
+            prepared = prepare(model, qconfig_mapping(model, config, qat=qat), (example_images,))
     except torch.fx.proxy.TraceError as error:
         raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx ({error}); static "
                          "PTQ and QAT need an FX-traceable model: use 'ptq_dynamic' or make the "
