@@ -34,13 +34,16 @@ from models import (
     save_checkpoint,
 )
 from quantization import (
+    SharedGraphs,
     apply_quantization,
     context_keys,
+    fastest_fp32,
     kernel_capability,
     latency_report,
     list_methods,
     method_config,
     method_traits,
+    sharing,
 )
 from results import WorkUnit, holds_results, load_predictions, predictions_path
 from runtimes import fp32_runtime_model, get_runtime, quantize_with_runtime
@@ -51,7 +54,8 @@ log = logging.getLogger(__name__)
 
 class Context:
     """The run's data that every unit of one run shares: the config, the run folder, the data
-    splits, their loaders and the device, and the FP32 baselines' caches (``baselines``).
+    splits, their loaders and the device, the FP32 baselines' caches (``baselines``) and the
+    static PTQ graphs its units share (``graphs``, ``quantization.SharedGraphs``).
 
     Splits are loaded on first use, so listing the units (to skip finished ones) costs nothing.
     ``context_for_run(run_dir)`` gives this process's context of a run folder.
@@ -61,6 +65,7 @@ class Context:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
         self.baselines = Baselines(cfg, self.run_dir)
+        self.graphs = SharedGraphs()
 
     @cached_property
     def splits(self):
@@ -125,6 +130,7 @@ class Baselines:
         self._models: dict[str, tuple] = {}  # arch -> (checkpoint mtime, model)
         self._latency: dict[str, dict] = {}  # arch -> {batch size: (ms, name)}
         self._twins: dict[str, object] = {}  # twin key -> predicted labels
+        self._runtimes: dict[tuple, object] = {}  # (arch, checkpoint mtime, backend) -> model
 
     def require(self, arch: str) -> None:
         """Stop before a sweep starts when the FP32 model or its predictions are missing; read
@@ -152,16 +158,32 @@ class Baselines:
         and the FP32 model of every configured runtime."""
         if arch not in self._latency:
             cfg = self.cfg
-            folder = self.run_dir / "models" / cfg.data.dataset_name / arch_slug(arch)
-            others = {f"{name}_fp32": fp32_runtime_model(name, fp32_model, cfg.data.image_size,
-                                                         folder / name, threads=cfg.runtime.threads)
+            others = {f"{name}_fp32": self.fp32_runtime(arch, name, fp32_model)
                       for name in cfg.runtime.backends if name != "torch"}
-            report = latency_report(fp32_model, fp32_model, cfg.data.image_size,
-                                    fp32_models=others, **latency_options(cfg))
-            self._latency[arch] = {
-                n: (report[f"fp32_latency_ms_b{n}"], report[f"fp32_reference_b{n}"])
-                for n in cfg.runtime.latency_batch_sizes}
+            self._latency[arch] = fastest_fp32(fp32_model, cfg.data.image_size,
+                                               fp32_models=others, **latency_options(cfg))
         return self._latency[arch]
+
+    def fp32_runtime(self, arch: str, backend: str, fp32_model):
+        """Runtime ``backend``'s FP32 model of ``arch`` (``fp32_model``, this run's checkpoint),
+        exported once: the FP32 candidate of the latency reference and the export the runtime's
+        INT8 unit starts from. Only the latest architecture's models are kept."""
+        key = self._runtime_key(arch, backend)
+        if key not in self._runtimes:
+            self._runtimes = {k: v for k, v in self._runtimes.items() if k[0] == arch}
+            folder = self.run_dir / "models" / self.cfg.data.dataset_name / arch_slug(arch)
+            self._runtimes[key] = fp32_runtime_model(backend, fp32_model, self.cfg.data.image_size,
+                                                     folder / backend,
+                                                     threads=self.cfg.runtime.threads)
+        return self._runtimes[key]
+
+    def exported_runtime(self, arch: str, backend: str):
+        """``fp32_runtime``'s model when it was already made in this process, else None."""
+        return self._runtimes.get(self._runtime_key(arch, backend))
+
+    def _runtime_key(self, arch: str, backend: str) -> tuple:
+        self.require(arch)
+        return arch, self._models[arch][0], backend
 
     def twin_labels(self, key: str, build):
         """The twin labels under ``key``, made by ``build()`` the first time."""
@@ -218,7 +240,9 @@ def context_for_run(run_dir: str | Path) -> Context:
 def execute(unit: WorkUnit, ctx: Context | None = None):
     """Run one unit: ``(record, predictions, per_group)``. Works in any process that sees the
     run folder; ``ctx``: the caller's context of that run (else ``context_for_run``)."""
-    return RUNNERS[unit.runner](ctx or context_for_run(unit.run_dir), **unit.args)
+    ctx = ctx or context_for_run(unit.run_dir)
+    with sharing(ctx.graphs):
+        return RUNNERS[unit.runner](ctx, **unit.args)
 
 
 def _unit(ctx: Context, config_id: str, fields: dict, runner: str, args: dict, phase: str,
@@ -581,7 +605,8 @@ def run_runtime(ctx: Context, arch: str, backend: str, method: str, calibration,
     calibration_loader = ctx.calibration_loader(*calibration, seed=seed)
     quantized = quantize_with_runtime(backend, model, calibration_loader, ctx.cfg.data.image_size,
                                       ctx.run_dir / "models" / config_id,
-                                      threads=ctx.cfg.runtime.threads)
+                                      threads=ctx.cfg.runtime.threads,
+                                      fp32=ctx.baselines.exported_runtime(arch, backend))
     predictions = ctx.predict(quantized)
     record, per_group = ctx.score(predictions, ctx.baselines.predictions(arch))
     record.update(quantized.quant_info.record())

@@ -27,7 +27,6 @@ constraint. The phase helpers are ``calibration_draws`` (paired balanced/random 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import warnings
 from dataclasses import dataclass, fields
@@ -392,11 +391,7 @@ def _sensitivity_key(model, layers, low_bits, act_bits, observer, calibration_da
     ids = [_sample_ids(data) for data in (calibration_data, loader)]
     if None in ids:
         return None
-    digest = hashlib.sha1()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return (digest.hexdigest(), tuple(layers), low_bits, act_bits, observer, *ids,
+    return (quantization.model_digest(model), tuple(layers), low_bits, act_bits, observer, *ids,
             tuple(sensitive_attributes or ()))
 
 

@@ -215,12 +215,13 @@ def latency_report(fp32_model: nn.Module, int8_model: nn.Module, image_size: int
         frozen = traced_and_frozen(int8_model, image_size)
         if frozen is not None:
             forms["traced_frozen"] = frozen
-    candidates = {"torch": fp32_model, **(fp32_models or {})}
+    missing = [n for n in batch_sizes if n not in (reference or {})]
+    reference = {**fastest_fp32(fp32_model, image_size, missing, threads, fp32_models=fp32_models,
+                                **options), **(reference or {})}
     report = {"threads": threads, "image_size": image_size, "execution": execution}
     with isolated_torch_state():
         for n in batch_sizes:
-            fp32_ms, fp32_name = (reference or {}).get(n) or evaluation.fastest_latency(
-                candidates, image_size, n, threads=threads, **options)
+            fp32_ms, fp32_name = reference[n]
             quantized_ms, form = evaluation.fastest_latency(forms, image_size, n,
                                                             threads=threads, **options)
             report.update({f"fp32_latency_ms_b{n}": fp32_ms, f"fp32_reference_b{n}": fp32_name,
@@ -228,6 +229,17 @@ def latency_report(fp32_model: nn.Module, int8_model: nn.Module, image_size: int
                            f"int8_form_b{n}": form.removesuffix("_contiguous"),
                            f"speedup_b{n}": fp32_ms / quantized_ms})
     return report
+
+
+def fastest_fp32(fp32_model: nn.Module, image_size: int, batch_sizes: Sequence[int] = (1, 32),
+                 threads: int = 2, *, fp32_models: Mapping[str, nn.Module] | None = None,
+                 **options) -> dict[int, tuple[float, str]]:
+    """{batch size: (ms, name)} of the fastest FP32 on this machine: ``fp32_model`` in both eager
+    layouts and ``fp32_models`` (other runtimes' FP32 models); ``latency_report``'s reference."""
+    candidates = {"torch": fp32_model, **(fp32_models or {})}
+    with isolated_torch_state():
+        return {n: evaluation.fastest_latency(candidates, image_size, n, threads=threads, **options)
+                for n in batch_sizes}
 
 
 @torch.no_grad()

@@ -78,8 +78,10 @@ correctly). For EfficientNet: SiLU (also inside squeeze-excitation) and stochast
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
 import importlib
 import logging
 import time
@@ -122,6 +124,7 @@ from quant_inspect import (
     FLOAT_BITS,
     batch_images,
     describe_quantized,
+    fastest_fp32,
     latency_report,
     layer_bit_widths,
     packed_size_mib,
@@ -144,11 +147,13 @@ FairnessAwareQuantizer``; PEP 562 ``__getattr__``)."""
 __all__ = [
     "ACTIVATION_RANGES", "DynamicConfig", "PTQStaticConfig", "PercentileObserver", "QATConfig",
     "MethodTraits", "QuantConfig", "QuantInfo", "SHORT_NAMES", "apply_quantization", "calibrate",
-    "context_keys", "convert_quantized", "default_activation_range", "describe_quantized",
-    "kernel_capability", "latency_report", "layer_bit_widths", "list_methods", "method_config",
-    "method_traits", "packed_size_mib", "parse_bits", "prediction_agreement",
+    "SharedGraphs", "context_keys", "convert_quantized", "copy_prepared",
+    "default_activation_range", "describe_quantized", "fastest_fp32", "kernel_capability",
+    "latency_report", "layer_bit_widths", "list_methods", "method_config", "method_traits",
+    "model_digest", "packed_size_mib", "parse_bits", "prediction_agreement",
     "prepare_quantization", "qconfig_mapping", "quantizable_layers", "quantize_in_place",
-    "register_method", "resolve_bits", "resolve_method", "traced_and_frozen", "weight_levels",
+    "register_method", "resolve_bits", "resolve_method", "sharing", "traced_and_frozen",
+    "weight_levels",
     "load_plugins", *(name for names in PLUGINS.values() for name in names),
 ]
 
@@ -682,7 +687,8 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
     model.train(qat)
     prepare = prepare_qat_fx if qat else prepare_fx
     try:
-        prepared = prepare(model, qconfig_mapping(model, config, qat=qat), (example_images,))
+        with profiling.step("prepare"):
+            prepared = prepare(model, qconfig_mapping(model, config, qat=qat), (example_images,))
     except torch.fx.proxy.TraceError as error:
         raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx ({error}); static "
                          "PTQ and QAT need an FX-traceable model: use 'ptq_dynamic' or make the "
@@ -692,6 +698,20 @@ def prepare_quantization(model: nn.Module, config: PTQStaticConfig,
     if config.act_bits == 8:
         prepared.narrowed_inputs = narrow_integer_inputs(prepared, config.resolved_activation_range)
     return prepared
+
+
+PREPARED_FACTS = ("integer_twin", "narrowed_inputs")
+"""The attributes ``prepare_quantization`` sets on a prepared graph that ``convert_quantized``
+reads; a GraphModule's deep copy drops plain attributes, so ``copy_prepared`` carries them."""
+
+
+def copy_prepared(prepared: nn.Module) -> nn.Module:
+    """A deep copy of a prepared (or calibrated) graph, with its ``PREPARED_FACTS``."""
+    copied = copy.deepcopy(prepared)
+    for name in PREPARED_FACTS:
+        if hasattr(prepared, name):
+            setattr(copied, name, copy.deepcopy(getattr(prepared, name)))
+    return copied
 
 
 @torch.no_grad()
@@ -729,6 +749,92 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
     return model
 
 
+# --------------------------------------------------------------------------- work done once
+
+def model_digest(model: nn.Module) -> str:
+    """A digest of everything a model computes with: its class, module tree and every tensor of
+    its state (names, dtypes, shapes, bytes)."""
+    digest = hashlib.sha1(f"{type(model).__qualname__}\n{model!r}".encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _images_digest(images: list[torch.Tensor]) -> str:
+    digest = hashlib.sha1()
+    for batch in images:
+        batch = batch.detach().contiguous()
+        digest.update(f"{batch.dtype}:{tuple(batch.shape)}".encode())
+        digest.update(batch.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class SharedGraphs:
+    """Static PTQ's prepared and calibrated graphs, each made once and handed out as copies
+    while ``sharing(graphs)`` is active (one process, one run: ``experiment.Context``).
+
+    A prepared graph is keyed by the model (``model_digest``) and the config without its
+    execution (prepare reads neither the execution nor the example images' values); a calibrated
+    one also by the calibration images' bytes, the device and the thread count. Converting a copy
+    gives the same model, bit for bit, as preparing and calibrating again. Kept, so that a miss
+    costs no copy: a prepared graph from the second time its key comes (the calibration study's
+    draws), a calibrated one when its simulated twin may follow (w8a8: the twin converts its
+    unit's calibration). The newest ``limit`` of each kind are kept.
+    """
+
+    def __init__(self, limit: int = 2):
+        self.limit = limit
+        self._prepared: dict[tuple, nn.Module] = {}
+        self._calibrated: dict[tuple, nn.Module] = {}
+        self._seen: set[tuple] = set()
+        self.reused = {"prepared": 0, "calibrated": 0}
+
+    def calibrated(self, model: nn.Module, config: PTQStaticConfig, images: list[torch.Tensor],
+                   *, device="cpu", progress: bool = False) -> nn.Module:
+        """``model`` prepared for ``config`` and calibrated on ``images`` (the caller's copy)."""
+        base = (model_digest(model), type(config), dataclasses.replace(config, execution="auto"))
+        key = (*base, _images_digest(images), str(training.resolve_device(device)),
+               torch.get_num_threads())
+        if key in self._calibrated:
+            self.reused["calibrated"] += 1
+            return copy_prepared(self._calibrated[key])
+        prepared = calibrate(self._prepared_graph(base, model, config, images[0]), images,
+                             device=device, progress=progress)
+        if config.all_int8:
+            self._keep(self._calibrated, key, copy_prepared(prepared))
+        return prepared
+
+    def _prepared_graph(self, key: tuple, model, config, example) -> nn.Module:
+        if key in self._prepared:
+            self.reused["prepared"] += 1
+            return copy_prepared(self._prepared[key])
+        prepared = prepare_quantization(model, config, example)
+        if key in self._seen:
+            self._keep(self._prepared, key, copy_prepared(prepared))
+        self._seen.add(key)
+        return prepared
+
+    def _keep(self, graphs: dict, key: tuple, graph: nn.Module) -> None:
+        while len(graphs) >= self.limit:
+            graphs.pop(next(iter(graphs)))
+        graphs[key] = graph
+
+
+_SHARING: list[SharedGraphs] = []
+
+
+@contextlib.contextmanager
+def sharing(graphs: SharedGraphs):
+    """Static PTQ inside this block takes its prepared and calibrated graphs from ``graphs``."""
+    _SHARING.append(graphs)
+    try:
+        yield graphs
+    finally:
+        _SHARING.pop()
+
+
 # --------------------------------------------------------------------------- built-in methods
 
 @register_method("ptq_static", PTQStaticConfig,
@@ -736,8 +842,12 @@ def convert_quantized(prepared: nn.Module, execution: str) -> nn.Module:
 def _ptq_static(model: nn.Module, config: PTQStaticConfig, calibration_data, *, device="cpu",
                 progress: bool = False, **_) -> nn.Module:
     first, batches = _image_batches(calibration_data, "calibration_data", "ptq_static")
-    prepared = prepare_quantization(model.cpu(), config, first.cpu())
-    calibrate(prepared, batches, device=device, progress=progress)
+    if _SHARING:
+        prepared = _SHARING[-1].calibrated(model.cpu(), config, [b.cpu() for b in batches],
+                                           device=device, progress=progress)
+    else:
+        prepared = prepare_quantization(model.cpu(), config, first.cpu())
+        calibrate(prepared, batches, device=device, progress=progress)
     return convert_quantized(prepared, config.resolved_execution)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +136,19 @@ def _ort_model(path: Path, threads: int, execution: str) -> RuntimeModel:
 
 
 def _ort_fp32(model, image_size, folder: Path, threads: int) -> RuntimeModel:
-    return _ort_model(export_onnx(model, image_size, folder / "fp32.onnx"), threads,
-                      "onnxruntime_fp32")
+    path = export_onnx(model, image_size, folder / "fp32.onnx")
+    fp32 = _ort_model(path, threads, "onnxruntime_fp32")
+    fp32.source = path
+    return fp32
+
+
+def _copy_export(source: Path, folder: Path) -> Path:
+    """The ONNX file ``source`` and its external data copied into ``folder`` under the same
+    names (the file refers to its data by name): the bytes a second export would write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in sorted(source.parent.glob(source.name + "*")):
+        shutil.copyfile(file, folder / file.name)
+    return folder / source.name
 
 
 @contextlib.contextmanager
@@ -154,7 +166,8 @@ def _quiet_root_logger(fragment: str):
         root.removeFilter(drop)
 
 
-def _ort_int8(model, calibration, image_size, folder: Path, threads: int) -> RuntimeModel:
+def _ort_int8(model, calibration, image_size, folder: Path, threads: int,
+              source: Path | None = None) -> RuntimeModel:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -170,10 +183,11 @@ def _ort_int8(model, calibration, image_size, folder: Path, threads: int) -> Run
         def get_next(self):
             return next(self.batches, None)
 
-    source = export_onnx(model, image_size, folder / "fp32.onnx")  # always this model's weights
+    fp32 = (_copy_export(source, folder) if source  # always this model's weights
+            else export_onnx(model, image_size, folder / "fp32.onnx"))
     target = folder / "int8.onnx"
     with _quiet_root_logger("pre-process"):  # the exporter already folded BN; nothing to add
-        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ,
+        quantize_static(str(fp32), str(target), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         reduce_range=not kernel_capability()["vnni"])
@@ -215,6 +229,8 @@ def _is_transformer(model: nn.Module) -> bool:
 
 
 def _ov_int8(model, calibration, image_size, folder: Path, threads: int) -> RuntimeModel:
+    # converted again, not cloned from the FP32 model's conversion: the saved XML names nodes
+    # from a process-wide counter, so one conversion fewer would change the artifact's size
     import nncf
     samples = [image[None] for images in _images(calibration) for image in images]
     options = {"model_type": nncf.ModelType.TRANSFORMER} if _is_transformer(model) else {}
@@ -252,14 +268,19 @@ def fp32_runtime_model(name: str, model: nn.Module, image_size: int, folder: str
 
 
 def quantize_with_runtime(name: str, model: nn.Module, calibration_data, image_size: int,
-                          folder: str | Path, *, threads: int = 2) -> RuntimeModel:
+                          folder: str | Path, *, threads: int = 2,
+                          fp32: RuntimeModel | None = None) -> RuntimeModel:
     """``model`` quantized to INT8 by runtime ``name`` on the images of ``calibration_data`` (a
     loader of contract batches or image tensors); the artifact is saved under ``folder``. The
-    result carries ``quant_info`` with the same keys as ``apply_quantization``'s."""
+    result carries ``quant_info`` with the same keys as ``apply_quantization``'s. ``fp32``: this
+    runtime's FP32 model of the same ``model`` (``fp32_runtime_model``), whose export is reused
+    rather than made again where the runtime can (ONNX Runtime's ONNX files)."""
     runtime = get_runtime(name)
     runtime.check_installed()
+    source = getattr(fp32, "source", None)
     start = time.perf_counter()
-    quantized = runtime.int8(model, calibration_data, image_size, Path(folder), threads)
+    quantized = runtime.int8(model, calibration_data, image_size, Path(folder), threads,
+                             **({} if source is None else {"source": source}))
     cost_s = time.perf_counter() - start
     size, fp32_size = quantized.size_mib(), model_size_mib(model)  # FP32 as torch rows count it
     quantized.quant_info = QuantInfo(
