@@ -68,7 +68,7 @@ def test_other_weights_are_not_taken_for_the_same_model(squeezenet):
     assert graphs.reused == {"prepared": 0, "calibrated": 0}
 
 
-def test_a_copied_prepared_graph_keeps_what_convert_reads(squeezenet):
+def test_a_copied_prepared_graph_keeps_what_convert_reads():
     prepared = prepare_quantization(build_model("mobilenet_v2", num_classes=2, image_size=32),
                                     PTQStaticConfig(bits="w8a8"), images(2, 0)[0])
     copied = copy_prepared(prepared)
